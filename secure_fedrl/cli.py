@@ -1,0 +1,104 @@
+"""`secure-fedrl` command line: parse, load the config, call the runtime. Nothing else lives here.
+
+Every user mistake surfaces as a `SecureFedRLError`; it is printed as one line and the process
+exits with code 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from secure_fedrl.errors import SecureFedRLError
+
+EXIT_USER_ERROR = 2
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive integer, got 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="secure-fedrl",
+        description="Federated reinforcement learning with secure aggregation and differential privacy.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="run a federation with every site in this process")
+    sim.add_argument("config", type=Path, help="federation config (TOML)")
+    sim.add_argument("--out", type=Path, required=True, help="run directory (metrics, checkpoints, ledger)")
+    sim.add_argument("--rounds", type=_positive_int, help="number of rounds (overrides federation.rounds)")
+    sim.add_argument("--seed", type=_non_negative_int, help="master seed (overrides federation.seed)")
+    sim.add_argument("--device", help="torch device for local training, e.g. cpu or cuda")
+    sim.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    conf = sub.add_parser("conformance", help="check this implementation against protocol test vectors")
+    conf.add_argument("--vectors", type=Path, default=None, help="directory of vector files (default: protocols/vectors)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "simulate":
+            return _simulate(args)
+        if args.command == "conformance":
+            return _conformance(args)
+    except SecureFedRLError as exc:
+        print(f"secure-fedrl: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("secure-fedrl: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")  # argparse guarantees a known command
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from secure_fedrl.config import load_config
+    from secure_fedrl.runtime.simulate import run_simulation
+
+    overrides = {}
+    if args.rounds is not None:
+        overrides["federation.rounds"] = args.rounds
+    if args.seed is not None:
+        overrides["federation.seed"] = args.seed
+    if args.device is not None:
+        overrides["federation.device"] = args.device
+    config = load_config(args.config, overrides=overrides)
+    summary = run_simulation(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(summary.describe())
+    return 0
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from secure_fedrl.secagg.conformance import check_vectors, default_vectors_dir, format_table
+
+    directory = args.vectors if args.vectors is not None else default_vectors_dir()
+    results = check_vectors(directory)
+    print(format_table(results))
+    return 0 if results and all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""Typed federation config, read from TOML.
+
+A config is a handful of frozen dataclasses. Every table is checked against its dataclass: an
+unknown key, a value of the wrong type or out of range is a `ConfigError` whose one-line message
+names the key (``strategy.server_lr: expected a number, got 'fast'``). Algorithm hyperparameters
+(`[local.ppo]`, `[local.reinforce]`) are validated against the algorithms' own dataclasses, so the
+config schema and the code can never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import tomli_w
+
+from secure_fedrl.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    name: str = "federation"
+    """Human-readable name, copied into metrics and the ledger."""
+    rounds: int = 20
+    """Number of federated rounds."""
+    seed: int = 0
+    """Master seed: client sampling, per-round env seeds, torch generators all derive from it."""
+    device: str = "cpu"
+    """torch device for local training ("cpu" or "cuda[:i]")."""
+    torch_threads: int = 1
+    """torch intra-op threads; 1 is fastest and bit-reproducible for the small policies used here."""
+
+
+@dataclass(frozen=True)
+class LocalSection:
+    algorithm: Literal["ppo", "reinforce"] = "ppo"
+    """Local RL algorithm run by every site."""
+    steps: int = 0
+    """Env steps per site per round (all vector copies together); 0 = use `episodes`."""
+    episodes: int = 0
+    """Completed episodes per site per round (used when `steps` is 0)."""
+    federate_critic: bool = True
+    """Federate the critic with the actor; False keeps each site's critic local and private."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of actor and critic."""
+
+
+@dataclass(frozen=True)
+class StrategySection:
+    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fedasync"] = "fedavg"
+    """Server strategy."""
+    weighting: Literal["steps", "uniform"] = "steps"
+    """Weight of each site's update in the mean: its env steps this round, or uniform."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Strategy hyperparameters (server_lr, beta1, beta2, tau, mu, alpha, staleness, a, b, ...)."""
+
+
+@dataclass(frozen=True)
+class SamplingSection:
+    clients_per_round: int = 0
+    """Sites sampled per round (0 = use `fraction`)."""
+    fraction: float = 1.0
+    """Fraction of sites sampled per round (used when `clients_per_round` is 0)."""
+    poisson: bool = False
+    """Include each site independently with probability `fraction` (what client-level DP assumes)."""
+
+
+@dataclass(frozen=True)
+class CompressionSection:
+    method: Literal["none", "topk", "quantize", "shared_mask"] = "none"
+    """Update compression applied by every site before upload."""
+    ratio: float = 0.1
+    """Kept fraction of coordinates (topk, shared_mask)."""
+    levels: int = 16
+    """Quantisation levels (quantize)."""
+    error_feedback: bool = True
+    """Carry what compression dropped into the next round (topk, quantize)."""
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    every: int = 5
+    """Evaluate the global policy on every site's environment every `every` rounds (and at the end)."""
+    episodes: int = 5
+    """Deterministic-action episodes per site per evaluation."""
+
+
+@dataclass(frozen=True)
+class SecureAggregationSection:
+    enabled: bool = False
+    """Sum the updates with SecAgg/SecAgg+ (the server never sees an individual update)."""
+    threshold: float = 0.5
+    """Shamir threshold t: an int >= 2 is absolute, a float in (0, 1) is a fraction of the sampled sites."""
+    neighbors: int = 0
+    """SecAgg+ graph degree k; 0 = automatic (~2*log2 n, complete graph for small n); -1 = complete graph."""
+    bits: int = 32
+    """Ring Z_{2^bits} of the masked vectors."""
+    clip: float = 0.0
+    """Per-coordinate clip range of the fixed-point encoding (0 = derived from the privacy clip norm)."""
+    dropout_rate: float = 0.0
+    """Simulated probability that a sampled site drops out during the protocol."""
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    unit: Literal["none", "client", "trajectory"] = "none"
+    """What one guarantee protects: a site's whole update, or one trajectory of a site."""
+    mechanism: Literal["auto", "gaussian", "ddg"] = "auto"
+    """Client level: central Gaussian (no secure aggregation) or distributed discrete Gaussian."""
+    clip: float = 1.0
+    """L2 clip norm C (of the whole update for client level, of each trajectory's gradient otherwise)."""
+    noise_multiplier: float = 0.0
+    """sigma; 0 = calibrate from `target_epsilon` over the planned rounds."""
+    target_epsilon: float = 8.0
+    """Privacy budget epsilon per federation (client level) or per site (trajectory level)."""
+    delta: float = 1e-5
+    """delta of the (epsilon, delta) guarantee."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Privacy accountant."""
+    sample_rate: float = 0.25
+    """Trajectory level: Poisson rate at which each collected trajectory joins a noisy step."""
+    noisy_steps: int = 1
+    """Trajectory level: noisy DP-SGD steps per site per round."""
+    adaptive_clipping: bool = False
+    """Client level: track a quantile of update norms (Andrew et al. 2021), its privacy cost included."""
+    target_quantile: float = 0.5
+    """Adaptive clipping: quantile of update norms to track."""
+    clip_learning_rate: float = 0.2
+    """Adaptive clipping: geometric step size of the clip norm."""
+    clipped_count_stddev: float = 0.0
+    """Adaptive clipping: noise on the clipped count (0 = expected clients / 20, as the paper)."""
+
+
+@dataclass(frozen=True)
+class SiteSection:
+    name: str
+    """Site id; with `count` > 1 the sites are named NAME-0 .. NAME-(count-1)."""
+    env: str
+    """Registered gymnasium id."""
+    num_envs: int = 4
+    """Vectorised copies of the environment."""
+    seed: int = 0
+    """Site seed (environment resets and perturbations)."""
+    count: int = 1
+    """Replicate this site `count` times with seeds seed, seed+1, ..."""
+    overrides: Mapping[str, float] = field(default_factory=dict)
+    """Environment attributes set on every copy (e.g. CartPole length, gravity, force_mag)."""
+    randomize: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """Attribute -> [low, high]: drawn once per site from the site seed (Packer et al. 2018)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    federation: FederationSection
+    local: LocalSection
+    algorithm: Any  # PPOConfig | ReinforceConfig
+    strategy: StrategySection
+    sampling: SamplingSection
+    compression: CompressionSection
+    evaluation: EvaluationSection
+    secure_aggregation: SecureAggregationSection
+    privacy: PrivacySection
+    sites: tuple[SiteSection, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain TOML-able data (every default made explicit)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sites":
+                out["sites"] = [_plain(dataclasses.asdict(s)) for s in value]
+            elif f.name == "algorithm":
+                out.setdefault("local", {})[self.local.algorithm] = _plain(dataclasses.asdict(value))
+            else:
+                out.setdefault(f.name, {}).update(_plain(dataclasses.asdict(value)))
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def fingerprint(self, *, ignore_rounds: bool = True) -> str:
+        """SHA-256 of the resolved config; `--resume` compares it (rounds may be extended)."""
+        data = self.to_dict()
+        if ignore_rounds:
+            data["federation"] = {k: v for k, v in data["federation"].items() if k != "rounds"}
+        return hashlib.sha256(tomli_w.dumps(data).encode()).hexdigest()
+
+
+SECTIONS: dict[str, type] = {
+    "federation": FederationSection,
+    "local": LocalSection,
+    "strategy": StrategySection,
+    "sampling": SamplingSection,
+    "compression": CompressionSection,
+    "evaluation": EvaluationSection,
+    "secure_aggregation": SecureAggregationSection,
+    "privacy": PrivacySection,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and validate a federation config file. `overrides` maps "section.key" to a value."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate plain data (as parsed from TOML) into a `Config`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config: expected a table at the top level")
+    known = set(SECTIONS) | {"sites"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown section (allowed: {', '.join(sorted(known))})")
+
+    sections: dict[str, Any] = {}
+    local_raw = dict(_table(raw, "local"))
+    algo_tables = {name: local_raw.pop(name) for name in ("ppo", "reinforce") if name in local_raw}
+    for name, cls in SECTIONS.items():
+        table = local_raw if name == "local" else _table(raw, name)
+        sections[name] = build_dataclass(cls, table, name)
+
+    algo_name = sections["local"].algorithm
+    for other in algo_tables:
+        if other != algo_name:
+            raise ConfigError(f"local.{other}: given, but local.algorithm is {algo_name!r}")
+    algo_cls = _algorithm_class(algo_name)
+    algorithm = build_dataclass(algo_cls, _as_table(algo_tables.get(algo_name, {}), f"local.{algo_name}"),
+                                f"local.{algo_name}")
+
+    sites_raw = raw.get("sites")
+    if not sites_raw:
+        raise ConfigError("sites: at least one [[sites]] entry is required")
+    if not isinstance(sites_raw, list):
+        raise ConfigError("sites: expected an array of tables ([[sites]])")
+    sites = tuple(build_dataclass(SiteSection, _as_table(s, f"sites[{i}]"), f"sites[{i}]")
+                  for i, s in enumerate(sites_raw))
+
+    config = Config(algorithm=algorithm, sites=sites, **sections)
+    _check_ranges(config)
+    return config
+
+
+def _algorithm_class(name: str) -> type:
+    if name == "ppo":
+        from secure_fedrl.rl.ppo import PPOConfig
+
+        return PPOConfig
+    from secure_fedrl.rl.reinforce import ReinforceConfig
+
+    return ReinforceConfig
+
+
+def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    return _as_table(raw.get(name, {}), name)
+
+
+def _as_table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Generic dataclass validation
+# --------------------------------------------------------------------------------------------
+
+
+def build_dataclass(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Instantiate dataclass `cls` from `table`, checking keys and types; errors name the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(fields)})")
+        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required key is missing")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # the dataclass's own __post_init__ checks
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected an array, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected an array of {len(args)} values, got {value!r}")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected an array, got {value!r}")
+        return [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict, Mapping, typing.Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        if not args:
+            return dict(value)
+        return {coerce(k, args[0], where): coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if isinstance(hint, type):
+        if not isinstance(value, hint):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Dataclass-asdict output -> TOML-able (tuples become lists, None entries dropped)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_ranges(c: Config) -> None:
+    def need(cond: bool, where: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: {msg}")
+
+    f = c.federation
+    need(f.rounds >= 1, "federation.rounds", f"must be >= 1, got {f.rounds}")
+    need(f.torch_threads >= 1, "federation.torch_threads", f"must be >= 1, got {f.torch_threads}")
+    need(f.device == "cpu" or f.device.startswith("cuda"), "federation.device",
+         f"expected 'cpu' or 'cuda[:i]', got {f.device!r}")
+    lo = c.local
+    need(lo.steps >= 0 and lo.episodes >= 0, "local.steps", "steps and episodes must be >= 0")
+    need(lo.steps > 0 or lo.episodes > 0, "local.steps", "set local.steps or local.episodes to a positive number")
+    need(all(h >= 1 for h in lo.hidden_sizes) and lo.hidden_sizes, "local.hidden_sizes", "must be positive widths")
+    s = c.sampling
+    need(s.clients_per_round >= 0, "sampling.clients_per_round", "must be >= 0")
+    need(0.0 < s.fraction <= 1.0, "sampling.fraction", f"must be in (0, 1], got {s.fraction}")
+    need(not (s.poisson and s.clients_per_round), "sampling.poisson",
+         "Poisson sampling uses sampling.fraction; set clients_per_round = 0")
+    cm = c.compression
+    need(0.0 < cm.ratio <= 1.0, "compression.ratio", f"must be in (0, 1], got {cm.ratio}")
+    need(cm.levels >= 1, "compression.levels", f"must be >= 1, got {cm.levels}")
+    ev = c.evaluation
+    need(ev.every >= 1, "evaluation.every", f"must be >= 1, got {ev.every}")
+    need(ev.episodes >= 1, "evaluation.episodes", f"must be >= 1, got {ev.episodes}")
+    sa = c.secure_aggregation
+    need(1 <= sa.bits <= 32, "secure_aggregation.bits", f"must be in [1, 32], got {sa.bits}")
+    need(0.0 <= sa.dropout_rate < 1.0, "secure_aggregation.dropout_rate", f"must be in [0, 1), got {sa.dropout_rate}")
+    need(sa.threshold > 0 and (sa.threshold < 1 or float(sa.threshold).is_integer() and sa.threshold >= 2),
+         "secure_aggregation.threshold", f"must be a fraction in (0, 1) or an integer >= 2, got {sa.threshold}")
+    need(sa.neighbors >= -1, "secure_aggregation.neighbors", f"must be -1 (complete), 0 (auto) or a degree, got {sa.neighbors}")
+    need(sa.clip >= 0, "secure_aggregation.clip", f"must be >= 0, got {sa.clip}")
+    need(not (sa.enabled and c.strategy.name == "fedasync"), "strategy.name",
+         "fedasync applies updates one by one and cannot run under secure aggregation (only sums are revealed)")
+    p = c.privacy
+    if p.unit != "none":
+        need(p.clip > 0, "privacy.clip", f"must be > 0, got {p.clip}")
+        need(p.noise_multiplier >= 0, "privacy.noise_multiplier", f"must be > 0 (or 0 to calibrate), got {p.noise_multiplier}")
+        need(0.0 < p.delta < 1.0, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+        need(p.target_epsilon > 0, "privacy.target_epsilon", f"must be > 0, got {p.target_epsilon}")
+        need(0.0 < p.sample_rate <= 1.0, "privacy.sample_rate", f"must be in (0, 1], got {p.sample_rate}")
+        need(p.noisy_steps >= 1, "privacy.noisy_steps", f"must be >= 1, got {p.noisy_steps}")
+        need(0.0 < p.target_quantile < 1.0, "privacy.target_quantile", f"must be in (0, 1), got {p.target_quantile}")
+        need(p.clip_learning_rate > 0, "privacy.clip_learning_rate", f"must be > 0, got {p.clip_learning_rate}")
+        need(p.clipped_count_stddev >= 0, "privacy.clipped_count_stddev", f"must be >= 0, got {p.clipped_count_stddev}")
+    if p.unit == "client":
+        mech = p.mechanism
+        need(not (mech == "ddg" and not sa.enabled), "privacy.mechanism",
+             "'ddg' (distributed discrete Gaussian) needs [secure_aggregation] enabled = true")
+        need(not (mech == "gaussian" and sa.enabled), "privacy.mechanism",
+             "'gaussian' is central noise added by the server; under secure aggregation use 'ddg'")
+        need(s.poisson or s.fraction == 1.0 and not s.clients_per_round, "sampling.poisson",
+             "client-level DP accounting assumes Poisson client sampling: set poisson = true (or sample every site)")
+        need(c.strategy.name != "fedasync", "strategy.name", "client-level DP needs synchronous rounds")
+    if p.unit == "trajectory":
+        need(lo.episodes > 0 and lo.steps == 0, "local.episodes",
+             "trajectory-level DP collects whole episodes per round: set local.episodes and local.steps = 0")
+    names = set()
+    for i, site in enumerate(c.sites):
+        where = f"sites[{i}]"
+        need(bool(site.name), f"{where}.name", "must not be empty")
+        need(site.num_envs >= 1, f"{where}.num_envs", f"must be >= 1, got {site.num_envs}")
+        need(site.count >= 1, f"{where}.count", f"must be >= 1, got {site.count}")
+        need(site.seed >= 0, f"{where}.seed", f"must be >= 0, got {site.seed}")
+        for attr, (low, high) in site.randomize.items():
+            need(low <= high, f"{where}.randomize.{attr}", f"low {low} is above high {high}")
+            need(attr not in site.overrides, f"{where}.randomize.{attr}", "also given in overrides; pick one")
+        for name in expand_site_names(site):
+            need(name not in names, f"{where}.name", f"duplicate site id {name!r}")
+            names.add(name)
+
+
+def expand_site_names(site: SiteSection) -> list[str]:
+    return [site.name] if site.count == 1 else [f"{site.name}-{i}" for i in range(site.count)]
