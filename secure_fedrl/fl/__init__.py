@@ -1,1 +1,54 @@
-"""fl."""
+"""Federated learning math on flat float32 vectors: update checks, server strategies, client
+sampling and update compression. Pure: no I/O, no torch."""
+
+from secure_fedrl.fl.compression import (
+    Compressed,
+    Compressor,
+    NoCompression,
+    SharedRandomMask,
+    StochasticQuantizer,
+    TopK,
+    make_compressor,
+    shared_mask_indices,
+)
+from secure_fedrl.fl.sampling import sample_clients
+from secure_fedrl.fl.strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAsync,
+    FedAvg,
+    FedProx,
+    FedYogi,
+    Scaffold,
+    Strategy,
+    make_strategy,
+    scaffold_client_control,
+    scaffold_corrected_gradient,
+)
+from secure_fedrl.fl.updates import VectorError, check_update, weighted_mean
+
+__all__ = [
+    "Compressed",
+    "Compressor",
+    "NoCompression",
+    "SharedRandomMask",
+    "StochasticQuantizer",
+    "TopK",
+    "make_compressor",
+    "shared_mask_indices",
+    "sample_clients",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAsync",
+    "FedAvg",
+    "FedProx",
+    "FedYogi",
+    "Scaffold",
+    "Strategy",
+    "make_strategy",
+    "scaffold_client_control",
+    "scaffold_corrected_gradient",
+    "VectorError",
+    "check_update",
+    "weighted_mean",
+]
