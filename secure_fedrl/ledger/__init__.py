@@ -1,1 +1,32 @@
-"""ledger."""
+"""The privacy ledger: append-only, hash-chained, Ed25519-signed record of every round's spend.
+
+Format (byte-for-byte, for independent auditors): FORMAT.md in this folder.
+"""
+
+from secure_fedrl.ledger.format import (
+    GENESIS_HASH,
+    LedgerChainError,
+    LedgerEntry,
+    LedgerRow,
+    SignedHead,
+    canonical_bytes,
+    head_bytes,
+    row_hash,
+    verify_chain,
+)
+from secure_fedrl.ledger.store import KEY_FILE, LEDGER_FILE, PrivacyLedger
+
+__all__ = [
+    "GENESIS_HASH",
+    "KEY_FILE",
+    "LEDGER_FILE",
+    "LedgerChainError",
+    "LedgerEntry",
+    "LedgerRow",
+    "PrivacyLedger",
+    "SignedHead",
+    "canonical_bytes",
+    "head_bytes",
+    "row_hash",
+    "verify_chain",
+]

@@ -1,0 +1,366 @@
+"""The privacy ledger on disk: an append-only, hash-chained, signed SQLite table in the run dir.
+
+Durability: WAL journal with synchronous=FULL, one transaction per append, so a row is on disk
+(fsynced) when `append` returns. The round loop appends BEFORE it applies or releases a round's
+aggregate: a crash can leave a row for a round that never finished (over-count), never the reverse.
+Nothing here updates or deletes rows; SQLite triggers refuse it too (defence in depth — the hash
+chain and signatures are the real check, verified in full on every open).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from secure_fedrl.errors import LedgerError
+from secure_fedrl.ledger.format import (
+    CONFIG_HASH_MISMATCH,
+    GENESIS_HASH,
+    LedgerChainError,
+    LedgerEntry,
+    LedgerRow,
+    SignedHead,
+    _check_text,
+    decode_epsilon,
+    encode_epsilon,
+    head_bytes,
+    sign_row,
+    verify_chain,
+)
+
+LEDGER_FILE = "privacy_ledger.sqlite"
+KEY_FILE = "ledger_signing_key.pem"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rows (
+    seq             INTEGER PRIMARY KEY,
+    round           INTEGER NOT NULL,
+    time            TEXT    NOT NULL,
+    unit            TEXT    NOT NULL,
+    site            TEXT,
+    mechanism       TEXT    NOT NULL,
+    clip            REAL    NOT NULL,
+    sigma_planned   REAL    NOT NULL,
+    sigma_effective REAL    NOT NULL,
+    sample_rate     REAL    NOT NULL,
+    steps           INTEGER NOT NULL,
+    sites_planned   INTEGER NOT NULL,
+    sites_survived  INTEGER NOT NULL,
+    accountant      TEXT    NOT NULL,
+    epsilon         TEXT    NOT NULL,
+    delta           REAL    NOT NULL,
+    config_hash     TEXT    NOT NULL,
+    prev_hash       TEXT    NOT NULL,
+    signature       TEXT    NOT NULL
+);
+CREATE TABLE head (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    seq       INTEGER NOT NULL,
+    row_hash  TEXT    NOT NULL,
+    signature TEXT    NOT NULL
+);
+CREATE TRIGGER rows_no_update BEFORE UPDATE ON rows
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger rows are append-only: UPDATE refused'); END;
+CREATE TRIGGER rows_no_delete BEFORE DELETE ON rows
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger rows are append-only: DELETE refused'); END;
+CREATE TRIGGER rows_seq_next BEFORE INSERT ON rows
+    WHEN NEW.seq IS NOT (SELECT seq FROM head WHERE id = 1) + 1
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger rows must be appended with seq = head + 1'); END;
+CREATE TRIGGER meta_no_update BEFORE UPDATE ON meta
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger meta is write-once: UPDATE refused'); END;
+CREATE TRIGGER meta_no_delete BEFORE DELETE ON meta
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger meta is write-once: DELETE refused'); END;
+CREATE TRIGGER head_no_delete BEFORE DELETE ON head
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger head cannot be deleted'); END;
+CREATE TRIGGER head_advance_only BEFORE UPDATE ON head
+    WHEN NEW.seq IS NOT OLD.seq + 1
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger head only advances by one row'); END;
+"""
+
+_COLUMNS = ("seq, round, time, unit, site, mechanism, clip, sigma_planned, sigma_effective, "
+            "sample_rate, steps, sites_planned, sites_survived, accountant, epsilon, delta, "
+            "config_hash, prev_hash, signature")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _format_time(t: datetime) -> str:
+    if t.tzinfo is None:
+        raise LedgerError("ledger clock returned a naive datetime; it must be timezone-aware")
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_or_create_key(key_path: Path, *, ledger_exists: bool) -> Ed25519PrivateKey:
+    """The server's ledger key: read from the run dir, or created there (0600) with a new ledger."""
+    if key_path.exists():
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise LedgerError(f"ledger signing key {key_path} is unreadable: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise LedgerError(f"ledger signing key {key_path} is not an Ed25519 private key")
+        return key
+    if ledger_exists:
+        raise LedgerError(f"ledger exists but its signing key {key_path} is missing; pass "
+                          f"signing_key= (a new key would not match the ledger's public key)")
+    key = Ed25519PrivateKey.generate()  # os.urandom-backed
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    tmp = key_path.with_name(f".{key_path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, key_path)
+    _fsync_dir(key_path.parent)
+    return key
+
+
+def _row_from_sql(r: tuple, *, strict: bool) -> LedgerRow:
+    (seq, rnd, time, unit, site, mechanism, clip, sp, se, q, steps, planned, survived, accountant,
+     eps, delta, config_hash, prev_hash, signature) = r
+    try:
+        entry = LedgerEntry(round=rnd, unit=unit, site=site, mechanism=mechanism, clip=clip,
+                            sigma_planned=sp, sigma_effective=se, sample_rate=q, steps=steps,
+                            sites_planned=planned, sites_survived=survived, accountant=accountant,
+                            epsilon=decode_epsilon(eps), delta=delta)
+    except (LedgerError, ValueError, TypeError, AttributeError) as exc:
+        if strict:
+            raise LedgerChainError(seq, "edited", f"row no longer parses: {exc}") from None
+        raise
+    return LedgerRow(seq=seq, time=time, config_hash=config_hash, prev_hash=prev_hash,
+                     signature=signature, entry=entry)
+
+
+class PrivacyLedger:
+    """Append-only privacy ledger; open with `PrivacyLedger.open`, never construct directly."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, key: Ed25519PrivateKey,
+                 config_hash: str, rows: list[LedgerRow], clock: Callable[[], datetime]) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self.path = path
+        self._key = key
+        self.config_hash = config_hash
+        self._rows = rows
+        self._clock = clock
+        self.public_key_hex = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, signing_key: Ed25519PrivateKey | None = None,
+             config_hash: str, create: bool = True,
+             clock: Callable[[], datetime] = _utc_now) -> "PrivacyLedger":
+        """Open (or create) the ledger at `path` (a file, or a run directory holding
+        privacy_ledger.sqlite) and verify the whole chain; raise LedgerError naming the first bad row.
+
+        Without `signing_key` the key is read from ledger_signing_key.pem next to the ledger, or
+        created there (mode 0600) together with a new ledger. Pass create=False when resuming:
+        a missing ledger is then an error rather than a fresh (zero-spend) one.
+        """
+        _check_text("config_hash", config_hash)
+        p = Path(path)
+        if p.is_dir():
+            p = p / LEDGER_FILE
+        if not create and not p.exists():
+            raise LedgerError(f"privacy ledger {p} is missing (resuming a run needs its ledger)")
+        if not p.parent.is_dir():
+            raise LedgerError(f"ledger directory {p.parent} does not exist")
+        if signing_key is not None and not isinstance(signing_key, Ed25519PrivateKey):
+            raise LedgerError("signing_key must be an Ed25519PrivateKey")
+        try:
+            conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open privacy ledger {p}: {exc}") from None
+        try:
+            return cls._init(conn, p, signing_key, config_hash, clock, allow_create=create)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def _init(cls, conn: sqlite3.Connection, p: Path, signing_key: Ed25519PrivateKey | None,
+              config_hash: str, clock: Callable[[], datetime], *,
+              allow_create: bool) -> "PrivacyLedger":
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous=FULL")
+            if mode.lower() != "wal" or conn.execute("PRAGMA synchronous").fetchone()[0] != 2:
+                raise LedgerError(f"privacy ledger {p}: cannot enable WAL + synchronous=FULL")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and not {"meta", "rows", "head"} <= tables:
+                raise LedgerError(f"{p} is not a secure-fedrl privacy ledger (tables {sorted(tables)})")
+            create = not tables  # an interrupted creation committed nothing: start over
+            if create and not allow_create:
+                raise LedgerError(f"privacy ledger {p} is empty (resuming a run needs its ledger)")
+            key = signing_key if signing_key is not None else _load_or_create_key(
+                p.parent / KEY_FILE, ledger_exists=not create)
+            pub = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw).hex()
+            if create:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in _SCHEMA.split(";\n"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                    meta = {"format": "secure-fedrl-ledger", "schema_version": SCHEMA_VERSION,
+                            "public_key": pub, "config_hash": config_hash,
+                            "created": _format_time(clock())}
+                    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+                    sig = key.sign(head_bytes(seq=0, row_hash=GENESIS_HASH, config_hash=config_hash))
+                    conn.execute("INSERT INTO head (id, seq, row_hash, signature) VALUES (1, 0, ?, ?)",
+                                 (GENESIS_HASH, sig.hex()))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                _fsync_dir(p.parent)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            raw_rows = conn.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY seq").fetchall()
+            head_row = conn.execute("SELECT seq, row_hash, signature FROM head WHERE id = 1").fetchone()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"privacy ledger {p} is unreadable: {exc}") from None
+        if meta.get("format") != "secure-fedrl-ledger" or meta.get("schema_version") != SCHEMA_VERSION:
+            raise LedgerError(f"{p} is not a secure-fedrl privacy ledger (schema "
+                              f"{meta.get('schema_version')!r})")
+        if meta.get("config_hash") != config_hash:
+            raise LedgerChainError(1 if raw_rows else None, CONFIG_HASH_MISMATCH,
+                                   f"{p} was written for config {meta.get('config_hash')!r}, "
+                                   f"this run's is {config_hash!r}")
+        if meta.get("public_key") != pub:
+            raise LedgerError(f"privacy ledger {p}: the signing key does not match the ledger's "
+                              f"public key {meta.get('public_key')}")
+        if head_row is None:
+            raise LedgerChainError(None, "deleted", f"{p}: the signed head is missing")
+        rows = [_row_from_sql(r, strict=True) for r in raw_rows]
+        verify_chain(rows, pub, config_hash=config_hash, head=SignedHead(*head_row))
+        return cls(conn, p, key, config_hash, rows, clock)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def rows(self) -> list[LedgerRow]:
+        """All rows, oldest first (verified on open, plus those appended since)."""
+        return list(self._rows)
+
+    def rows_after(self, round_id: int) -> list[LedgerRow]:
+        """Rows of rounds > round_id: on resume from a checkpoint at round_id, the rounds whose
+        spend is counted although their aggregate was never applied (they stay counted)."""
+        return [r for r in self._rows if r.round > round_id]
+
+    def last_round(self) -> int | None:
+        """Highest round id with a row, or None for an empty ledger; resume at last_round() + 1."""
+        return max((r.round for r in self._rows), default=None)
+
+    def cumulative_epsilon(self) -> dict[str, float]:
+        """Epsilon spent so far per accountant: the last client-level row's, or for trajectory-level
+        ledgers the worst site's (max over sites of each site's latest row)."""
+        out: dict[str, float] = {}
+        for eps in self.cumulative_epsilon_by_site().values():
+            for name, value in eps.items():
+                out[name] = max(out.get(name, 0.0), value)
+        return out
+
+    def cumulative_epsilon_by_site(self) -> dict[str | None, dict[str, float]]:
+        """Latest cumulative epsilon per scope: key None for client-level, the site id otherwise."""
+        latest: dict[str | None, dict[str, float]] = {}
+        for r in self._rows:
+            latest[r.site] = dict(r.epsilon)
+        return latest
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, entry: LedgerEntry) -> LedgerRow:
+        """Sign, chain and durably store one row; when this returns the row survives a crash."""
+        conn = self._require_open()
+        if not isinstance(entry, LedgerEntry):
+            raise LedgerError(f"append expects a LedgerEntry, got {type(entry).__name__}")
+        self._check_order(entry)
+        prev_hash = self._rows[-1].hash if self._rows else GENESIS_HASH
+        seq = len(self._rows) + 1
+        row = sign_row(LedgerRow(seq=seq, time=_format_time(self._clock()),
+                                 config_hash=self.config_hash, prev_hash=prev_hash, signature="",
+                                 entry=entry), self._key)
+        head_sig = self._key.sign(head_bytes(seq=seq, row_hash=row.hash,
+                                             config_hash=self.config_hash)).hex()
+        e = entry
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                db_head = conn.execute("SELECT seq, row_hash FROM head WHERE id = 1").fetchone()
+                if db_head != (seq - 1, prev_hash):
+                    raise LedgerError(f"privacy ledger {self.path} was changed by another writer "
+                                      f"(head {db_head}, expected seq {seq - 1})")
+                conn.execute(
+                    f"INSERT INTO rows ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                    (seq, e.round, row.time, e.unit, e.site, e.mechanism, e.clip, e.sigma_planned,
+                     e.sigma_effective, e.sample_rate, e.steps, e.sites_planned, e.sites_survived,
+                     e.accountant, encode_epsilon(e.epsilon), e.delta, row.config_hash,
+                     row.prev_hash, row.signature))
+                conn.execute("UPDATE head SET seq = ?, row_hash = ?, signature = ? WHERE id = 1",
+                             (seq, row.hash, head_sig))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise LedgerError(f"privacy ledger {self.path}: append of round {e.round} failed: "
+                              f"{exc}") from None
+        self._rows.append(row)
+        return row
+
+    def _check_order(self, e: LedgerEntry) -> None:
+        """Rounds only move forward and cumulative epsilon never shrinks: a ledger that went
+        backwards would under-count, which is the one thing it must never do."""
+        last = self.last_round()
+        if last is not None:
+            if e.unit == "client" and e.round <= last:
+                raise LedgerError(f"round {e.round} is not after the ledger's last round {last} "
+                                  f"(a retried round takes a new id; the old row stays counted)")
+            if e.round < last:
+                raise LedgerError(f"round {e.round} is before the ledger's last round {last}")
+            same_round = (r for r in reversed(self._rows) if r.round == e.round)
+            if any(r.site == e.site for r in same_round):
+                raise LedgerError(f"the ledger already has a row for round {e.round}, site {e.site}")
+        prev = next((r for r in reversed(self._rows) if r.site == e.site), None)
+        if prev is not None:
+            for name, value in prev.epsilon.items():
+                if name in e.epsilon and e.epsilon[name] < value:
+                    raise LedgerError(f"cumulative epsilon[{name}] would decrease from {value!r} to "
+                                      f"{e.epsilon[name]!r} (round {e.round}, site {e.site})")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LedgerError(f"privacy ledger {self.path} is closed")
+        return self._conn
+
+    def __enter__(self) -> "PrivacyLedger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
