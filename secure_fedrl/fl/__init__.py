@@ -25,7 +25,7 @@ from secure_fedrl.fl.strategies import (
     scaffold_client_control,
     scaffold_corrected_gradient,
 )
-from secure_fedrl.fl.updates import VectorError, check_update, weighted_mean
+from secure_fedrl.fl.updates import VectorError, WeightedSum, check_update, weighted_mean
 
 __all__ = [
     "Compressed",
@@ -49,6 +49,7 @@ __all__ = [
     "scaffold_client_control",
     "scaffold_corrected_gradient",
     "VectorError",
+    "WeightedSum",
     "check_update",
     "weighted_mean",
 ]

@@ -166,6 +166,10 @@ class Compressor(ABC):
 
     name: ClassVar[str]
     payload_type: ClassVar[type[Compressed]]
+    #: True when every site's payload lives in one shared dense index space, so that secure
+    #: aggregation can mask and sum it (docs/compression.md); the config should refuse the others
+    #: together with secure aggregation.
+    secagg_compatible: ClassVar[bool] = False
 
     def __init__(self, *, error_feedback: bool = False) -> None:
         self.error_feedback = _flag("error_feedback", error_feedback)
@@ -258,6 +262,7 @@ class NoCompression(Compressor):
 
     name = "none"
     payload_type = DenseCompressed
+    secagg_compatible = True
 
     def __init__(self) -> None:
         super().__init__(error_feedback=False)
@@ -372,6 +377,7 @@ class SharedRandomMask(Compressor):
 
     name = "shared_mask"
     payload_type = MaskedCompressed
+    secagg_compatible = True
 
     def __init__(self, ratio: float, *, error_feedback: bool = True) -> None:
         super().__init__(error_feedback=error_feedback)

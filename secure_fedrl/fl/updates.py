@@ -13,7 +13,7 @@ import numpy as np
 
 from secure_fedrl.errors import SecureFedRLError, UpdateRejected
 
-__all__ = ["VectorError", "as_vector", "check_update", "weighted_mean"]
+__all__ = ["VectorError", "WeightedSum", "as_vector", "check_update", "weighted_mean"]
 
 
 class VectorError(SecureFedRLError, ValueError):
@@ -91,3 +91,37 @@ def weighted_mean(
         np.multiply(u, np.float32(wi / total), out=scratch)
         np.add(out, scratch, out=out)
     return out
+
+
+class WeightedSum:
+    """Streaming Σ w_i·Δ_i for updates that arrive one by one (in-the-clear mode).
+
+    Holds one float32 vector (plus one scratch vector) whatever the number of sites, so the
+    server need not keep every update until the round closes; `mean()` divides by Σ w_i.
+    """
+
+    def __init__(self, dim: int) -> None:
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
+            raise VectorError(f"dim must be a positive integer, got {dim!r}")
+        self.dim = int(dim)
+        self._sum = np.zeros(self.dim, dtype=np.float32)
+        self._scratch = np.empty(self.dim, dtype=np.float32)
+        self.count = 0
+        self.total_weight = 0.0
+
+    def add(self, update: np.ndarray, weight: float = 1.0) -> None:
+        """Add w·Δ (Δ should have passed `check_update` already)."""
+        u = as_vector(update, what="update", dim=self.dim)
+        w = float(weight)
+        if not math.isfinite(w) or w < 0:
+            raise VectorError(f"weight must be finite and >= 0, got {weight!r}")
+        np.multiply(u, np.float32(w), out=self._scratch)
+        np.add(self._sum, self._scratch, out=self._sum)
+        self.count += 1
+        self.total_weight += w
+
+    def mean(self) -> np.ndarray:
+        """Σ w_i·Δ_i / Σ w_i as a new float32 vector."""
+        if self.total_weight <= 0:
+            raise VectorError("no update with positive weight was added")
+        return self._sum / np.float32(self.total_weight)

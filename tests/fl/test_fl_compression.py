@@ -177,6 +177,12 @@ def test_state_dict_round_trip_gives_identical_next_payload(factory):
     np.testing.assert_array_equal(a.residual, b.residual)
 
 
+def test_secagg_compatibility_flags():
+    # only schemes with one shared dense index space can be masked and summed
+    assert NoCompression.secagg_compatible and SharedRandomMask.secagg_compatible
+    assert not TopK.secagg_compatible and not StochasticQuantizer.secagg_compatible
+
+
 def test_bad_payloads_and_configs():
     t = TopK(0.5)
     p = t.compress(f32(1, 2))

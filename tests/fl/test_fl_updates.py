@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_fedrl.errors import UpdateRejected
-from secure_fedrl.fl.updates import VectorError, check_update, weighted_mean
+from secure_fedrl.fl.updates import VectorError, WeightedSum, check_update, weighted_mean
 
 
 def test_check_update_accepts_good_vector_and_returns_it():
@@ -90,3 +90,20 @@ def test_weighted_mean_matches_numpy_average(n, dim, seed):
     w = rng.uniform(0.1, 10.0, size=n)
     want = np.average(np.stack(ups).astype(np.float64), axis=0, weights=w)
     np.testing.assert_allclose(weighted_mean(ups, list(w)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_sum_streams_to_the_same_mean():
+    rng = np.random.default_rng(0)
+    ups = [rng.normal(size=9).astype(np.float32) for _ in range(5)]
+    w = [1.0, 2.0, 0.0, 4.0, 0.5]
+    acc = WeightedSum(9)
+    with pytest.raises(VectorError, match="no update"):
+        acc.mean()
+    for u, wi in zip(ups, w):
+        acc.add(u, wi)
+    assert acc.count == 5 and acc.total_weight == 7.5
+    np.testing.assert_allclose(acc.mean(), weighted_mean(ups, w), rtol=1e-5, atol=1e-7)
+    with pytest.raises(VectorError, match="length 3, expected 9"):
+        acc.add(np.zeros(3, np.float32))
+    with pytest.raises(VectorError, match="weight"):
+        acc.add(ups[0], -1.0)
