@@ -1,0 +1,77 @@
+"""One entry point for a site's local work in a round: :func:`train_local`.
+
+The caller (the round loop) owns the env, which persists across rounds, and the policy, whose
+parameters it loaded from the global model; afterwards it reads the new parameters back with
+``get_flat(policy.shared_parameters(...))``. Everything random comes from ``generator``.
+"""
+
+from __future__ import annotations
+
+from torch import Generator, Tensor
+
+from secure_fedrl.errors import ConfigError
+from secure_fedrl.rl.dp_training import TrajectoryDP, train_dp
+from secure_fedrl.rl.envs import SiteVectorEnv
+from secure_fedrl.rl.policies import ActorCritic
+from secure_fedrl.rl.ppo import PPOConfig, train_ppo
+from secure_fedrl.rl.reinforce import ReinforceConfig, train_reinforce
+from secure_fedrl.rl.rollout import Corrections, LocalResult
+
+__all__ = ["LocalResult", "train_local"]
+
+
+def _check_budget(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"train_local: {name} must be a positive integer, got {value!r}")
+
+
+def train_local(
+    policy: ActorCritic,
+    env: SiteVectorEnv,
+    algo: PPOConfig | ReinforceConfig,
+    *,
+    steps: int | None = None,
+    episodes: int | None = None,
+    generator: Generator,
+    prox_mu: float = 0.0,
+    anchor: list[Tensor] | None = None,
+    grad_correction: list[Tensor] | None = None,
+    federated_params: list[Tensor] | None = None,
+    dp: TrajectoryDP | None = None,
+) -> LocalResult:
+    """Train ``policy`` in place on ``env`` for at least ``steps`` env steps (all copies together)
+    and/or ``episodes`` completed episodes.
+
+    prox_mu, anchor: FedProx term mu/2 ||theta - theta_global||^2 over ``federated_params``.
+    grad_correction: SCAFFOLD's (c - c_i), added to the federated parameters' gradients before
+    every optimizer step. federated_params: the tensors ``anchor``/``grad_correction`` align with
+    (default: actor and critic, ``policy.shared_parameters(True)``).
+    dp: trajectory-level DP-SGD on complete episodes (see dp_training.py); the result's
+    ``dp_steps`` and ``dp_sample_rate`` are what the accountant must be charged.
+    """
+    _check_budget("steps", steps)
+    _check_budget("episodes", episodes)
+    if steps is None and episodes is None:
+        raise ConfigError("train_local: give steps or episodes (the local work per round)")
+    if not isinstance(generator, Generator):
+        raise ConfigError(f"train_local: generator must be a torch.Generator, got {type(generator).__name__}")
+    if not isinstance(policy, ActorCritic):
+        raise ConfigError(f"train_local: policy must be an ActorCritic, got {type(policy).__name__}")
+    if not isinstance(env, SiteVectorEnv):
+        raise ConfigError(f"train_local: env must come from make_site_env, got {type(env).__name__}")
+    federated = list(federated_params) if federated_params is not None else policy.shared_parameters(True)
+    own = {id(p) for p in policy.parameters()}
+    if any(id(p) not in own for p in federated):
+        raise ConfigError("train_local: federated_params must be parameters of the policy")
+    corrections = Corrections(federated, prox_mu=prox_mu, anchor=anchor, grad_correction=grad_correction)
+
+    if dp is not None:
+        return train_dp(policy, env, algo, dp, steps=steps, episodes=episodes, generator=generator,
+                        corrections=corrections)
+    if isinstance(algo, PPOConfig):
+        return train_ppo(policy, env, algo, steps=steps, episodes=episodes, generator=generator,
+                         corrections=corrections)
+    if isinstance(algo, ReinforceConfig):
+        return train_reinforce(policy, env, algo, steps=steps, episodes=episodes, generator=generator,
+                               corrections=corrections)
+    raise ConfigError(f"train_local: algo must be PPOConfig or ReinforceConfig, got {type(algo).__name__}")
