@@ -61,7 +61,9 @@ def main() -> None:
     mean = weighted_mean(updates, weights)
 
     rows: list[tuple[str, list[float]]] = []
-    rows.append(("weighted_mean (in place)", _time(lambda: weighted_mean(updates, weights), args.repeats)))
+    rows.append(
+        ("weighted_mean (in place)", _time(lambda: weighted_mean(updates, weights), args.repeats))
+    )
     rows.append(("stack + BLAS", _time(lambda: w32 @ np.stack(updates), args.repeats)))
     rows.append(("BLAS on preallocated (N, D)", _time(lambda: w32 @ matrix, args.repeats)))
 
@@ -74,7 +76,10 @@ def main() -> None:
     ]:
         strat = make_strategy(name, **params_kw)
         rows.append(
-            (f"{name} aggregate", _time(lambda s=strat: s.aggregate(params, updates, weights), args.repeats))
+            (
+                f"{name} aggregate",
+                _time(lambda s=strat: s.aggregate(params, updates, weights), args.repeats),
+            )
         )
         rows.append((f"{name} apply", _time(lambda s=strat: s.apply(params, mean), args.repeats)))
 

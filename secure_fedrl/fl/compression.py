@@ -187,7 +187,7 @@ class Compressor(ABC):
         *,
         round_seed: int | None = None,
     ) -> Compressed:
-        """Compress `vec` (+ the residual); keep `vec + residual − decompress(result)` as new residual."""
+        """Compress `vec` + residual; the new residual is (vec + residual) − decompress(result)."""
         x = as_vector(vec, what="vec")
         dim = x.shape[0]
         if dim > _MAX_DIM:
@@ -239,7 +239,11 @@ class Compressor(ABC):
         if d.get("compressor") != self.name:
             raise ConfigError(f"state is for compressor {d.get('compressor')!r}, not {self.name!r}")
         for key, mine in self._hyper().items():
-            if key not in d or float(d[key]) != float(mine):
+            try:
+                same = key in d and float(d[key]) == float(mine)
+            except (TypeError, ValueError):
+                same = False
+            if not same:
                 raise ConfigError(
                     f"{self.name} state has {key}={d.get(key)!r} but this compressor has {mine!r}"
                 )

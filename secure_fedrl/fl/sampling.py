@@ -55,7 +55,9 @@ def sample_clients(
 
     if count is not None:
         if poisson:
-            raise ConfigError("poisson sampling takes a fraction (inclusion probability), not a count")
+            raise ConfigError(
+                "poisson sampling takes a fraction (inclusion probability), not a count"
+            )
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
             raise ConfigError(f"count must be an integer, got {count!r}")
         if not 1 <= count <= n:

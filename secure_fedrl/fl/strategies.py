@@ -136,7 +136,13 @@ class Strategy(ABC):
             if key not in d:
                 raise ConfigError(f"{self.name} state lacks hyperparameter {key!r}")
             theirs = d[key]
-            same = theirs == mine if isinstance(mine, str) else float(theirs) == float(mine)
+            if isinstance(mine, str):
+                same = theirs == mine
+            else:
+                try:
+                    same = float(theirs) == float(mine)
+                except (TypeError, ValueError):
+                    same = False
             if not same:
                 raise ConfigError(
                     f"{self.name} state has {key}={theirs!r} but this strategy has {key}={mine!r}"
@@ -293,7 +299,11 @@ class FedAdam(_FedOpt):
 
 
 class FedYogi(_FedOpt):
-    """v_t = v_{t−1} − (1−β2)·Δ_t²·sign(v_{t−1} − Δ_t²): v grows additively, never blows up."""
+    """v_t = v_{t−1} − (1−β2)·Δ_t²·sign(v_{t−1} − Δ_t²).
+
+    Moves v towards Δ² by an additive (1−β2)·Δ² instead of Adam's multiplicative decay, so the
+    effective step size shrinks less abruptly after a rare large update (Zaheer et al. 2018).
+    """
 
     name = "fedyogi"
 
@@ -591,7 +601,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
-    """Build a strategy from its config name and hyperparameters; unknown names/params → ConfigError."""
+    """Build a strategy from its config name and hyperparameters (unknown ones: ConfigError)."""
     if not isinstance(name, str) or name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
     cls = STRATEGIES[name]

@@ -23,11 +23,15 @@ class VectorError(SecureFedRLError, ValueError):
     """
 
 
-def check_update(vec: object, *, dim: int, site: str) -> np.ndarray:
+def check_update(
+    vec: object, *, dim: int, site: str, max_norm: float | None = None
+) -> np.ndarray:
     """Return `vec` if it is a usable update of `dim` float32 values, else raise `UpdateRejected`.
 
     Strict on dtype on purpose: a float64 or int vector means the site runs different code than
-    ours, and silently casting would hide that. The message is one line naming the site.
+    ours, and silently casting would hide that. `max_norm` (e.g. the DP clipping bound C, with
+    some float slack) rejects updates whose L2 norm exceeds it. The message is one line naming
+    the site.
     """
     if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
         raise VectorError(f"dim must be a positive integer, got {dim!r}")
@@ -43,6 +47,15 @@ def check_update(vec: object, *, dim: int, site: str) -> np.ndarray:
         n_nan = int(np.isnan(vec).sum())
         n_inf = int(np.isinf(vec).sum())
         raise UpdateRejected(f"site {site!r}: update has {n_nan} NaN and {n_inf} Inf values")
+    if max_norm is not None:
+        bound = float(max_norm)
+        if not (math.isfinite(bound) and bound > 0):
+            raise VectorError(f"max_norm must be finite and > 0, got {max_norm!r}")
+        norm = float(np.linalg.norm(vec.astype(np.float64)))
+        if norm > bound:
+            raise UpdateRejected(
+                f"site {site!r}: update L2 norm {norm:.6g} exceeds the bound {bound:.6g}"
+            )
     return vec
 
 

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secure_fedrl.errors import ConfigError, ProtocolError
 from secure_fedrl.fl.strategies import (
@@ -43,6 +45,19 @@ def test_fedavg_weighted_and_uniform_by_hand():
     np.testing.assert_allclose(s.aggregate(x, [a, b], [1, 3]), [12.5, -6.5])
     # server_lr 0.5 halves the step
     np.testing.assert_allclose(FedAvg(server_lr=0.5).apply(x, f32(2.0, 4.0)), [11.0, -8.0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 5), dim=st.integers(1, 12))
+def test_fedavg_equals_weighted_average_of_local_models(seed, n, dim):
+    """x + Σ w_i (y_i − x)/Σ w_i = Σ w_i y_i / Σ w_i: FedAvg on updates is model averaging."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=dim).astype(np.float32)
+    ys = [rng.normal(size=dim).astype(np.float32) for _ in range(n)]
+    w = rng.uniform(1, 100, size=n)
+    got = FedAvg().aggregate(x, [y - x for y in ys], list(w))
+    want = np.average(np.stack(ys).astype(np.float64), axis=0, weights=w)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_apply_does_not_modify_params():
@@ -247,6 +262,8 @@ def test_fedadam_state_dict_is_a_copy():
 def test_load_state_refuses_other_strategy_or_config():
     a = FedAdam(beta1=0.9)
     a.apply(f32(0.0), f32(1.0))
+    with pytest.raises(ConfigError, match="tau='x'"):
+        FedAdam(beta1=0.9).load_state_dict(a.state_dict() | {"tau": "x"})
     with pytest.raises(ConfigError, match="beta1"):
         FedAdam(beta1=0.8).load_state_dict(a.state_dict())
     with pytest.raises(ConfigError, match="'fedadam', not 'fedyogi'"):

@@ -36,6 +36,15 @@ def test_check_update_rejects_with_one_line_naming_site(vec, needle):
     assert "hospital-7" in msg and needle in msg and "\n" not in msg
 
 
+def test_check_update_norm_bound():
+    v = np.array([3.0, 4.0], dtype=np.float32)  # norm 5
+    assert check_update(v, dim=2, site="a", max_norm=5.0) is v
+    with pytest.raises(UpdateRejected, match="site 'a': update L2 norm 5 exceeds the bound 4.99"):
+        check_update(v, dim=2, site="a", max_norm=4.99)
+    with pytest.raises(VectorError, match="max_norm"):
+        check_update(v, dim=2, site="a", max_norm=0.0)
+
+
 def test_check_update_bad_dim_is_caller_bug():
     with pytest.raises(VectorError):
         check_update(np.zeros(1, np.float32), dim=0, site="a")
