@@ -57,7 +57,7 @@ class SecAggClient:
     ) -> None:
         if site_id not in config.identity:
             raise ProtocolError(f"site {site_id} is not part of round {config.round_id}")
-        if P.ed25519_public_bytes(identity_key) != config.identity[site_id]:
+        if P.ed25519_public_bytes(identity_key) != config.identity_keys[config.site_ids.index(site_id)]:
             raise ProtocolError(f"site {site_id}: identity key does not match the enrolled public key")
         vec = np.asarray(vector)
         if vec.dtype != np.uint32 or vec.shape != (config.dim,):
@@ -74,6 +74,7 @@ class SecAggClient:
         self.guard = RevealGuard()
         self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
         self._shares: dict[int, tuple[bytes, bytes]] = {}
+        self._enc_shared: dict[int, bytes] = {}
 
     # -------------------------------------------------------------- helpers
     def _expect(self, phase: str, msg, cls) -> None:
@@ -95,6 +96,7 @@ class SecAggClient:
             raise ProtocolError(f"site {self.id}: keys already advertised")
         self._c_sk, c_pk = P.x25519_keypair(self._rand)
         self._s_sk, s_pk = P.x25519_keypair(self._rand)
+        self._c_key, self._s_key = P.x25519_key(self._c_sk), P.x25519_key(self._s_sk)
         self._advert = M.AdvertiseKeys(self.cfg.digest, self.id, c_pk, s_pk).signed(self._sk)
         self.phase = "share_keys"
         return self._advert
@@ -144,7 +146,8 @@ class SecAggClient:
             if v == self.id:
                 self._shares[v] = (bs, ss)
                 continue
-            key = R.enc_key(self.cfg, P.x25519(self._c_sk, keys[v][0]), self.id, v)
+            self._enc_shared[v] = shared = P.x25519(self._c_key, keys[v][0])
+            key = R.enc_key(self.cfg, shared, self.id, v)
             pt = R.share_plaintext(self.id, v, bs, ss)
             cts.append((v, P.aead_encrypt(key, R.enc_nonce(self.id, v), pt, R.enc_ad(self.cfg, self.id, v))))
         self._sent_to = {v for v, _ in cts}
@@ -162,7 +165,7 @@ class SecAggClient:
                 continue
             pairs.add(v)
             try:
-                key = R.enc_key(self.cfg, P.x25519(self._c_sk, self._peer_keys[v][0]), v, self.id)
+                key = R.enc_key(self.cfg, self._enc_shared[v], v, self.id)
                 pt = P.aead_decrypt(key, R.enc_nonce(v, self.id), ct, R.enc_ad(self.cfg, v, self.id))
                 if len(pt) != _PT_BYTES or struct.unpack(">II", pt[:8]) != (v, self.id):
                     raise ProtocolError(f"share plaintext from site {v} has the wrong header or length")
@@ -180,7 +183,7 @@ class SecAggClient:
         acc = P.MaskAccumulator(self.cfg.dim)
         acc.add(y, self._b)
         for v in sorted(pairs):
-            seed = R.mask_seed(self.cfg, P.x25519(self._s_sk, self._peer_keys[v][1]), self.id, v)
+            seed = R.mask_seed(self.cfg, P.x25519(self._s_key, self._peer_keys[v][1]), self.id, v)
             if v > self.id:
                 acc.add(y, seed)
             else:

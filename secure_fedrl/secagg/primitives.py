@@ -74,12 +74,18 @@ def sign(sk: Ed25519PrivateKey, data: bytes) -> bytes:
     return sk.sign(data)
 
 
-def verify(public_key: bytes, signature: bytes, data: bytes, *, what: str = "message") -> None:
+def verify(
+    public_key: "bytes | Ed25519PublicKey", signature: bytes, data: bytes, *, what: str = "message"
+) -> None:
     """Raise ProtocolError unless `signature` is a valid Ed25519 signature of `data`."""
-    if len(public_key) != KEY_BYTES or len(signature) != SIG_BYTES:
-        raise ProtocolError(f"{what}: malformed Ed25519 key or signature length")
+    if len(signature) != SIG_BYTES:
+        raise ProtocolError(f"{what}: malformed Ed25519 signature length")
+    if not isinstance(public_key, Ed25519PublicKey):
+        if len(public_key) != KEY_BYTES:
+            raise ProtocolError(f"{what}: malformed Ed25519 public key length")
+        public_key = Ed25519PublicKey.from_public_bytes(public_key)
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        public_key.verify(signature, data)
     except InvalidSignature:
         raise ProtocolError(f"{what}: invalid signature") from None
 
@@ -98,16 +104,25 @@ def x25519_public(private_key: bytes) -> bytes:
     return sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def x25519(private_key: bytes, peer_public_key: bytes) -> bytes:
-    """Raw X25519 shared secret; all-zero results (small-order points) are rejected by the library."""
+def x25519(private_key: "bytes | X25519PrivateKey", peer_public_key: bytes) -> bytes:
+    """Raw X25519 shared secret; all-zero results (small-order points) are rejected by the library.
+
+    Pass a key object (see `x25519_key`) when doing many agreements: parsing costs as much as one.
+    """
     if len(peer_public_key) != KEY_BYTES:
         raise ProtocolError(f"X25519 public key must be 32 bytes, got {len(peer_public_key)}")
+    if not isinstance(private_key, X25519PrivateKey):
+        private_key = X25519PrivateKey.from_private_bytes(private_key)
     try:
-        return X25519PrivateKey.from_private_bytes(private_key).exchange(
+        return private_key.exchange(
             X25519PublicKey.from_public_bytes(peer_public_key)
         )
     except ValueError as exc:
         raise ProtocolError(f"X25519 agreement failed: {exc}") from None
+
+
+def x25519_key(private_key: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(private_key)
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:

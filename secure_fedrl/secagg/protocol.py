@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from secure_fedrl.errors import ConfigError
 
 from . import primitives as P
@@ -52,6 +54,10 @@ class RoundConfig:
             raise ConfigError("site_ids must be strictly increasing integers in [1, 2^32-1]")
         if len(self.identity_keys) != len(ids) or any(len(k) != 32 for k in self.identity_keys):
             raise ConfigError("identity_keys must hold one 32-byte Ed25519 public key per site")
+        try:
+            self.identity
+        except ValueError:
+            raise ConfigError("identity_keys holds an invalid Ed25519 public key") from None
         if not isinstance(self.bits, int) or not 1 <= self.bits <= 32:
             raise ConfigError(f"bits must be an integer in [1, 32], got {self.bits!r}")
         if not isinstance(self.dim, int) or not 0 < self.dim < 2**30:
@@ -91,8 +97,9 @@ class RoundConfig:
         return self.graph[u] | {u}
 
     @cached_property
-    def identity(self) -> dict[int, bytes]:
-        return dict(zip(self.site_ids, self.identity_keys))
+    def identity(self) -> dict[int, "Ed25519PublicKey"]:
+        """Parsed identity keys by site id (parsed once: verification is the hot path)."""
+        return {i: Ed25519PublicKey.from_public_bytes(k) for i, k in zip(self.site_ids, self.identity_keys)}
 
 
 def enc_key(cfg: RoundConfig, shared: bytes, sender: int, receiver: int) -> bytes:

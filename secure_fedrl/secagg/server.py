@@ -204,8 +204,9 @@ class SecAggServer:
                                           what=f"masking key of dropped site {v}")
                 if P.x25519_public(s_sk) != self._adverts[v].s_pk:
                     raise ProtocolError(f"reconstructed masking key of site {v} does not match its public key")
+                s_key = P.x25519_key(s_sk)
                 for u in sorted(self._pairs[v] & alive):
-                    seed = R.mask_seed(cfg, P.x25519(s_sk, self._adverts[u].s_pk), u, v)
+                    seed = R.mask_seed(cfg, P.x25519(s_key, self._adverts[u].s_pk), u, v)
                     # u added +PRG(s_uv) if v > u and -PRG(s_uv) if v < u: undo it.
                     if v > u:
                         acc.sub(total, seed)
