@@ -209,3 +209,40 @@ def test_bad_payloads_and_configs():
     with pytest.raises(ConfigError, match="needs parameter"):
         make_compressor("topk")
     assert isinstance(make_compressor("qsgd", levels=4, error_feedback=False), StochasticQuantizer)
+
+
+def test_shared_mask_payloads_survive_pairwise_masking_in_the_ring():
+    """Fixed-point encode each site's k-vector, add cancelling pairwise masks mod 2^32 (what
+    SecAgg does), sum: the unmasked sum decodes to the sum of the sites' sparse vectors."""
+    from secure_fedrl.secagg.encoding import centered_lift, to_ring
+
+    dim, seed, n_sites, scale = 500, 99, 4, 2.0**16
+    rng = np.random.default_rng(3)
+    comps = [SharedRandomMask(0.1) for _ in range(n_sites)]
+    xs = [rng.normal(size=dim).astype(np.float32) for _ in range(n_sites)]
+    payloads = [c.compress(x, round_seed=seed) for c, x in zip(comps, xs)]
+    k = payloads[0].values.shape[0]
+    pair = {
+        (u, v): rng.integers(0, 2**32, size=k, dtype=np.uint64)
+        for u in range(n_sites)
+        for v in range(u + 1, n_sites)
+    }
+    masked = []
+    for u, p in enumerate(payloads):
+        y = np.round(p.values.astype(np.float64) * scale).astype(np.int64).astype(np.uint64)
+        for (a, b), m in pair.items():
+            if a == u:
+                y = y + m
+            elif b == u:
+                y = y - m
+        masked.append(to_ring(y.astype(np.int64, casting="unsafe")))
+    ring_sum = np.zeros(k, dtype=np.uint64)
+    for m in masked:
+        ring_sum = (ring_sum + m.astype(np.uint64)) % np.uint64(2**32)
+    total = (centered_lift(ring_sum.astype(np.uint32)) / scale).astype(np.float32)
+    got = SharedRandomMask(0.1).decompress(
+        MaskedCompressed(dim=dim, round_seed=seed, values=total), dim
+    )
+    want = sum(c.decompress(p, dim) for c, p in zip(comps, payloads))
+    np.testing.assert_allclose(got, want, atol=n_sites / scale)
+    assert np.count_nonzero(want) == k  # only the shared coordinates carry mass
