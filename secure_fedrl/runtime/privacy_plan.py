@@ -1,0 +1,171 @@
+"""The server's privacy bookkeeping for one run: noise calibration, budget checks, the ledger.
+
+The ledger is the system of record: on open, the accountants are rebuilt by replaying every
+ledger row, so a crash between the ledger write and the checkpoint can only over-count (the
+round is re-run and recorded again), never under-count.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from secure_fedrl.config import Config
+from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded
+from secure_fedrl.privacy.accountants import Accountant, GaussianStep, make_accountant
+
+log = logging.getLogger(__name__)
+
+
+class PrivacyPlan:
+    def __init__(self, config: Config, site_names: Sequence[str], *, ledger_path) -> None:
+        self.config = config
+        self.p = config.privacy
+        self.unit = self.p.unit
+        self.site_names = list(site_names)
+        self.ledger_path = ledger_path
+        self.ledger = None
+        self.rounds = config.federation.rounds
+        self.mechanism = "none"
+        self.sigma = 0.0
+        self.sample_rate = 0.0
+        self.accountants: dict[str | None, Accountant] = {}
+        self._pending_sites: dict[str, tuple[int, float]] = {}
+        self._last_round_metrics: dict[str, Any] = {}
+        if self.unit == "none":
+            return
+        if self.unit == "client":
+            s = config.sampling
+            self.sample_rate = s.fraction if s.poisson else 1.0
+            self.mechanism = self.p.mechanism if self.p.mechanism != "auto" else (
+                "ddg" if config.secure_aggregation.enabled else "gaussian")
+            self.sigma = self._calibrate(self.sample_rate, self.rounds)
+            self.accountants[None] = make_accountant(self.p.accountant)
+        else:
+            self.mechanism = "dp-sgd"
+            self.sample_rate = self.p.sample_rate
+            self.sigma = self._calibrate(self.sample_rate, self.rounds * self.p.noisy_steps)
+            for name in self.site_names:
+                self.accountants[name] = make_accountant(self.p.accountant)
+
+    def _calibrate(self, sample_rate: float, steps: int) -> float:
+        from secure_fedrl.privacy import noise_multiplier_for
+
+        if self.p.noise_multiplier > 0:
+            return self.p.noise_multiplier
+        sigma = noise_multiplier_for(self.p.target_epsilon, self.p.delta, sample_rate, steps,
+                                     accountant=self.p.accountant)
+        log.info("calibrated noise multiplier %.4f for epsilon %.3g over %d steps at q=%.4g",
+                 sigma, self.p.target_epsilon, steps, sample_rate)
+        return sigma
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open(self, *, config_hash: str, resume_after_round: int) -> None:
+        if self.unit == "none":
+            return
+        from secure_fedrl.ledger import PrivacyLedger
+
+        self.ledger = PrivacyLedger.open(self.ledger_path, config_hash=config_hash)
+        for row in self.ledger.rows():
+            acct = self.accountants.get(row.site)
+            if acct is None:
+                raise ConfigError(f"privacy ledger row {row.seq} names site {row.site!r}, unknown to this config")
+            acct.apply(GaussianStep(row.sigma_effective, row.sample_rate, row.steps))
+            if row.round > resume_after_round:
+                log.warning("ledger holds round %d beyond the checkpoint (round %d): its spend stays counted",
+                            row.round, resume_after_round)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- budget ---------------------------------------------------------------------------------
+    def eligible_sites(self, names: Sequence[str]) -> list[str]:
+        """Trajectory level: sites whose own budget still affords a round."""
+        if self.unit != "trajectory":
+            return list(names)
+        step = GaussianStep(self.sigma, self.sample_rate, self.p.noisy_steps)
+        return [n for n in names
+                if self.accountants[n].epsilon_after(step, self.p.delta) <= self.p.target_epsilon]
+
+    def check_round(self, round_id: int, *, planned_sites: int, worst_case_sigma: float | None = None) -> None:
+        """Refuse (before it starts) a client-level round that could exceed the budget."""
+        if self.unit != "client":
+            return
+        sigma = worst_case_sigma if worst_case_sigma is not None else self.sigma
+        acct = self.accountants[None]
+        eps = acct.epsilon_after(GaussianStep(sigma, self.sample_rate), self.p.delta)
+        if eps > self.p.target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"round {round_id} would bring epsilon to {eps:.3f} > budget {self.p.target_epsilon:g} "
+                f"(delta={self.p.delta:g}); {acct.get_epsilon(self.p.delta):.3f} spent so far")
+
+    def trajectory_dp(self, site: str):
+        if self.unit != "trajectory":
+            return None
+        from secure_fedrl.rl.dp_training import TrajectoryDP
+
+        return TrajectoryDP(max_grad_norm=self.p.clip, noise_multiplier=self.sigma,
+                            sample_rate=self.sample_rate, steps=self.p.noisy_steps)
+
+    def after_local_training(self, site: str, round_id: int, result: Any) -> None:
+        if self.unit == "trajectory":
+            self._pending_sites[site] = (int(result.dp_steps), float(result.dp_sample_rate))
+
+    # -- recording ------------------------------------------------------------------------------
+    def record_round(self, round_id: int, aggregate: Any) -> None:
+        """Append (and fsync) the round's ledger rows; called before the aggregate is applied."""
+        if self.unit == "none":
+            return
+        from secure_fedrl.ledger import LedgerEntry
+
+        rows = []
+        if self.unit == "client":
+            info = aggregate.privacy
+            sigma_eff = float(info.get("sigma_effective", self.sigma))
+            acct = self.accountants[None]
+            acct.apply(GaussianStep(sigma_eff, self.sample_rate))
+            rows.append(LedgerEntry(
+                round=round_id, unit="client", mechanism=self.mechanism, clip=self.p.clip,
+                sigma_planned=self.sigma, sigma_effective=sigma_eff, sample_rate=self.sample_rate,
+                sites_planned=int(info.get("sites_planned", len(aggregate.included))),
+                sites_survived=len(aggregate.included), accountant=self.p.accountant,
+                epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
+            self._last_round_metrics = {"noise_multiplier_effective": sigma_eff}
+        else:
+            for site, (steps, q) in sorted(self._pending_sites.items()):
+                if steps <= 0:
+                    continue
+                acct = self.accountants[site]
+                acct.apply(GaussianStep(self.sigma, q, steps))
+                rows.append(LedgerEntry(
+                    round=round_id, unit="trajectory", site=site, mechanism=self.mechanism, clip=self.p.clip,
+                    sigma_planned=self.sigma, sigma_effective=self.sigma, sample_rate=q, steps=steps,
+                    sites_planned=1, sites_survived=1, accountant=self.p.accountant,
+                    epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
+            self._pending_sites.clear()
+        for entry in rows:
+            self.ledger.append(entry)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def epsilon_spent(self) -> float | None:
+        """Client level: the federation's epsilon; trajectory level: the largest site epsilon."""
+        if self.unit == "none":
+            return None
+        values = [a.get_epsilon(self.p.delta) for a in self.accountants.values() if len(a)]
+        return max(values) if values else 0.0
+
+    def round_metrics(self) -> dict[str, Any]:
+        if self.unit == "none":
+            return {}
+        out = {"privacy_unit": self.unit, "noise_multiplier": self.sigma, "delta": self.p.delta,
+               "epsilon_budget": self.p.target_epsilon}
+        out.update(self._last_round_metrics)
+        return out

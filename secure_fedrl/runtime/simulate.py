@@ -1,0 +1,423 @@
+"""`secure-fedrl simulate`: the whole federation in one process (the embedded default).
+
+One round, as DESIGN.md draws it: sample sites -> each site trains locally from the global policy
+on its own environment and hands over only a flat update vector -> (privacy + secure aggregation,
+see `aggregation.py`) -> the ledger records the round's privacy spend -> the strategy turns the
+mean update into the next global policy -> evaluation, metrics, checkpoint.
+
+Every random choice of round r derives from (federation seed, r, site index), never from state
+carried in memory, so a run resumed from its checkpoint continues bit-for-bit as if never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_fedrl.config import Config
+from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, RunDirectoryError, UpdateRejected
+from secure_fedrl.fl.sampling import sample_clients
+from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
+from secure_fedrl.fl.updates import check_update, weighted_mean
+from secure_fedrl.rl.envs import make_site_env
+from secure_fedrl.rl.evaluate import evaluate
+from secure_fedrl.rl.local import train_local
+from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
+from secure_fedrl.runtime.aggregation import RoundAggregate, SiteUpload, build_aggregator
+from secure_fedrl.fl.compression import Compressor, make_compressor
+from secure_fedrl.runtime.envstate import capture_env_state, restore_env_state
+from secure_fedrl.runtime.privacy_plan import PrivacyPlan
+from secure_fedrl.runtime.rundir import RunDirectory
+from secure_fedrl.runtime.sites import SiteSpec, expand_sites
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from a tuple of ints (numpy's SeedSequence mixes them well)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    rounds_done: int
+    env_steps: int
+    last_eval_mean: float | None
+    last_eval_worst: float | None
+    epsilon: float | None
+    stopped_reason: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"run {self.out}: {self.rounds_done} rounds, {self.env_steps} env steps"]
+        if self.last_eval_mean is not None:
+            parts.append(f"eval return mean {self.last_eval_mean:.1f} / worst site {self.last_eval_worst:.1f}")
+        if self.epsilon is not None:
+            parts.append(f"epsilon spent {self.epsilon:.3f}")
+        if self.stopped_reason:
+            parts.append(f"stopped early: {self.stopped_reason}")
+        return "; ".join(parts)
+
+
+@dataclass
+class SiteState:
+    """What a site keeps between rounds (never sent to the server)."""
+
+    spec: SiteSpec
+    index: int
+    local_critic: np.ndarray | None = None
+    control_variate: np.ndarray | None = None  # SCAFFOLD c_i
+    compressor: Compressor | None = None
+
+
+class Simulation:
+    def __init__(self, config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> None:
+        self.config = config
+        self.run_dir = RunDirectory(out)
+        self.progress = progress
+        fed = config.federation
+        torch.set_num_threads(fed.torch_threads)
+        self.device = torch.device(fed.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"federation.device: {fed.device!r} requested but CUDA is not available here")
+        if config.secure_aggregation.enabled and config.strategy.weighting == "steps":
+            raise ConfigError("strategy.weighting: under secure aggregation the server sees only the sum, "
+                              "so updates are averaged uniformly; set weighting = 'uniform'")
+
+        self.specs = expand_sites(config.sites)
+        self.envs = {}
+        for spec in self.specs:
+            self.envs[spec.name] = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs,
+                                                 seed=spec.seed, site=spec.name)
+        first = self.envs[self.specs[0].name]
+        obs_space, act_space = first.single_observation_space, first.single_action_space
+        for spec in self.specs[1:]:
+            env = self.envs[spec.name]
+            if env.single_observation_space.shape != obs_space.shape or \
+                    type(env.single_action_space) is not type(act_space) or \
+                    env.single_action_space.shape != act_space.shape or \
+                    getattr(env.single_action_space, "n", None) != getattr(act_space, "n", None):
+                raise ConfigError(f"sites: site {spec.name!r} ({spec.env_id}) has observation/action spaces that "
+                                  f"differ from site {self.specs[0].name!r}; one global policy needs one shape")
+
+        torch.manual_seed(derive_seed(fed.seed, 0xC0FFEE))
+        self.policy = ActorCritic(obs_space, act_space, hidden_sizes=config.local.hidden_sizes).to(self.device)
+        self.federated_params = list(self.policy.shared_parameters(config.local.federate_critic))
+        self.dim = sum(p.numel() for p in self.federated_params)
+        self.global_params = get_flat(self.federated_params)
+        initial_critic = get_flat(self.policy.critic_parameters())
+
+        self.strategy = make_strategy(config.strategy.name, **dict(config.strategy.params))
+        self.sites = [SiteState(spec=s, index=i) for i, s in enumerate(self.specs)]
+        for site in self.sites:
+            if not config.local.federate_critic:
+                site.local_critic = initial_critic.copy()
+            if isinstance(self.strategy, Scaffold):
+                site.control_variate = np.zeros(self.dim, dtype=np.float32)
+            site.compressor = _build_compressor(config.compression)
+        if isinstance(self.strategy, Scaffold):
+            self.strategy.init_control(self.dim)
+        self.privacy = PrivacyPlan(config, [s.name for s in self.specs], ledger_path=self.run_dir.ledger_path)
+        self.aggregator = build_aggregator(config, dim=self.upload_dim, privacy=self.privacy)
+
+        self.round = 0
+        self.env_steps = 0
+        self.last_eval: dict[str, float] | None = None
+        if resume:
+            self._resume()
+        else:
+            self.run_dir.create(config.to_toml(), config.fingerprint())
+        self.privacy.open(config_hash=config.fingerprint(), resume_after_round=self.round)
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def upload_dim(self) -> int:
+        """Length of the vector a site uploads (SCAFFOLD appends its control-variate delta)."""
+        return 2 * self.dim if isinstance(self.strategy, Scaffold) else self.dim
+
+    def _resume(self) -> None:
+        self.run_dir.check_resume(self.config.fingerprint())
+        state = self.run_dir.load_state()
+        if state is None:
+            self.run_dir.truncate_metrics(0)
+            return
+        self.round = state["round"]
+        self.env_steps = state["env_steps"]
+        self.global_params = state["global_params"]
+        self.strategy.load_state_dict(state["strategy"])
+        self.last_eval = state.get("last_eval")
+        for site, saved in zip(self.sites, state["sites"]):
+            site.local_critic = saved["local_critic"]
+            site.control_variate = saved["control_variate"]
+            site.compressor.load_state_dict(saved["compressor"])
+            restore_env_state(self.envs[site.spec.name], saved["env"])
+        self.privacy.load_state_dict(state["privacy"])
+        self.aggregator.load_state_dict(state.get("aggregator", {}))
+        self.run_dir.truncate_metrics(self.round)
+        self.run_dir.update_config(self.config.to_toml())
+
+    def _save(self) -> None:
+        state = {
+            "round": self.round,
+            "env_steps": self.env_steps,
+            "global_params": self.global_params,
+            "strategy": self.strategy.state_dict(),
+            "last_eval": self.last_eval,
+            "sites": [{"local_critic": s.local_critic, "control_variate": s.control_variate,
+                       "compressor": s.compressor.state_dict(),
+                       "env": capture_env_state(self.envs[s.spec.name])} for s in self.sites],
+            "privacy": self.privacy.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+        }
+        set_flat(self.federated_params, self.global_params)
+        torch.save({"round": self.round, "global_params": torch.from_numpy(self.global_params.copy()),
+                    "policy_state_dict": self.policy.state_dict(), "strategy_state": state["strategy"],
+                    "federate_critic": self.config.local.federate_critic},
+                   self.run_dir.checkpoint_path(self.round))
+        self.run_dir.save_state(state)
+
+    # ---------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        total = self.config.federation.rounds
+        stopped = None
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=self.round, desc="rounds", unit="round", dynamic_ncols=True)
+        try:
+            while self.round < total:
+                try:
+                    row = self.run_round(self.round + 1)
+                except PrivacyBudgetExceeded as exc:
+                    stopped = str(exc)
+                    log.warning("stopping: %s", exc)
+                    if bar is not None:
+                        bar.write(f"privacy budget reached, stopping: {exc}")
+                    break
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(self._postfix(row), refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.privacy.close()
+        eps = self.privacy.epsilon_spent()
+        return RunSummary(out=self.run_dir.root, rounds_done=self.round, env_steps=self.env_steps,
+                          last_eval_mean=None if self.last_eval is None else self.last_eval["mean"],
+                          last_eval_worst=None if self.last_eval is None else self.last_eval["worst"],
+                          epsilon=eps, stopped_reason=stopped)
+
+    def _postfix(self, row: dict[str, Any]) -> str:
+        parts = []
+        if self.last_eval is not None:
+            parts.append(f"ret {self.last_eval['mean']:.0f}/worst {self.last_eval['worst']:.0f}")
+        parts.append(f"{row['bytes_per_site'] / 1024:.0f}KiB/site")
+        if row.get("epsilon") is not None:
+            parts.append(f"eps {row['epsilon']:.2f}/{self.config.privacy.target_epsilon:g}")
+        return " ".join(parts)
+
+    # ---------------------------------------------------------------------------------------
+    def run_round(self, r: int) -> dict[str, Any]:
+        cfg = self.config
+        started = time.perf_counter()
+        rng = np.random.default_rng(derive_seed(cfg.federation.seed, r, 1))
+        eligible = self.privacy.eligible_sites([s.spec.name for s in self.sites])
+        sampled_names = self._sample(eligible, rng)
+        self.privacy.check_round(r, planned_sites=len(sampled_names))  # raises PrivacyBudgetExceeded
+
+        by_name = {s.spec.name: s for s in self.sites}
+        uploads: list[SiteUpload] = []
+        rejected: dict[str, str] = {}
+        train_returns: list[float] = []
+        diagnostics: list[dict[str, float]] = []
+        round_steps = 0
+        train_seconds = 0.0
+        for name in sampled_names:
+            site = by_name[name]
+            t0 = time.perf_counter()
+            upload, result = self._site_round(site, r)
+            train_seconds += time.perf_counter() - t0
+            round_steps += result.steps
+            train_returns.extend(result.episode_returns)
+            diagnostics.append({k: v for k, v in result.diagnostics.items() if k != "sps"})
+            try:
+                check_update(upload.vector, dim=self.upload_dim, site=name)
+            except UpdateRejected as exc:
+                log.warning("round %d: %s", r, exc)
+                rejected[name] = str(exc)
+                continue
+            uploads.append(upload)
+        self.env_steps += round_steps
+
+        t_agg = time.perf_counter()
+        if isinstance(self.strategy, FedAsync):
+            agg = self._apply_async(uploads, rng)
+        else:
+            agg = self.aggregator.aggregate(r, uploads, rng=rng)
+            # The ledger row is durable before the aggregate touches the global policy.
+            self.privacy.record_round(r, agg)
+            self._apply(agg)
+        agg_seconds = time.perf_counter() - t_agg
+
+        evaluated = None
+        if r % cfg.evaluation.every == 0 or r == cfg.federation.rounds:
+            evaluated = self._evaluate(r)
+        self.round = r
+        row = {
+            "round": r,
+            "env_steps": self.env_steps,
+            "round_env_steps": round_steps,
+            "sites_sampled": len(sampled_names),
+            "sites_aggregated": len(agg.included),
+            "sites_rejected": rejected,
+            "sites_dropped": sorted(agg.dropped),
+            "train_return_mean": float(np.mean(train_returns)) if train_returns else None,
+            "bytes_per_site": agg.bytes_per_site,
+            "update_norm": float(np.linalg.norm(agg.mean_update)) if agg.mean_update is not None else None,
+            "epsilon": self.privacy.epsilon_spent(),
+            "diagnostics": _mean_dicts(diagnostics),
+            "timing": {"round_s": time.perf_counter() - started, "train_s": train_seconds,
+                       "aggregate_s": agg_seconds,
+                       "env_steps_per_s": round_steps / train_seconds if train_seconds > 0 else None},
+        }
+        row.update(self.privacy.round_metrics())
+        if evaluated is not None:
+            row["eval_return_mean"] = evaluated["mean"]
+            row["eval_return_worst"] = evaluated["worst"]
+            row["eval_return_per_site"] = evaluated["per_site"]
+        self.run_dir.append_metrics(row)
+        self._save()
+        return row
+
+    def _sample(self, eligible: list[str], rng: np.random.Generator) -> list[str]:
+        s = self.config.sampling
+        if not eligible:
+            raise PrivacyBudgetExceeded("every site has spent its privacy budget")
+        if s.clients_per_round:
+            return sample_clients(eligible, rng=rng, count=min(s.clients_per_round, len(eligible)))
+        return sample_clients(eligible, rng=rng, fraction=s.fraction, poisson=s.poisson)
+
+    def _site_round(self, site: SiteState, r: int):
+        """Local training at one site; returns what it uploads (never its trajectories)."""
+        cfg = self.config
+        set_flat(self.federated_params, self.global_params)
+        if site.local_critic is not None:
+            set_flat(list(self.policy.critic_parameters()), site.local_critic)
+        env = self.envs[site.spec.name]
+        generator = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.federation.seed, r, site.index, 3))
+        anchor = grad_correction = None
+        prox_mu = float(getattr(self.strategy, "client_prox_mu", 0.0))
+        if prox_mu > 0:
+            anchor = [p.detach().clone() for p in self.federated_params]
+        if isinstance(self.strategy, Scaffold):
+            correction = self.strategy.control_variate - site.control_variate
+            grad_correction = _split_like(correction, self.federated_params, self.device)
+        result = train_local(
+            self.policy, env, cfg.algorithm,
+            steps=cfg.local.steps or None, episodes=None if cfg.local.steps else cfg.local.episodes,
+            generator=generator, prox_mu=prox_mu, anchor=anchor, grad_correction=grad_correction,
+            federated_params=self.federated_params, dp=self.privacy.trajectory_dp(site.spec.name),
+        )
+        local = get_flat(self.federated_params)
+        delta = (local - self.global_params).astype(np.float32)
+        if site.local_critic is not None:
+            site.local_critic = get_flat(list(self.policy.critic_parameters()))
+        if isinstance(self.strategy, Scaffold):
+            from secure_fedrl.fl.strategies import scaffold_client_control
+
+            new_c = scaffold_client_control(site.control_variate, self.strategy.control_variate,
+                                            self.global_params, local, result.optimizer_steps,
+                                            _local_lr(cfg.algorithm))
+            delta = np.concatenate([delta, (new_c - site.control_variate).astype(np.float32)])
+            site.control_variate = new_c.astype(np.float32)
+        self.privacy.after_local_training(site.spec.name, r, result)
+        payload = site.compressor.compress(delta, np.random.default_rng(derive_seed(cfg.federation.seed, r, site.index, 4)),
+                                           round_seed=derive_seed(cfg.federation.seed, r, 5))
+        # In-process the "wire" is this round trip; the server sees what decompress gives back.
+        sent, nbytes = site.compressor.decompress(payload, delta.shape[0]), payload.nbytes
+        weight = float(result.steps) if cfg.strategy.weighting == "steps" else 1.0
+        return SiteUpload(site=site.spec.name, vector=sent, weight=weight, nbytes=nbytes), result
+
+    def _apply(self, agg: RoundAggregate) -> None:
+        if agg.mean_update is None:
+            log.warning("round: no update aggregated; the global policy is unchanged")
+            return
+        if isinstance(self.strategy, Scaffold):
+            d = self.dim
+            self.global_params = self.strategy.apply_scaffold(
+                self.global_params, agg.mean_update[:d], agg.mean_update[d:],
+                num_sampled=len(agg.included), num_total=len(self.sites))
+        else:
+            self.global_params = self.strategy.apply(self.global_params, agg.mean_update)
+        self.global_params = np.asarray(self.global_params, dtype=np.float32)
+
+    def _apply_async(self, uploads: list[SiteUpload], rng: np.random.Generator) -> RoundAggregate:
+        """FedAsync in simulation: updates arrive in a random order; the i-th arrival is i versions stale."""
+        order = rng.permutation(len(uploads))
+        base = self.global_params.copy()
+        for staleness, idx in enumerate(order):
+            local_params = base + uploads[idx].vector
+            self.global_params = np.asarray(self.strategy.apply_async(self.global_params, local_params, staleness),
+                                            dtype=np.float32)
+        mean = weighted_mean([u.vector for u in uploads], [1.0] * len(uploads)) if uploads else None
+        return RoundAggregate(mean_update=mean, included=[u.site for u in uploads], dropped=[],
+                              bytes_per_site=float(np.mean([u.nbytes for u in uploads])) if uploads else 0.0)
+
+    def _evaluate(self, r: int) -> dict[str, Any]:
+        cfg = self.config
+        set_flat(self.federated_params, self.global_params)
+        per_site = {}
+        for site in self.sites:
+            if site.local_critic is not None:
+                set_flat(list(self.policy.critic_parameters()), site.local_critic)
+            returns = evaluate(self.policy, site.spec.env_id, site.spec.overrides, episodes=cfg.evaluation.episodes,
+                               seed=derive_seed(site.spec.seed, r, 6))
+            per_site[site.spec.name] = float(np.mean(returns))
+        values = list(per_site.values())
+        self.last_eval = {"mean": float(np.mean(values)), "worst": float(np.min(values))}
+        return {**self.last_eval, "per_site": per_site}
+
+
+def _build_compressor(section: Any) -> Compressor:
+    method = {"quantize": "qsgd"}.get(section.method, section.method)
+    if method == "none":
+        return make_compressor("none")
+    if method == "qsgd":
+        return make_compressor(method, levels=section.levels, error_feedback=section.error_feedback)
+    return make_compressor(method, ratio=section.ratio, error_feedback=section.error_feedback)
+
+
+def _split_like(vec: np.ndarray, params: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    out, offset = [], 0
+    for p in params:
+        n = p.numel()
+        out.append(torch.as_tensor(vec[offset:offset + n], device=device).view_as(p))
+        offset += n
+    return out
+
+
+def _local_lr(algorithm: Any) -> float:
+    return float(getattr(algorithm, "learning_rate"))
+
+
+def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for d in dicts for k in d})
+    out = {}
+    for k in keys:
+        vals = [d[k] for d in dicts if k in d and d[k] is not None and math.isfinite(d[k])]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out
+
+
+def run_simulation(config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> RunSummary:
+    return Simulation(config, Path(out), resume=resume, progress=progress).run()

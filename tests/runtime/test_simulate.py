@@ -1,0 +1,164 @@
+"""End-to-end `secure-fedrl simulate`: metrics, determinism, exact resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+from secure_fedrl.cli import main
+from secure_fedrl.config import config_from_dict
+from secure_fedrl.runtime.simulate import run_simulation
+
+SMALL = textwrap.dedent("""
+    [federation]
+    name = "smoke"
+    rounds = 3
+    seed = 7
+
+    [local]
+    algorithm = "ppo"
+    steps = 256
+
+    [local.ppo]
+    num_steps = 64
+    update_epochs = 2
+    num_minibatches = 2
+
+    [strategy]
+    name = "fedavg"
+
+    [evaluation]
+    every = 2
+    episodes = 2
+
+    [[sites]]
+    name = "short"
+    env = "CartPole-v1"
+    num_envs = 4
+    seed = 1
+    overrides = { length = 0.3, gravity = 8.0 }
+
+    [[sites]]
+    name = "long"
+    env = "CartPole-v1"
+    num_envs = 4
+    seed = 2
+    count = 2
+    randomize = { length = [0.5, 1.0], force_mag = [8.0, 12.0] }
+""")
+
+
+def write(tmp_path: Path, text: str = SMALL, name: str = "fed.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "timing"} for r in rows]
+
+
+def test_simulate_writes_run_directory(tmp_path):
+    cfg = write(tmp_path)
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    rows = metrics(run)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["env_steps"] == 3 * 3 * 256
+    for key in ("eval_return_mean", "eval_return_worst", "bytes_per_site", "sites_aggregated"):
+        assert key in rows[1] and key in rows[2]
+    assert rows[1]["eval_return_worst"] <= rows[1]["eval_return_mean"]
+    assert set(rows[1]["eval_return_per_site"]) == {"short", "long-0", "long-1"}
+    assert (run / "config.resolved.toml").exists()
+    ckpt = torch.load(run / "checkpoints" / "round-00003.pt", weights_only=False)
+    assert ckpt["round"] == 3 and ckpt["global_params"].dtype == torch.float32
+
+
+def test_same_seed_same_metrics_and_exact_resume(tmp_path):
+    cfg_path = write(tmp_path)
+    from secure_fedrl.config import load_config
+
+    cfg = load_config(cfg_path)
+    run_simulation(cfg, tmp_path / "a", progress=False)
+    run_simulation(cfg, tmp_path / "b", progress=False)
+    assert comparable(metrics(tmp_path / "a")) == comparable(metrics(tmp_path / "b"))
+
+    short = load_config(cfg_path, overrides={"federation.rounds": 1})
+    run_simulation(short, tmp_path / "c", progress=False)
+    run_simulation(cfg, tmp_path / "c", resume=True, progress=False)
+    # The stopped run also evaluated at its last round (evaluation never touches training state).
+    no_eval = lambda rows: [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in comparable(rows)]
+    assert no_eval(metrics(tmp_path / "c")) == no_eval(metrics(tmp_path / "a"))
+    assert comparable(metrics(tmp_path / "c"))[1:] == comparable(metrics(tmp_path / "a"))[1:]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "round-00003.pt", weights_only=False)
+    c = torch.load(tmp_path / "c" / "checkpoints" / "round-00003.pt", weights_only=False)
+    assert torch.equal(a["global_params"], c["global_params"])
+
+
+def test_resume_with_other_config_is_refused(tmp_path, capsys):
+    cfg = write(tmp_path)
+    run = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run), "--rounds", "1", "--no-progress"]) == 0
+    other = write(tmp_path, SMALL.replace("seed = 7", "seed = 8"), "other.toml")
+    assert main(["simulate", str(other), "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "different config" in err and len(err.splitlines()) == 1
+    # a fresh run into an existing run directory is refused too
+    assert main(["simulate", str(cfg), "--out", str(run), "--no-progress"]) == 2
+
+
+class NaNRewardCartPole(CartPoleEnv):
+    """A broken site: its rewards are NaN, so its update is NaN."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float("nan"), terminated, truncated, info
+
+
+def test_nan_update_is_rejected_and_round_goes_on(tmp_path):
+    gym.register("NaNRewardCartPole-v0", entry_point=NaNRewardCartPole, max_episode_steps=500)
+    text = SMALL + textwrap.dedent("""
+        [[sites]]
+        name = "broken"
+        env = "NaNRewardCartPole-v0"
+        num_envs = 2
+        seed = 9
+    """)
+    cfg = write(tmp_path, text)
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--rounds", "2", "--no-progress"]) == 0
+    rows = metrics(tmp_path / "run")
+    for row in rows:
+        assert "broken" in row["sites_rejected"]
+        assert row["sites_aggregated"] == 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "round-00002.pt", weights_only=False)
+    assert torch.isfinite(ckpt["global_params"]).all()
+
+
+@pytest.mark.parametrize(
+    "snippet, key",
+    [
+        ("[federation]\nrounds = 'x'\n", "federation.rounds"),
+        ("[[sites]]\nname='a'\nenv='NoSuchEnv-v9'\n[local]\nsteps=64\n", "NoSuchEnv-v9"),
+        ("[[sites]]\nname='a'\nenv='CartPole-v1'\noverrides={wingspan=2.0}\n[local]\nsteps=64\n", "wingspan"),
+    ],
+)
+def test_cli_bad_config_one_line_exit_2(tmp_path, snippet, key):
+    cfg = write(tmp_path, snippet)
+    proc = subprocess.run([sys.executable, "-m", "secure_fedrl.cli", "simulate", str(cfg), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert key in err and "Traceback" not in err and len(err.splitlines()) == 1, err
