@@ -92,7 +92,8 @@ def make_vectors(n: int, d: int, seed: int, *, bits: int = 32) -> np.ndarray:
     """The shared input recipe: ``(n, d)`` uint32 drawn from ``default_rng(seed)``.
 
     Both sides of the comparison call exactly this, i.e.
-    ``np.random.default_rng(seed).integers(0, 2**B, size=(n, d), dtype=np.uint64).astype(np.uint32)``
+    ``np.random.default_rng(seed).integers(0, 2**B, size=(n, d), dtype=np.uint64)``
+    ``.astype(np.uint32)``
     with ``B = value_bits(bits)`` (31 for bits = 32): the largest values Flower can carry exactly.
     """
     high = 2 ** value_bits(bits)
@@ -138,6 +139,8 @@ class FlowerRoundResult:
     """Unmasked sum mod 2**bits (uint32) of the sites whose masked input Flower accepted."""
     seconds: float
     """Wall time of the whole round: the four stages, every client and server step, the wire."""
+    cpu_seconds: float
+    """CPU time of this process over the round (all threads): robust to a busy shared machine."""
     transport_seconds: float
     """Part of ``seconds`` spent in protobuf serialisation (our stand-in for the network)."""
     num_shares: int
@@ -180,8 +183,6 @@ def run_flower_round_detailed(
     """``run_flower_round`` with the cost breakdown, the stage at which ``dropouts`` go silent
     (one of ``STAGES``), and ``wire=False`` to pass messages by deep copy instead of protobuf."""
     n, d, num_shares, high = _validate(vectors, threshold, neighbors, dropouts, bits, drop_stage)
-    import flwr  # noqa: F401  (fail here, with the import error, when Flower is missing)
-
     b = value_bits(bits)
     half = float(2 ** (b - 1))
     # Floats Flower quantises back to exactly the input (module docstring); outside the timer,
@@ -199,9 +200,10 @@ def run_flower_round_detailed(
     }
     with _flower_logs() as log_records:
         run = _FlowerRun(node_ids, payloads, drop_at=drop_at, wire=wire)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         captured = run.execute(flower_cfg)
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
     if captured is None:
         reasons = [r for r in log_records if r] + run.grid.client_errors
         distinct = list(dict.fromkeys(reasons))
@@ -219,6 +221,7 @@ def run_flower_round_detailed(
     return FlowerRoundResult(
         total=total,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         transport_seconds=run.grid.transport_seconds,
         num_shares=num_shares,
         accepted=accepted,
@@ -264,7 +267,9 @@ def _validate(
         if neighbors < n and neighbors % 2 == 0:
             # Flower bumps an even num_shares by one only after sending it to the clients,
             # which then make one share too few and fail: only odd values work.
-            raise ConfigError(f"Flower's SecAgg+ needs an odd num_shares, got neighbors={neighbors}")
+            raise ConfigError(
+                f"Flower's SecAgg+ needs an odd num_shares, got neighbors={neighbors}"
+            )
         num_shares = neighbors
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ConfigError(f"threshold must be an int, got {threshold!r}")
@@ -333,7 +338,7 @@ class _FlowerRun:
 
         app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
         nodes = {
-            nid: (app, Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(), run_config={}))
+            nid: (app, Context(1, nid, node_config={}, state=RecordDict(), run_config={}))
             for nid in node_ids
         }
         self.node_ids = node_ids
@@ -374,9 +379,12 @@ class _FlowerRun:
         manager = SimpleClientManager()
         for nid in self.node_ids:
             manager.register(GridClientProxy(nid, self.grid, run_id=1))
-        base = Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
-        context = LegacyContext(base, config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=manager)
-        context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
+        base = Context(1, SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
+        context = LegacyContext(
+            base, config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=manager
+        )
+        round_cfg = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
+        context.state.config_records[MAIN_CONFIGS_RECORD] = round_cfg
         global_params = ndarrays_to_parameters([np.zeros(1, dtype=np.float64)])
         arrays: ArrayRecord = compat.parameters_to_arrayrecord(global_params, True)
         context.state.array_records[MAIN_PARAMS_RECORD] = arrays
@@ -394,7 +402,9 @@ class _FlowerRun:
         return captured[0] if captured else None
 
 
-def _loopback_grid(nodes: dict[int, tuple[Any, Any]], *, drop_at: dict[int, int], wire: bool) -> Any:
+def _loopback_grid(
+    nodes: dict[int, tuple[Any, Any]], *, drop_at: dict[int, int], wire: bool
+) -> Any:
     """A Flower ``Grid`` that delivers each message to its node's ClientApp synchronously.
 
     The class is made here, not at import, so that this file imports without Flower.
@@ -429,7 +439,12 @@ class _LoopbackGridMixin:
         return self._run
 
     def create_message(
-        self, content: Any, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+        self,
+        content: Any,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
     ) -> Any:
         from flwr.app import Message
 
@@ -474,9 +489,8 @@ class _LoopbackGridMixin:
             except Exception as exc:  # what Flower's simulation engine does (vce_api.py)
                 reason = f"{type(exc).__name__}: {exc}"
                 self.client_errors.append(f"node {nid} at {stage}: {reason}")
-                reply = Message(
-                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=delivered
-                )
+                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+                reply = Message(error, reply_to=delivered)
             reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             self._replies[msg.metadata.message_id] = self._carry(reply)
         return ids
@@ -484,7 +498,9 @@ class _LoopbackGridMixin:
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Any]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> Iterable[Any]:
+    def send_and_receive(
+        self, messages: Iterable[Any], *, timeout: float | None = None
+    ) -> Iterable[Any]:
         return self.pull_messages(self.push_messages(messages))
 
 
@@ -494,11 +510,13 @@ class _LoopbackGridMixin:
 
 def measure(
     *, n: int, d: int, k: int, t: int, complete: bool, seed: int, dropout_frac: float = 0.0,
-    repeats: int = 1, drop_stage: str = DEFAULT_DROP_STAGE,
+    repeats: int = 1, drop_stage: str = DEFAULT_DROP_STAGE, wire: bool = True,
 ) -> dict[str, Any]:
     """Time ``repeats`` Flower rounds on ``make_vectors(n, d, seed)``; the CLI's JSON as a dict."""
     import flwr
 
+    if n < 3 or d < 1 or repeats < 1:
+        raise ConfigError(f"need n >= 3, d >= 1, repeats >= 1; got n={n}, d={d}, repeats={repeats}")
     vectors = make_vectors(n, d, seed)
     dropped = pick_dropouts(n, dropout_frac, seed)
     # A site that drops only in the unmask stage has already sent its masked input: it counts.
@@ -508,27 +526,30 @@ def measure(
     out: dict[str, Any] = {
         "n": n, "d": d, "k": n - 1 if complete else k, "t": t, "complete": complete,
         "seed": seed, "dropped": len(dropped), "drop_stage": drop_stage if dropped else None,
-        "flwr": flwr.__version__,
+        "flwr": flwr.__version__, "wire": "protobuf" if wire else "deepcopy",
     }
     times: list[float] = []
     transport: list[float] = []
+    cpu: list[float] = []
     sums_ok: list[bool] = []
     for _ in range(repeats):
         try:
             res = run_flower_round_detailed(
                 list(vectors), threshold=t, neighbors=None if complete else k,
-                dropouts=dropped, drop_stage=drop_stage,
+                dropouts=dropped, drop_stage=drop_stage, wire=wire,
             )
         except FlowerRoundFailed as exc:
             out.update(seconds=None, sum_ok=False, error=str(exc))
             return out
         times.append(res.seconds)
         transport.append(res.transport_seconds)
+        cpu.append(res.cpu_seconds)
         sums_ok.append(bool(np.array_equal(res.total, expected)) and res.accepted == len(kept))
         out["num_shares"] = res.num_shares
     out.update(
         seconds=round(statistics.median(times), 4),
         all_seconds=[round(s, 4) for s in times],
+        cpu_seconds=round(statistics.median(cpu), 4),
         transport_seconds=round(statistics.median(transport), 4),
         sum_ok=all(sums_ok),
     )
@@ -537,13 +558,14 @@ def measure(
 
 def time_flower_subprocess(
     n: int, d: int, k: int, t: int, complete: bool, seed: int, *,
-    dropout_frac: float = 0.0, repeats: int = 1, python: str | os.PathLike[str] | None = None,
-    timeout: float | None = 900.0,
+    dropout_frac: float = 0.0, repeats: int = 1, wire: bool = True,
+    python: str | os.PathLike[str] | None = None, timeout: float | None = 900.0,
 ) -> dict[str, Any]:
     """Run the CLI under the Flower venv's python and return its JSON line as a dict.
 
     A round that Flower aborts comes back as ``{"seconds": None, "sum_ok": False, "error": ...}``;
-    anything else that goes wrong (no venv, a crash) raises ``FlowerRoundFailed``.
+    parameters Flower cannot run raise ``ConfigError``; anything else that goes wrong (no venv,
+    a crash) raises ``FlowerRoundFailed``.
     """
     exe = Path(python) if python is not None else FLOWER_PYTHON
     if not Path(exe).exists():
@@ -555,10 +577,14 @@ def time_flower_subprocess(
     ]
     if complete:
         cmd.append("--complete")
+    if not wire:
+        cmd.append("--no-wire")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode not in (0, 2) or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        if proc.returncode == 2 and tail[0].startswith("error: "):
+            raise ConfigError(tail[0].removeprefix("error: "))
         raise FlowerRoundFailed(f"Flower CLI exited {proc.returncode}: {tail[0]}")
     return json.loads(lines[-1])
 
@@ -576,11 +602,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="stage from which dropped sites stop replying")
     p.add_argument("--seed", type=int, default=0, help="seed of make_vectors and pick_dropouts")
     p.add_argument("--repeats", type=int, default=1, help="rounds to time; seconds is the median")
+    p.add_argument("--no-wire", action="store_true",
+                   help="pass messages by deep copy instead of Flower's protobuf serde")
     args = p.parse_args(argv)
     try:
         out = measure(
             n=args.n, d=args.d, k=args.k, t=args.t, complete=args.complete, seed=args.seed,
             dropout_frac=args.dropout_frac, repeats=args.repeats, drop_stage=args.drop_stage,
+            wire=not args.no_wire,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
