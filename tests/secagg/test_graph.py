@@ -1,0 +1,49 @@
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from secure_fedrl.secagg.graph import effective_degree, neighbours
+
+
+@given(n=st.integers(2, 60), k=st.integers(1, 70), seed=st.binary(min_size=32, max_size=32))
+@settings(max_examples=60, deadline=None)
+def test_graph_is_symmetric_regular_and_loop_free(n, k, seed):
+    ids = list(range(1, n + 1))
+    g = neighbours(ids, degree=k, graph_seed=seed)
+    keff = effective_degree(n, k)
+    for u, vs in g.items():
+        assert u not in vs
+        assert len(vs) == keff
+        for v in vs:
+            assert u in g[v]
+
+
+def test_graph_is_derived_from_the_seed():
+    ids = list(range(1, 41))
+    a = neighbours(ids, degree=6, graph_seed=b"a" * 32)
+    assert a == neighbours(ids, degree=6, graph_seed=b"a" * 32)
+    assert a != neighbours(ids, degree=6, graph_seed=b"b" * 32)
+
+
+def test_complete_graph_when_degree_is_none_or_large():
+    ids = [3, 9, 27, 81]
+    for k in (None, 3, 10):
+        g = neighbours(ids, degree=k, graph_seed=bytes(32))
+        assert all(g[u] == set(ids) - {u} for u in ids)
+
+
+def test_harary_graph_is_connected():
+    ids = list(range(1, 101))
+    g = neighbours(ids, degree=4, graph_seed=bytes(32))
+    seen, todo = {1}, [1]
+    while todo:
+        for v in g[todo.pop()]:
+            if v not in seen:
+                seen.add(v)
+                todo.append(v)
+    assert seen == set(ids)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_bad_degree_rejected(bad):
+    with pytest.raises(ValueError, match="degree"):
+        neighbours([1, 2, 3], degree=bad, graph_seed=bytes(32))
