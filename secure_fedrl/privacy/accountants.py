@@ -180,8 +180,16 @@ class RDPCurveStep:
         object.__setattr__(self, "num_steps", check_steps("num_steps", self.num_steps))
 
     @classmethod
-    def from_fn(cls, rdp_curve_fn: Callable[[float], float], *, num_steps: int = 1) -> "RDPCurveStep":
-        return cls(tuple(float(rdp_curve_fn(a)) for a in RDP_ORDERS), num_steps)
+    def from_fn(cls, rdp_curve_fn: Callable[[Any], Any], *, num_steps: int = 1) -> "RDPCurveStep":
+        """Evaluate ``rdp_curve_fn`` on ``RDP_ORDERS``: vectorised (array in, array out) when
+        it supports that, else one scalar order at a time."""
+        try:
+            values = np.asarray(rdp_curve_fn(_ORDERS_ARRAY.copy()), dtype=np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is None or values.shape != _ORDERS_ARRAY.shape:
+            values = np.asarray([float(rdp_curve_fn(float(a))) for a in RDP_ORDERS])
+        return cls(tuple(values.tolist()), num_steps)
 
 
 Mechanism = Union[GaussianStep, ZCDPStep, RDPCurveStep]
