@@ -178,6 +178,11 @@ class Config:
     privacy: PrivacySection
     sites: tuple[SiteSection, ...]
 
+    @property
+    def num_sites(self) -> int:
+        """Sites after expanding every entry's `count`."""
+        return sum(s.count for s in self.sites)
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain TOML-able data (every default made explicit)."""
         out: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded
-from secure_fedrl.privacy.accountants import Accountant, GaussianStep, make_accountant
+from secure_fedrl.privacy.accountants import Accountant, GaussianStep, Mechanism, make_accountant
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class PrivacyPlan:
         self.sigma = 0.0
         self.sample_rate = 0.0
         self.accountants: dict[str | None, Accountant] = {}
+        self.source: Any = None  # the aggregator: prices a client-level round (`mechanism`)
         self._pending_sites: dict[str, tuple[int, float]] = {}
         self._last_round_metrics: dict[str, Any] = {}
         if self.unit == "none":
@@ -70,10 +71,17 @@ class PrivacyPlan:
             acct = self.accountants.get(row.site)
             if acct is None:
                 raise ConfigError(f"privacy ledger row {row.seq} names site {row.site!r}, unknown to this config")
-            acct.apply(GaussianStep(row.sigma_effective, row.sample_rate, row.steps))
+            acct.apply(self._row_mechanism(row))
             if row.round > resume_after_round:
                 log.warning("ledger holds round %d beyond the checkpoint (round %d): its spend stays counted",
                             row.round, resume_after_round)
+
+    def _row_mechanism(self, row: Any) -> Mechanism:
+        """What a ledger row cost, rebuilt from the row itself (the ledger is the system of record)."""
+        if row.mechanism == "ddg":
+            survivors = row.sites_survived if row.sites_survived >= 1 else None
+            return self.source.mechanism(sampled=max(row.sites_planned, 2), survivors=survivors)
+        return GaussianStep(row.sigma_effective, row.sample_rate, row.steps)
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -95,13 +103,15 @@ class PrivacyPlan:
         return [n for n in names
                 if self.accountants[n].epsilon_after(step, self.p.delta) <= self.p.target_epsilon]
 
-    def check_round(self, round_id: int, *, planned_sites: int, worst_case_sigma: float | None = None) -> None:
-        """Refuse (before it starts) a client-level round that could exceed the budget."""
+    def check_round(self, round_id: int, *, planned_sites: int) -> None:
+        """Refuse (before it starts) a client-level round that could exceed the budget.
+
+        Priced at its worst case: under distributed noise, only `threshold` survivors.
+        """
         if self.unit != "client":
             return
-        sigma = worst_case_sigma if worst_case_sigma is not None else self.sigma
         acct = self.accountants[None]
-        eps = acct.epsilon_after(GaussianStep(sigma, self.sample_rate), self.p.delta)
+        eps = acct.epsilon_after(self.source.mechanism(sampled=max(planned_sites, 2)), self.p.delta)
         if eps > self.p.target_epsilon:
             raise PrivacyBudgetExceeded(
                 f"round {round_id} would bring epsilon to {eps:.3f} > budget {self.p.target_epsilon:g} "
@@ -127,18 +137,25 @@ class PrivacyPlan:
         from secure_fedrl.ledger import LedgerEntry
 
         rows = []
+        last = self.ledger.last_round()
+        # A round re-run after a crash keeps its first row (still counted) and takes the next id.
+        ledger_round = round_id if last is None or last < round_id else last + 1
+        self._last_round_metrics = {"ledger_round": ledger_round}
         if self.unit == "client":
             info = aggregate.privacy
+            if int(info.get("sites_planned", 0)) < 1:
+                return  # nobody was sampled: nothing was released
+            mechanism = info.get("mechanism_step") or self.source.mechanism(sampled=int(info["sites_planned"]))
             sigma_eff = float(info.get("sigma_effective", self.sigma))
             acct = self.accountants[None]
-            acct.apply(GaussianStep(sigma_eff, self.sample_rate))
+            acct.apply(mechanism)
             rows.append(LedgerEntry(
-                round=round_id, unit="client", mechanism=self.mechanism, clip=self.p.clip,
+                round=ledger_round, unit="client", mechanism=self.mechanism, clip=self.p.clip,
                 sigma_planned=self.sigma, sigma_effective=sigma_eff, sample_rate=self.sample_rate,
                 sites_planned=int(info.get("sites_planned", len(aggregate.included))),
                 sites_survived=len(aggregate.included), accountant=self.p.accountant,
                 epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
-            self._last_round_metrics = {"noise_multiplier_effective": sigma_eff}
+            self._last_round_metrics["noise_multiplier_effective"] = sigma_eff
         else:
             for site, (steps, q) in sorted(self._pending_sites.items()):
                 if steps <= 0:
@@ -146,7 +163,7 @@ class PrivacyPlan:
                 acct = self.accountants[site]
                 acct.apply(GaussianStep(self.sigma, q, steps))
                 rows.append(LedgerEntry(
-                    round=round_id, unit="trajectory", site=site, mechanism=self.mechanism, clip=self.p.clip,
+                    round=ledger_round, unit="trajectory", site=site, mechanism=self.mechanism, clip=self.p.clip,
                     sigma_planned=self.sigma, sigma_effective=self.sigma, sample_rate=q, steps=steps,
                     sites_planned=1, sites_survived=1, accountant=self.p.accountant,
                     epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))

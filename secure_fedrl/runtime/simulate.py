@@ -127,6 +127,7 @@ class Simulation:
             self.strategy.init_control(self.dim)
         self.privacy = PrivacyPlan(config, [s.name for s in self.specs], ledger_path=self.run_dir.ledger_path)
         self.aggregator = build_aggregator(config, dim=self.upload_dim, privacy=self.privacy)
+        self.privacy.source = self.aggregator
 
         self.round = 0
         self.env_steps = 0
@@ -260,7 +261,10 @@ class Simulation:
 
         t_agg = time.perf_counter()
         if isinstance(self.strategy, FedAsync):
-            agg = self._apply_async(uploads, rng)
+            agg = RoundAggregate(mean_update=None, included=[u.site for u in uploads], dropped=[],
+                                 bytes_per_site=float(np.mean([u.nbytes for u in uploads])) if uploads else 0.0)
+            self.privacy.record_round(r, agg)
+            agg.mean_update = self._apply_async(uploads, rng)
         else:
             agg = self.aggregator.aggregate(r, uploads, rng=rng)
             # The ledger row is durable before the aggregate touches the global policy.
@@ -360,17 +364,19 @@ class Simulation:
             self.global_params = self.strategy.apply(self.global_params, agg.mean_update)
         self.global_params = np.asarray(self.global_params, dtype=np.float32)
 
-    def _apply_async(self, uploads: list[SiteUpload], rng: np.random.Generator) -> RoundAggregate:
-        """FedAsync in simulation: updates arrive in a random order; the i-th arrival is i versions stale."""
-        order = rng.permutation(len(uploads))
-        base = self.global_params.copy()
-        for staleness, idx in enumerate(order):
-            local_params = base + uploads[idx].vector
+    def _apply_async(self, uploads: list[SiteUpload], rng: np.random.Generator) -> np.ndarray | None:
+        """FedAsync in simulation: updates arrive in a random order; the i-th arrival is i versions stale.
+
+        Returns the net change of the global policy over the round (for metrics).
+        """
+        if not uploads:
+            return None
+        start = self.global_params.copy()
+        for staleness, idx in enumerate(rng.permutation(len(uploads))):
+            local_params = start + uploads[idx].vector
             self.global_params = np.asarray(self.strategy.apply_async(self.global_params, local_params, staleness),
                                             dtype=np.float32)
-        mean = weighted_mean([u.vector for u in uploads], [1.0] * len(uploads)) if uploads else None
-        return RoundAggregate(mean_update=mean, included=[u.site for u in uploads], dropped=[],
-                              bytes_per_site=float(np.mean([u.nbytes for u in uploads])) if uploads else 0.0)
+        return self.global_params - start
 
     def _evaluate(self, r: int) -> dict[str, Any]:
         cfg = self.config

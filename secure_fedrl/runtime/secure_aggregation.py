@@ -1,0 +1,171 @@
+"""Aggregators with privacy: central Gaussian DP, and secure aggregation with or without DDG noise.
+
+Each aggregator also tells the privacy plan what a round costs (`mechanism`), both before the
+round (worst case, for the budget check) and after it (with the survivors actually counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from secure_fedrl.config import Config
+from secure_fedrl.errors import BelowThresholdError, ConfigError, ProtocolError, UpdateRejected
+from secure_fedrl.privacy.accountants import RDP_ORDERS, GaussianStep, Mechanism, RDPCurveStep
+from secure_fedrl.runtime.aggregation import Aggregator, RoundAggregate, SiteUpload, simulated_dropouts
+from secure_fedrl.secagg import PHASES, run_round
+from secure_fedrl.secagg.graph import default_degree
+
+log = logging.getLogger(__name__)
+
+#: L2 bound of the fixed-point encoding when no privacy clip sets one. Updates are clipped to it,
+#: so it sits far above the norms local RL updates have, while leaving ~1e-6 resolution at n=8.
+DEFAULT_SECAGG_CLIP = 100.0
+#: Below this many sites the complete graph (classic SecAgg) is cheap; above, SecAgg+ k ~ 2 log2 n.
+COMPLETE_GRAPH_UP_TO = 16
+
+
+class CentralDPAggregator(Aggregator):
+    """DP-FedAvg with central noise (McMahan et al. 2018): the server is trusted with the sum."""
+
+    def __init__(self, config: Config, *, dim: int, privacy: Any) -> None:
+        self.config = config
+        self.privacy = privacy
+        self.expected_sites = max(1.0, privacy.sample_rate * config.num_sites)
+
+    def mechanism(self, *, sampled: int, survivors: int | None = None) -> Mechanism:
+        return GaussianStep(self.privacy.sigma, self.privacy.sample_rate)
+
+    def aggregate(self, round_id, uploads, *, rng):
+        from secure_fedrl.privacy.central import central_dp_sum
+
+        if not uploads:
+            return RoundAggregate(None, [], [], 0.0, privacy={"mechanism_step": self.mechanism(sampled=0),
+                                                                 "sites_planned": 0})
+        noisy_sum = central_dp_sum([u.vector for u in uploads], clip_norm=self.config.privacy.clip,
+                                   noise_multiplier=self.privacy.sigma, rng=rng)
+        # Fixed denominator (expected participants), so one site's presence moves the mean by <= C/qN.
+        mean = (noisy_sum / self.expected_sites).astype(np.float32)
+        return RoundAggregate(mean, [u.site for u in uploads], [], float(np.mean([u.nbytes for u in uploads])),
+                              privacy={"mechanism_step": self.mechanism(sampled=len(uploads)),
+                                       "sigma_effective": self.privacy.sigma, "sites_planned": len(uploads)})
+
+
+class SecureAggregator(Aggregator):
+    """SecAgg / SecAgg+ between the sites; with client-level DP, DDG noise shares inside the sum."""
+
+    def __init__(self, config: Config, *, dim: int, privacy: Any) -> None:
+        self.config = config
+        self.sa = config.secure_aggregation
+        self.dim = dim
+        self.privacy = privacy
+        self.ddg = privacy.unit == "client"
+        self.num_sites = config.num_sites
+        if self.ddg:
+            if config.privacy.accountant != "rdp" and privacy.sample_rate < 1.0:
+                raise ConfigError("privacy.accountant: under distributed DP with client sampling only 'rdp' has a "
+                                  "proven bound (PRV supports subsampled continuous Gaussians only)")
+            self.expected_sites = max(1, round(privacy.sample_rate * self.num_sites))
+        self.clip = self.sa.clip or (config.privacy.clip if privacy.unit == "client" else DEFAULT_SECAGG_CLIP)
+
+    # -- protocol parameters ------------------------------------------------------------------------
+    def threshold(self, n: int) -> int:
+        t = self.sa.threshold
+        value = int(t) if t >= 1 else math.ceil(t * n)
+        return max(2, min(value, n))
+
+    def degree(self, n: int) -> int | None:
+        k = self.sa.neighbors
+        if k == -1 or (k == 0 and n <= COMPLETE_GRAPH_UP_TO):
+            return None
+        return min(default_degree(n) if k == 0 else k, n - 1)
+
+    def ddg_params(self, sampled: int):
+        from secure_fedrl.privacy.ddg import ddg_parameters
+
+        return ddg_parameters(clip_norm=self.config.privacy.clip, dim=self.dim, expected_sites=self.expected_sites,
+                              bits=self.sa.bits, noise_multiplier=self.privacy.sigma,
+                              max_sites=max(sampled, self.expected_sites))
+
+    # -- privacy cost --------------------------------------------------------------------------------
+    def mechanism(self, *, sampled: int, survivors: int | None = None) -> Mechanism:
+        """DDG's cost: worst case (threshold survivors) before the round, the true survivors after."""
+        from secure_fedrl.privacy.ddg import ddg_round_privacy
+
+        params = self.ddg_params(sampled)
+        n = survivors if survivors is not None else self.threshold(max(sampled, 2))
+        priv = ddg_round_privacy(params, num_survivors=max(1, n))
+        q = self.privacy.sample_rate
+        if q >= 1.0:
+            return GaussianStep(priv.effective_noise_multiplier, 1.0)
+        return RDPCurveStep(tuple(priv.subsampled_rdp(np.asarray(RDP_ORDERS), q)))
+
+    # -- the round -----------------------------------------------------------------------------------
+    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator) -> RoundAggregate:
+        sampled = len(uploads)
+        info: dict[str, Any] = {"sites_planned": sampled}
+        if sampled < 2:
+            log.warning("round %d: %d site(s) left, secure aggregation needs 2: nothing aggregated", round_id, sampled)
+            if self.ddg:
+                info["mechanism_step"] = self.mechanism(sampled=max(sampled, 2), survivors=1)
+            return RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
+
+        rotation_seed = hashlib.sha256(b"secure-fedrl/ddg-rotation" + round_id.to_bytes(8, "big")
+                                       + rng.bytes(16)).digest()
+        encoded = {}
+        if self.ddg:
+            from secure_fedrl.privacy.ddg import DDGEncoder
+
+            params = self.ddg_params(sampled)
+            encoder = DDGEncoder(params, rotation_seed=rotation_seed)
+            for u in uploads:
+                encoded[u.site] = encoder.encode(u.vector, rng=rng)
+        else:
+            from secure_fedrl.secagg.encoding import encode
+
+            scale = self._scale(sampled)
+            for u in uploads:
+                encoded[u.site] = encode(u.vector, clip=self.clip, scale=scale, bits=self.sa.bits, rng=rng,
+                                         num_sites=sampled)
+
+        drop_sites = simulated_dropouts([u.site for u in uploads], self.sa.dropout_rate, rng)
+        dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
+        threshold = self.threshold(sampled)
+        try:
+            result = run_round(encoded, threshold=threshold, neighbors=self.degree(sampled), bits=self.sa.bits,
+                               dropouts=dropouts, round_id=round_id)
+        except BelowThresholdError as exc:
+            log.warning("round %d aborted: %s", round_id, exc)
+            if self.ddg:  # nothing was released, but count the round anyway (over-count, never under)
+                info["mechanism_step"] = self.mechanism(sampled=sampled)
+            return RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
+
+        included = sorted(result.accepted_sites)
+        dropped = sorted(set(encoded) - set(included))
+        n = len(included)
+        bytes_per_site = float(np.mean(list(result.bytes_per_site.values()))) if result.bytes_per_site else 0.0
+        if self.ddg:
+            from secure_fedrl.privacy.ddg import decode_sum, ddg_round_privacy
+
+            total = decode_sum(result.sum, num_survivors=n, params=params, rotation_seed=rotation_seed)
+            mean = total / self.expected_sites
+            info["mechanism_step"] = self.mechanism(sampled=sampled, survivors=n)
+            info["sigma_effective"] = ddg_round_privacy(params, num_survivors=n).effective_noise_multiplier
+        else:
+            from secure_fedrl.secagg.encoding import decode_sum as decode_plain
+
+            total = decode_plain(result.sum, scale=self._scale(sampled), bits=self.sa.bits, num_sites=n,
+                                 clip=self.clip)
+            mean = total / n
+        return RoundAggregate(np.asarray(mean, dtype=np.float32), included, dropped, bytes_per_site, privacy=info)
+
+    def _scale(self, num_sites: int) -> float:
+        """Finest fixed-point scale at which `num_sites` clipped encodings cannot wrap the ring."""
+        limit = 2 ** (self.sa.bits - 1) / num_sites - 2
+        if limit < 1:
+            raise ConfigError(f"secure_aggregation.bits: {self.sa.bits} bits cannot hold the sum of {num_sites} sites")
+        return float(np.floor(limit) / self.clip)
