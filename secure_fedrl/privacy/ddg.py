@@ -33,7 +33,9 @@ and ||Delta||_1 <= D1, satisfies Renyi DP at every order alpha >= 1 with
 
 * Sensitivity: D2 is the rounding-INFLATED bound (what conditional rounding enforces, not C/gamma)
   and D1 = D2 * min(sqrt(d), D2) (integer vectors have ||v||_1 <= ||v||_2^2), as the paper and its
-  authors' reference code do. Adjacency is add/remove of one site's whole update.
+  authors' reference code do. Adjacency is the paper's: one site's update is replaced by
+  nothing (a zero contribution) while the number of noise shares in the sum stays n -- a site
+  that is in the sum always adds its share, whatever its data.
 * n is the number of sites whose noise share is actually in the sum -- the SURVIVORS of the
   round, not the planned number (fewer survivors => less noise => larger eps), minus any
   `untrusted_sites` the federation assumes may have left their noise out.
@@ -62,10 +64,12 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from scipy.special import gammaln, logsumexp
 
 from secure_fedrl.errors import ConfigError, PrivacyError, UpdateRejected
 from secure_fedrl.privacy.clipping import check_clip_norm, clip_l2
@@ -604,23 +608,38 @@ class DDGPrivacy:
         plain = self.rdp(int_orders)
         if q == 1.0:
             return plain
-        sub = np.array([_zhu_wang_poisson(int(alpha), q, self.rdp) for alpha in int_orders])
-        return np.minimum(sub, plain)
+        uniq, inverse = np.unique(int_orders.astype(np.int64), return_inverse=True)
+        sub = _zhu_wang_poisson(uniq, q, self.rdp)
+        return np.minimum(sub[inverse].reshape(a.shape), plain)
 
 
-def _zhu_wang_poisson(alpha: int, q: float, rdp) -> float:
-    """Zhu & Wang 2019, Theorem 6: generic Poisson-subsampled RDP upper bound at integer alpha."""
-    from scipy.special import gammaln, logsumexp
+def _zhu_wang_poisson(
+    alphas: np.ndarray, q: float, rdp: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Zhu & Wang 2019, Theorem 6: the generic Poisson-subsampled RDP upper bound at integer
+    orders `alphas` (>= 2) of a mechanism whose RDP at order l is `rdp(l)`:
 
-    ls = np.arange(2, alpha + 1)
-    eps_l = rdp(ls.astype(np.float64))
-    log_comb = gammaln(alpha + 1) - gammaln(ls + 1) - gammaln(alpha - ls + 1)
+        (1/(a-1)) log[ (1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
+                       + 3 sum_{l=3}^{a} C(a,l) (1-q)^(a-l) q^l e^((l-1) eps(l)) ]
+
+    evaluated for all orders at once as one masked log-sum-exp.
+    """
+    a = alphas.astype(np.float64)[:, None]
+    top = int(alphas.max())
+    ls = np.arange(2, top + 1, dtype=np.float64)[None, :]
+    eps_l = np.asarray(rdp(ls[0]), dtype=np.float64)[None, :]
+    log_fact = gammaln(np.arange(top + 1, dtype=np.float64) + 1.0)  # log k!
+    ai, li = alphas[:, None], np.arange(2, top + 1)[None, :]
+    valid = li <= ai
+    log_comb = log_fact[ai] - log_fact[li] - log_fact[np.where(valid, ai - li, 0)]
     log1mq = math.log1p(-q)
-    logs = [(alpha - 1) * log1mq + math.log(alpha * q - q + 1)]
-    weights = [1.0]
-    logs.extend(((ls - 1) * eps_l + log_comb + (alpha - ls) * log1mq + ls * math.log(q)).tolist())
-    weights.extend([1.0] + [3.0] * (alpha - 2))
-    return float(logsumexp(logs, b=weights)) / (alpha - 1)
+    terms = (ls - 1.0) * eps_l + log_comb + (a - ls) * log1mq + ls * math.log(q)
+    terms = np.where(valid, terms, -np.inf)
+    first = (a - 1.0) * log1mq + np.log(a * q - q + 1.0)
+    logs = np.concatenate((first, terms), axis=1)
+    weights = np.concatenate((np.ones_like(first), np.where(li == 2, 1.0, 3.0) * np.ones_like(terms)),
+                             axis=1)
+    return logsumexp(logs, b=weights, axis=1) / (a[:, 0] - 1.0)
 
 
 def ddg_tau(scaled_stddev: float, num_shares: int) -> float:

@@ -354,3 +354,25 @@ def test_bad_runtime_inputs() -> None:
     # production path: rng=None draws fresh randomness from secrets
     a, b = enc.encode(np.zeros(100)), enc.encode(np.zeros(100))
     assert a.dtype == np.uint32 and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("q", [0.001, 0.05, 0.3])
+def test_zhu_wang_bound_is_tight_at_order_two(q: float) -> None:
+    """At alpha = 2 the generic Poisson bound reduces to log(1 + q^2 (e^eps(2) - 1)), which for a
+    Gaussian curve (tau = 0) is exactly the subsampled Gaussian's RDP (Mironov et al. 2019)."""
+    p = ddg_parameters(clip_norm=1.0, dim=1000, expected_sites=16, bits=32, noise_multiplier=1.3)
+    pr = ddg_round_privacy(p, num_survivors=16)
+    assert pr.tau < 1e-300
+    z = pr.effective_noise_multiplier
+    ours = pr.subsampled_rdp([2.0], q)[0]
+    gauss = opacus_rdp.compute_rdp(q=q, noise_multiplier=z, steps=1, orders=[2.0])[0]
+    assert ours == pytest.approx(gauss, rel=1e-9)
+    assert ours == pytest.approx(math.log1p(q**2 * math.expm1(1 / z**2)), rel=1e-9)
+
+
+def test_fractional_orders_are_charged_the_next_integer_order() -> None:
+    p = ddg_parameters(clip_norm=1.0, dim=1000, expected_sites=16, bits=20, noise_multiplier=1.0)
+    pr = ddg_round_privacy(p, num_survivors=10)
+    frac = pr.subsampled_rdp([1.01, 2.5, 7.2], 0.2)
+    assert np.array_equal(frac, pr.subsampled_rdp([2.0, 3.0, 8.0], 0.2))
+    assert np.all(np.diff(pr.subsampled_rdp(ORDERS, 0.2)) >= 0)  # non-decreasing in alpha
