@@ -9,9 +9,9 @@ message by message).
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
-import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -410,3 +410,22 @@ def format_table(results: list[CheckResult]) -> str:
     failed = sum(not r.passed for r in results)
     lines.append(f"{len(results) - failed}/{len(results)} passed" + (f", {failed} FAILED" if failed else ""))
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m secure_fedrl.secagg.conformance [--vectors DIR] [--generate]`: exit 1 on failure."""
+    p = argparse.ArgumentParser(description="Check (or regenerate) the secure-aggregation vectors.")
+    p.add_argument("--vectors", default=str(DEFAULT_DIR), help="vector directory (default: protocols/vectors)")
+    p.add_argument("--generate", action="store_true", help="write the vectors instead of checking them")
+    a = p.parse_args(argv)
+    if a.generate:
+        for path in generate_vectors(a.vectors):
+            print(path)
+        return 0
+    results = check_vectors(a.vectors)
+    print(format_table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,6 +54,8 @@ class SecAggServer:
         self.outcome: ServerOutcome | None = None
         self._eligible: set[int] = set(config.site_ids)
         self._dropped: dict[int, str] = {}
+        self._used_keys: set[bytes] = set()
+        self._pairs: dict[int, frozenset[int]] = {}
 
     # ------------------------------------------------------------------ receive
     def receive(self, wire: bytes) -> int:
@@ -78,9 +80,9 @@ class SecAggServer:
     def _check_advertise_keys(self, msg: M.AdvertiseKeys) -> None:
         if msg.c_pk == msg.s_pk:
             raise ProtocolError(f"AdvertiseKeys from site {msg.sender}: encryption and masking keys are equal")
-        used = {k for a in self._got.values() for k in (a.c_pk, a.s_pk)}
-        if msg.c_pk in used or msg.s_pk in used:
+        if msg.c_pk in self._used_keys or msg.s_pk in self._used_keys:
             raise ProtocolError(f"AdvertiseKeys from site {msg.sender}: public key already used by another site")
+        self._used_keys.update((msg.c_pk, msg.s_pk))
 
     def _check_share_keys(self, msg: M.ShareKeys) -> None:
         allowed = (self.cfg.holders(msg.sender) & set(self.u1)) - {msg.sender}
