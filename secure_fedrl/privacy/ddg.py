@@ -82,8 +82,10 @@ __all__ = [
     "DDGEncoder",
     "DDGParams",
     "DDGPrivacy",
+    "attestation_for",
     "ddg_parameters",
     "ddg_round_privacy",
+    "conditional_round",
     "decode_sum",
     "fwht",
     "rotate",
@@ -158,7 +160,8 @@ def rotation_signs(seed: bytes, d: int) -> np.ndarray:
 
 
 def rotation_commitment(seed: bytes) -> str:
-    """Hex SHA-256 commitment to the rotation seed, for attestations (the seed stays secret-free)."""
+    """Hex SHA-256 commitment to the rotation seed: attestations bind the round's rotation
+    without carrying the seed itself."""
     return hashlib.sha256(_COMMIT_DOMAIN + _check_seed(seed)).hexdigest()
 
 
@@ -417,7 +420,11 @@ class DDGAttestation:
         return asdict(self)
 
 
-def _attestation(params: DDGParams, rotation_seed: bytes) -> DDGAttestation:
+def attestation_for(params: DDGParams, *, rotation_seed: bytes) -> DDGAttestation:
+    """The attestation an honest site encoding with `params` and `rotation_seed` reports; the
+    server builds it from the federation's config and compares (`verify_attestation`)."""
+    if not isinstance(params, DDGParams):
+        raise ConfigError(f"attestation_for needs DDGParams, got {type(params).__name__}")
     return DDGAttestation(
         mechanism="ddg", clip_norm=float(params.clip_norm), local_stddev=float(params.local_stddev),
         gamma=float(params.gamma), bits=int(params.bits), beta=float(params.beta),
@@ -457,7 +464,7 @@ class DDGEncoder:
 
     def attestation(self) -> DDGAttestation:
         """The (C, sigma, gamma, bits, beta, dims, rotation-seed commitment) this encoder uses."""
-        return _attestation(self.params, self._seed)
+        return attestation_for(self.params, rotation_seed=self._seed)
 
     def encode(self, update: np.ndarray, *, rng: np.random.Generator | None = None) -> np.ndarray:
         """Clip, rotate, scale, conditionally round, add the noise share, wrap mod 2^bits.

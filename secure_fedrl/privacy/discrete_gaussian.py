@@ -12,8 +12,8 @@ Two samplers, same distribution:
   t = floor(sigma) + 1, accepted with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))), with
   two floating-point compromises, the same ones Google's tensorflow_privacy / dp_accounting
   `discrete_gaussian` samplers make:
-    1. the discrete Laplace is drawn as the difference of two geometric variables with success
-       probability 1 - exp(-1/t) using numpy's float64 geometric sampler, and
+    1. the discrete Laplace is drawn as the difference of two geometric variables
+       floor(t * E), E ~ Exp(1) from numpy's float64 ziggurat sampler, and
     2. the Bernoulli(exp(-gamma)) acceptance is a float64 uniform compared to a float64 exp().
   Each probability is therefore off by at most a few float64 ulps (relative error ~1e-16), far
   below anything a statistical test or the privacy analysis (which has slack of its own in beta
@@ -77,12 +77,17 @@ def sample_discrete_gaussian(
     n = math.prod(shape)
     out = np.empty(n, dtype=np.int64)
     t = math.floor(math.sqrt(s2)) + 1
-    p = -math.expm1(-1.0 / t)  # P(success) of the geometric; 1 - p = exp(-1/t)
+    # Acceptance of Algorithm 3 is ~0.52 for sigma < 1 and ~0.7-0.76 above (measured); draw
+    # ~10% more than the expected need so one pass usually suffices.
+    oversample = 2.1 if s2 < 2.0 else 1.5
     filled = 0
     while filled < n:
-        # Acceptance of Algorithm 3 is >= ~0.45 for every sigma; oversample to need ~1 pass.
-        m = max(256, int(2.4 * (n - filled)) + 16)
-        y = (rng.geometric(p, m) - rng.geometric(p, m)).astype(np.int64)  # discrete Laplace(t)
+        m = int(oversample * (n - filled)) + 64
+        # floor(t * Exp(1)) is geometric on {0, 1, ...} with P(G >= k) = exp(-k/t); the
+        # difference of two is the discrete Laplace of scale t.
+        g1 = np.floor(rng.standard_exponential(m) * t)
+        g2 = np.floor(rng.standard_exponential(m) * t)
+        y = (g1 - g2).astype(np.int64)
         z = (np.abs(y) - s2 / t) ** 2 / (2.0 * s2)
         accepted = y[rng.random(m) < np.exp(-z)]
         take = min(accepted.size, n - filled)

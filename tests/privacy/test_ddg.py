@@ -19,6 +19,7 @@ from secure_fedrl.privacy.ddg import (
     AggregateOverflow,
     DDGEncoder,
     DDGParams,
+    attestation_for,
     conditional_round,
     ddg_parameters,
     ddg_round_privacy,
@@ -292,7 +293,7 @@ def test_compensated_parameters_meet_the_planned_noise_multiplier() -> None:
 
 def test_attestation_mismatch_refused() -> None:
     p = ddg_parameters(clip_norm=1.0, dim=100, expected_sites=10, bits=20, noise_multiplier=1.0)
-    expected = DDGEncoder(p, rotation_seed=SEED).attestation()
+    expected = attestation_for(p, rotation_seed=SEED)
     verify_attestation(DDGEncoder(p, rotation_seed=SEED).attestation(), expected)
     other_seed = DDGEncoder(p, rotation_seed=SEED[::-1]).attestation()
     with pytest.raises(PrivacyError, match="rotation_commitment"):
