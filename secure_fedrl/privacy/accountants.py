@@ -237,6 +237,15 @@ def _merge(history: list[Mechanism], m: Mechanism) -> None:
     history.append(m)
 
 
+def _unchecked_gaussian(noise_multiplier: float, sample_rate: float, n: int) -> GaussianStep:
+    """A GaussianStep from already-validated fields (skips __post_init__ on the hot path)."""
+    m = object.__new__(GaussianStep)
+    object.__setattr__(m, "noise_multiplier", noise_multiplier)
+    object.__setattr__(m, "sample_rate", sample_rate)
+    object.__setattr__(m, "num_steps", n)
+    return m
+
+
 def _with_steps(m: Mechanism, n: int) -> Mechanism:
     if isinstance(m, GaussianStep):
         return GaussianStep(m.noise_multiplier, m.sample_rate, n)
@@ -309,7 +318,26 @@ class Accountant(ABC):
     # -- recording
     def step(self, *, noise_multiplier: float, sample_rate: float, num_steps: int = 1) -> None:
         """Record ``num_steps`` Poisson-subsampled Gaussian steps."""
+        last = self.history[-1] if self.history else None
+        if (
+            type(last) is GaussianStep
+            and isinstance(noise_multiplier, float)
+            and isinstance(sample_rate, float)
+            and type(num_steps) is int
+            and num_steps > 0
+            and noise_multiplier == last.noise_multiplier
+            and sample_rate == last.sample_rate
+        ):
+            # Fast path for the common "same round again": the parameters equal an entry that
+            # was validated already, so only the count changes (keeps 10k rounds well < 1 s).
+            self._extend_last(num_steps)
+            return
         self.apply(GaussianStep(noise_multiplier, sample_rate, num_steps))
+
+    def _extend_last(self, num_steps: int) -> None:
+        last = self.history[-1]
+        self.history[-1] = _unchecked_gaussian(last.noise_multiplier, last.sample_rate,
+                                               last.num_steps + num_steps)
 
     @abstractmethod
     def apply(self, mechanism: Mechanism) -> None:
@@ -375,6 +403,11 @@ class RDPAccountant(Accountant):
     def step_rdp(self, rdp_curve_fn: Callable[[float], float], *, num_steps: int = 1) -> None:
         """Record a mechanism given by its RDP curve alpha -> RDP(alpha)."""
         self.apply(RDPCurveStep.from_fn(rdp_curve_fn, num_steps=num_steps))
+
+    def _extend_last(self, num_steps: int) -> None:
+        last = self.history[-1]
+        self._rdp += gaussian_rdp(last.noise_multiplier, last.sample_rate) * num_steps
+        super()._extend_last(num_steps)
 
     @property
     def rdp(self) -> np.ndarray:
