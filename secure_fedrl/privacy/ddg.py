@@ -33,9 +33,13 @@ and ||Delta||_1 <= D1, satisfies Renyi DP at every order alpha >= 1 with
 
 * Sensitivity: D2 is the rounding-INFLATED bound (what conditional rounding enforces, not C/gamma)
   and D1 = D2 * min(sqrt(d), D2) (integer vectors have ||v||_1 <= ||v||_2^2), as the paper and its
-  authors' reference code do. Adjacency is the paper's: one site's update is replaced by
-  nothing (a zero contribution) while the number of noise shares in the sum stays n -- a site
-  that is in the sum always adds its share, whatever its data.
+  authors' reference code do.
+* Adjacency, stated so an auditor can check it: as in the paper and its reference accounting,
+  the neighbouring round differs in one site's DATA while the n noise shares stay (a site in
+  the sum always adds its share, whatever its update: "zero-out" of the update), and Poisson
+  sampling of sites is then accounted with the generic bound below. The case where the site's
+  noise share disappears together with its data (n - 1 shares) is not separately modelled, in
+  line with the paper; `untrusted_sites` lets a federation discount shares it does not trust.
 * n is the number of sites whose noise share is actually in the sum -- the SURVIVORS of the
   round, not the planned number (fewer survivors => less noise => larger eps), minus any
   `untrusted_sites` the federation assumes may have left their noise out.
