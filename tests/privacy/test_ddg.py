@@ -377,3 +377,40 @@ def test_fractional_orders_are_charged_the_next_integer_order() -> None:
     frac = pr.subsampled_rdp([1.01, 2.5, 7.2], 0.2)
     assert np.array_equal(frac, pr.subsampled_rdp([2.0, 3.0, 8.0], 0.2))
     assert np.all(np.diff(pr.subsampled_rdp(ORDERS, 0.2)) >= 0)  # non-decreasing in alpha
+
+
+def test_rounded_norm_bound_known_values() -> None:
+    # c = 10, d = 16, beta = e^-0.5: min(10 + 4, sqrt(100 + 4 + 1 * (10 + 2))) = sqrt(116)
+    assert rounded_l2_norm_bound(10.0, math.exp(-0.5), 16) == pytest.approx(math.sqrt(116.0))
+    assert rounded_l2_norm_bound(10.0, 0.0, 16) == pytest.approx(14.0)
+    # tiny beta: the deterministic bound c + sqrt(d) takes over
+    assert rounded_l2_norm_bound(1.0, 1e-300, 4) == pytest.approx(3.0)
+    with pytest.raises(ConfigError, match="beta"):
+        rounded_l2_norm_bound(1.0, 1.0, 4)
+
+
+def test_unconditional_rounding_exceeds_bound_at_most_beta_often() -> None:
+    """Kairouz et al., Lemma: P(||round(z)|| > bound) <= beta, so redraws are rare."""
+    beta, d, trials = 0.1, 256, 2000
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=d)
+    z *= 20.0 / np.linalg.norm(z)
+    bound = rounded_l2_norm_bound(20.0, beta, d)
+    fl = np.floor(z)
+    draws = fl + (rng.random((trials, d)) < (z - fl))
+    frac = float((np.linalg.norm(draws, axis=1) > bound).mean())
+    assert frac <= beta + 5 * math.sqrt(beta * (1 - beta) / trials)
+
+
+def test_plugs_into_the_federation_rdp_accountant() -> None:
+    from secure_fedrl.privacy.accountants import RDP_ORDERS, RDPAccountant, RDPCurveStep
+
+    p = ddg_parameters(clip_norm=1.0, dim=5000, expected_sites=20, bits=20, noise_multiplier=1.0,
+                       max_sites=30)
+    eps = []
+    for survivors in (20, 12, 6):
+        acct = RDPAccountant()
+        pr = ddg_round_privacy(p, num_survivors=survivors)
+        acct.apply(RDPCurveStep(tuple(pr.subsampled_rdp(np.asarray(RDP_ORDERS), 0.1)), 100))
+        eps.append(acct.get_epsilon(1e-5))
+    assert 0 < eps[0] < eps[1] < eps[2] < math.inf
