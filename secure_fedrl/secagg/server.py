@@ -85,7 +85,7 @@ class SecAggServer:
         self._used_keys.update((msg.c_pk, msg.s_pk))
 
     def _check_share_keys(self, msg: M.ShareKeys) -> None:
-        allowed = (self.cfg.holders(msg.sender) & set(self.u1)) - {msg.sender}
+        allowed = (self.cfg.holders(msg.sender) & self._u1set) - {msg.sender}
         receivers = [r for r, _ in msg.ciphertexts]
         if not set(receivers) <= allowed:
             raise ProtocolError(f"ShareKeys from site {msg.sender}: ciphertext for a site that is not a live neighbour")
@@ -109,11 +109,11 @@ class SecAggServer:
             raise ProtocolError(f"ConsistencySig from site {msg.sender}: signed a different survivor set")
 
     def _check_unmasking(self, msg: M.UnmaskResponse) -> None:
-        alive = set(self.u3)
+        alive, shared = self._u3set, self._u2set
         for peer, kind, share in msg.shares:
             if peer != msg.sender and msg.sender not in self._pairs.get(peer, ()):
                 raise ProtocolError(f"UnmaskResponse from site {msg.sender}: it holds no share of site {peer}")
-            if peer not in self.u2:
+            if peer not in shared:
                 raise ProtocolError(f"UnmaskResponse from site {msg.sender}: share of site {peer}, which never shared")
             expected = M.KIND_B if peer in alive else M.KIND_S
             if kind != expected:
@@ -139,15 +139,17 @@ class SecAggServer:
         got = self._got
         if self.phase == "advertise_keys":
             self.u1 = self._close("share_keys")
+            self._u1set = frozenset(self.u1)
             self._adverts = dict(got)
             self._got = {}
             wires = {u: a.encode() for u, a in self._adverts.items()}
             return {
-                u: M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in sorted(self.cfg.holders(u) & set(self.u1))))
+                u: M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in sorted(self.cfg.holders(u) & self._u1set)))
                 for u in self.u1
             }
         if self.phase == "share_keys":
             self.u2 = self._close("masked_input")
+            self._u2set = frozenset(self.u2)
             self._share_keys = dict(got)
             self._got = {}
             listed = {u: {r for r, _ in m.ciphertexts} for u, m in self._share_keys.items()}
@@ -163,16 +165,18 @@ class SecAggServer:
             return {u: M.CiphertextBundle(self.cfg.digest, u, tuple(sorted(inbox[u]))) for u in self.u2}
         if self.phase == "masked_input":
             self.u3 = self._close("consistency_check")
+            self._u3set = frozenset(self.u3)
             self._got = {}
             return {u: M.ConsistencyRequest(self.cfg.digest, u, self.u3) for u in self.u3}
         if self.phase == "consistency_check":
             self.u4 = self._close("unmasking")
+            u4set = frozenset(self.u4)
             sigs = {u: m.signature for u, m in got.items()}
             self._got = {}
             return {
                 u: M.UnmaskRequest(
                     self.cfg.digest, u, self.u3,
-                    tuple((v, sigs[v]) for v in sorted(self.cfg.holders(u) & set(self.u4))),
+                    tuple((v, sigs[v]) for v in sorted(self.cfg.holders(u) & u4set)),
                 )
                 for u in self.u4
             }
