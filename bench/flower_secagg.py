@@ -242,6 +242,9 @@ def _validate(
     n = len(vectors)
     if n < 3:
         raise ConfigError(f"Flower's SecAgg+ needs at least 3 sites, got {n}")
+    if n >= 2**bits:
+        # Flower sums the sites' weights (1 each here) in the same modulus and divides by it.
+        raise ConfigError(f"Flower's weight total wraps: need n < 2**bits, got n={n}, bits={bits}")
     first = np.asarray(vectors[0])
     if first.ndim != 1 or first.size == 0:
         raise ConfigError(f"vectors must be non-empty 1-D arrays, got shape {first.shape}")
@@ -287,8 +290,10 @@ class _flower_logs:
     """Collect Flower's ERROR log lines (why a round halted) and keep its INFO chatter quiet."""
 
     def __enter__(self) -> list[str]:
+        from flwr.supercore.logger import FLOWER_LOGGER  # importing it resets its level: first
+
         self.records: list[str] = []
-        self.logger = logging.getLogger("flwr")
+        self.logger = FLOWER_LOGGER
         self.level = self.logger.level
         records = self.records
 
