@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
+from scipy.fft import next_fast_len
 from opacus.accountants.analysis import rdp as _opacus_rdp
 from opacus.accountants.analysis.prv import (
     Domain,
@@ -446,7 +447,7 @@ class PRVAccountant(Accountant):
         self.eps_error = float(eps_error)
         self.rel_error = float(rel_error)
         self.max_points = int(max_points)
-        self._cache: dict[tuple, float] = {}
+        self._cache: dict[tuple, Any] = {}
 
     def apply(self, mechanism: Mechanism) -> None:
         if not isinstance(mechanism, GaussianStep):
@@ -491,17 +492,33 @@ class PRVAccountant(Accountant):
 
 
 def _prv_epsilon(history: tuple[GaussianStep, ...], delta: float, errors: tuple[float, float],
-                 max_points: int, cache: dict[tuple, float]) -> float:
+                 max_points: int, cache: dict[tuple, Any]) -> float:
+    """min(PRV upper, RDP upper) for ``history``, memoised in ``cache``.
+
+    Incremental case (one merged entry: the same sigma and q every round): the single step is
+    discretised once on a domain that is safe for a *horizon* of 2^k >= T steps (a domain sized
+    for more compositions is wider and finer, so it stays valid for fewer), and each round only
+    redoes the FFT power and the epsilon search. Discretisation (CDF on the mesh, mean integral)
+    is the expensive part, so a per-round check at round 10,000 costs one FFT.
+    """
     if not history:
         return 0.0
-    key = (history, delta, errors, max_points)
+    key = ("eps", history, delta, errors, max_points)
     if key in cache:
         return cache[key]
     rdp_eps = rdp_to_epsilon(sum(_mechanism_rdp(m) for m in history), delta)
     if not math.isfinite(rdp_eps):
         return math.inf
-    eps_error = max(errors[0], errors[1] * rdp_eps)
-    prv_eps = _prv_upper(history, delta, eps_error, max_points)
+    if len(history) == 1:
+        only = history[0]
+        horizon = 1 << max(0, (only.num_steps - 1).bit_length())
+        plan: tuple[GaussianStep, ...] = (GaussianStep(only.noise_multiplier, only.sample_rate,
+                                                       horizon),)
+        plan_eps = rdp_to_epsilon(_mechanism_rdp(plan[0]), delta)
+    else:
+        plan, plan_eps = history, rdp_eps
+    eps_error = max(errors[0], errors[1] * plan_eps) if math.isfinite(plan_eps) else errors[0]
+    prv_eps = _prv_upper(history, plan, delta, eps_error, max_points, cache)
     eps = min(prv_eps, rdp_eps)
     if len(cache) > 256:
         cache.clear()
@@ -509,32 +526,25 @@ def _prv_epsilon(history: tuple[GaussianStep, ...], delta: float, errors: tuple[
     return eps
 
 
-def _prv_upper(history: Sequence[GaussianStep], delta: float, eps_error: float,
-               max_points: int) -> float:
-    """Opacus PRV upper bound; inf when no finite answer can be had (caller takes min with RDP)."""
+def _prv_upper(history: Sequence[GaussianStep], plan: Sequence[GaussianStep], delta: float,
+               eps_error: float, max_points: int, cache: dict[tuple, Any]) -> float:
+    """Opacus PRV upper bound of ``history``, discretised on a domain safe for ``plan`` (same
+    mechanisms, at least as many steps each); inf when no finite answer can be had (the caller
+    takes the min with RDP, so inf never hides a finite bound)."""
     delta_error = delta / 1000.0
-    sigmas = [m.noise_multiplier for m in history]
-    qs = [m.sample_rate for m in history]
     counts = [m.num_steps for m in history]
-    prvs = [PoissonSubsampledGaussianPRV(q, s) for s, q in zip(sigmas, qs)]
-    total = sum(counts)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            # Opacus PRVAccountant._get_domain, with the mesh capped at max_points.
-            L = _safe_domain_size(history, eps_error, delta_error)
-            if not math.isfinite(L):
+            disc_key = ("dprvs", tuple(plan), delta, eps_error, max_points)
+            if disc_key not in cache:
+                for k in [k for k in cache if k[0] == "dprvs"][:-1]:  # keep at most two meshes
+                    del cache[k]
+                cache[disc_key] = _prv_discretize(plan, delta_error, eps_error, max_points)
+            dprvs, eps_error = cache[disc_key]
+            if dprvs is None:
                 return math.inf
-            spread = math.sqrt(total * math.log(12.0 / delta_error) / 2.0)
-            points = 2.0 * L * spread / eps_error
-            if points > max_points:
-                eps_error = eps_error * points / max_points
-                if eps_error > 1.0:  # Opacus's domain bound is only argued for eps_error < 1
-                    return math.inf
-            domain = Domain.create_aligned(-L, L, eps_error / spread)
-            tprvs = [TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max) for p in prvs]
-            dprvs = [discretize(t, domain) for t in tprvs]
-            dprv = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+            dprv = compose_heterogeneous(dprvs=list(dprvs), num_self_compositions=counts)
             try:
                 _, _, upper = dprv.compute_epsilon(delta, delta_error, eps_error)
                 upper = float(upper)
@@ -547,6 +557,41 @@ def _prv_upper(history: Sequence[GaussianStep], delta: float, eps_error: float,
     if math.isnan(upper):
         return math.inf
     return max(upper, 0.0)
+
+
+def _prv_discretize(plan: Sequence[GaussianStep], delta_error: float, eps_error: float,
+                    max_points: int) -> tuple[tuple | None, float]:
+    """Opacus ``PRVAccountant._get_dprv`` up to composition, with the mesh capped at max_points
+    (by widening eps_error, which keeps a valid but looser bound). (None, eps_error) if even
+    eps_error = 1 would not fit."""
+    counts = [m.num_steps for m in plan]
+    total = sum(counts)
+    L = _safe_domain_size(plan, eps_error, delta_error)
+    if not math.isfinite(L):
+        return None, eps_error
+    spread = math.sqrt(total * math.log(12.0 / delta_error) / 2.0)
+    points = 2.0 * L * spread / eps_error
+    if points > max_points:
+        eps_error = eps_error * points / max_points
+        if eps_error > 1.0:  # Opacus's domain bound is only argued for eps_error < 1
+            return None, eps_error
+    domain = _fast_domain(L, eps_error / spread)
+    prvs = [PoissonSubsampledGaussianPRV(m.sample_rate, m.noise_multiplier) for m in plan]
+    tprvs = [TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max) for p in prvs]
+    return tuple(discretize(t, domain) for t in tprvs), eps_error
+
+
+def _fast_domain(L: float, dt: float) -> Domain:
+    """Opacus's ``Domain.create_aligned(-L, L, dt)`` layout (t_min = -K dt, t_max = (K+1) dt,
+    even size 2K+2, which its FFT composition assumes), widened to an FFT-friendly size: a
+    size with a large prime factor makes each composition several times slower. A wider domain
+    only lowers the truncated mass, so the bound stays valid."""
+    K = int(math.ceil(L / dt))
+    n = next_fast_len(2 * K + 2, real=True)
+    while n % 2:
+        n = next_fast_len(n + 1, real=True)
+    K = (n - 2) // 2
+    return Domain(t_min=-K * dt, t_max=(K + 1) * dt, size=n)
 
 
 def _safe_domain_size(history: Sequence[GaussianStep], eps_error: float,

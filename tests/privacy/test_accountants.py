@@ -154,6 +154,22 @@ def test_incremental_equals_batch(name):
     assert inc.get_epsilon(1e-5) == pytest.approx(batch.get_epsilon(1e-5), rel=1e-12)
 
 
+def test_prv_per_round_series_matches_fresh_and_is_monotone():
+    """Rounds across a horizon boundary (64): the incremental path reuses a cached mesh, and must
+    give what a fresh accountant gives, never decreasing round to round."""
+    acct = PRVAccountant()
+    acct.step(noise_multiplier=0.9, sample_rate=0.05, num_steps=61)
+    series = []
+    for t in range(62, 67):
+        preview = acct.epsilon_after(GaussianStep(0.9, 0.05), 1e-5)
+        acct.step(noise_multiplier=0.9, sample_rate=0.05)
+        assert acct.get_epsilon(1e-5) == preview
+        assert preview == pytest.approx(epsilon(0.9, 0.05, t, 1e-5, "prv"), rel=1e-12)
+        series.append(preview)
+    assert series == sorted(series)
+    assert epsilon(0.9, 0.05, 66, 1e-5, "prv") <= epsilon(0.9, 0.05, 66, 1e-5, "rdp")
+
+
 def test_epsilon_after_does_not_mutate_and_matches_step():
     acct = RDPAccountant()
     acct.step(noise_multiplier=1.0, sample_rate=0.1, num_steps=10)
