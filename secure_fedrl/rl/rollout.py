@@ -61,25 +61,22 @@ class _NumpyActor:
         self.layers = [
             (m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears
         ]
+        self.hidden, self.head = self.layers[:-1], self.layers[-1]
         self.discrete = policy.discrete
         self.std = None if policy.discrete else policy.actor_logstd.detach().exp().cpu().numpy().reshape(-1)
 
     def out(self, obs: np.ndarray) -> np.ndarray:
         h = obs
-        last = len(self.layers) - 1
-        for i, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            if i < last:
-                h = np.tanh(h)
-        return h
+        for w, b in self.hidden:
+            h = np.tanh(h @ w + b)
+        w, b = self.head
+        return h @ w + b
 
     def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """``noise`` is U(0,1) per row (categorical, inverse CDF) or N(0,1) per action dim (Gaussian)."""
+        """``noise``: Gumbel(0,1) per action (categorical, Gumbel-max) or N(0,1) per dim (Gaussian)."""
         out = self.out(obs)
         if self.discrete:
-            p = np.exp(out - out.max(axis=1, keepdims=True))
-            c = np.cumsum(p, axis=1)
-            return (noise[:, None] * c[:, -1:] > c[:, :-1]).sum(axis=1)
+            return np.argmax(out + noise, axis=1)
         return out + self.std * noise
 
 
@@ -98,14 +95,15 @@ def ensure_started(env: SiteVectorEnv, generator: torch.Generator) -> np.ndarray
 def _env_action(policy: ActorCritic, env: SiteVectorEnv, actions: np.ndarray) -> np.ndarray:
     """Gaussian actions are clipped to the env's bounds when stepping, not in the log-prob."""
     if policy.discrete:
-        return actions.astype(np.int64)
+        return actions
     space = env.single_action_space
     return np.clip(actions, space.low, space.high).astype(space.dtype)
 
 
 def _draw_noise(policy: ActorCritic, shape: tuple[int, ...], generator: torch.Generator) -> np.ndarray:
-    if policy.discrete:
-        return torch.rand(shape, generator=generator, dtype=torch.float64).numpy()
+    if policy.discrete:  # Gumbel-max: argmax(logits + G) is an exact categorical sample
+        u = torch.rand((*shape, policy.act_dim), generator=generator, dtype=torch.float64)
+        return (-torch.log(-torch.log(u.clamp_min(1e-300)))).numpy()
     return torch.randn((*shape, policy.act_dim), generator=generator, dtype=torch.float32).numpy()
 
 
@@ -132,40 +130,43 @@ def collect_rollout(
     """
     n = env.num_envs
     obs = ensure_started(env, generator).astype(np.float32).reshape(n, -1)
-    next_done = env.last_done.astype(np.float32)
+    first_done = env.last_done.astype(np.float32)
     actor = _NumpyActor(policy)
+    sample, step = actor.sample, env.step
     noise = _draw_noise(policy, (num_steps, n), generator)
     obs_buf = np.zeros((num_steps, n, policy.obs_dim), dtype=np.float32)
     act_buf = np.zeros((num_steps, n) if policy.discrete else (num_steps, n, policy.act_dim),
                        dtype=np.int64 if policy.discrete else np.float32)
     rew_buf = np.zeros((num_steps, n), dtype=np.float32)
-    done_buf = np.zeros((num_steps, n), dtype=np.float32)
+    ended = np.zeros((num_steps, n), dtype=np.bool_)  # ended[t]: step t finished an episode
     finals: list[tuple[int, int, np.ndarray]] = []
-    ep_ret = env.episode_return
-    returns: list[float] = []
+    reshape = policy._obs_rank != 1
+    discrete = policy.discrete
+    env.pop_completed()  # the wrapper records finished episodes; count only this rollout's
     for t in range(num_steps):
         obs_buf[t] = obs
-        done_buf[t] = next_done
-        actions = actor.sample(obs, noise[t])
+        actions = sample(obs, noise[t])
         act_buf[t] = actions
-        before = ep_ret.copy()
-        nobs, reward, terminated, truncated, info = env.step(_env_action(policy, env, actions))
+        obs, reward, terminated, truncated, info = step(actions if discrete else _env_action(policy, env, actions))
         rew_buf[t] = reward
-        done = np.logical_or(terminated, truncated)
-        if done.any():
-            boot = np.flatnonzero(np.logical_and(truncated, np.logical_not(terminated)))
-            for i in boot:
+        np.logical_or(terminated, truncated, out=ended[t])
+        if "final_obs" in info:  # SAME_STEP autoreset: some copy finished; bootstrap truncations
+            for i in np.flatnonzero(truncated & ~terminated):
                 finals.append((t, int(i), np.asarray(info["final_obs"][i], dtype=np.float32).reshape(-1)))
-            returns.extend((before[done] + reward[done]).tolist())
-        obs = np.asarray(nobs, dtype=np.float32).reshape(n, -1)
-        next_done = done.astype(np.float32)
+        if reshape:
+            obs = obs.reshape(n, -1)
+    obs = np.asarray(obs, dtype=np.float32)
+    done_buf = np.empty((num_steps, n), dtype=np.float32)
+    done_buf[0] = first_done
+    done_buf[1:] = ended[:-1]
+    next_done = ended[-1].astype(np.float32)
     if finals:
         with torch.no_grad():
             v = policy.get_value(torch.from_numpy(np.stack([f[2] for f in finals]))).numpy()
         for (t, i, _), vi in zip(finals, v):
             rew_buf[t, i] += gamma * vi
     env.last_done = next_done
-    return Rollout(obs_buf, act_buf, rew_buf, done_buf, obs, next_done, returns)
+    return Rollout(obs_buf, act_buf, rew_buf, done_buf, obs, next_done, env.pop_completed()[0])
 
 
 @dataclass
