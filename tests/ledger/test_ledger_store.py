@@ -1,0 +1,264 @@
+"""PrivacyLedger on disk: round trips, tamper detection, triggers, ordering rules, key handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sqlite3
+import stat
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger_helpers import CONFIG, TAMPERS, attacker, build, client_entries
+from secure_fedrl.errors import LedgerError
+from secure_fedrl.ledger import (
+    GENESIS_HASH,
+    KEY_FILE,
+    LEDGER_FILE,
+    LedgerChainError,
+    LedgerEntry,
+    PrivacyLedger,
+    canonical_bytes,
+    verify_chain,
+)
+
+
+def test_append_read_reopen(tmp_path: Path) -> None:
+    entries = client_entries(5)
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        appended = [led.append(e) for e in entries]
+        pub = led.public_key_hex
+    assert [r.seq for r in appended] == [1, 2, 3, 4, 5]
+    assert appended[0].prev_hash == GENESIS_HASH
+    assert all(b.prev_hash == a.hash for a, b in zip(appended, appended[1:]))
+    with PrivacyLedger.open(tmp_path / LEDGER_FILE, config_hash=CONFIG) as led:
+        rows = led.rows()
+        assert rows == appended  # every field, incl. floats, survives SQLite exactly
+        assert [r.entry for r in rows] == entries
+        assert led.last_round() == 4
+        assert led.cumulative_epsilon() == dict(entries[-1].epsilon)
+        assert [r.round for r in led.rows_after(2)] == [3, 4]
+        assert led.rows_after(4) == []
+        led.append(dataclasses.replace(client_entries(6)[-1], round=5))
+        assert len(led.rows()) == 6
+        assert led.public_key_hex == pub
+    verify_chain(rows, pub, config_hash=CONFIG)
+    t = datetime.strptime(rows[0].time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - t).total_seconds()) < 600
+
+
+def test_storage_is_wal_full_sync_and_key_is_private(tmp_path: Path) -> None:
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        led.append(client_entries(1)[0])
+        assert led._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        other = sqlite3.connect(tmp_path / LEDGER_FILE)
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        # Durable when append returns: a second connection sees the committed row at once.
+        assert other.execute("SELECT count(*) FROM rows").fetchone()[0] == 1
+        other.close()
+    mode = stat.S_IMODE(os.stat(tmp_path / KEY_FILE).st_mode)
+    assert mode == 0o600
+
+
+def test_empty_ledger_and_empty_queries(tmp_path: Path) -> None:
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        assert led.rows() == [] and led.last_round() is None and led.cumulative_epsilon() == {}
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG, create=False) as led:
+        assert led.rows() == []
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERS))
+def test_tampering_is_detected_at_the_first_bad_row(tmp_path: Path, name: str) -> None:
+    path = build(tmp_path)
+    tamper, seq, reason = TAMPERS[name]
+    with attacker(path) as conn:
+        tamper(conn)
+    with pytest.raises(LedgerChainError) as info:
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    assert (info.value.seq, info.value.reason) == (seq, reason), str(info.value)
+    assert f"row seq {seq}: {reason}" in str(info.value)
+    assert isinstance(info.value, LedgerError)
+
+
+def test_reopen_with_another_config_hash_is_refused(tmp_path: Path) -> None:
+    build(tmp_path)
+    with pytest.raises(LedgerChainError, match="config hash mismatch") as info:
+        PrivacyLedger.open(tmp_path, config_hash="cfg-other")
+    assert info.value.seq == 1
+
+
+def test_meta_config_hash_rewritten_by_attacker(tmp_path: Path) -> None:
+    path = build(tmp_path)
+    with attacker(path) as conn:
+        conn.execute("UPDATE meta SET value = 'cfg-forged' WHERE key = 'config_hash'")
+    with pytest.raises(LedgerChainError, match="config hash mismatch"):
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    with pytest.raises(LedgerChainError, match="row seq 1: config hash mismatch"):
+        PrivacyLedger.open(tmp_path, config_hash="cfg-forged")
+
+
+def test_wrong_signing_key_and_missing_key_are_refused(tmp_path: Path) -> None:
+    build(tmp_path)
+    with pytest.raises(LedgerError, match="signing key does not match"):
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG, signing_key=Ed25519PrivateKey.generate())
+    (tmp_path / KEY_FILE).unlink()
+    with pytest.raises(LedgerError, match="signing key .* is missing"):
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+
+
+def test_passed_in_key_writes_no_key_file(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG, signing_key=key) as led:
+        led.append(client_entries(1)[0])
+    assert not (tmp_path / KEY_FILE).exists()
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG, signing_key=key) as led:
+        assert len(led.rows()) == 1
+
+
+def test_resume_refuses_a_missing_ledger(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="missing"):
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG, create=False)
+
+
+def test_head_removed_by_attacker(tmp_path: Path) -> None:
+    path = build(tmp_path)
+    with attacker(path) as conn:
+        conn.execute("DELETE FROM head")
+    with pytest.raises(LedgerChainError, match="head"):
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE rows SET sigma_effective = 9.0 WHERE seq = 2",
+    "UPDATE rows SET epsilon = '{}'",
+    "DELETE FROM rows WHERE seq = 3",
+    "DELETE FROM rows",
+    "UPDATE meta SET value = 'x' WHERE key = 'config_hash'",
+    "DELETE FROM meta",
+    "DELETE FROM head",
+    "UPDATE head SET seq = 2",
+    "INSERT INTO rows (seq, round, time, unit, mechanism, clip, sigma_planned, sigma_effective, "
+    "sample_rate, steps, sites_planned, sites_survived, accountant, epsilon, delta, config_hash, "
+    "prev_hash, signature) VALUES (99, 99, 't', 'client', 'm', 1, 1, 1, 1, 1, 1, 1, 'rdp', '{}', "
+    "0.1, 'c', 'p', 's')",
+])
+def test_triggers_refuse_updates_and_deletes(tmp_path: Path, sql: str) -> None:
+    path = build(tmp_path)
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="privacy ledger"):
+        conn.execute(sql)
+    conn.close()
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:  # still intact
+        assert len(led.rows()) == 6
+
+
+def _entry(**kw: object) -> LedgerEntry:
+    base = dict(round=0, unit="client", mechanism="gaussian", clip=1.0, sigma_planned=1.0,
+                sigma_effective=1.0, sample_rate=0.1, sites_planned=10, sites_survived=10,
+                accountant="rdp", epsilon={"rdp": 0.5}, delta=1e-5)
+    base.update(kw)
+    return LedgerEntry(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"sigma_effective": 0.0}, "sigma_effective"),
+    ({"sigma_planned": -1.0}, "sigma_planned"),
+    ({"sigma_effective": math.inf}, "sigma_effective"),
+    ({"clip": 0.0}, "clip"),
+    ({"clip": math.nan}, "NaN"),
+    ({"delta": 0.0}, "delta"),
+    ({"delta": 1.0}, "delta"),
+    ({"sample_rate": 0.0}, "sample_rate"),
+    ({"sample_rate": 1.5}, "sample_rate"),
+    ({"epsilon": {"rdp": -0.1}}, "epsilon"),
+    ({"epsilon": {"rdp": math.nan}}, "NaN"),
+    ({"epsilon": {}}, "epsilon"),
+    ({"epsilon": {"prv": 1.0}}, "accountant 'rdp' has no value"),
+    ({"sites_survived": 11}, "sites_survived"),
+    ({"sites_planned": 0}, "sites_planned"),
+    ({"round": -1}, "round"),
+    ({"round": 1.0}, "round"),
+    ({"steps": 0}, "steps"),
+    ({"unit": "patient"}, "unit"),
+    ({"unit": "trajectory"}, "site id"),
+    ({"site": "a"}, "site=None"),
+    ({"mechanism": "gaußian"}, "printable ASCII"),
+    ({"mechanism": 'a"b'}, "quote"),
+    ({"mechanism": ""}, "non-empty"),
+])
+def test_bad_entries_are_refused(kw: dict, message: str) -> None:
+    with pytest.raises(LedgerError, match=message):
+        _entry(**kw)
+
+
+def test_ordering_rules(tmp_path: Path) -> None:
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        led.append(_entry(round=3, epsilon={"rdp": 1.0}))
+        with pytest.raises(LedgerError, match="not after the ledger's last round 3"):
+            led.append(_entry(round=3, epsilon={"rdp": 2.0}))
+        with pytest.raises(LedgerError, match="would decrease"):
+            led.append(_entry(round=4, epsilon={"rdp": 0.9}))
+        led.append(_entry(round=4, epsilon={"rdp": 1.0, "prv": math.inf}))  # inf is an over-count
+        # trajectory level: one row per (round, site), per-site epsilon
+        kw = dict(unit="trajectory", mechanism="dp-sgd", steps=40)
+        led.append(_entry(round=5, site="h1", epsilon={"rdp": 2.0}, **kw))
+        led.append(_entry(round=5, site="h2", epsilon={"rdp": 3.0}, **kw))
+        with pytest.raises(LedgerError, match="already has a row for round 5, site h1"):
+            led.append(_entry(round=5, site="h1", epsilon={"rdp": 2.5}, **kw))
+        with pytest.raises(LedgerError, match="before the ledger's last round"):
+            led.append(_entry(round=4, site="h3", epsilon={"rdp": 1.0}, **kw))
+        led.append(_entry(round=6, site="h1", epsilon={"rdp": 2.5}, **kw))
+        assert led.cumulative_epsilon_by_site()["h1"] == {"rdp": 2.5}
+        assert led.cumulative_epsilon() == {"rdp": 3.0, "prv": math.inf}
+        assert len(led.rows()) == 5
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        assert len(led.rows()) == 5  # refused appends left nothing behind
+
+
+def test_closed_ledger_refuses_appends(tmp_path: Path) -> None:
+    led = PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    led.close()
+    with pytest.raises(LedgerError, match="closed"):
+        led.append(_entry())
+
+
+def test_a_second_writer_is_detected(tmp_path: Path) -> None:
+    a = PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    b = PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    a.append(_entry(round=0))
+    with pytest.raises(LedgerError, match="another writer"):
+        b.append(_entry(round=1))
+    a.close()
+    b.close()
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        assert len(led.rows()) == 1
+
+
+floats = st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(clip=floats, sigma=floats, q=st.floats(min_value=1e-12, max_value=1.0),
+       delta=st.floats(min_value=1e-300, max_value=0.999999),
+       eps=st.lists(st.floats(min_value=0.0, allow_nan=False), min_size=1, max_size=3),
+       site=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E,
+                                           exclude_characters='"\\'), min_size=1, max_size=20))
+def test_any_valid_entry_round_trips_bit_exactly(tmp_path_factory: pytest.TempPathFactory,
+                                                 clip: float, sigma: float, q: float, delta: float,
+                                                 eps: list[float], site: str) -> None:
+    d = tmp_path_factory.mktemp("rt")
+    e = LedgerEntry(round=7, unit="trajectory", site=site, mechanism="dp-sgd", clip=clip,
+                    sigma_planned=sigma, sigma_effective=sigma, sample_rate=q, steps=3,
+                    sites_planned=2, sites_survived=1, accountant="a0",
+                    epsilon={f"a{i}": v for i, v in enumerate(eps)}, delta=delta)
+    with PrivacyLedger.open(d, config_hash=CONFIG) as led:
+        row = led.append(e)
+    with PrivacyLedger.open(d, config_hash=CONFIG) as led:
+        (back,) = led.rows()
+    assert canonical_bytes(back) == canonical_bytes(row) and back.entry == e
