@@ -177,7 +177,7 @@ class LedgerRow:
     signature: str
     """Ed25519 signature over canonical_bytes(row), 128 lowercase hex digits."""
     entry: LedgerEntry
-    _hash: str = field(default="", repr=False, compare=False)
+    _hash: str = field(default="", init=False, repr=False, compare=False)
 
     # Read-through accessors, so callers write row.round rather than row.entry.round.
     @property
