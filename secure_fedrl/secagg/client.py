@@ -180,9 +180,8 @@ class SecAggClient:
                 f"site {self.id}: {len(pairs) + 1} sites shared keys with it, threshold is {self.cfg.threshold}"
             )
         self._pairs = pairs
-        y = self._x.copy()
         acc = P.MaskAccumulator(self.cfg.dim)
-        acc.add(y, self._b)
+        y = acc.start(self._x, self._b)
         for v in sorted(pairs):
             seed = R.mask_seed(self.cfg, P.x25519(self._s_key, self._peer_keys[v][1]), self.id, v)
             if v > self.id:
@@ -214,9 +213,15 @@ class SecAggClient:
         if tuple(req.survivors) != self._survivors:
             raise ProtocolError(f"site {self.id}: consistency check failed: survivor set changed after signing")
         holders = self.cfg.holders(self.id)
+        alive = set(self._survivors)
         signers: set[int] = set()
+        # t valid signatures over our U3 are what the argument needs (any two sets of t holders
+        # overlap when t > half the holders); extra ones are checked only if they come first, as
+        # the server could have omitted them anyway.
         for signer, sig in req.signatures:
-            if signer in signers or signer not in holders or signer not in self._survivors:
+            if len(signers) >= self.cfg.threshold:
+                break
+            if signer in signers or signer not in holders or signer not in alive:
                 raise ProtocolError(f"site {self.id}: consistency check failed: bad signer {signer}")
             body = M.ConsistencySig(self.cfg.digest, signer, self._survivors, sig)
             try:
@@ -233,7 +238,6 @@ class SecAggClient:
             raise BelowThresholdError(
                 f"site {self.id}: {len(signers)} consistency signatures, threshold is {self.cfg.threshold}"
             )
-        alive = set(self._survivors)
         out = []
         for peer in sorted(self._shares):
             kind = M.KIND_B if peer in alive else M.KIND_S

@@ -123,16 +123,24 @@ class _Signed:
     def body(self) -> bytes:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def signed(self, sk: Ed25519PrivateKey):
-        return replace(self, signature=P.sign(sk, P.sha256(self.body())))
+    def _parts(self) -> list:
+        """The body as a list of buffers (lets large messages hash and encode without extra copies)."""
+        return [self.body()]
 
-    def verify(self, public_key: bytes) -> None:
-        P.verify(public_key, self.signature, P.sha256(self.body()), what=f"{self.NAME} from site {self.sender}")
+    def digest(self) -> bytes:
+        """SHA-256 of the body: what the signature covers."""
+        return P.sha256(*self._parts())
+
+    def signed(self, sk: Ed25519PrivateKey):
+        return replace(self, signature=P.sign(sk, self.digest()))
+
+    def verify(self, public_key) -> None:
+        P.verify(public_key, self.signature, self.digest(), what=f"{self.NAME} from site {self.sender}")
 
     def encode(self) -> bytes:
         if len(self.signature) != P.SIG_BYTES:
             raise ProtocolError(f"{self.NAME}: message is not signed")
-        return self.body() + self.signature
+        return b"".join([*self._parts(), self.signature])
 
 
 @dataclass(frozen=True)
@@ -195,9 +203,12 @@ class MaskedInput(_Signed):
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     signature: bytes = b""
 
-    def body(self) -> bytes:
+    def _parts(self) -> list:
         v = np.ascontiguousarray(self.vector, dtype="<u4")
-        return _header(self.TYPE, self.config_digest, self.sender) + struct.pack(">I", v.size) + v.tobytes()
+        return [_header(self.TYPE, self.config_digest, self.sender) + struct.pack(">I", v.size), memoryview(v).cast("B")]
+
+    def body(self) -> bytes:
+        return b"".join(self._parts())
 
     @classmethod
     def decode(cls, data: bytes) -> "MaskedInput":
@@ -206,7 +217,7 @@ class MaskedInput(_Signed):
         dim = r.u32()
         if 4 * dim > len(data) - r.pos:
             raise ProtocolError(f"{cls.NAME}: truncated message")
-        vec = np.frombuffer(r.view(4 * dim), dtype="<u4").astype(np.uint32)
+        vec = np.frombuffer(r.view(4 * dim), dtype="<u4")  # read-only view of the wire, no copy
         sig = r.take(64)
         r.end()
         return cls(digest, sender, vec, sig)
