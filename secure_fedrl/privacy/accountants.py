@@ -430,7 +430,10 @@ class PRVAccountant(Accountant):
     the error allowance grows to ``rel_error`` (0.1%) of the RDP bound, and the mesh is capped at
     ``max_points``: the mesh is proportional to 1/eps_error, and a fixed 0.01 would need tens of
     millions of points at epsilon ~ 1000 for no useful gain. Results are memoised per
-    (history, delta), so a budget's preview followed by its commit composes once.
+    (history, delta), so a budget's preview followed by its commit composes once; with one
+    (sigma, q) throughout, the discretised step is reused across rounds (see ``_prv_epsilon``).
+    Equal (sigma, q) entries are merged wherever they occur; beyond ``PRV_MAX_DISTINCT`` distinct
+    pairs, sigma is rounded down and q up on a 1% grid (dominating, so never under-reporting).
     """
 
     name = "prv"
@@ -509,6 +512,10 @@ def _prv_epsilon(history: tuple[GaussianStep, ...], delta: float, errors: tuple[
     rdp_eps = rdp_to_epsilon(sum(_mechanism_rdp(m) for m in history), delta)
     if not math.isfinite(rdp_eps):
         return math.inf
+    history = _group_for_prv(history)
+    if history is None:  # too many distinct mechanisms to discretise: RDP is the honest answer
+        cache[key] = rdp_eps
+        return rdp_eps
     if len(history) == 1:
         only = history[0]
         horizon = 1 << max(0, (only.num_steps - 1).bit_length())
@@ -524,6 +531,35 @@ def _prv_epsilon(history: tuple[GaussianStep, ...], delta: float, errors: tuple[
         cache.clear()
     cache[key] = eps
     return eps
+
+
+#: Above this many distinct (sigma, q) pairs, PRV rounds sigma down and q up onto a 1% grid
+#: (a dominating mechanism: never under-reports) before discretising each one.
+PRV_MAX_DISTINCT = 16
+_GRID = math.log(1.01)
+
+
+def _group_for_prv(history: Sequence[GaussianStep]) -> tuple[GaussianStep, ...] | None:
+    """Merge equal (sigma, q) anywhere in the history (composition commutes: exact). If still
+    more than PRV_MAX_DISTINCT, replace each by a dominating one (sigma rounded down, q rounded
+    up on a 1% geometric grid; the PRV is monotone in both), else None."""
+
+    def group(items: Sequence[tuple[float, float, int]]) -> dict[tuple[float, float], int]:
+        out: dict[tuple[float, float], int] = {}
+        for sigma, q, n in items:
+            out[(sigma, q)] = out.get((sigma, q), 0) + n
+        return out
+
+    groups = group([(m.noise_multiplier, m.sample_rate, m.num_steps) for m in history])
+    if len(groups) > PRV_MAX_DISTINCT:
+        groups = group([
+            (math.exp(math.floor(math.log(s) / _GRID) * _GRID) * (1 - 1e-12),
+             min(1.0, math.exp(math.ceil(math.log(q) / _GRID) * _GRID) * (1 + 1e-12)), n)
+            for (s, q), n in groups.items()
+        ])
+        if len(groups) > PRV_MAX_DISTINCT:
+            return None
+    return tuple(GaussianStep(s, q, n) for (s, q), n in groups.items())
 
 
 def _prv_upper(history: Sequence[GaussianStep], plan: Sequence[GaussianStep], delta: float,

@@ -170,6 +170,21 @@ def test_prv_per_round_series_matches_fresh_and_is_monotone():
     assert epsilon(0.9, 0.05, 66, 1e-5, "prv") <= epsilon(0.9, 0.05, 66, 1e-5, "rdp")
 
 
+def test_prv_heterogeneous_history_is_bracketed():
+    """40 distinct sigmas (more than PRV_MAX_DISTINCT): grouped onto a dominating grid, the result
+    lies between the all-least-noise and all-most-noise compositions and under RDP."""
+    sigmas = np.linspace(2.0, 2.4, 40)
+    prv, rdp = PRVAccountant(), RDPAccountant()
+    for s in sigmas:
+        prv.step(noise_multiplier=float(s), sample_rate=1.0)  # q = 1: RDP is closed-form, fast
+        rdp.step(noise_multiplier=float(s), sample_rate=1.0)
+    eps = prv.get_epsilon(1e-5)
+    assert epsilon(2.4, 1.0, 40, 1e-5, "prv") <= eps <= epsilon(2.0 / 1.01, 1.0, 40, 1e-5, "prv")
+    # q = 1: exact value of the heterogeneous composition (mu^2 = sum 1/sigma_i^2)
+    assert eps >= exact_gaussian_epsilon(float(np.sqrt(np.sum(sigmas**-2.0))), 1e-5)
+    assert eps <= rdp.get_epsilon(1e-5)
+
+
 def test_epsilon_after_does_not_mutate_and_matches_step():
     acct = RDPAccountant()
     acct.step(noise_multiplier=1.0, sample_rate=0.1, num_steps=10)
