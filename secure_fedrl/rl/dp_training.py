@@ -18,6 +18,11 @@ Everything a trajectory's loss depends on besides the trajectory itself (advanta
 old log-probs) is computed per trajectory from that trajectory and the current parameters only;
 nothing is normalised across trajectories (batch advantage normalisation would let one
 trajectory change every other trajectory's gradient and break the sensitivity bound).
+
+In DP mode the algorithm config supplies the losses, gamma/lambda, learning rate and optimizer;
+its batching knobs (num_steps, update_epochs, num_minibatches, norm_adv, max_grad_norm) are
+replaced by TrajectoryDP's (per-trajectory clip C, steps/epochs, q). A trajectory's loss is the
+SUM of its per-step losses, the unbiased policy-gradient estimate before clipping.
 """
 
 from __future__ import annotations

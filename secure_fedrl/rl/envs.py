@@ -73,6 +73,8 @@ def _env_label(env_id: str, site: str) -> str:
 def _make_raw(env_id: str, site: str) -> gym.Env:
     try:
         return gym.make(env_id)
+    except gym.error.DependencyNotInstalled as exc:
+        raise ConfigError(f"{_env_label(env_id, site)}: needs a dependency that is not installed ({exc})") from None
     except gym.error.Error as exc:  # NameNotFound, VersionNotFound, NamespaceNotFound, ...
         raise ConfigError(f"{_env_label(env_id, site)}: not a registered gymnasium env ({exc})") from None
     except TypeError as exc:
@@ -97,6 +99,8 @@ def resolve_attribute(unwrapped: gym.Env, name: str) -> str:
 def _check_overrides(unwrapped: gym.Env, env_id: str, overrides: Mapping[str, Any], site: str) -> dict[str, float]:
     """Return {real attribute: float value}, raising ConfigError naming the first bad entry."""
     label = _env_label(env_id, site)
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{label}: overrides must be a table of attribute = number, got {type(overrides).__name__}")
     resolved: dict[str, float] = {}
     for name, value in overrides.items():
         if not isinstance(name, str) or not name or name.startswith("_"):

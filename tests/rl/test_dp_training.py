@@ -154,3 +154,19 @@ def test_dp_reinforce_learns_cartpole():
 def test_bad_dp_settings(kwargs, err, match):
     with pytest.raises(err, match=match):
         TrajectoryDP(**kwargs)
+
+
+def test_scaffold_correction_is_added_after_the_noisy_step():
+    # sigma = 0, q = 1, SGD: the correction c shifts the update by exactly -lr * c (post-processing).
+    lr, c_val = 0.1, 0.2
+    flats = []
+    for corr in (False, True):
+        env, policy, gen = _setup(9, num_envs=2)
+        fed = policy.shared_parameters(False)
+        c = [torch.full_like(p, c_val) for p in fed] if corr else None
+        dp = TrajectoryDP(max_grad_norm=0.5, noise_multiplier=0.0, sample_rate=1.0, steps=1, allow_zero_noise=True)
+        train_local(policy, env, ReinforceConfig(optimizer="sgd", learning_rate=lr), episodes=3, generator=gen,
+                    dp=dp, grad_correction=c, federated_params=fed)
+        flats.append((get_flat(fed), get_flat(policy.critic_parameters())))
+    np.testing.assert_allclose(flats[1][0] - flats[0][0], -lr * c_val, atol=1e-6)
+    np.testing.assert_array_equal(flats[1][1], flats[0][1])

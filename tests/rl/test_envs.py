@@ -107,6 +107,7 @@ def test_all_copies_overridden_and_seeded():
         ("CartPole-v1", {"force": 9.0, "force_mag": 10.0}, "twice"),
         ("NoSuchEnv-v0", {}, "not a registered gymnasium env"),
         ("CartPole-v99", {}, "not a registered gymnasium env"),
+        ("CartPole-v1", [("length", 0.5)], "overrides must be a table"),
     ],
 )
 def test_bad_overrides_name_site_env_and_attribute(env_id, overrides, fragment):
