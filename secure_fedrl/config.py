@@ -433,6 +433,12 @@ def _check_ranges(c: Config) -> None:
          "secure_aggregation.threshold", f"must be a fraction in (0, 1) or an integer >= 2, got {sa.threshold}")
     need(sa.neighbors >= -1, "secure_aggregation.neighbors", f"must be -1 (complete), 0 (auto) or a degree, got {sa.neighbors}")
     need(sa.clip >= 0, "secure_aggregation.clip", f"must be >= 0, got {sa.clip}")
+    need(not (sa.enabled and cm.method in ("topk", "quantize")), "compression.method",
+         f"{cm.method!r} gives every site its own sparsity pattern or scale, which cannot be summed under "
+         f"secure aggregation; use 'shared_mask' or 'none' (docs/compression.md)")
+    need(not (sa.enabled and c.strategy.weighting == "steps"), "strategy.weighting",
+         "under secure aggregation the server sees only the sum, so updates are averaged uniformly; "
+         "set weighting = 'uniform'")
     need(not (sa.enabled and c.strategy.name == "fedasync"), "strategy.name",
          "fedasync applies updates one by one and cannot run under secure aggregation (only sums are revealed)")
     p = c.privacy

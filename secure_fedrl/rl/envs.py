@@ -227,9 +227,8 @@ class SiteVectorEnv(VectorWrapper):
         obs, rewards, terminated, truncated, info = self.env.step(actions)
         self.episode_return += rewards
         self.episode_length += 1
-        done = np.logical_or(terminated, truncated)
-        if done.any():
-            idx = np.flatnonzero(done)
+        if "_final_obs" in info:  # SAME_STEP autoreset marks exactly the copies that finished
+            idx = np.flatnonzero(info["_final_obs"])
             self.completed_returns.extend(self.episode_return[idx].tolist())
             self.completed_lengths.extend(self.episode_length[idx].tolist())
             self.episode_return[idx] = 0.0

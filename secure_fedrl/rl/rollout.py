@@ -68,9 +68,13 @@ class _NumpyActor:
     def out(self, obs: np.ndarray) -> np.ndarray:
         h = obs
         for w, b in self.hidden:
-            h = np.tanh(h @ w + b)
+            h = h @ w
+            h += b
+            np.tanh(h, out=h)
         w, b = self.head
-        return h @ w + b
+        h = h @ w
+        h += b
+        return h
 
     def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """``noise``: Gumbel(0,1) per action (categorical, Gumbel-max) or N(0,1) per dim (Gaussian)."""
@@ -134,28 +138,30 @@ def collect_rollout(
     actor = _NumpyActor(policy)
     sample, step = actor.sample, env.step
     noise = _draw_noise(policy, (num_steps, n), generator)
-    obs_buf = np.zeros((num_steps, n, policy.obs_dim), dtype=np.float32)
-    act_buf = np.zeros((num_steps, n) if policy.discrete else (num_steps, n, policy.act_dim),
-                       dtype=np.int64 if policy.discrete else np.float32)
-    rew_buf = np.zeros((num_steps, n), dtype=np.float32)
+    obs_list: list[np.ndarray] = []
+    act_list: list[np.ndarray] = []
+    rew_list: list[np.ndarray] = []
     ended = np.zeros((num_steps, n), dtype=np.bool_)  # ended[t]: step t finished an episode
     finals: list[tuple[int, int, np.ndarray]] = []
     reshape = policy._obs_rank != 1
     discrete = policy.discrete
     env.pop_completed()  # the wrapper records finished episodes; count only this rollout's
     for t in range(num_steps):
-        obs_buf[t] = obs
+        obs_list.append(obs)
         actions = sample(obs, noise[t])
-        act_buf[t] = actions
+        act_list.append(actions)
         obs, reward, terminated, truncated, info = step(actions if discrete else _env_action(policy, env, actions))
-        rew_buf[t] = reward
-        np.logical_or(terminated, truncated, out=ended[t])
-        if "final_obs" in info:  # SAME_STEP autoreset: some copy finished; bootstrap truncations
+        rew_list.append(reward)
+        if "_final_obs" in info:  # SAME_STEP autoreset: some copy finished; bootstrap truncations
+            ended[t] = info["_final_obs"]
             for i in np.flatnonzero(truncated & ~terminated):
                 finals.append((t, int(i), np.asarray(info["final_obs"][i], dtype=np.float32).reshape(-1)))
         if reshape:
             obs = obs.reshape(n, -1)
     obs = np.asarray(obs, dtype=np.float32)
+    obs_buf = np.stack(obs_list).astype(np.float32, copy=False)
+    act_buf = np.stack(act_list).astype(np.int64 if discrete else np.float32, copy=False)
+    rew_buf = np.stack(rew_list).astype(np.float32)
     done_buf = np.empty((num_steps, n), dtype=np.float32)
     done_buf[0] = first_done
     done_buf[1:] = ended[:-1]

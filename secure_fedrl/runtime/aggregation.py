@@ -18,14 +18,12 @@ deployment they run at the site and only the masked vector crosses the wire.
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import BelowThresholdError, ConfigError, UpdateRejected
 from secure_fedrl.fl.updates import weighted_mean
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,9 @@ class RoundAggregate:
 
 
 class Aggregator:
-    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator) -> RoundAggregate:
+    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
+                  round_seed: int = 0) -> RoundAggregate:
+        """`round_seed` is the seed the server broadcast with the round (shared compression masks)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -67,7 +67,7 @@ class Aggregator:
 class PlainAggregator(Aggregator):
     """Weighted mean in the clear: the non-private baseline."""
 
-    def aggregate(self, round_id, uploads, *, rng):
+    def aggregate(self, round_id, uploads, *, rng, round_seed=0):
         if not uploads:
             return RoundAggregate(None, [], [], 0.0)
         mean = weighted_mean([u.vector for u in uploads], [u.weight for u in uploads])

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import BelowThresholdError, ConfigError, ProtocolError, UpdateRejected
+from secure_fedrl.errors import BelowThresholdError, ConfigError, PrivacyError
+from secure_fedrl.fl.compression import shared_mask_indices
 from secure_fedrl.privacy.accountants import RDP_ORDERS, GaussianStep, Mechanism, RDPCurveStep
 from secure_fedrl.runtime.aggregation import Aggregator, RoundAggregate, SiteUpload, simulated_dropouts
 from secure_fedrl.secagg import PHASES, run_round
@@ -40,7 +41,7 @@ class CentralDPAggregator(Aggregator):
     def mechanism(self, *, sampled: int, survivors: int | None = None) -> Mechanism:
         return GaussianStep(self.privacy.sigma, self.privacy.sample_rate)
 
-    def aggregate(self, round_id, uploads, *, rng):
+    def aggregate(self, round_id, uploads, *, rng, round_seed=0):
         from secure_fedrl.privacy.central import central_dp_sum
 
         if not uploads:
@@ -71,6 +72,9 @@ class SecureAggregator(Aggregator):
                                   "proven bound (PRV supports subsampled continuous Gaussians only)")
             self.expected_sites = max(1, round(privacy.sample_rate * self.num_sites))
         self.clip = self.sa.clip or (config.privacy.clip if privacy.unit == "client" else DEFAULT_SECAGG_CLIP)
+        # A shared random mask keeps the same coordinates at every site: only those are masked and sent.
+        self.mask_ratio = config.compression.ratio if config.compression.method == "shared_mask" else None
+        self.masked_dim = dim if self.mask_ratio is None else len(shared_mask_indices(dim, self.mask_ratio, 0))
 
     # -- protocol parameters ------------------------------------------------------------------------
     def threshold(self, n: int) -> int:
@@ -87,7 +91,7 @@ class SecureAggregator(Aggregator):
     def ddg_params(self, sampled: int):
         from secure_fedrl.privacy.ddg import ddg_parameters
 
-        return ddg_parameters(clip_norm=self.config.privacy.clip, dim=self.dim, expected_sites=self.expected_sites,
+        return ddg_parameters(clip_norm=self.config.privacy.clip, dim=self.masked_dim, expected_sites=self.expected_sites,
                               bits=self.sa.bits, noise_multiplier=self.privacy.sigma,
                               max_sites=max(sampled, self.expected_sites))
 
@@ -105,7 +109,8 @@ class SecureAggregator(Aggregator):
         return RDPCurveStep(tuple(priv.subsampled_rdp(np.asarray(RDP_ORDERS), q)))
 
     # -- the round -----------------------------------------------------------------------------------
-    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator) -> RoundAggregate:
+    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
+                  round_seed: int = 0) -> RoundAggregate:
         sampled = len(uploads)
         info: dict[str, Any] = {"sites_planned": sampled}
         if sampled < 2:
@@ -116,23 +121,31 @@ class SecureAggregator(Aggregator):
 
         rotation_seed = hashlib.sha256(b"secure-fedrl/ddg-rotation" + round_id.to_bytes(8, "big")
                                        + rng.bytes(16)).digest()
+        kept = None if self.mask_ratio is None else shared_mask_indices(self.dim, self.mask_ratio, round_seed)
+        vectors = {u.site: u.vector if kept is None else u.vector[kept] for u in uploads}
         encoded = {}
         if self.ddg:
-            from secure_fedrl.privacy.ddg import DDGEncoder
+            from secure_fedrl.privacy.ddg import DDGEncoder, attestation_for, verify_attestation
 
             params = self.ddg_params(sampled)
-            encoder = DDGEncoder(params, rotation_seed=rotation_seed)
-            for u in uploads:
-                encoded[u.site] = encoder.encode(u.vector, rng=rng)
+            expected = attestation_for(params, rotation_seed=rotation_seed)
+            for site, vec in vectors.items():
+                encoder = DDGEncoder(params, rotation_seed=rotation_seed)  # at the site
+                try:
+                    verify_attestation(encoder.attestation(), expected)
+                except PrivacyError as exc:
+                    log.warning("round %d: site %s refused: %s", round_id, site, exc)
+                    continue
+                encoded[site] = encoder.encode(vec, rng=rng)
         else:
             from secure_fedrl.secagg.encoding import encode
 
             scale = self._scale(sampled)
-            for u in uploads:
-                encoded[u.site] = encode(u.vector, clip=self.clip, scale=scale, bits=self.sa.bits, rng=rng,
-                                         num_sites=sampled)
+            for site, vec in vectors.items():
+                encoded[site] = encode(vec, clip=self.clip, scale=scale, bits=self.sa.bits, rng=rng,
+                                       num_sites=sampled)
 
-        drop_sites = simulated_dropouts([u.site for u in uploads], self.sa.dropout_rate, rng)
+        drop_sites = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
         dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
         threshold = self.threshold(sampled)
         try:
@@ -161,6 +174,10 @@ class SecureAggregator(Aggregator):
             total = decode_plain(result.sum, scale=self._scale(sampled), bits=self.sa.bits, num_sites=n,
                                  clip=self.clip)
             mean = total / n
+        if kept is not None:
+            full = np.zeros(self.dim, dtype=np.float64)
+            full[kept] = mean
+            mean = full
         return RoundAggregate(np.asarray(mean, dtype=np.float32), included, dropped, bytes_per_site, privacy=info)
 
     def _scale(self, num_sites: int) -> float:

@@ -88,9 +88,6 @@ class Simulation:
         self.device = torch.device(fed.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"federation.device: {fed.device!r} requested but CUDA is not available here")
-        if config.secure_aggregation.enabled and config.strategy.weighting == "steps":
-            raise ConfigError("strategy.weighting: under secure aggregation the server sees only the sum, "
-                              "so updates are averaged uniformly; set weighting = 'uniform'")
 
         self.specs = expand_sites(config.sites)
         self.envs = {}
@@ -266,7 +263,7 @@ class Simulation:
             self.privacy.record_round(r, agg)
             agg.mean_update = self._apply_async(uploads, rng)
         else:
-            agg = self.aggregator.aggregate(r, uploads, rng=rng)
+            agg = self.aggregator.aggregate(r, uploads, rng=rng, round_seed=self._round_seed(r))
             # The ledger row is durable before the aggregate touches the global policy.
             self.privacy.record_round(r, agg)
             self._apply(agg)
@@ -345,11 +342,15 @@ class Simulation:
             site.control_variate = new_c.astype(np.float32)
         self.privacy.after_local_training(site.spec.name, r, result)
         payload = site.compressor.compress(delta, np.random.default_rng(derive_seed(cfg.federation.seed, r, site.index, 4)),
-                                           round_seed=derive_seed(cfg.federation.seed, r, 5))
+                                           round_seed=self._round_seed(r))
         # In-process the "wire" is this round trip; the server sees what decompress gives back.
         sent, nbytes = site.compressor.decompress(payload, delta.shape[0]), payload.nbytes
         weight = float(result.steps) if cfg.strategy.weighting == "steps" else 1.0
         return SiteUpload(site=site.spec.name, vector=sent, weight=weight, nbytes=nbytes), result
+
+    def _round_seed(self, r: int) -> int:
+        """Public per-round seed the server broadcasts (shared compression mask)."""
+        return derive_seed(self.config.federation.seed, r, 5)
 
     def _apply(self, agg: RoundAggregate) -> None:
         if agg.mean_update is None:
