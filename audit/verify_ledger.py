@@ -269,7 +269,7 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]]) -> list[EpsilonCheck]:
         return cache[(q, sigma)]
 
     totals: dict[Any, list[float]] = {}
-    history: dict[Any, list[tuple[float, float, int]]] = {}
+    history: dict[Any, dict[tuple[float, float], int]] = {}  # scope -> (q, sigma) -> steps
     unknown: dict[Any, int] = {}
     out: list[EpsilonCheck] = []
     for row in rows:
@@ -285,7 +285,8 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]]) -> list[EpsilonCheck]:
         acc = totals.setdefault(scope, [0.0] * len(ORDERS))
         for i, v in enumerate(curve):
             acc[i] += steps * v
-        history.setdefault(scope, []).append((q, sigma, steps))
+        pairs = history.setdefault(scope, {})
+        pairs[(q, sigma)] = pairs.get((q, sigma), 0) + steps
         note = f"lower bound: {unknown[scope]} unknown-mechanism rows excluded" if unknown.get(scope) else ""
         recorded = epsilon_of(row).get("rdp")
         delta = float(row["delta"])
@@ -306,7 +307,7 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]]) -> list[EpsilonCheck]:
     return out
 
 
-def _continuous_min(history: list[tuple[float, float, int]], acc: list[float], delta: float,
+def _continuous_min(history: dict[tuple[float, float], int], acc: list[float], delta: float,
                     compute_rdp: Callable[..., Any], grid_eps: float) -> float:
     """Minimum over real orders in (1, 256] of the Balle et al. (2020) conversion Opacus uses,
     searched between the grid optimum's neighbours (the curve is unimodal in the order)."""
@@ -317,7 +318,7 @@ def _continuous_min(history: list[tuple[float, float, int]], acc: list[float], d
 
     def eps_at(alpha: float) -> float:
         rdp = sum(steps * float(compute_rdp(q=q, noise_multiplier=s, steps=1, orders=alpha))
-                  for q, s, steps in history)
+                  for (q, s), steps in history.items())
         return conversion(alpha, rdp)
 
     i = min(range(len(ORDERS)), key=lambda j: conversion(ORDERS[j], acc[j]))
