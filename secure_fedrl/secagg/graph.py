@@ -64,3 +64,14 @@ def neighbours(site_ids: Sequence[int], *, degree: int | None, graph_seed: bytes
 def default_degree(n: int) -> int:
     """k ~ 2 log2 n, the SecAgg+ regime the benchmarks use."""
     return max(2, math.ceil(2 * math.log2(max(n, 2))))
+
+
+def holders_per_site(n: int, degree: int | None) -> int:
+    """Size of every holder set (a site plus its neighbours): the largest valid threshold."""
+    return effective_degree(n, degree) + 1
+
+
+def secure_threshold(n: int, degree: int | None) -> int:
+    """Smallest threshold with t > half of every holder set, which the malicious-server
+    consistency argument needs (SPEC.md section 8)."""
+    return holders_per_site(n, degree) // 2 + 1

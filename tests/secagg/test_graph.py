@@ -47,3 +47,11 @@ def test_harary_graph_is_connected():
 def test_bad_degree_rejected(bad):
     with pytest.raises(ValueError, match="degree"):
         neighbours([1, 2, 3], degree=bad, graph_seed=bytes(32))
+
+
+def test_secure_threshold_is_a_strict_majority_of_holders():
+    from secure_fedrl.secagg.graph import holders_per_site, secure_threshold
+
+    assert holders_per_site(50, None) == 50 and secure_threshold(50, None) == 26
+    assert holders_per_site(100, 14) == 15 and secure_threshold(100, 14) == 8
+    assert holders_per_site(9, 3) == 5  # odd degree on an odd number of sites rounds up to 4
