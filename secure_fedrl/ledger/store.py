@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -164,6 +165,7 @@ class PrivacyLedger:
         self.config_hash = config_hash
         self._rows = rows
         self._clock = clock
+        self._lock = threading.Lock()  # the round loop may append from a worker thread
         self.public_key_hex = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
@@ -190,7 +192,7 @@ class PrivacyLedger:
         if signing_key is not None and not isinstance(signing_key, Ed25519PrivateKey):
             raise LedgerError("signing_key must be an Ed25519PrivateKey")
         try:
-            conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
+            conn = sqlite3.connect(p, isolation_level=None, timeout=30.0, check_same_thread=False)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open privacy ledger {p}: {exc}") from None
         try:
@@ -290,10 +292,17 @@ class PrivacyLedger:
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, entry: LedgerEntry) -> LedgerRow:
-        """Sign, chain and durably store one row; when this returns the row survives a crash."""
-        conn = self._require_open()
+        """Sign, chain and durably store one row; when this returns the row survives a crash.
+
+        Call it BEFORE applying or releasing the round's aggregate. If it raises, nothing was
+        recorded and the round must not be released.
+        """
         if not isinstance(entry, LedgerEntry):
             raise LedgerError(f"append expects a LedgerEntry, got {type(entry).__name__}")
+        with self._lock:
+            return self._append(self._require_open(), entry)
+
+    def _append(self, conn: sqlite3.Connection, entry: LedgerEntry) -> LedgerRow:
         self._check_order(entry)
         prev_hash = self._rows[-1].hash if self._rows else GENESIS_HASH
         seq = len(self._rows) + 1
@@ -350,9 +359,10 @@ class PrivacyLedger:
                                       f"{e.epsilon[name]!r} (round {e.round}, site {e.site})")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _require_open(self) -> sqlite3.Connection:
         if self._conn is None:

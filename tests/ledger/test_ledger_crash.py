@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -15,6 +16,16 @@ import pytest
 from secure_fedrl.ledger import LEDGER_FILE, PrivacyLedger
 
 CHILD = Path(__file__).with_name("crash_child.py")
+AUDIT = Path(__file__).parents[2] / "audit" / "verify_ledger.py"
+
+
+def _independent_verify(target: Path) -> None:
+    spec = importlib.util.spec_from_file_location("verify_ledger_crash", AUDIT)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    mod.verify(mod.load(target))
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
@@ -50,3 +61,4 @@ def test_sigkill_at_random_points_loses_no_returned_append(tmp_path: Path, seed:
     assert seqs == list(range(1, len(seqs) + 1))
     assert eps == sorted(eps)  # cumulative spend never went backwards across restarts
     assert len(seqs) >= len(acknowledged)
+    _independent_verify(tmp_path)  # the auditor reads the crashed ledger (with its -wal) read-only
