@@ -80,7 +80,7 @@ def bench_prg(d: int, ks: list[int], repeats: int) -> None:
                      f"{t / ((k + 1) * raw):.2f}", "yes" if t <= 1.5 * (k + 1) * raw else "NO",
                      f"{t / ((k + 1) * raw_into):.2f}"])
     _table(f"PRG: d={d:,} words ({4 * d / 1e6:.1f} MB keystream), median of {repeats}; raw = "
-           "encryptor().update(bytes(4d)), raw-into = the same in 128 KiB chunks into a reused buffer",
+           "encryptor().update(bytes(4d)), raw-into = the same in 256 KiB chunks into a reused buffer",
            ["k", "raw ms", "raw-into ms", "masking ms", "masking/((k+1)raw)", "<= 1.5",
             "masking/((k+1)raw-into)"], rows)
 

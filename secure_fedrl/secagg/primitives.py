@@ -169,7 +169,7 @@ def prg(seed: bytes, length: int, bits: int = 32) -> np.ndarray:
     return words
 
 
-_CHUNK_WORDS = 1 << 15  # 128 KiB of keystream per AES call: stays in L2 for the numpy add
+_CHUNK_WORDS = 1 << 16  # 256 KiB of keystream per AES call: stays in L2 for the numpy add
 _CHUNK_ZEROS = bytes(4 * _CHUNK_WORDS)
 
 
@@ -177,7 +177,7 @@ class MaskAccumulator:
     """Adds/subtracts PRG streams into a uint32 vector in place.
 
     Wrap-around of uint32 is the arithmetic of Z_{2^32}; reducing mod 2^b at the end is exact
-    because 2^b divides 2^32. The keystream is produced in 128 KiB chunks into one reused buffer
+    because 2^b divides 2^32. The keystream is produced in 256 KiB chunks into one reused buffer
     (one AES-CTR encryptor per stream, continuing its counter across chunks), so a stream costs
     the AES work plus an add on cache-resident data, with no per-stream allocation.
     """
