@@ -66,13 +66,14 @@ class _NumpyActor:
         self.std = None if policy.discrete else policy.actor_logstd.detach().exp().cpu().numpy().reshape(-1)
 
     def out(self, obs: np.ndarray) -> np.ndarray:
+        dot, tanh = np.dot, np.tanh
         h = obs
         for w, b in self.hidden:
-            h = h @ w
+            h = dot(h, w)
             h += b
-            np.tanh(h, out=h)
+            tanh(h, out=h)
         w, b = self.head
-        h = h @ w
+        h = dot(h, w)
         h += b
         return h
 
