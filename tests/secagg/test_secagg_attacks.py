@@ -255,3 +255,27 @@ def test_message_for_another_configuration_is_refused_by_a_site(five_sites):
         clients[1].share_keys(replace(bundles[1], config_digest=b"\0" * 32))
     with pytest.raises(ProtocolError, match="addressed to site 2"):
         clients[1].share_keys(bundles[2])
+
+
+def test_reveal_guard_holds_even_if_the_phase_checks_are_bypassed(five_sites):
+    """Last line of defence: rewind the site's state as a buggy transport might, then ask for
+    site 5's b-share after its s-share went out; the guard inside unmask() must refuse."""
+    cfg, clients, server = _manual(five_sites)
+    out = {i: None for i in clients}
+    for phase in ("advertise_keys", "share_keys", "masked_input", "consistency_check"):
+        for i, c in clients.items():
+            if i not in out or (phase == "masked_input" and i == 5):
+                continue
+            msg = {"advertise_keys": lambda: c.advertise_keys(), "share_keys": lambda: c.share_keys(out[i]),
+                   "masked_input": lambda: c.masked_input(out[i]),
+                   "consistency_check": lambda: c.consistency_check(out[i])}[phase]()
+            server.receive(msg.encode())
+        out = server.finish_phase()
+    site = clients[1]
+    site.unmask(out[1])
+    everyone = (1, 2, 3, 4, 5)
+    site.phase, site._survivors = "unmasking", everyone
+    site._consistency = M.ConsistencySig(cfg.digest, 1, everyone).signed(five_sites[1][1])
+    sigs = tuple((i, M.ConsistencySig(cfg.digest, i, everyone).signed(five_sites[1][i]).signature) for i in everyone)
+    with pytest.raises(ProtocolError, match="both the b-share and the s-share of site 5"):
+        site.unmask(replace(out[1], survivors=everyone, signatures=sigs))
