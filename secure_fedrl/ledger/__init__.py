@@ -14,7 +14,7 @@ from secure_fedrl.ledger.format import (
     row_hash,
     verify_chain,
 )
-from secure_fedrl.ledger.store import KEY_FILE, LEDGER_FILE, PrivacyLedger
+from secure_fedrl.ledger.store import KEY_FILE, LEDGER_FILE, PrivacyLedger, read_ledger
 
 __all__ = [
     "GENESIS_HASH",
@@ -27,6 +27,7 @@ __all__ = [
     "SignedHead",
     "canonical_bytes",
     "head_bytes",
+    "read_ledger",
     "row_hash",
     "verify_chain",
 ]

@@ -154,6 +154,42 @@ def _row_from_sql(r: tuple, *, strict: bool) -> LedgerRow:
                      signature=signature, entry=entry)
 
 
+def read_ledger(path: str | os.PathLike[str], *, config_hash: str | None = None,
+                public_key: str | None = None) -> list[LedgerRow]:
+    """Verify and return a ledger's rows without its signing key, writing nothing (reports,
+    `--resume` checks). Pin `public_key` (hex) and `config_hash` where they are known."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / LEDGER_FILE
+    if not p.is_file():
+        raise LedgerError(f"privacy ledger {p} is missing")
+    try:
+        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            raw_rows = conn.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY seq").fetchall()
+            head_row = conn.execute("SELECT seq, row_hash, signature FROM head WHERE id = 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(f"privacy ledger {p} is unreadable: {exc}") from None
+    if meta.get("format") != "secure-fedrl-ledger" or meta.get("schema_version") != SCHEMA_VERSION:
+        raise LedgerError(f"{p} is not a secure-fedrl privacy ledger")
+    if config_hash is not None and meta.get("config_hash") != config_hash:
+        raise LedgerChainError(1 if raw_rows else None, CONFIG_HASH_MISMATCH,
+                               f"{p} was written for config {meta.get('config_hash')!r}, "
+                               f"expected {config_hash!r}")
+    if public_key is not None and meta.get("public_key") != public_key.lower():
+        raise LedgerError(f"privacy ledger {p} is signed by {meta.get('public_key')}, not by the "
+                          f"pinned key {public_key.lower()}")
+    if head_row is None:
+        raise LedgerChainError(None, "deleted", f"{p}: the signed head is missing")
+    rows = [_row_from_sql(r, strict=True) for r in raw_rows]
+    verify_chain(rows, meta.get("public_key", ""), config_hash=meta.get("config_hash", ""),
+                 head=SignedHead(*head_row))
+    return rows
+
+
 class PrivacyLedger:
     """Append-only privacy ledger; open with `PrivacyLedger.open`, never construct directly."""
 

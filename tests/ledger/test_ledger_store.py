@@ -25,6 +25,7 @@ from secure_fedrl.ledger import (
     LedgerEntry,
     PrivacyLedger,
     canonical_bytes,
+    read_ledger,
     verify_chain,
 )
 
@@ -84,6 +85,25 @@ def test_tampering_is_detected_at_the_first_bad_row(tmp_path: Path, name: str) -
     assert (info.value.seq, info.value.reason) == (seq, reason), str(info.value)
     assert f"row seq {seq}: {reason}" in str(info.value)
     assert isinstance(info.value, LedgerError)
+
+
+def test_read_ledger_needs_no_key_and_writes_nothing(tmp_path: Path) -> None:
+    path = build(tmp_path)
+    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+        pub = led.public_key_hex
+    (tmp_path / KEY_FILE).unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    rows = read_ledger(path, config_hash=CONFIG, public_key=pub)
+    assert [r.seq for r in rows] == list(range(1, 7))
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    with pytest.raises(LedgerChainError, match="config hash mismatch"):
+        read_ledger(path, config_hash="cfg-other")
+    with pytest.raises(LedgerError, match="pinned key"):
+        read_ledger(path, public_key="ab" * 32)
+    with attacker(path) as conn:
+        conn.execute("DELETE FROM rows WHERE seq = 6")
+    with pytest.raises(LedgerChainError, match="row seq 6: deleted"):
+        read_ledger(path)
 
 
 def test_reopen_with_another_config_hash_is_refused(tmp_path: Path) -> None:
