@@ -99,6 +99,8 @@ class EvaluationSection:
     """Evaluate the global policy on every site's environment every `every` rounds (and at the end)."""
     episodes: int = 5
     """Deterministic-action episodes per site per evaluation."""
+    max_sites: int = 0
+    """Evaluate on at most this many sites (a fixed, seeded subset; 0 = every site)."""
 
 
 @dataclass(frozen=True)
@@ -426,6 +428,7 @@ def _check_ranges(c: Config) -> None:
     ev = c.evaluation
     need(ev.every >= 1, "evaluation.every", f"must be >= 1, got {ev.every}")
     need(ev.episodes >= 1, "evaluation.episodes", f"must be >= 1, got {ev.episodes}")
+    need(ev.max_sites >= 0, "evaluation.max_sites", f"must be >= 0, got {ev.max_sites}")
     sa = c.secure_aggregation
     need(1 <= sa.bits <= 32, "secure_aggregation.bits", f"must be in [1, 32], got {sa.bits}")
     need(0.0 <= sa.dropout_rate < 1.0, "secure_aggregation.dropout_rate", f"must be in [0, 1), got {sa.dropout_rate}")

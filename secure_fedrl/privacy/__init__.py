@@ -8,6 +8,7 @@ Gaussian composed over ``steps`` with Opacus's RDP (orders extended to 512) or P
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from secure_fedrl.errors import PrivacyError
 from secure_fedrl.privacy.accountants import (
@@ -31,6 +32,7 @@ __all__ = [
     "RDPAccountant",
     "RDPCurveStep",
     "ZCDPStep",
+    "calibrate_noise",
     "epsilon",
     "make_accountant",
     "noise_multiplier_for",
@@ -87,6 +89,20 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     def eps(sigma: float) -> float:
         return epsilon(sigma, q, n, d, accountant)
 
+    return calibrate_noise(eps, target, max_sigma=hi_cap, min_sigma=lo_cap, rtol=rtol,
+                           context=f"for {n} steps at sample_rate={q:g}, delta={d:g}")
+
+
+def calibrate_noise(eps: Callable[[float], float], target_epsilon: float, *, max_sigma: float = 1000.0,
+                    min_sigma: float = 1e-2, rtol: float = SIGMA_RTOL, context: str = "") -> float:
+    """Smallest sigma in [min_sigma, max_sigma] with ``eps(sigma) <= target_epsilon``.
+
+    ``eps`` must be non-increasing in sigma (more noise, less privacy loss): any mechanism whose
+    whole-run epsilon the caller can compute, e.g. the distributed discrete Gaussian's. Brackets by
+    doubling/halving from sigma = 1, then bisects to ``rtol`` and returns the upper end, so the
+    result always meets the target. PrivacyError when ``max_sigma`` cannot meet it.
+    """
+    target, hi_cap, lo_cap = float(target_epsilon), float(max_sigma), float(min_sigma)
     # Bracket: eps(lo) > target >= eps(hi).
     hi = min(max(1.0, lo_cap), hi_cap)
     if eps(hi) <= target:
@@ -104,7 +120,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
             if hi >= hi_cap:
                 raise PrivacyError(
                     f"target_epsilon {target:g} is unreachable at max_sigma={hi_cap:g} "
-                    f"(epsilon {eps(hi_cap):.4g} for {n} steps at sample_rate={q:g}, delta={d:g})"
+                    f"(epsilon {eps(hi_cap):.4g} {context})".replace(" )", ")")
                 )
             hi = min(hi * 2.0, hi_cap)
             if eps(hi) <= target:

@@ -7,11 +7,13 @@ round is re-run and recorded again), never under-count.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from typing import Any, Sequence
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded
+from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, PrivacyError
 from secure_fedrl.privacy.accountants import Accountant, GaussianStep, Mechanism, make_accountant
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,7 @@ class PrivacyPlan:
             self.sample_rate = s.fraction if s.poisson else 1.0
             self.mechanism = self.p.mechanism if self.p.mechanism != "auto" else (
                 "ddg" if config.secure_aggregation.enabled else "gaussian")
-            self.sigma = self._calibrate(self.sample_rate, self.rounds)
-            self.accountants[None] = make_accountant(self.p.accountant)
+            self.accountants[None] = make_accountant(self.p.accountant)  # sigma: see bind()
         else:
             self.mechanism = "dp-sgd"
             self.sample_rate = self.p.sample_rate
@@ -59,6 +60,36 @@ class PrivacyPlan:
         log.info("calibrated noise multiplier %.4f for epsilon %.3g over %d steps at q=%.4g",
                  sigma, self.p.target_epsilon, steps, sample_rate)
         return sigma
+
+    def bind(self, source: Any) -> None:
+        """Attach the aggregator that prices client-level rounds, and calibrate sigma with it.
+
+        Calibration uses the very mechanism each round is charged with (for the distributed
+        discrete Gaussian: its generic subsampled RDP at the release threshold), so the planned
+        rounds fit the budget exactly as they will be accounted.
+        """
+        from secure_fedrl.privacy import calibrate_noise
+
+        self.source = source
+        if self.unit != "client":
+            return
+        if self.p.noise_multiplier > 0:
+            self.sigma = self.p.noise_multiplier
+            return
+        planned = max(2, round(self.sample_rate * len(self.site_names)))
+
+        def eps(sigma: float) -> float:
+            try:
+                step = source.mechanism(sampled=planned, sigma=sigma)
+            except PrivacyError:  # too little noise for the mechanism's grid: treat as no privacy
+                return math.inf
+            return make_accountant(self.p.accountant).epsilon_after(
+                dataclasses.replace(step, num_steps=self.rounds), self.p.delta)
+
+        self.sigma = calibrate_noise(eps, self.p.target_epsilon, context=f"over {self.rounds} rounds at "
+                                     f"sample_rate={self.sample_rate:g}, delta={self.p.delta:g}")
+        log.info("calibrated noise multiplier %.4f for epsilon %.3g over %d rounds", self.sigma,
+                 self.p.target_epsilon, self.rounds)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self, *, config_hash: str, resume_after_round: int) -> None:

@@ -38,8 +38,8 @@ class CentralDPAggregator(Aggregator):
         self.privacy = privacy
         self.expected_sites = max(1.0, privacy.sample_rate * config.num_sites)
 
-    def mechanism(self, *, sampled: int, survivors: int | None = None) -> Mechanism:
-        return GaussianStep(self.privacy.sigma, self.privacy.sample_rate)
+    def mechanism(self, *, sampled: int, survivors: int | None = None, sigma: float | None = None) -> Mechanism:
+        return GaussianStep(self.privacy.sigma if sigma is None else sigma, self.privacy.sample_rate)
 
     def aggregate(self, round_id, uploads, *, rng, round_seed=0):
         from secure_fedrl.privacy.central import central_dp_sum
@@ -78,9 +78,19 @@ class SecureAggregator(Aggregator):
 
     # -- protocol parameters ------------------------------------------------------------------------
     def threshold(self, n: int) -> int:
+        """Fewest survivors of `n` sampled sites whose sum may be released (noise is sized for them)."""
         t = self.sa.threshold
         value = int(t) if t >= 1 else math.ceil(t * n)
         return max(2, min(value, n))
+
+    def protocol_threshold(self, n: int) -> int:
+        """Shamir threshold: of all n sites (complete graph) or of each neighbourhood (SecAgg+)."""
+        k = self.degree(n)
+        if k is None:
+            return self.threshold(n)
+        t = self.sa.threshold
+        value = min(int(t), k + 1) if t >= 1 else math.ceil(t * (k + 1))
+        return max(2, min(value, k + 1))
 
     def degree(self, n: int) -> int | None:
         k = self.sa.neighbors
@@ -88,19 +98,25 @@ class SecureAggregator(Aggregator):
             return None
         return min(default_degree(n) if k == 0 else k, n - 1)
 
-    def ddg_params(self, sampled: int):
+    def ddg_params(self, sampled: int, sigma: float | None = None):
+        """Noise shares sized so that the threshold's worth of survivors alone reaches sigma.
+
+        The server can unmask with as few as `threshold` survivors, so the budget must hold even
+        then; more survivors only add noise (and are charged as such, from the true count).
+        """
         from secure_fedrl.privacy.ddg import ddg_parameters
 
-        return ddg_parameters(clip_norm=self.config.privacy.clip, dim=self.masked_dim, expected_sites=self.expected_sites,
-                              bits=self.sa.bits, noise_multiplier=self.privacy.sigma,
-                              max_sites=max(sampled, self.expected_sites))
+        sampled = max(sampled, 2)
+        return ddg_parameters(clip_norm=self.config.privacy.clip, dim=self.masked_dim,
+                              expected_sites=self.threshold(sampled), bits=self.sa.bits,
+                              noise_multiplier=self.privacy.sigma if sigma is None else sigma, max_sites=sampled)
 
     # -- privacy cost --------------------------------------------------------------------------------
-    def mechanism(self, *, sampled: int, survivors: int | None = None) -> Mechanism:
+    def mechanism(self, *, sampled: int, survivors: int | None = None, sigma: float | None = None) -> Mechanism:
         """DDG's cost: worst case (threshold survivors) before the round, the true survivors after."""
         from secure_fedrl.privacy.ddg import ddg_round_privacy
 
-        params = self.ddg_params(sampled)
+        params = self.ddg_params(sampled, sigma)
         n = survivors if survivors is not None else self.threshold(max(sampled, 2))
         priv = ddg_round_privacy(params, num_survivors=max(1, n))
         q = self.privacy.sample_rate
@@ -147,13 +163,19 @@ class SecureAggregator(Aggregator):
 
         drop_sites = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
         dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
-        threshold = self.threshold(sampled)
         try:
-            result = run_round(encoded, threshold=threshold, neighbors=self.degree(sampled), bits=self.sa.bits,
-                               dropouts=dropouts, round_id=round_id)
+            if len(encoded) < self.threshold(sampled):
+                raise BelowThresholdError(f"{len(encoded)} of {sampled} sites left, fewer than the release "
+                                          f"threshold {self.threshold(sampled)}")
+            result = run_round(encoded, threshold=self.protocol_threshold(sampled), neighbors=self.degree(sampled),
+                               bits=self.sa.bits, dropouts=dropouts, round_id=round_id)
+            if len(result.accepted_sites) < self.threshold(sampled):
+                # SecAgg+ thresholds are per neighbourhood; the release policy is global.
+                raise BelowThresholdError(f"{len(result.accepted_sites)} of {sampled} sites survived, fewer than "
+                                          f"the release threshold {self.threshold(sampled)}")
         except BelowThresholdError as exc:
-            log.warning("round %d aborted: %s", round_id, exc)
-            if self.ddg:  # nothing was released, but count the round anyway (over-count, never under)
+            log.warning("round %d aborted, nothing released: %s", round_id, exc)
+            if self.ddg:  # count the round anyway (over-count, never under)
                 info["mechanism_step"] = self.mechanism(sampled=sampled)
             return RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
 

@@ -124,8 +124,11 @@ class Simulation:
             self.strategy.init_control(self.dim)
         self.privacy = PrivacyPlan(config, [s.name for s in self.specs], ledger_path=self.run_dir.ledger_path)
         self.aggregator = build_aggregator(config, dim=self.upload_dim, privacy=self.privacy)
-        self.privacy.source = self.aggregator
+        self.privacy.bind(self.aggregator)
 
+        k = config.evaluation.max_sites
+        chosen = np.random.default_rng(derive_seed(fed.seed, 0xE7A1)).permutation(len(self.sites))[:k] if k else None
+        self.eval_sites = self.sites if chosen is None else [self.sites[i] for i in sorted(chosen)]
         self.round = 0
         self.env_steps = 0
         self.last_eval: dict[str, float] | None = None
@@ -383,7 +386,7 @@ class Simulation:
         cfg = self.config
         set_flat(self.federated_params, self.global_params)
         per_site = {}
-        for site in self.sites:
+        for site in self.eval_sites:
             if site.local_critic is not None:
                 set_flat(list(self.policy.critic_parameters()), site.local_critic)
             returns = evaluate(self.policy, site.spec.env_id, site.spec.overrides, episodes=cfg.evaluation.episodes,
