@@ -63,7 +63,7 @@ class Ledger:
 
 # -- reading -------------------------------------------------------------------------------------
 def load(target: str | Path) -> Ledger:
-    """Read a ledger read-only (the -wal file is honoured; nothing is written)."""
+    """Read a ledger read-only: the -wal file is honoured, the ledger file is never modified."""
     path = Path(target)
     if path.is_dir():
         path = path / LEDGER_FILE
