@@ -6,6 +6,7 @@ collection stops are discarded). Then, for every noisy step:
 
 1. Poisson-sample the round's N trajectories, each independently with rate q (from the caller's
    ``torch.Generator``), so the subsampled-Gaussian accountant applies;
+   N is exactly the ``episodes`` local budget (public), never a data-dependent count;
 2. per-trajectory gradient of the trajectory's loss (the sum of its per-step losses) over ALL
    trained parameters, actor and critic, via ``torch.func.vmap(grad(...))`` on padded, masked
    ``[B, T, ...]`` tensors (Opacus's GradSampleModule cannot hold the bare Gaussian log-std
@@ -204,10 +205,16 @@ def train_dp(
     """Collect complete episodes, then take ``dp.noisy_steps`` DP-SGD steps on them."""
     if not isinstance(algo, (PPOConfig, ReinforceConfig)):
         raise ConfigError(f"trajectory DP supports PPOConfig or ReinforceConfig, got {type(algo).__name__}")
+    if episodes is None or steps is not None:
+        raise ConfigError(
+            "trajectory-level DP needs the local work in episodes only (the privacy unit; the "
+            "expected batch q*N must not depend on private episode lengths)"
+        )
     timer = Timer()
-    eps, env_steps = collect_episodes(
-        policy, env, min_episodes=episodes or 1, min_steps=steps or 0, generator=generator
-    )
+    eps, env_steps = collect_episodes(policy, env, min_episodes=episodes, min_steps=0, generator=generator)
+    # Copies finishing on the same step can overshoot; keep exactly `episodes` (completion order,
+    # ties by copy index) so N, and with it the noise scale q*N, is public.
+    eps = eps[:episodes]
     batch = _prepare(policy, algo, eps)
     n_traj = len(eps)
     q = float(dp.sample_rate)

@@ -62,6 +62,7 @@ def test_every_trajectory_clipped_in_a_batch(algo):
     gen_copy = torch.Generator().manual_seed(2)
     env2 = make_site_env("CartPole-v1", overrides={}, num_envs=4, seed=2, site="dp")
     eps, _ = collect_episodes(policy, env2, min_episodes=10, min_steps=0, generator=gen_copy)
+    eps = eps[:10]  # train_local keeps exactly `episodes` trajectories
     batch = _prepare(policy, algo, eps)
     grads = per_trajectory_grads(policy, algo, batch, torch.arange(len(eps)))
     norms = torch.stack([g.reshape(len(eps), -1).norm(dim=1) for g in grads], 1).norm(dim=1)
@@ -104,7 +105,7 @@ def test_poisson_sampling_and_accounting_fields():
     assert dp.noisy_steps == 8
     res = train_local(policy, env, ReinforceConfig(), episodes=40, generator=gen, dp=dp)
     assert res.dp_steps == 8 and res.optimizer_steps == 8 and res.dp_sample_rate == 0.25
-    assert res.episodes >= 40 and len(res.episode_returns) == res.episodes
+    assert res.episodes == 40 and len(res.episode_returns) == 40  # exactly N: q*N is public
     # Poisson batches: random size around q*N, not a fixed batch
     assert 0.1 * res.episodes < res.diagnostics["mean_batch_trajectories"] < 0.45 * res.episodes
     # complete CartPole episodes only: each return is the episode's length, none is cut short at 0
@@ -170,3 +171,11 @@ def test_scaffold_correction_is_added_after_the_noisy_step():
         flats.append((get_flat(fed), get_flat(policy.critic_parameters())))
     np.testing.assert_allclose(flats[1][0] - flats[0][0], -lr * c_val, atol=1e-6)
     np.testing.assert_array_equal(flats[1][1], flats[0][1])
+
+
+def test_dp_local_work_must_be_in_episodes():
+    env, policy, gen = _setup(0)
+    dp = TrajectoryDP(max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5, steps=1)
+    for kwargs in (dict(steps=100), dict(steps=100, episodes=3)):
+        with pytest.raises(ConfigError, match="episodes"):
+            train_local(policy, env, ReinforceConfig(), generator=gen, dp=dp, **kwargs)
