@@ -104,9 +104,10 @@ class SecAggServer:
         np.add(self._sum, msg.vector, out=self._sum)
         return True  # keep only the fact that it arrived: the running sum is all the server needs
 
-    def _check_consistency_check(self, msg: M.ConsistencySig) -> None:
+    def _check_consistency_check(self, msg: M.ConsistencySig) -> bytes:
         if tuple(msg.survivors) != self.u3:
             raise ProtocolError(f"ConsistencySig from site {msg.sender}: signed a different survivor set")
+        return msg.signature  # the survivor set is known: keep 64 bytes, not n ids per site
 
     def _check_unmasking(self, msg: M.UnmaskResponse) -> None:
         alive, shared = self._u3set, self._u2set
@@ -171,7 +172,7 @@ class SecAggServer:
         if self.phase == "consistency_check":
             self.u4 = self._close("unmasking")
             u4set = frozenset(self.u4)
-            sigs = {u: m.signature for u, m in got.items()}
+            sigs = got
             self._got = {}
             return {
                 u: M.UnmaskRequest(
