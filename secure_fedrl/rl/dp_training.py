@@ -137,7 +137,7 @@ def _prepare(policy: ActorCritic, algo: PPOConfig | ReinforceConfig, episodes: l
         boot = np.zeros(n, dtype=np.float64)
         idx = [i for i, f in enumerate(finals) if f is not None]
         if idx:
-            boot[idx] = policy.get_value(torch.from_numpy(np.stack([finals[i] for i in idx]))).numpy()
+            boot[idx] = policy.get_value(torch.from_numpy(np.stack([finals[i] for i in idx]))).cpu().numpy()
     values_np = values.numpy()
     for i, e in enumerate(episodes):
         length = e.length
@@ -205,6 +205,8 @@ def train_dp(
     """Collect complete episodes, then take ``dp.noisy_steps`` DP-SGD steps on them."""
     if not isinstance(algo, (PPOConfig, ReinforceConfig)):
         raise ConfigError(f"trajectory DP supports PPOConfig or ReinforceConfig, got {type(algo).__name__}")
+    if next(policy.parameters()).device.type != "cpu":
+        raise ConfigError("trajectory-level DP training runs on CPU (its noise comes from a CPU torch.Generator)")
     if episodes is None or steps is not None:
         raise ConfigError(
             "trajectory-level DP needs the local work in episodes only (the privacy unit; the "

@@ -200,6 +200,10 @@ class SiteVectorEnv(VectorWrapper):
     truncated episodes).
     """
 
+    STATE_ATTRS = ("last_obs", "last_done", "episode_return", "episode_length", "completed_returns",
+                   "completed_lengths")
+    """What, besides the inner vector env, must be saved for an exact resume."""
+
     def __init__(self, env: VectorEnv, *, env_id: str, site: str, seed: int) -> None:
         super().__init__(env)
         mode = env.metadata.get("autoreset_mode")

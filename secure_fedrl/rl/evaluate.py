@@ -48,7 +48,7 @@ def evaluate(
         space = env.single_action_space
         while (done_count < quota).any():
             with torch.inference_mode():
-                act = policy.deterministic_action(torch.from_numpy(obs.reshape(n, -1))).numpy()
+                act = policy.deterministic_action(torch.from_numpy(obs.reshape(n, -1))).cpu().numpy()
             if policy.discrete:
                 act = act.astype(np.int64)
             else:

@@ -92,10 +92,11 @@ class ActorCritic(nn.Module):
 
     # --- forward pieces ----------------------------------------------------------------------
     def _obs(self, obs: Tensor | np.ndarray) -> Tensor:
+        device = self.critic[0].weight.device
         if not isinstance(obs, Tensor):
-            obs = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
-        elif obs.dtype != torch.float32:
-            obs = obs.float()
+            obs = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)
+        elif obs.dtype != torch.float32 or obs.device != device:
+            obs = obs.to(device=device, dtype=torch.float32)
         if self._obs_rank == 1:
             return obs
         return obs.reshape(*obs.shape[: obs.dim() - self._obs_rank], self.obs_dim)
@@ -123,6 +124,7 @@ class ActorCritic(nn.Module):
     def log_prob_entropy(self, obs: Tensor | np.ndarray, actions: Tensor) -> tuple[Tensor, Tensor]:
         obs = self._obs(obs)
         a, logstd = self._dist_params(obs)
+        actions = actions.to(a.device)
         if self.discrete:
             logp_all = torch.log_softmax(a, dim=-1)
             logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)

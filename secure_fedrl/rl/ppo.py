@@ -142,6 +142,7 @@ def train_ppo(
     """Run PPO rollouts/updates until ``steps`` env steps and/or ``episodes`` episodes are done."""
     timer = Timer()
     params = list(policy.parameters())
+    device = params[0].device
     optimizer = make_optimizer(params, kind=cfg.optimizer, lr=cfg.learning_rate, momentum=cfg.sgd_momentum)
     n = env.num_envs
     batch_size = cfg.num_steps * n
@@ -168,23 +169,24 @@ def train_ppo(
         returns_done.extend(ro.episode_returns)
 
         # 2. Old log-probs and values in one batched pass; GAE(lambda).
-        obs = torch.from_numpy(ro.obs.reshape(batch_size, -1))
-        actions = torch.from_numpy(ro.actions.reshape(batch_size, *ro.actions.shape[2:]))
+        obs = torch.from_numpy(ro.obs.reshape(batch_size, -1)).to(device)
+        actions = torch.from_numpy(ro.actions.reshape(batch_size, *ro.actions.shape[2:])).to(device)
         with torch.no_grad():
             old_logp, _, old_values = policy.evaluate(obs, actions)
-            next_value = policy.get_value(torch.from_numpy(ro.next_obs)).numpy()
+            next_value = policy.get_value(torch.from_numpy(ro.next_obs)).cpu().numpy()
+        old_values_np = old_values.cpu().numpy()
         adv_np, ret_np = compute_gae(
-            ro.rewards, old_values.numpy().reshape(cfg.num_steps, n), ro.dones, next_value, ro.next_done,
+            ro.rewards, old_values_np.reshape(cfg.num_steps, n), ro.dones, next_value, ro.next_done,
             cfg.gamma, cfg.gae_lambda,
         )
-        advantages = torch.from_numpy(adv_np.reshape(-1))
-        returns = torch.from_numpy(ret_np.reshape(-1))
+        advantages = torch.from_numpy(adv_np.reshape(-1)).to(device)
+        returns = torch.from_numpy(ret_np.reshape(-1)).to(device)
 
         # 3. Minibatch epochs on the clipped surrogate.
         sums: dict[str, float] = {}
         count = 0
         for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(batch_size, generator=generator)
+            perm = torch.randperm(batch_size, generator=generator).to(device)
             kl_epoch = []
             for start in range(0, batch_size, minibatch_size):
                 mb = perm[start : start + minibatch_size]
@@ -208,7 +210,7 @@ def train_ppo(
             if cfg.target_kl is not None and np.mean(kl_epoch) > cfg.target_kl:
                 break
         diag = {k: v / max(count, 1) for k, v in sums.items()}
-        diag["explained_variance"] = explained_variance(old_values.numpy(), ret_np.reshape(-1))
+        diag["explained_variance"] = explained_variance(old_values_np, ret_np.reshape(-1))
 
     diag["sps"] = total_steps / timer.elapsed()
     return LocalResult(

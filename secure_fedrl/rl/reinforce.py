@@ -99,6 +99,7 @@ def train_reinforce(
     """Batches of experience, one policy-gradient step each, until the local budget is spent."""
     timer = Timer()
     params = list(policy.parameters())
+    device = params[0].device
     optimizer = make_optimizer(params, kind=cfg.optimizer, lr=cfg.learning_rate, momentum=cfg.sgd_momentum)
     n = env.num_envs
     batch_size = cfg.num_steps * n
@@ -111,17 +112,17 @@ def train_reinforce(
         total_steps += batch_size
         returns_done.extend(ro.episode_returns)
 
-        obs = torch.from_numpy(ro.obs.reshape(batch_size, -1))
-        actions = torch.from_numpy(ro.actions.reshape(batch_size, *ro.actions.shape[2:]))
+        obs = torch.from_numpy(ro.obs.reshape(batch_size, -1)).to(device)
+        actions = torch.from_numpy(ro.actions.reshape(batch_size, *ro.actions.shape[2:])).to(device)
         with torch.no_grad():
-            values = policy.get_value(obs).numpy().reshape(cfg.num_steps, n)
-            next_value = policy.get_value(torch.from_numpy(ro.next_obs)).numpy()
+            values = policy.get_value(obs).cpu().numpy().reshape(cfg.num_steps, n)
+            next_value = policy.get_value(torch.from_numpy(ro.next_obs)).cpu().numpy()
         # lambda = 1: advantages are Monte-Carlo returns-to-go minus the baseline.
         adv_np, ret_np = compute_gae(ro.rewards, values, ro.dones, next_value, ro.next_done, cfg.gamma, 1.0)
-        advantages = torch.from_numpy(adv_np.reshape(-1))
+        advantages = torch.from_numpy(adv_np.reshape(-1)).to(device)
         if cfg.norm_adv and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        returns = torch.from_numpy(ret_np.reshape(-1))
+        returns = torch.from_numpy(ret_np.reshape(-1)).to(device)
 
         loss, terms = reinforce_losses(policy, cfg, obs, actions, advantages, returns)
         optimizer.zero_grad(set_to_none=True)

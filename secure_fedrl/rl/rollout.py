@@ -169,7 +169,7 @@ def collect_rollout(
     next_done = ended[-1].astype(np.float32)
     if finals:
         with torch.no_grad():
-            v = policy.get_value(torch.from_numpy(np.stack([f[2] for f in finals]))).numpy()
+            v = policy.get_value(torch.from_numpy(np.stack([f[2] for f in finals]))).cpu().numpy()
         for (t, i, _), vi in zip(finals, v):
             rew_buf[t, i] += gamma * vi
     env.last_done = next_done
