@@ -8,22 +8,22 @@ state and random generator, not just reseed.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+
+from secure_fedrl.rl.envs import SiteVectorEnv
 
 _VEC_SKIP = {"envs", "env_fns"}
-_WRAPPER_KEYS = ("last_obs", "episode_return", "episode_length", "completed_returns", "completed_lengths")
 
 
-def capture_env_state(env: Any) -> bytes:
+def capture_env_state(env: SiteVectorEnv) -> bytes:
     vec = env.env
     return pickle.dumps({
         "envs": vec.envs,
         "vec": {k: v for k, v in vars(vec).items() if k not in _VEC_SKIP},
-        "wrapper": {k: getattr(env, k) for k in _WRAPPER_KEYS if hasattr(env, k)},
+        "wrapper": {k: getattr(env, k) for k in SiteVectorEnv.STATE_ATTRS},
     }, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def restore_env_state(env: Any, blob: bytes) -> None:
+def restore_env_state(env: SiteVectorEnv, blob: bytes) -> None:
     state = pickle.loads(blob)
     vec = env.env
     vec.envs = state["envs"]

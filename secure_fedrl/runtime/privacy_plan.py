@@ -97,7 +97,9 @@ class PrivacyPlan:
             return
         from secure_fedrl.ledger import PrivacyLedger
 
-        self.ledger = PrivacyLedger.open(self.ledger_path, config_hash=config_hash)
+        # On resume a missing ledger is an error, never a fresh one with zero spend.
+        self.ledger = PrivacyLedger.open(self.ledger_path, config_hash=config_hash,
+                                         create=resume_after_round == 0)
         for row in self.ledger.rows():
             acct = self.accountants.get(row.site)
             if acct is None:
