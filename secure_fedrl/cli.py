@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from secure_fedrl.errors import SecureFedRLError
+from secure_fedrl.errors import ConfigError, SecureFedRLError
 
 EXIT_USER_ERROR = 2
 
@@ -92,9 +92,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _conformance(args: argparse.Namespace) -> int:
-    from secure_fedrl.secagg.conformance import check_vectors, default_vectors_dir, format_table
+    from secure_fedrl.secagg.conformance import DEFAULT_DIR, check_vectors, format_table
 
-    directory = args.vectors if args.vectors is not None else default_vectors_dir()
+    directory = args.vectors if args.vectors is not None else DEFAULT_DIR
+    if not directory.is_dir():
+        raise ConfigError(f"--vectors: {directory} is not a directory of conformance vectors")
     results = check_vectors(directory)
     print(format_table(results))
     return 0 if results and all(r.passed for r in results) else 1
