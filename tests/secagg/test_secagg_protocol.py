@@ -144,3 +144,16 @@ def test_round_config_digest_binds_every_field():
     for change in (dict(round_id=2), dict(threshold=3), dict(dim=5), dict(bits=16), dict(degree=1),
                    dict(graph_seed=b"\x01" * 32)):
         assert RoundConfig(**(base | change)).digest != d0
+
+
+def test_public_surface_signatures():
+    import inspect
+
+    from secure_fedrl import secagg
+
+    sig = inspect.signature(secagg.simulate_round)
+    assert list(sig.parameters) == ["inputs", "threshold", "neighbors", "dropouts", "bits", "seed"]
+    assert all(sig.parameters[p].kind is inspect.Parameter.KEYWORD_ONLY for p in list(sig.parameters)[1:])
+    assert sig.parameters["neighbors"].default is None and sig.parameters["bits"].default == 32
+    assert list(inspect.signature(secagg.prg).parameters) == ["seed", "length", "bits"]
+    assert secagg.prg(bytes(32), 3, 8).dtype == np.uint32
