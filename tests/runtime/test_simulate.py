@@ -162,3 +162,47 @@ def test_cli_bad_config_one_line_exit_2(tmp_path, snippet, key):
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert key in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"strategy": {"name": "fedprox", "params": {"mu": 0.1}}},
+        {"strategy": {"name": "fedadam", "params": {"server_lr": 0.01}}},
+        {"strategy": {"name": "fedyogi"}},
+        {"strategy": {"name": "fedadagrad"}},
+        {"strategy": {"name": "scaffold"}},
+        {"strategy": {"name": "scaffold", "weighting": "uniform"}, "secure_aggregation": {"enabled": True, "threshold": 2}},
+        {"strategy": {"name": "fedasync", "params": {"alpha": 0.5, "staleness": "polynomial", "a": 0.5}}},
+        {"local": {"algorithm": "ppo", "steps": 128, "federate_critic": False}},
+        {"local": {"algorithm": "reinforce", "steps": 128}},
+        {"compression": {"method": "topk", "ratio": 0.1}},
+        {"compression": {"method": "quantize", "levels": 8}},
+        {"compression": {"method": "shared_mask", "ratio": 0.25}, "strategy": {"weighting": "uniform"},
+         "secure_aggregation": {"enabled": True, "threshold": 2}},
+        {"sampling": {"clients_per_round": 2}},
+    ],
+    ids=lambda e: "-".join(f"{k}" for k in e) + ":" + str(next(iter(e.values()))).replace(" ", ""),
+)
+def test_every_strategy_and_option_runs(tmp_path, extra):
+    raw = {
+        "federation": {"rounds": 2, "seed": 4},
+        "local": {"algorithm": "ppo", "steps": 128},
+        "evaluation": {"every": 2, "episodes": 1},
+        "sites": [{"name": "s", "env": "CartPole-v1", "num_envs": 2, "seed": 3, "count": 3,
+                   "randomize": {"length": [0.3, 0.9]}}],
+    }
+    for section, table in extra.items():
+        raw[section] = {**raw.get(section, {}), **table}
+    cfg = config_from_dict(raw)
+    summary = run_simulation(cfg, tmp_path / "run", progress=False)
+    rows = metrics(tmp_path / "run")
+    assert summary.rounds_done == 2 and len(rows) == 2
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "round-00002.pt", weights_only=False)
+    first = torch.load(tmp_path / "run" / "checkpoints" / "round-00001.pt", weights_only=False)
+    assert torch.isfinite(ckpt["global_params"]).all()
+    assert not torch.equal(ckpt["global_params"], first["global_params"])  # the policy moved
+    assert rows[-1]["bytes_per_site"] > 0
+    if "compression" in extra:
+        dense = 4 * ckpt["global_params"].numel()
+        assert rows[-1]["bytes_per_site"] < dense
