@@ -464,6 +464,8 @@ def _check_ranges(c: Config) -> None:
         need(s.poisson or s.fraction == 1.0 and not s.clients_per_round, "sampling.poisson",
              "client-level DP accounting assumes Poisson client sampling: set poisson = true (or sample every site)")
         need(c.strategy.name != "fedasync", "strategy.name", "client-level DP needs synchronous rounds")
+    need(not (p.adaptive_clipping and (p.unit != "client" or sa.enabled)), "privacy.adaptive_clipping",
+         "adaptive clipping is implemented for client-level DP with central noise only (no secure aggregation)")
     if p.unit == "trajectory":
         need(lo.episodes > 0 and lo.steps == 0, "local.episodes",
              "trajectory-level DP collects whole episodes per round: set local.episodes and local.steps = 0")

@@ -68,14 +68,19 @@ class PrivacyPlan:
         discrete Gaussian: its generic subsampled RDP at the release threshold), so the planned
         rounds fit the budget exactly as they will be accounted.
         """
-        from secure_fedrl.privacy import calibrate_noise
-
         self.source = source
         if self.unit != "client":
             return
         if self.p.noise_multiplier > 0:
             self.sigma = self.p.noise_multiplier
-            return
+        else:
+            self.sigma = self._calibrate_with(source)
+        if hasattr(source, "bind_sigma"):
+            source.bind_sigma(self.sigma)
+
+    def _calibrate_with(self, source: Any) -> float:
+        from secure_fedrl.privacy import calibrate_noise
+
         planned = max(2, round(self.sample_rate * len(self.site_names)))
 
         def eps(sigma: float) -> float:
@@ -86,10 +91,11 @@ class PrivacyPlan:
             return make_accountant(self.p.accountant).epsilon_after(
                 dataclasses.replace(step, num_steps=self.rounds), self.p.delta)
 
-        self.sigma = calibrate_noise(eps, self.p.target_epsilon, context=f"over {self.rounds} rounds at "
-                                     f"sample_rate={self.sample_rate:g}, delta={self.p.delta:g}")
-        log.info("calibrated noise multiplier %.4f for epsilon %.3g over %d rounds", self.sigma,
+        sigma = calibrate_noise(eps, self.p.target_epsilon, context=f"over {self.rounds} rounds at "
+                                f"sample_rate={self.sample_rate:g}, delta={self.p.delta:g}")
+        log.info("calibrated noise multiplier %.4f for epsilon %.3g over %d rounds", sigma,
                  self.p.target_epsilon, self.rounds)
+        return sigma
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self, *, config_hash: str, resume_after_round: int) -> None:
@@ -183,12 +189,13 @@ class PrivacyPlan:
             acct = self.accountants[None]
             acct.apply(mechanism)
             rows.append(LedgerEntry(
-                round=ledger_round, unit="client", mechanism=self.mechanism, clip=self.p.clip,
+                round=ledger_round, unit="client", mechanism=self.mechanism, clip=float(info.get("clip", self.p.clip)),
                 sigma_planned=self.sigma, sigma_effective=sigma_eff, sample_rate=self.sample_rate,
                 sites_planned=int(info.get("sites_planned", len(aggregate.included))),
                 sites_survived=len(aggregate.included), accountant=self.p.accountant,
                 epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
             self._last_round_metrics["noise_multiplier_effective"] = sigma_eff
+            self._last_round_metrics["clip"] = float(info.get("clip", self.p.clip))
         else:
             for site, (steps, q) in sorted(self._pending_sites.items()):
                 if steps <= 0:

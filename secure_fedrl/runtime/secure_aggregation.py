@@ -31,12 +31,29 @@ COMPLETE_GRAPH_UP_TO = 16
 
 
 class CentralDPAggregator(Aggregator):
-    """DP-FedAvg with central noise (McMahan et al. 2018): the server is trusted with the sum."""
+    """DP-FedAvg with central noise (McMahan et al. 2018): the server is trusted with the sum.
+
+    With `privacy.adaptive_clipping`, C tracks a quantile of the update norms (Andrew et al.
+    2021); the noised clipped-count costs privacy too, which the split of the noise multiplier
+    into z_Delta (update) and sigma_b (count) pays for, so the accountant still sees z.
+    """
 
     def __init__(self, config: Config, *, dim: int, privacy: Any) -> None:
         self.config = config
         self.privacy = privacy
         self.expected_sites = max(1.0, privacy.sample_rate * config.num_sites)
+        self.clipper = None
+
+    def bind_sigma(self, sigma: float) -> None:
+        p = self.config.privacy
+        if p.adaptive_clipping:
+            from secure_fedrl.privacy.adaptive_clipping import AdaptiveClippingConfig, QuantileClipper
+
+            self.clipper = QuantileClipper(
+                AdaptiveClippingConfig(initial_clip=p.clip, target_quantile=p.target_quantile,
+                                       learning_rate=p.clip_learning_rate,
+                                       count_noise_std=p.clipped_count_stddev or None),
+                noise_multiplier=sigma, expected_clients=self.expected_sites)
 
     def mechanism(self, *, sampled: int, survivors: int | None = None, sigma: float | None = None) -> Mechanism:
         return GaussianStep(self.privacy.sigma if sigma is None else sigma, self.privacy.sample_rate)
@@ -44,16 +61,26 @@ class CentralDPAggregator(Aggregator):
     def aggregate(self, round_id, uploads, *, rng, round_seed=0):
         from secure_fedrl.privacy.central import central_dp_sum
 
+        clip = self.clipper.clip if self.clipper else self.config.privacy.clip
+        z_update = self.clipper.update_noise_multiplier if self.clipper else self.privacy.sigma
+        info = {"mechanism_step": self.mechanism(sampled=len(uploads)), "sites_planned": len(uploads),
+                "sigma_effective": self.privacy.sigma, "clip": clip}
         if not uploads:
-            return RoundAggregate(None, [], [], 0.0, privacy={"mechanism_step": self.mechanism(sampled=0),
-                                                                 "sites_planned": 0})
-        noisy_sum = central_dp_sum([u.vector for u in uploads], clip_norm=self.config.privacy.clip,
-                                   noise_multiplier=self.privacy.sigma, rng=rng)
+            return RoundAggregate(None, [], [], 0.0, privacy=info)
+        noisy_sum = central_dp_sum([u.vector for u in uploads], clip_norm=clip, noise_multiplier=z_update, rng=rng)
+        if self.clipper:
+            self.clipper.update([float(np.linalg.norm(u.vector)) for u in uploads], rng=rng)
         # Fixed denominator (expected participants), so one site's presence moves the mean by <= C/qN.
         mean = (noisy_sum / self.expected_sites).astype(np.float32)
         return RoundAggregate(mean, [u.site for u in uploads], [], float(np.mean([u.nbytes for u in uploads])),
-                              privacy={"mechanism_step": self.mechanism(sampled=len(uploads)),
-                                       "sigma_effective": self.privacy.sigma, "sites_planned": len(uploads)})
+                              privacy=info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clipper": self.clipper.state_dict()} if self.clipper else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.clipper and "clipper" in state:
+            self.clipper.load_state_dict(state["clipper"])
 
 
 class SecureAggregator(Aggregator):

@@ -15,7 +15,7 @@ import torch
 
 from secure_fedrl.cli import main
 from secure_fedrl.config import config_from_dict
-from secure_fedrl.errors import ConfigError
+from secure_fedrl.errors import ConfigError, PrivacyError
 from secure_fedrl.ledger import PrivacyLedger
 from secure_fedrl.runtime.simulate import run_simulation
 
@@ -205,3 +205,27 @@ def test_unreachable_budget_is_a_clear_error(tmp_path, capsys):
     assert main(["simulate", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_adaptive_clipping_tracks_the_update_norms(tmp_path):
+    c = cfg(privacy={"unit": "client", "clip": 5.0, "noise_multiplier": 0.8, "target_epsilon": 100.0,
+                     "adaptive_clipping": True, "target_quantile": 0.5, "clip_learning_rate": 0.5},
+            sampling={"fraction": 0.5, "poisson": True}, federation={"rounds": 4, "seed": 2},
+            sites=[{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 40}],
+            local={"algorithm": "ppo", "steps": 32, "ppo": {"num_steps": 32, "update_epochs": 1}})
+    run = tmp_path / "run"
+    run_simulation(c, run, progress=False)
+    clips = [r["clip"] for r in metrics(run)]
+    assert clips[0] == 5.0 and len(set(clips)) == len(clips)  # C moves every round
+    assert clips[-1] < clips[0]  # PPO updates here are far shorter than 5: C shrinks toward their median
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    assert [e.clip for e in ledger.rows()] == clips
+    ledger.close()
+
+
+def test_adaptive_clipping_with_too_few_sites_is_refused(tmp_path):
+    c = cfg(privacy={"unit": "client", "clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 100.0,
+                     "adaptive_clipping": True})
+    # 5 expected sites: the paper's count noise 5/20 cannot pay for the clipped-count query
+    with pytest.raises(PrivacyError, match="count_noise_std must exceed"):
+        run_simulation(c, tmp_path / "run", progress=False)
