@@ -122,7 +122,13 @@ def _server_peak(inputs, *, threshold, neighbors, dropouts, seed) -> tuple[float
     return peak, res
 
 
+def _warm_up() -> None:
+    """One untimed round: the first round of a process pays imports, caches and fresh heap pages."""
+    run_round(_inputs(200, 20_000), threshold=5, neighbors=8)
+
+
 def bench_rounds(configs: list[tuple[int, int, int | None, int]], drop_fracs: list[float]) -> None:
+    _warm_up()
     rows = []
     for n, d, k, t in configs:
         inputs = _inputs(n, d)
@@ -161,6 +167,7 @@ def bench_flower(configs: list[tuple[int, int, int | None, int]], repeats: int) 
     if not F.flower_available():
         print("\n## Flower comparison: flwr not installed (see bench/flower_secagg.py for its venv)")
         return
+    _warm_up()
     rows = []
     for n, d, k, t in configs:
         vectors = F.make_vectors(n, d, 0)
