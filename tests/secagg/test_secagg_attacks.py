@@ -279,3 +279,19 @@ def test_reveal_guard_holds_even_if_the_phase_checks_are_bypassed(five_sites):
     sigs = tuple((i, M.ConsistencySig(cfg.digest, i, everyone).signed(five_sites[1][i]).signature) for i in everyone)
     with pytest.raises(ProtocolError, match="both the b-share and the s-share of site 5"):
         site.unmask(replace(out[1], survivors=everyone, signatures=sigs))
+
+
+def test_unreduced_masked_words_are_rejected(five_sites, plain_sum):
+    inputs, keys = five_sites
+    small = {i: v & np.uint32(0xFFFF) for i, v in inputs.items()}
+
+    def unreduced(wire):  # a word >= 2^16 could smuggle extra magnitude past the ring
+        msg = M.MaskedInput.decode(wire)
+        v = msg.vector.copy()
+        v[0] |= np.uint32(1 << 20)
+        return [replace(msg, vector=v).signed(keys[2]).encode()]
+
+    res = run_round(small, threshold=3, bits=16, identity_keys=keys, seed=4,
+                    on_upload=_swap("masked_input", 2, unreduced))
+    assert "not reduced mod 2^16" in res.rejected[0][2]
+    assert np.array_equal(res.sum, plain_sum(small, [1, 3, 4, 5], 16))
