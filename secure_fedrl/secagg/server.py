@@ -188,6 +188,25 @@ class SecAggServer:
             return {}
         raise ProtocolError(f"no phase to finish (state {self.phase!r})")
 
+    def _recover(self, shares: dict[int, int], what: str, valid) -> bytes:
+        """Reconstruct from the t smallest holder ids; if the result fails its check (commitment
+        or public key), retry leaving out each of those t shares in turn, so one site revealing a
+        bad share cannot abort the round when a spare share exists."""
+        t = self.cfg.threshold
+        if len(shares) < t:
+            raise BelowThresholdError(f"{what}: {len(shares)} shares, threshold is {t}")
+        xs = sorted(shares)
+        candidates = [xs[:t]] + [[x for x in xs if x != bad][:t] for bad in xs[:t]] if len(xs) > t else [xs[:t]]
+        for subset in candidates:
+            try:
+                secret = shamir.reconstruct({x: shares[x] for x in subset}, threshold=t, what=what)
+            except ProtocolError:
+                continue
+            if valid(secret):
+                return secret
+        raise ProtocolError(f"{what}: no {t} of the {len(xs)} revealed shares reconstruct a value matching "
+                            f"its commitment (bad shares)")
+
     def _unmask(self, responses: dict[int, M.UnmaskResponse]) -> ServerOutcome:
         cfg = self.cfg
         shares: dict[tuple[int, int], dict[int, int]] = {}
@@ -199,18 +218,16 @@ class SecAggServer:
         alive = set(self.u3)
         try:
             for u in self.u3:
-                b = shamir.reconstruct(shares.get((u, M.KIND_B), {}), threshold=cfg.threshold,
-                                       what=f"self-mask seed of site {u}")
-                if R.b_commitment(cfg, u, b) != self._share_keys[u].b_commitment:
-                    raise ProtocolError(f"reconstructed self-mask seed of site {u} does not match its commitment")
+                commit = self._share_keys[u].b_commitment
+                b = self._recover(shares.get((u, M.KIND_B), {}), f"self-mask seed of site {u}",
+                                  lambda b, u=u, c=commit: R.b_commitment(cfg, u, b) == c)
                 acc.sub(total, b)
             for v in self.u2:
                 if v in alive:
                     continue
-                s_sk = shamir.reconstruct(shares.get((v, M.KIND_S), {}), threshold=cfg.threshold,
-                                          what=f"masking key of dropped site {v}")
-                if P.x25519_public(s_sk) != self._adverts[v].s_pk:
-                    raise ProtocolError(f"reconstructed masking key of site {v} does not match its public key")
+                pk = self._adverts[v].s_pk
+                s_sk = self._recover(shares.get((v, M.KIND_S), {}), f"masking key of dropped site {v}",
+                                     lambda s, pk=pk: P.x25519_public(s) == pk)
                 s_key = P.x25519_key(s_sk)
                 for u in sorted(self._pairs[v] & alive):
                     seed = R.mask_seed(cfg, P.x25519(s_key, self._adverts[u].s_pk), u, v)

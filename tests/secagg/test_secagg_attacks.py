@@ -295,3 +295,18 @@ def test_unreduced_masked_words_are_rejected(five_sites, plain_sum):
                     on_upload=_swap("masked_input", 2, unreduced))
     assert "not reduced mod 2^16" in res.rejected[0][2]
     assert np.array_equal(res.sum, plain_sum(small, [1, 3, 4, 5], 16))
+
+
+def test_one_bad_revealed_share_is_outvoted_by_a_spare(five_sites, plain_sum):
+    inputs, keys = five_sites
+
+    def corrupt(wire):  # malicious site 2 reveals a wrong b-share of site 1 (validly signed)
+        msg = M.UnmaskResponse.decode(wire)
+        shares = tuple((p, k, (b"\x00" * 65 + b"\x01") if p == 1 else s) for p, k, s in msg.shares)
+        return [replace(msg, shares=shares).signed(keys[2]).encode()]
+
+    res = _run(five_sites, on_upload=_swap("unmasking", 2, corrupt))
+    assert np.array_equal(res.sum, plain_sum(inputs, [1, 2, 3, 4, 5]))
+    # with no spare share the same lie aborts the round instead of releasing a wrong sum
+    with pytest.raises(ProtocolError, match="bad shares"):
+        run_round(inputs, threshold=5, identity_keys=keys, seed=42, on_upload=_swap("unmasking", 2, corrupt))
