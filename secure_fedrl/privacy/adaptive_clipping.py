@@ -4,11 +4,11 @@ Why: a fixed clip norm C is either too small (bias) or too large (noise); the pa
 gamma-quantile of the clients' update norms privately instead. Each round, every participating
 client reports b_i = 1[||Delta_i|| <= C]; the server releases the noised fraction
 
-    b~ = (sum_i b_i + N(0, sigma_b^2)) / m              (m: expected clients per round)
+    b~ = (sum_i (b_i - 1/2) + N(0, sigma_b^2)) / m + 1/2     (m: expected clients per round)
 
 and updates geometrically, C <- C * exp(-eta_C * (b~ - gamma)).
 
-Privacy: the count query (sensitivity 1, or 1/2 once centred as b_i - 1/2) and the update sum
+Privacy: the count query (sensitivity 1/2: centred as b_i - 1/2) and the update sum
 (sensitivity C, noise z_Delta * C) are one Gaussian mechanism in disguise. The paper's choice
 
     z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)
@@ -63,7 +63,12 @@ def update_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> 
 
 def noised_fraction(norms: Sequence[float] | np.ndarray, clip: float, *, expected_clients: float,
                     count_noise_std: float, rng: np.random.Generator) -> float:
-    """b~: fraction of updates with norm <= clip, with N(0, count_noise_std^2) on the count."""
+    """b~: fraction of updates with norm <= clip, with N(0, count_noise_std^2) on the count.
+
+    The count is of centred bits b_i - 1/2 (as Andrew et al. and TF-Privacy do): adding or
+    removing one client moves it by 1/2, the sensitivity `update_noise_multiplier`'s split of the
+    budget assumes. b~ = (sum_i (b_i - 1/2) + N) / m + 1/2.
+    """
     c = _positive("clip", clip)
     m = _positive("expected_clients", expected_clients)
     sigma_b = _positive("count_noise_std", count_noise_std, allow_zero=True)
@@ -72,8 +77,8 @@ def noised_fraction(norms: Sequence[float] | np.ndarray, clip: float, *, expecte
     arr = np.asarray(norms, dtype=np.float64)
     if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise PrivacyError("norms must be a 1-D array of finite, non-negative numbers")
-    count = float(np.count_nonzero(arr <= c))
-    return (count + float(rng.normal(0.0, sigma_b))) / m
+    centred = float(np.count_nonzero(arr <= c)) - 0.5 * arr.size
+    return (centred + float(rng.normal(0.0, sigma_b))) / m + 0.5
 
 
 def next_clip(clip: float, fraction: float, *, target_quantile: float,

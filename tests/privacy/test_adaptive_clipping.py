@@ -104,3 +104,13 @@ def test_bad_inputs():
         noised_fraction([1.0], 1.0, expected_clients=1, count_noise_std=1.0, rng=0)
     with pytest.raises(PrivacyError, match="noise_multiplier"):
         QuantileClipper(AdaptiveClippingConfig(), noise_multiplier=0.0, expected_clients=10)
+
+
+def test_noised_fraction_counts_centred_bits():
+    """Sensitivity 1/2 (what the z_Delta split assumes) needs the count of b_i - 1/2."""
+    from secure_fedrl.privacy.adaptive_clipping import noised_fraction
+
+    norms = [0.1, 0.2, 0.3] + [5.0] * 7  # 3 of 10 under the clip, 20 clients expected
+    rng = np.random.default_rng(0)
+    got = noised_fraction(norms, 1.0, expected_clients=20, count_noise_std=0.0, rng=rng)
+    assert got == pytest.approx((3 - 10 / 2) / 20 + 0.5)
