@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -147,6 +148,9 @@ class PrivacySection:
     """Adaptive clipping: geometric step size of the clip norm."""
     clipped_count_stddev: float = 0.0
     """Adaptive clipping: noise on the clipped count (0 = expected clients / 20, as the paper)."""
+    reproducible_noise: bool = False
+    """Derive the privacy noise from the federation seed (experiments only: anyone holding the
+    config could then subtract the noise). Default: noise seeded from the OS CSPRNG."""
 
 
 @dataclass(frozen=True)
@@ -411,8 +415,8 @@ def _check_ranges(c: Config) -> None:
     f = c.federation
     need(f.rounds >= 1, "federation.rounds", f"must be >= 1, got {f.rounds}")
     need(f.torch_threads >= 1, "federation.torch_threads", f"must be >= 1, got {f.torch_threads}")
-    need(f.device == "cpu" or f.device.startswith("cuda"), "federation.device",
-         f"expected 'cpu' or 'cuda[:i]', got {f.device!r}")
+    need(re.fullmatch(r"cpu|cuda(:\d+)?", f.device) is not None, "federation.device",
+         f"expected 'cpu', 'cuda' or 'cuda:i', got {f.device!r}")
     lo = c.local
     need(lo.steps >= 0 and lo.episodes >= 0, "local.steps", "steps and episodes must be >= 0")
     need(lo.steps > 0 or lo.episodes > 0, "local.steps", "set local.steps or local.episodes to a positive number")
@@ -455,6 +459,9 @@ def _check_ranges(c: Config) -> None:
         need(0.0 < p.target_quantile < 1.0, "privacy.target_quantile", f"must be in (0, 1), got {p.target_quantile}")
         need(p.clip_learning_rate > 0, "privacy.clip_learning_rate", f"must be > 0, got {p.clip_learning_rate}")
         need(p.clipped_count_stddev >= 0, "privacy.clipped_count_stddev", f"must be >= 0, got {p.clipped_count_stddev}")
+        need(c.strategy.weighting == "uniform", "strategy.weighting",
+             "weights from the sites' private step counts are not covered by differential privacy; "
+             "set weighting = 'uniform'")
     if p.unit == "client":
         mech = p.mechanism
         need(not (mech == "ddg" and not sa.enabled), "privacy.mechanism",

@@ -145,7 +145,7 @@ class LedgerEntry:
         if not 0.0 < d < 1.0:
             raise LedgerError(f"ledger field 'delta' must be in (0, 1), got {self.delta!r}")
         object.__setattr__(self, "delta", d)
-        _check_int("sites_planned", self.sites_planned, minimum=1)
+        _check_int("sites_planned", self.sites_planned, minimum=0)  # a Poisson draw may pick nobody
         _check_int("sites_survived", self.sites_survived, minimum=0)
         if self.sites_survived > self.sites_planned:
             raise LedgerError(f"sites_survived ({self.sites_survived}) exceeds sites_planned "

@@ -53,8 +53,12 @@ class RoundAggregate:
 
 class Aggregator:
     def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
-                  round_seed: int = 0) -> RoundAggregate:
-        """`round_seed` is the seed the server broadcast with the round (shared compression masks)."""
+                  noise_rng: np.random.Generator, planned: int, round_seed: int = 0) -> RoundAggregate:
+        """Combine the uploads of a round that sampled `planned` sites.
+
+        `rng` drives simulation choices (dropouts), `noise_rng` privacy noise and rounding,
+        `round_seed` is what the server broadcast with the round (shared compression masks).
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -67,7 +71,7 @@ class Aggregator:
 class PlainAggregator(Aggregator):
     """Weighted mean in the clear: the non-private baseline."""
 
-    def aggregate(self, round_id, uploads, *, rng, round_seed=0):
+    def aggregate(self, round_id, uploads, *, rng, noise_rng, planned, round_seed=0):
         if not uploads:
             return RoundAggregate(None, [], [], 0.0)
         mean = weighted_mean([u.vector for u in uploads], [u.weight for u in uploads])

@@ -13,7 +13,7 @@ import math
 from typing import Any, Sequence
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, PrivacyError
+from secure_fedrl.errors import ConfigError, LedgerError, PrivacyBudgetExceeded, PrivacyError
 from secure_fedrl.privacy.accountants import Accountant, GaussianStep, Mechanism, make_accountant
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,28 @@ class PrivacyPlan:
         # On resume a missing ledger is an error, never a fresh one with zero spend.
         self.ledger = PrivacyLedger.open(self.ledger_path, config_hash=config_hash,
                                          create=resume_after_round == 0)
+        last_row: dict[str | None, Any] = {}
         for row in self.ledger.rows():
             acct = self.accountants.get(row.site)
             if acct is None:
                 raise ConfigError(f"privacy ledger row {row.seq} names site {row.site!r}, unknown to this config")
             acct.apply(self._row_mechanism(row))
+            last_row[row.site] = row
             if row.round > resume_after_round:
                 log.warning("ledger holds round %d beyond the checkpoint (round %d): its spend stays counted",
                             row.round, resume_after_round)
+        for scope, row in last_row.items():
+            recorded = row.epsilon.get(self.p.accountant)
+            replayed = self.accountants[scope].get_epsilon(self.p.delta)
+            if recorded is not None and replayed < recorded * (1 - 1e-6):
+                raise LedgerError(f"privacy ledger row {row.seq} records epsilon {recorded:.6g} but replaying the "
+                                  f"ledger gives {replayed:.6g}: refusing to go on with an under-count")
 
     def _row_mechanism(self, row: Any) -> Mechanism:
         """What a ledger row cost, rebuilt from the row itself (the ledger is the system of record)."""
         if row.mechanism == "ddg":
-            survivors = row.sites_survived if row.sites_survived >= 1 else None
-            return self.source.mechanism(sampled=max(row.sites_planned, 2), survivors=survivors)
+            return self.source.mechanism(sampled=max(row.sites_planned, 2), survivors=row.sites_survived or None,
+                                         sigma=row.sigma_planned)
         return GaussianStep(row.sigma_effective, row.sample_rate, row.steps)
 
     def close(self) -> None:
@@ -169,47 +177,61 @@ class PrivacyPlan:
             self._pending_sites[site] = (int(result.dp_steps), float(result.dp_sample_rate))
 
     # -- recording ------------------------------------------------------------------------------
-    def record_round(self, round_id: int, aggregate: Any) -> None:
-        """Append (and fsync) the round's ledger rows; called before the aggregate is applied."""
-        if self.unit == "none":
+    def _ledger_round(self, round_id: int) -> int:
+        """A round re-run after a crash keeps its first rows (still counted) and takes the next id."""
+        last = self.ledger.last_round()
+        ledger_round = round_id if last is None or last < round_id else last + 1
+        self._last_round_metrics = {"ledger_round": ledger_round}
+        return ledger_round
+
+    def record_site_spend(self, round_id: int) -> None:
+        """Trajectory level: append (and fsync) every site's DP-SGD spend of this round.
+
+        Called as soon as local training is done, before anything is aggregated: the spend
+        happened at the sites, whatever becomes of their updates.
+        """
+        if self.unit != "trajectory":
             return
         from secure_fedrl.ledger import LedgerEntry
 
-        rows = []
-        last = self.ledger.last_round()
-        # A round re-run after a crash keeps its first row (still counted) and takes the next id.
-        ledger_round = round_id if last is None or last < round_id else last + 1
-        self._last_round_metrics = {"ledger_round": ledger_round}
-        if self.unit == "client":
-            info = aggregate.privacy
-            if int(info.get("sites_planned", 0)) < 1:
-                return  # nobody was sampled: nothing was released
-            mechanism = info.get("mechanism_step") or self.source.mechanism(sampled=int(info["sites_planned"]))
-            sigma_eff = float(info.get("sigma_effective", self.sigma))
-            acct = self.accountants[None]
-            acct.apply(mechanism)
-            rows.append(LedgerEntry(
-                round=ledger_round, unit="client", mechanism=self.mechanism, clip=float(info.get("clip", self.p.clip)),
-                sigma_planned=self.sigma, sigma_effective=sigma_eff, sample_rate=self.sample_rate,
-                sites_planned=int(info.get("sites_planned", len(aggregate.included))),
-                sites_survived=len(aggregate.included), accountant=self.p.accountant,
+        ledger_round = self._ledger_round(round_id)
+        for site, (steps, q) in sorted(self._pending_sites.items()):
+            if steps <= 0:
+                continue
+            acct = self.accountants[site]
+            acct.apply(GaussianStep(self.sigma, q, steps))
+            self.ledger.append(LedgerEntry(
+                round=ledger_round, unit="trajectory", site=site, mechanism=self.mechanism, clip=self.p.clip,
+                sigma_planned=self.sigma, sigma_effective=self.sigma, sample_rate=q, steps=steps,
+                sites_planned=1, sites_survived=1, accountant=self.p.accountant,
                 epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
-            self._last_round_metrics["noise_multiplier_effective"] = sigma_eff
-            self._last_round_metrics["clip"] = float(info.get("clip", self.p.clip))
-        else:
-            for site, (steps, q) in sorted(self._pending_sites.items()):
-                if steps <= 0:
-                    continue
-                acct = self.accountants[site]
-                acct.apply(GaussianStep(self.sigma, q, steps))
-                rows.append(LedgerEntry(
-                    round=ledger_round, unit="trajectory", site=site, mechanism=self.mechanism, clip=self.p.clip,
-                    sigma_planned=self.sigma, sigma_effective=self.sigma, sample_rate=q, steps=steps,
-                    sites_planned=1, sites_survived=1, accountant=self.p.accountant,
-                    epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
-            self._pending_sites.clear()
-        for entry in rows:
-            self.ledger.append(entry)
+        self._pending_sites.clear()
+
+    def record_round(self, round_id: int, aggregate: Any) -> None:
+        """Client level: append (and fsync) the round's row; called before the aggregate is applied.
+
+        Every round is charged, including rounds that released nothing: whether a round aborts
+        depends on who took part.
+        """
+        if self.unit != "client":
+            return
+        from secure_fedrl.ledger import LedgerEntry
+
+        ledger_round = self._ledger_round(round_id)
+        info = aggregate.privacy
+        planned = int(info.get("sites_planned", len(aggregate.included)))
+        mechanism = info.get("mechanism_step") or self.source.mechanism(sampled=planned)
+        survivors = int(info.get("survivors_priced", len(aggregate.included)))
+        sigma_eff = float(info.get("sigma_effective", self.sigma))
+        acct = self.accountants[None]
+        acct.apply(mechanism)
+        self.ledger.append(LedgerEntry(
+            round=ledger_round, unit="client", mechanism=self.mechanism, clip=float(info.get("clip", self.p.clip)),
+            sigma_planned=self.sigma, sigma_effective=sigma_eff, sample_rate=self.sample_rate,
+            sites_planned=planned, sites_survived=survivors, accountant=self.p.accountant,
+            epsilon={self.p.accountant: acct.get_epsilon(self.p.delta)}, delta=self.p.delta))
+        self._last_round_metrics["noise_multiplier_effective"] = sigma_eff
+        self._last_round_metrics["clip"] = float(info.get("clip", self.p.clip))
 
     # -- reporting ------------------------------------------------------------------------------
     def epsilon_spent(self) -> float | None:

@@ -81,8 +81,8 @@ class RunDirectory:
         try:
             with open(path, "rb") as fh:
                 return pickle.load(fh)
-        except (pickle.UnpicklingError, EOFError, AttributeError) as exc:
-            raise RunDirectoryError(f"--resume: {path} is unreadable ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable state is the same user-facing problem
+            raise RunDirectoryError(f"--resume: {path} is unreadable ({type(exc).__name__}: {exc})") from None
 
     def checkpoint_path(self, round_id: int) -> Path:
         return self.root / CHECKPOINT_DIR / f"round-{round_id:05d}.pt"

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import BelowThresholdError, ConfigError, PrivacyError
+from secure_fedrl.errors import BelowThresholdError, ConfigError, PrivacyError, ProtocolError, UpdateRejected
 from secure_fedrl.fl.compression import shared_mask_indices
 from secure_fedrl.privacy.accountants import RDP_ORDERS, GaussianStep, Mechanism, RDPCurveStep
 from secure_fedrl.runtime.aggregation import Aggregator, RoundAggregate, SiteUpload, simulated_dropouts
 from secure_fedrl.secagg import PHASES, run_round
-from secure_fedrl.secagg.graph import default_degree
+from secure_fedrl.secagg.graph import default_degree, holders_per_site, secure_threshold
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ COMPLETE_GRAPH_UP_TO = 16
 class CentralDPAggregator(Aggregator):
     """DP-FedAvg with central noise (McMahan et al. 2018): the server is trusted with the sum.
 
+    Every round releases a noised sum, even of nobody: Poisson-subsampling accounting assumes an
+    output every round, and "no release" would itself tell whether anyone took part.
+
     With `privacy.adaptive_clipping`, C tracks a quantile of the update norms (Andrew et al.
     2021); the noised clipped-count costs privacy too, which the split of the noise multiplier
     into z_Delta (update) and sigma_b (count) pays for, so the accountant still sees z.
@@ -40,6 +43,7 @@ class CentralDPAggregator(Aggregator):
 
     def __init__(self, config: Config, *, dim: int, privacy: Any) -> None:
         self.config = config
+        self.dim = dim
         self.privacy = privacy
         self.expected_sites = max(1.0, privacy.sample_rate * config.num_sites)
         self.clipper = None
@@ -58,22 +62,21 @@ class CentralDPAggregator(Aggregator):
     def mechanism(self, *, sampled: int, survivors: int | None = None, sigma: float | None = None) -> Mechanism:
         return GaussianStep(self.privacy.sigma if sigma is None else sigma, self.privacy.sample_rate)
 
-    def aggregate(self, round_id, uploads, *, rng, round_seed=0):
-        from secure_fedrl.privacy.central import central_dp_sum
+    def aggregate(self, round_id, uploads, *, rng, noise_rng, planned, round_seed=0):
+        from secure_fedrl.privacy.central import add_central_noise, clip_and_sum
 
         clip = self.clipper.clip if self.clipper else self.config.privacy.clip
         z_update = self.clipper.update_noise_multiplier if self.clipper else self.privacy.sigma
-        info = {"mechanism_step": self.mechanism(sampled=len(uploads)), "sites_planned": len(uploads),
+        info = {"mechanism_step": self.mechanism(sampled=planned), "sites_planned": planned,
                 "sigma_effective": self.privacy.sigma, "clip": clip}
-        if not uploads:
-            return RoundAggregate(None, [], [], 0.0, privacy=info)
-        noisy_sum = central_dp_sum([u.vector for u in uploads], clip_norm=clip, noise_multiplier=z_update, rng=rng)
+        total = clip_and_sum([u.vector for u in uploads], clip_norm=clip)[0] if uploads else np.zeros(self.dim)
+        noisy_sum = add_central_noise(total, clip_norm=clip, noise_multiplier=z_update, rng=noise_rng)
         if self.clipper:
-            self.clipper.update([float(np.linalg.norm(u.vector)) for u in uploads], rng=rng)
+            self.clipper.update([float(np.linalg.norm(u.vector)) for u in uploads], rng=noise_rng)
         # Fixed denominator (expected participants), so one site's presence moves the mean by <= C/qN.
         mean = (noisy_sum / self.expected_sites).astype(np.float32)
-        return RoundAggregate(mean, [u.site for u in uploads], [], float(np.mean([u.nbytes for u in uploads])),
-                              privacy=info)
+        nbytes = float(np.mean([u.nbytes for u in uploads])) if uploads else 0.0
+        return RoundAggregate(mean, [u.site for u in uploads], [], nbytes, privacy=info)
 
     def state_dict(self) -> dict[str, Any]:
         return {"clipper": self.clipper.state_dict()} if self.clipper else {}
@@ -84,7 +87,14 @@ class CentralDPAggregator(Aggregator):
 
 
 class SecureAggregator(Aggregator):
-    """SecAgg / SecAgg+ between the sites; with client-level DP, DDG noise shares inside the sum."""
+    """SecAgg / SecAgg+ between the sites; with client-level DP, DDG noise shares inside the sum.
+
+    Two thresholds. The protocol threshold t (Shamir, per neighbourhood under SecAgg+, never
+    below the strict majority SPEC.md section 8 needs) is what the cryptography enforces: no sum
+    of fewer than t sites' inputs can be unmasked, even by a malicious server. The release
+    threshold (`secure_aggregation.threshold` of the sampled sites, at least t) is the honest
+    server's policy on top. Distributed noise is sized so that t survivors alone reach sigma.
+    """
 
     def __init__(self, config: Config, *, dim: int, privacy: Any) -> None:
         self.config = config
@@ -102,50 +112,52 @@ class SecureAggregator(Aggregator):
         # A shared random mask keeps the same coordinates at every site: only those are masked and sent.
         self.mask_ratio = config.compression.ratio if config.compression.method == "shared_mask" else None
         self.masked_dim = dim if self.mask_ratio is None else len(shared_mask_indices(dim, self.mask_ratio, 0))
+        if not self.ddg:
+            self._scale(self.num_sites)  # fail now, not after a round of training, if bits cannot hold the sum
 
     # -- protocol parameters ------------------------------------------------------------------------
-    def threshold(self, n: int) -> int:
-        """Fewest survivors of `n` sampled sites whose sum may be released (noise is sized for them)."""
-        t = self.sa.threshold
-        value = int(t) if t >= 1 else math.ceil(t * n)
-        return max(2, min(value, n))
-
-    def protocol_threshold(self, n: int) -> int:
-        """Shamir threshold: of all n sites (complete graph) or of each neighbourhood (SecAgg+)."""
-        k = self.degree(n)
-        if k is None:
-            return self.threshold(n)
-        t = self.sa.threshold
-        value = min(int(t), k + 1) if t >= 1 else math.ceil(t * (k + 1))
-        return max(2, min(value, k + 1))
-
     def degree(self, n: int) -> int | None:
         k = self.sa.neighbors
         if k == -1 or (k == 0 and n <= COMPLETE_GRAPH_UP_TO):
             return None
         return min(default_degree(n) if k == 0 else k, n - 1)
 
-    def ddg_params(self, sampled: int, sigma: float | None = None):
-        """Noise shares sized so that the threshold's worth of survivors alone reaches sigma.
+    def protocol_threshold(self, n: int) -> int:
+        """Shamir threshold: of all n sites (complete graph) or of each neighbourhood (SecAgg+)."""
+        k = self.degree(n)
+        holders = holders_per_site(n, k)
+        t = self.sa.threshold
+        value = int(t) if t >= 1 else math.ceil(t * holders)
+        return min(max(value, secure_threshold(n, k), 2), holders)
 
-        The server can unmask with as few as `threshold` survivors, so the budget must hold even
+    def release_threshold(self, n: int) -> int:
+        """Fewest survivors of `n` sampled sites whose sum the server releases."""
+        t = self.sa.threshold
+        value = int(t) if t >= 1 else math.ceil(t * n)
+        return min(max(value, self.protocol_threshold(n)), n)
+
+    def ddg_params(self, sampled: int, sigma: float | None = None):
+        """Noise shares sized so that `protocol_threshold` survivors alone reach sigma.
+
+        The cryptography lets a sum out with as few as t survivors, so the budget must hold even
         then; more survivors only add noise (and are charged as such, from the true count).
         """
         from secure_fedrl.privacy.ddg import ddg_parameters
 
         sampled = max(sampled, 2)
         return ddg_parameters(clip_norm=self.config.privacy.clip, dim=self.masked_dim,
-                              expected_sites=self.threshold(sampled), bits=self.sa.bits,
+                              expected_sites=self.protocol_threshold(sampled), bits=self.sa.bits,
                               noise_multiplier=self.privacy.sigma if sigma is None else sigma, max_sites=sampled)
 
     # -- privacy cost --------------------------------------------------------------------------------
     def mechanism(self, *, sampled: int, survivors: int | None = None, sigma: float | None = None) -> Mechanism:
-        """DDG's cost: worst case (threshold survivors) before the round, the true survivors after."""
+        """DDG's cost: worst case (t survivors) when nothing is known, else the true survivors."""
         from secure_fedrl.privacy.ddg import ddg_round_privacy
 
+        sampled = max(sampled, 2)
         params = self.ddg_params(sampled, sigma)
-        n = survivors if survivors is not None else self.threshold(max(sampled, 2))
-        priv = ddg_round_privacy(params, num_survivors=max(1, n))
+        n = survivors if survivors else self.protocol_threshold(sampled)
+        priv = ddg_round_privacy(params, num_survivors=n)
         q = self.privacy.sample_rate
         if q >= 1.0:
             return GaussianStep(priv.effective_noise_multiplier, 1.0)
@@ -153,24 +165,26 @@ class SecureAggregator(Aggregator):
 
     # -- the round -----------------------------------------------------------------------------------
     def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
-                  round_seed: int = 0) -> RoundAggregate:
-        sampled = len(uploads)
-        info: dict[str, Any] = {"sites_planned": sampled}
-        if sampled < 2:
-            log.warning("round %d: %d site(s) left, secure aggregation needs 2: nothing aggregated", round_id, sampled)
-            if self.ddg:
-                info["mechanism_step"] = self.mechanism(sampled=max(sampled, 2), survivors=1)
-            return RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
-
+                  noise_rng: np.random.Generator, planned: int, round_seed: int = 0) -> RoundAggregate:
+        """`rng` drives the simulation (dropouts); `noise_rng` the sites' rounding and noise."""
+        info: dict[str, Any] = {"sites_planned": planned}
+        if self.ddg:  # until we know better: the worst case (also what an aborted round is charged)
+            info["mechanism_step"] = self.mechanism(sampled=planned)
+        aborted = RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
+        if len(uploads) < 2:
+            log.warning("round %d: %d site(s) left, secure aggregation needs 2: nothing released",
+                        round_id, len(uploads))
+            return aborted
+        n_planned = max(planned, 2)
         rotation_seed = hashlib.sha256(b"secure-fedrl/ddg-rotation" + round_id.to_bytes(8, "big")
-                                       + rng.bytes(16)).digest()
+                                       + round_seed.to_bytes(8, "big")).digest()
         kept = None if self.mask_ratio is None else shared_mask_indices(self.dim, self.mask_ratio, round_seed)
         vectors = {u.site: u.vector if kept is None else u.vector[kept] for u in uploads}
         encoded = {}
         if self.ddg:
             from secure_fedrl.privacy.ddg import DDGEncoder, attestation_for, verify_attestation
 
-            params = self.ddg_params(sampled)
+            params = self.ddg_params(n_planned)
             expected = attestation_for(params, rotation_seed=rotation_seed)
             for site, vec in vectors.items():
                 encoder = DDGEncoder(params, rotation_seed=rotation_seed)  # at the site
@@ -179,54 +193,54 @@ class SecureAggregator(Aggregator):
                 except PrivacyError as exc:
                     log.warning("round %d: site %s refused: %s", round_id, site, exc)
                     continue
-                encoded[site] = encoder.encode(vec, rng=rng)
+                encoded[site] = encoder.encode(vec, rng=noise_rng)
         else:
             from secure_fedrl.secagg.encoding import encode
 
-            scale = self._scale(sampled)
+            scale = self._scale(n_planned)
             for site, vec in vectors.items():
-                encoded[site] = encode(vec, clip=self.clip, scale=scale, bits=self.sa.bits, rng=rng,
-                                       num_sites=sampled)
+                encoded[site] = encode(vec, clip=self.clip, scale=scale, bits=self.sa.bits, rng=noise_rng,
+                                       num_sites=n_planned)
 
         drop_sites = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
         dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
+        release = self.release_threshold(n_planned)
         try:
-            if len(encoded) < self.threshold(sampled):
-                raise BelowThresholdError(f"{len(encoded)} of {sampled} sites left, fewer than the release "
-                                          f"threshold {self.threshold(sampled)}")
-            result = run_round(encoded, threshold=self.protocol_threshold(sampled), neighbors=self.degree(sampled),
-                               bits=self.sa.bits, dropouts=dropouts, round_id=round_id)
-            if len(result.accepted_sites) < self.threshold(sampled):
-                # SecAgg+ thresholds are per neighbourhood; the release policy is global.
-                raise BelowThresholdError(f"{len(result.accepted_sites)} of {sampled} sites survived, fewer than "
-                                          f"the release threshold {self.threshold(sampled)}")
-        except BelowThresholdError as exc:
+            if len(encoded) < release:
+                raise BelowThresholdError(f"{len(encoded)} of {planned} sites left, fewer than the release "
+                                          f"threshold {release}")
+            graph_seed = hashlib.sha256(b"secure-fedrl/graph" + round_seed.to_bytes(8, "big")).digest()
+            result = run_round(encoded, threshold=self.protocol_threshold(n_planned), neighbors=self.degree(n_planned),
+                               bits=self.sa.bits, dropouts=dropouts, round_id=round_id, graph_seed=graph_seed)
+            survivors = len(result.accepted_sites)
+            if self.ddg:  # the server holds this sum now: charge its true noise, released or not
+                info["mechanism_step"] = self.mechanism(sampled=n_planned, survivors=survivors)
+                info["survivors_priced"] = survivors
+            if survivors < release:
+                raise BelowThresholdError(f"{survivors} of {planned} sites survived, fewer than the release "
+                                          f"threshold {release}")
+            included = sorted(result.accepted_sites)
+            if self.ddg:
+                from secure_fedrl.privacy.ddg import decode_sum, ddg_round_privacy
+
+                total = decode_sum(result.sum, num_survivors=survivors, params=params, rotation_seed=rotation_seed)
+                mean = total / self.expected_sites
+                info["sigma_effective"] = ddg_round_privacy(params, num_survivors=survivors).effective_noise_multiplier
+            else:
+                from secure_fedrl.secagg.encoding import decode_sum as decode_plain
+
+                total = decode_plain(result.sum, scale=self._scale(n_planned), bits=self.sa.bits,
+                                     num_sites=survivors, clip=self.clip)
+                mean = total / survivors
+        except (BelowThresholdError, ProtocolError, UpdateRejected) as exc:
             log.warning("round %d aborted, nothing released: %s", round_id, exc)
-            if self.ddg:  # count the round anyway (over-count, never under)
-                info["mechanism_step"] = self.mechanism(sampled=sampled)
-            return RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
-
-        included = sorted(result.accepted_sites)
-        dropped = sorted(set(encoded) - set(included))
-        n = len(included)
-        bytes_per_site = float(np.mean(list(result.bytes_per_site.values()))) if result.bytes_per_site else 0.0
-        if self.ddg:
-            from secure_fedrl.privacy.ddg import decode_sum, ddg_round_privacy
-
-            total = decode_sum(result.sum, num_survivors=n, params=params, rotation_seed=rotation_seed)
-            mean = total / self.expected_sites
-            info["mechanism_step"] = self.mechanism(sampled=sampled, survivors=n)
-            info["sigma_effective"] = ddg_round_privacy(params, num_survivors=n).effective_noise_multiplier
-        else:
-            from secure_fedrl.secagg.encoding import decode_sum as decode_plain
-
-            total = decode_plain(result.sum, scale=self._scale(sampled), bits=self.sa.bits, num_sites=n,
-                                 clip=self.clip)
-            mean = total / n
+            return aborted
         if kept is not None:
             full = np.zeros(self.dim, dtype=np.float64)
             full[kept] = mean
             mean = full
+        dropped = sorted(set(vectors) - set(included))
+        bytes_per_site = float(np.mean(list(result.bytes_per_site.values()))) if result.bytes_per_site else 0.0
         return RoundAggregate(np.asarray(mean, dtype=np.float32), included, dropped, bytes_per_site, privacy=info)
 
     def _scale(self, num_sites: int) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,15 +259,16 @@ class Simulation:
                 continue
             uploads.append(upload)
         self.env_steps += round_steps
+        self.privacy.record_site_spend(r)  # trajectory level: spent at the sites, whatever happens next
 
         t_agg = time.perf_counter()
         if isinstance(self.strategy, FedAsync):
             agg = RoundAggregate(mean_update=None, included=[u.site for u in uploads], dropped=[],
                                  bytes_per_site=float(np.mean([u.nbytes for u in uploads])) if uploads else 0.0)
-            self.privacy.record_round(r, agg)
             agg.mean_update = self._apply_async(uploads, rng)
         else:
-            agg = self.aggregator.aggregate(r, uploads, rng=rng, round_seed=self._round_seed(r))
+            agg = self.aggregator.aggregate(r, uploads, rng=rng, noise_rng=self._noise_rng(r, 8),
+                                            planned=len(sampled_names), round_seed=self._round_seed(r))
             # The ledger row is durable before the aggregate touches the global policy.
             self.privacy.record_round(r, agg)
             self._apply(agg)
@@ -317,7 +319,7 @@ class Simulation:
         if site.local_critic is not None:
             set_flat(list(self.policy.critic_parameters()), site.local_critic)
         env = self.envs[site.spec.name]
-        generator = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.federation.seed, r, site.index, 3))
+        generator = torch.Generator(device="cpu").manual_seed(self._noise_seed(r, site.index, 3))
         anchor = grad_correction = None
         prox_mu = float(getattr(self.strategy, "client_prox_mu", 0.0))
         if prox_mu > 0:
@@ -350,6 +352,19 @@ class Simulation:
         sent, nbytes = site.compressor.decompress(payload, delta.shape[0]), payload.nbytes
         weight = float(result.steps) if cfg.strategy.weighting == "steps" else 1.0
         return SiteUpload(site=site.spec.name, vector=sent, weight=weight, nbytes=nbytes), result
+
+    def _noise_seed(self, *parts: int) -> int:
+        """Seed of privacy noise: secret unless `privacy.reproducible_noise` (experiments only).
+
+        A noise seed derived from the config would let anyone holding the config subtract the
+        noise; without privacy the local training stays reproducible from the federation seed.
+        """
+        if self.config.privacy.unit == "none" or self.config.privacy.reproducible_noise:
+            return derive_seed(self.config.federation.seed, *parts)
+        return secrets.randbits(63)
+
+    def _noise_rng(self, *parts: int) -> np.random.Generator:
+        return np.random.default_rng(self._noise_seed(*parts))
 
     def _round_seed(self, r: int) -> int:
         """Public per-round seed the server broadcasts (shared compression mask)."""

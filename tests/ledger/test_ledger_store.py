@@ -201,7 +201,7 @@ def _entry(**kw: object) -> LedgerEntry:
     ({"epsilon": {}}, "epsilon"),
     ({"epsilon": {"prv": 1.0}}, "accountant 'rdp' has no value"),
     ({"sites_survived": 11}, "sites_survived"),
-    ({"sites_planned": 0}, "sites_planned"),
+    ({"sites_planned": -1}, "sites_planned"),
     ({"round": -1}, "round"),
     ({"round": 1.0}, "round"),
     ({"steps": 0}, "steps"),

@@ -229,3 +229,71 @@ def test_adaptive_clipping_with_too_few_sites_is_refused(tmp_path):
     # 5 expected sites: the paper's count noise 5/20 cannot pay for the clipped-count query
     with pytest.raises(PrivacyError, match="count_noise_std must exceed"):
         run_simulation(c, tmp_path / "run", progress=False)
+
+
+def test_resume_with_more_rounds_replays_ddg_rows_at_their_own_sigma(tmp_path):
+    # sigma is calibrated over federation.rounds, so extending a run changes it; the rows already
+    # in the ledger must still be priced at the sigma they were charged with (else the replay
+    # consistency check refuses to continue).
+    private = {"unit": "client", "clip": 0.5, "target_epsilon": 20.0}
+    sa = {"enabled": True, "threshold": 3}
+    run = tmp_path / "run"
+    run_simulation(cfg(privacy=private, secure_aggregation=sa, federation={"rounds": 2, "seed": 1}), run,
+                   progress=False)
+    longer = cfg(privacy=private, secure_aggregation=sa, federation={"rounds": 6, "seed": 1})
+    summary = run_simulation(longer, run, resume=True, progress=False)
+    rows = metrics(run)
+    # The first two rounds spent more per round than a 6-round plan would: the budget may end it early.
+    assert [r["round"] for r in rows] == list(range(1, summary.rounds_done + 1)) and summary.rounds_done >= 3
+    assert rows[2]["noise_multiplier"] > rows[1]["noise_multiplier"]  # recalibrated for 6 rounds
+    eps = [r["epsilon"] for r in rows]
+    assert eps == sorted(eps) and eps[-1] <= 20.0
+
+
+def test_every_client_level_round_is_charged_even_with_nobody_sampled(tmp_path):
+    c = cfg(privacy={"unit": "client", "clip": 0.5, "noise_multiplier": 2.0, "target_epsilon": 100.0},
+            sampling={"fraction": 0.05, "poisson": True}, federation={"rounds": 6, "seed": 0})
+    run = tmp_path / "run"
+    run_simulation(c, run, progress=False)
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    entries = ledger.rows()
+    ledger.close()
+    assert len(entries) == 6
+    assert any(e.sites_planned == 0 for e in entries)  # 5 sites at q = 0.05: most rounds pick nobody
+
+
+def test_trajectory_spend_is_recorded_even_when_the_round_aborts(tmp_path):
+    c = cfg(local={"algorithm": "reinforce", "steps": 0, "episodes": 2},
+            privacy={"unit": "trajectory", "clip": 1.0, "noise_multiplier": 1.5, "target_epsilon": 50.0,
+                     "sample_rate": 0.5, "noisy_steps": 1},
+            secure_aggregation={"enabled": True, "threshold": 5, "dropout_rate": 0.6})
+    run = tmp_path / "run"
+    run_simulation(c, run, progress=False)
+    rows = metrics(run)
+    assert any(r["sites_aggregated"] == 0 for r in rows)  # 5 of 5 must survive: rounds abort
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    entries = ledger.rows()
+    ledger.close()
+    assert len(entries) == 5 * len(rows)  # every site, every round
+
+
+def test_privacy_noise_is_secret_unless_asked_to_be_reproducible(tmp_path):
+    private = {"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 100.0}
+    for name in ("a", "b"):
+        run_simulation(cfg(privacy=private, federation={"rounds": 1, "seed": 1}), tmp_path / name, progress=False)
+    assert not np.array_equal(params(tmp_path / "a", 1), params(tmp_path / "b", 1))
+    seeded = {**private, "reproducible_noise": True}
+    for name in ("c", "d"):
+        run_simulation(cfg(privacy=seeded, federation={"rounds": 1, "seed": 1}), tmp_path / name, progress=False)
+    assert np.array_equal(params(tmp_path / "c", 1), params(tmp_path / "d", 1))
+
+
+def test_secagg_plus_with_dropouts_is_deterministic(tmp_path):
+    c = cfg(secure_aggregation={"enabled": True, "threshold": 0.6, "dropout_rate": 0.2},
+            sites=[{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 18}],
+            local={"algorithm": "ppo", "steps": 32, "ppo": {"num_steps": 32, "update_epochs": 1}})
+    for name in ("a", "b"):
+        run_simulation(c, tmp_path / name, progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "timing"} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "a")) == strip(metrics(tmp_path / "b"))
+    assert np.array_equal(params(tmp_path / "a", 2), params(tmp_path / "b", 2))
