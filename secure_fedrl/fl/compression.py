@@ -12,7 +12,6 @@ both ends already know (dim, the configured ratio/levels, the round seed) are no
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from secure_fedrl.fl.registry import build_named
 from secure_fedrl.errors import ConfigError
 from secure_fedrl.fl.updates import VectorError, as_vector
 
@@ -421,22 +421,4 @@ COMPRESSORS: dict[str, type[Compressor]] = {
 
 def make_compressor(name: str, **params: Any) -> Compressor:
     """Build one site's compressor from its config name (none, topk, qsgd, shared_mask)."""
-    if not isinstance(name, str) or name not in COMPRESSORS:
-        raise ConfigError(f"unknown compressor {name!r} (choose from {', '.join(COMPRESSORS)})")
-    cls = COMPRESSORS[name]
-    sig = inspect.signature(cls.__init__)
-    allowed = [p for p in sig.parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)} for compressor {name!r} "
-            f"(allowed: {', '.join(allowed) or 'none'})"
-        )
-    missing = [
-        p.name
-        for p in sig.parameters.values()
-        if p.name != "self" and p.default is inspect.Parameter.empty and p.name not in params
-    ]
-    if missing:
-        raise ConfigError(f"compressor {name!r} needs parameter(s) {', '.join(missing)}")
-    return cls(**params)
+    return build_named("compressor", COMPRESSORS, name, params)

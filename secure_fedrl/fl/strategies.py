@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from secure_fedrl.fl.registry import build_named
 from secure_fedrl.errors import ConfigError, ProtocolError
 from secure_fedrl.fl.updates import VectorError, as_vector, weighted_mean
 
@@ -602,22 +603,4 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def make_strategy(name: str, **params: Any) -> Strategy:
     """Build a strategy from its config name and hyperparameters (unknown ones: ConfigError)."""
-    if not isinstance(name, str) or name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
-    cls = STRATEGIES[name]
-    sig = inspect.signature(cls.__init__)
-    allowed = [p for p in sig.parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)} for strategy {name!r} "
-            f"(allowed: {', '.join(allowed)})"
-        )
-    missing = [
-        p.name
-        for p in sig.parameters.values()
-        if p.name != "self" and p.default is inspect.Parameter.empty and p.name not in params
-    ]
-    if missing:
-        raise ConfigError(f"strategy {name!r} needs parameter(s) {', '.join(missing)}")
-    return cls(**params)
+    return build_named("strategy", STRATEGIES, name, params)

@@ -138,3 +138,4 @@ class WeightedSum:
         if self.total_weight <= 0:
             raise VectorError("no update with positive weight was added")
         return self._sum / np.float32(self.total_weight)
+

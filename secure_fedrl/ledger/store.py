@@ -19,6 +19,7 @@ from typing import Callable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from secure_fedrl.fsutil import fsync_dir
 from secure_fedrl.errors import LedgerError
 from secure_fedrl.ledger.format import (
     CONFIG_HASH_MISMATCH,
@@ -101,14 +102,6 @@ def _format_time(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _load_or_create_key(key_path: Path, *, ledger_exists: bool) -> Ed25519PrivateKey:
     """The server's ledger key: read from the run dir, or created there (0600) with a new ledger."""
     if key_path.exists():
@@ -134,7 +127,7 @@ def _load_or_create_key(key_path: Path, *, ledger_exists: bool) -> Ed25519Privat
     finally:
         os.close(fd)
     os.replace(tmp, key_path)
-    _fsync_dir(key_path.parent)
+    fsync_dir(key_path.parent)
     return key
 
 
@@ -274,7 +267,7 @@ class PrivacyLedger:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                _fsync_dir(p.parent)
+                fsync_dir(p.parent)
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             raw_rows = conn.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY seq").fetchall()
             head_row = conn.execute("SELECT seq, row_hash, signature FROM head WHERE id = 1").fetchone()

@@ -31,19 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from secure_fedrl.errors import PrivacyError, UpdateRejected
+from secure_fedrl.privacy.accountants import check_noise_multiplier
 from secure_fedrl.privacy.clipping import check_clip_norm, clip_l2
 
 __all__ = ["CentralGaussianStep", "add_central_noise", "central_dp_sum", "clip_and_sum"]
-
-
-def _check_noise_multiplier(z: float) -> float:
-    try:
-        v = float(z)
-    except (TypeError, ValueError):
-        raise PrivacyError(f"noise multiplier must be a number, got {z!r}") from None
-    if not math.isfinite(v) or v <= 0.0:
-        raise PrivacyError(f"noise multiplier sigma must be finite and > 0, got {z!r}")
-    return v
 
 
 def _generator(rng: np.random.Generator | None) -> np.random.Generator:
@@ -66,7 +57,7 @@ class CentralGaussianStep:
     """C, recorded in the ledger."""
 
     def __post_init__(self) -> None:
-        _check_noise_multiplier(self.noise_multiplier)
+        check_noise_multiplier(self.noise_multiplier)
         check_clip_norm(self.clip_norm)
         if not (isinstance(self.sample_rate, (int, float)) and 0.0 < self.sample_rate <= 1.0):
             raise PrivacyError(f"sample rate q must be in (0, 1], got {self.sample_rate!r}")
@@ -106,7 +97,7 @@ def add_central_noise(
 ) -> np.ndarray:
     """Return `clipped_sum + N(0, (z C)^2 I)` as a new float64 array (the input is untouched)."""
     c = check_clip_norm(clip_norm)
-    z = _check_noise_multiplier(noise_multiplier)
+    z = check_noise_multiplier(noise_multiplier)
     s = np.asarray(clipped_sum, dtype=np.float64)
     if not np.all(np.isfinite(s)):
         raise UpdateRejected("clipped sum contains NaN or Inf")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from secure_fedrl.errors import RunDirectoryError
+from secure_fedrl.fsutil import atomic_write
 
 CONFIG_FILE = "config.resolved.toml"
 FINGERPRINT_FILE = "config.fingerprint"
@@ -20,24 +21,6 @@ METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "state.pkl"
 CHECKPOINT_DIR = "checkpoints"
 LEDGER_FILE = "privacy_ledger.sqlite"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RunDirectory:

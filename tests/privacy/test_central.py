@@ -94,9 +94,9 @@ def test_seeded_reproducible_and_unseeded_fresh() -> None:
 
 @pytest.mark.parametrize("z", [0.0, -0.1, float("nan"), float("inf")])
 def test_bad_noise_multiplier(z: float) -> None:
-    with pytest.raises(PrivacyError, match="noise multiplier"):
+    with pytest.raises(PrivacyError, match="noise.multiplier"):
         add_central_noise(np.zeros(3), clip_norm=1.0, noise_multiplier=z)
-    with pytest.raises(PrivacyError, match="noise multiplier"):
+    with pytest.raises(PrivacyError, match="noise.multiplier"):
         CentralGaussianStep(noise_multiplier=z, sample_rate=0.1, clip_norm=1.0)
 
 
