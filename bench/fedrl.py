@@ -4,7 +4,7 @@ Side by side in one run, same machine, same evaluation protocol (deterministic a
 episodes per site, every `--eval-every` env steps):
 
 1. federated: `clients/cartpole/baseline.toml` (8 sites, FedAvg + PPO), one run per seed;
-2. centralized: the same PPO, one agent over one env copy of every site (the pooled data a
+2. centralized: the same PPO, one agent over every site's env copies pooled (the data a
    federation is not allowed to have), same number of env steps between evaluations;
 3. Stable-Baselines3 PPO (rl-zoo CartPole hyperparameters) on one site, and our PPO alone on the
    same site (bench extra: `pip install -e '.[bench]'`);
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -69,9 +70,9 @@ def centralized_steps(config_path: Path, seed: int, max_steps: int, chunk: int, 
     cfg = load_config(config_path)
     specs = expand_sites(cfg.sites)
     torch.manual_seed(seed)
-    vec = __import__("gymnasium").vector.SyncVectorEnv(
-        [_factory(s.env_id, dict(s.overrides), s.name) for s in specs],
-        autoreset_mode=__import__("gymnasium").vector.AutoresetMode.SAME_STEP)
+    vec = gym.vector.SyncVectorEnv(  # every site's env copies, pooled
+        [_factory(s.env_id, dict(s.overrides), s.name) for s in specs for _ in range(s.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     env = SiteVectorEnv(vec, env_id=specs[0].env_id, site="central", seed=seed)
     env.reset(seed=seed)
     policy = ActorCritic(env.single_observation_space, env.single_action_space, hidden_sizes=cfg.local.hidden_sizes)
@@ -152,6 +153,12 @@ def throughput(config_path: Path, steps: int = 20_000) -> tuple[float, float]:
     return ours, rand
 
 
+def _echo(arm: str, seed: int, result: tuple[int | None, float]) -> tuple[int | None, float]:
+    print(f"  {arm} seed {seed}: {result[0] if result[0] is not None else 'not reached'} steps, "
+          f"{result[1]:.0f} s", flush=True)
+    return result
+
+
 def fmt(values: list[int | None]) -> str:
     got = [v for v in values if v is not None]
     if not got:
@@ -182,11 +189,12 @@ def main() -> None:
     rows = []
     fed = central = None
     if "fed" not in args.skip:
-        res = [federated_steps(args.config, s, args.max_steps, eval_rounds) for s in seeds]
+        res = [_echo("federated", s, federated_steps(args.config, s, args.max_steps, eval_rounds)) for s in seeds]
         fed = [r[0] for r in res]
         rows.append(("federated FedAvg+PPO (8 sites)", fed, statistics.median(r[1] for r in res)))
     if "central" not in args.skip:
-        res = [centralized_steps(args.config, s, args.max_steps, chunk, args.eval_episodes) for s in seeds]
+        res = [_echo("centralized", s, centralized_steps(args.config, s, args.max_steps, chunk, args.eval_episodes))
+               for s in seeds]
         central = [r[0] for r in res]
         rows.append(("centralized PPO (pooled sites)", central, statistics.median(r[1] for r in res)))
     print(f"\n{'arm':34s} {'env steps to 475 on every site':52s} {'median wall s':>13s}")
