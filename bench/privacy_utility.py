@@ -69,6 +69,7 @@ class RunResult:
     env_steps: int
     final_mean: float | None
     final_worst: float | None
+    last3_mean: float | None  # mean of the last 3 evaluations' mean return: less luck than one
     epsilon: float | None
     target_epsilon: float | None
     wall_s: float
@@ -102,6 +103,7 @@ def run_one(exp: Experiment, *, private: bool, rounds: int | None, seed: int | N
         env_steps=summary.env_steps,
         final_mean=last.get("mean"),
         final_worst=last.get("worst"),
+        last3_mean=sum(c["mean"] for c in curve[-3:]) / len(curve[-3:]) if curve else None,
         epsilon=summary.epsilon if private else None,
         target_epsilon=config.privacy.target_epsilon if private else None,
         wall_s=wall,
@@ -115,13 +117,13 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def print_table(results: list[RunResult]) -> None:
     header = (f"{'run':<24} {'config':<38} {'rounds':>6} {'env steps':>10} {'final mean':>10} "
-              f"{'final worst':>11} {'epsilon':>8} {'wall s':>7}")
+              f"{'final worst':>11} {'last-3 mean':>11} {'epsilon':>8} {'wall s':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         eps = "-" if r.epsilon is None else f"{r.epsilon:.3f}"
         print(f"{r.label:<24} {r.config:<38} {r.rounds:>6} {r.env_steps:>10} {_fmt(r.final_mean):>10} "
-              f"{_fmt(r.final_worst):>11} {eps:>8} {r.wall_s:>7.0f}")
+              f"{_fmt(r.final_worst):>11} {_fmt(r.last3_mean):>11} {eps:>8} {r.wall_s:>7.0f}")
 
 
 def verdict(exp: Experiment, private: RunResult | None, public: RunResult | None) -> str:
@@ -135,8 +137,12 @@ def verdict(exp: Experiment, private: RunResult | None, public: RunResult | None
     if public is None or not public.final_mean:
         return f"{exp.key}: final mean eval return {private.final_mean:.1f} (no non-private twin to compare)"
     ratio = private.final_mean / public.final_mean
+    last3 = ""
+    if private.last3_mean is not None and public.last3_mean:
+        last3 = (f"; mean of the last 3 evaluations {private.last3_mean:.1f}/{public.last3_mean:.1f} = "
+                 f"{100 * private.last3_mean / public.last3_mean:.0f}%")
     return (f"{exp.key}: DP/non-private final return {private.final_mean:.1f}/{public.final_mean:.1f} = "
-            f"{100 * ratio:.0f}% (goal >= 80%: {'met' if ratio >= 0.8 else 'NOT met'}), "
+            f"{100 * ratio:.0f}% (goal >= 80%: {'met' if ratio >= 0.8 else 'NOT met'}){last3}, "
             f"epsilon {private.epsilon:.3f} <= {private.target_epsilon:g}: {eps_ok}")
 
 
