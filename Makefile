@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(VENV)/bin/secure-fedrl simulate clients/cartpole/federation.toml --out runs/demo
+	$(PY) audit/verify_ledger.py runs/demo --quiet
 
 test: $(STAMP)
 	$(PY) -m pytest tests
