@@ -135,12 +135,6 @@ class PrivacyPlan:
             self.ledger.close()
             self.ledger = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
     # -- budget ---------------------------------------------------------------------------------
     def eligible_sites(self, names: Sequence[str]) -> list[str]:
         """Trajectory level: sites whose own budget still affords a round."""

@@ -161,7 +161,6 @@ class Simulation:
             site.control_variate = saved["control_variate"]
             site.compressor.load_state_dict(saved["compressor"])
             restore_env_state(self.envs[site.spec.name], saved["env"])
-        self.privacy.load_state_dict(state["privacy"])
         self.aggregator.load_state_dict(state.get("aggregator", {}))
         self.run_dir.truncate_metrics(self.round)
         self.run_dir.update_config(self.config.to_toml())
@@ -176,7 +175,6 @@ class Simulation:
             "sites": [{"local_critic": s.local_critic, "control_variate": s.control_variate,
                        "compressor": s.compressor.state_dict(),
                        "env": capture_env_state(self.envs[s.spec.name])} for s in self.sites],
-            "privacy": self.privacy.state_dict(),
             "aggregator": self.aggregator.state_dict(),
         }
         set_flat(self.federated_params, self.global_params)
