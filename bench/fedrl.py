@@ -17,7 +17,6 @@ episodes per site, every `--eval-every` env steps):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile

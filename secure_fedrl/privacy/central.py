@@ -6,7 +6,8 @@ clipped updates and adds N(0, (z C)^2) to every coordinate of the SUM, then the 
 by its (fixed) denominator. The server sees individual updates here -- use `ddg.py` when it must
 not.
 
-Accounting (what the ledger and the accountant are given each round):
+Accounting (what the ledger and the accountant are given each round, as an
+`accountants.GaussianStep(z, q)`):
 * mechanism: Gaussian with noise multiplier z = `noise_multiplier`, i.e. std z*C relative to the
   L2 sensitivity C of the sum under add/remove of one site (a site's clipped update has norm <= C);
 * sampling rate: q = the probability with which each site is sampled into the round, with
@@ -23,10 +24,8 @@ scope here).
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +33,7 @@ from secure_fedrl.errors import PrivacyError, UpdateRejected
 from secure_fedrl.privacy.accountants import check_noise_multiplier
 from secure_fedrl.privacy.clipping import check_clip_norm, clip_l2
 
-__all__ = ["CentralGaussianStep", "add_central_noise", "central_dp_sum", "clip_and_sum"]
+__all__ = ["add_central_noise", "central_dp_sum", "clip_and_sum"]
 
 
 def _generator(rng: np.random.Generator | None) -> np.random.Generator:
@@ -43,29 +42,6 @@ def _generator(rng: np.random.Generator | None) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise PrivacyError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
     return rng
-
-
-@dataclass(frozen=True)
-class CentralGaussianStep:
-    """One round of central DP-FedAvg as the accountant sees it."""
-
-    noise_multiplier: float
-    """z: noise std on the sum divided by the sensitivity C."""
-    sample_rate: float
-    """q: Poisson probability that a site takes part in the round."""
-    clip_norm: float
-    """C, recorded in the ledger."""
-
-    def __post_init__(self) -> None:
-        check_noise_multiplier(self.noise_multiplier)
-        check_clip_norm(self.clip_norm)
-        if not (isinstance(self.sample_rate, (int, float)) and 0.0 < self.sample_rate <= 1.0):
-            raise PrivacyError(f"sample rate q must be in (0, 1], got {self.sample_rate!r}")
-
-    @property
-    def noise_stddev(self) -> float:
-        """z * C: the std of the noise added to each coordinate of the sum."""
-        return self.noise_multiplier * self.clip_norm
 
 
 def clip_and_sum(updates: Sequence[np.ndarray], *, clip_norm: float) -> tuple[np.ndarray, int]:

@@ -11,12 +11,11 @@ carried in memory, so a run resumed from its checkpoint continues bit-for-bit as
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ import numpy as np
 import torch
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, RunDirectoryError, UpdateRejected
+from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, UpdateRejected
 from secure_fedrl.fl.sampling import sample_clients
 from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
-from secure_fedrl.fl.updates import check_update, weighted_mean
+from secure_fedrl.fl.updates import check_update
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.rl.evaluate import evaluate
 from secure_fedrl.rl.local import train_local

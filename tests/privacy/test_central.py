@@ -13,7 +13,6 @@ from scipy import stats
 
 from secure_fedrl.errors import PrivacyError, UpdateRejected
 from secure_fedrl.privacy.central import (
-    CentralGaussianStep,
     add_central_noise,
     central_dp_sum,
     clip_and_sum,
@@ -96,17 +95,8 @@ def test_seeded_reproducible_and_unseeded_fresh() -> None:
 def test_bad_noise_multiplier(z: float) -> None:
     with pytest.raises(PrivacyError, match="noise.multiplier"):
         add_central_noise(np.zeros(3), clip_norm=1.0, noise_multiplier=z)
-    with pytest.raises(PrivacyError, match="noise.multiplier"):
-        CentralGaussianStep(noise_multiplier=z, sample_rate=0.1, clip_norm=1.0)
 
 
-def test_step_validation_and_std() -> None:
-    step = CentralGaussianStep(noise_multiplier=1.2, sample_rate=0.05, clip_norm=0.5)
-    assert step.noise_stddev == pytest.approx(0.6)
-    for q in (0.0, 1.5, -0.1):
-        with pytest.raises(PrivacyError, match="sample rate"):
-            CentralGaussianStep(noise_multiplier=1.0, sample_rate=q, clip_norm=1.0)
-    with pytest.raises(PrivacyError, match="clip norm"):
-        CentralGaussianStep(noise_multiplier=1.0, sample_rate=0.1, clip_norm=0.0)
+def test_noise_rng_must_be_a_generator() -> None:
     with pytest.raises(PrivacyError, match="Generator"):
         add_central_noise(np.zeros(3), clip_norm=1.0, noise_multiplier=1.0, rng=7)  # type: ignore[arg-type]
