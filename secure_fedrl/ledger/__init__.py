@@ -14,18 +14,33 @@ from secure_fedrl.ledger.format import (
     row_hash,
     verify_chain,
 )
-from secure_fedrl.ledger.store import KEY_FILE, LEDGER_FILE, PrivacyLedger, read_ledger
+from secure_fedrl.ledger.store import (
+    KEY_FILE,
+    LEDGER_FILE,
+    PASSPHRASE_ENV,
+    PUBLIC_KEY_FILE,
+    PrivacyLedger,
+    default_key_dir,
+    load_signing_key,
+    read_ledger,
+    read_passphrase,
+)
 
 __all__ = [
     "GENESIS_HASH",
     "KEY_FILE",
     "LEDGER_FILE",
+    "PASSPHRASE_ENV",
+    "PUBLIC_KEY_FILE",
     "LedgerChainError",
     "LedgerEntry",
     "LedgerRow",
     "PrivacyLedger",
     "SignedHead",
     "canonical_bytes",
+    "default_key_dir",
+    "load_signing_key",
+    "read_passphrase",
     "head_bytes",
     "read_ledger",
     "row_hash",

@@ -5,21 +5,29 @@ Durability: WAL journal with synchronous=FULL, one transaction per append, so a 
 aggregate: a crash can leave a row for a round that never finished (over-count), never the reverse.
 Nothing here updates or deletes rows; SQLite triggers refuse it too (defence in depth — the hash
 chain and signatures are the real check, verified in full on every open).
+
+Key custody: the Ed25519 signing key never lives in the run directory (a key directory outside
+it, 0700, key file 0600, optionally passphrase-encrypted PKCS#8), so a run directory that is
+copied, archived or tampered with carries no means to re-sign a rewritten ledger. Signatures
+alone cannot stop the key holder from rolling the ledger back to an older, consistently signed
+copy: every checkpoint and metrics row records the ledger head (`head()`), and a resume (here,
+`check_contains`) and the auditor compare them.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secure_fedrl.fsutil import fsync_dir
+from secure_fedrl.fsutil import atomic_write, fsync_dir
 from secure_fedrl.errors import LedgerError
 from secure_fedrl.ledger.format import (
     CONFIG_HASH_MISMATCH,
@@ -38,7 +46,10 @@ from secure_fedrl.ledger.format import (
 
 LEDGER_FILE = "privacy_ledger.sqlite"
 KEY_FILE = "ledger_signing_key.pem"
+PUBLIC_KEY_FILE = "ledger_public_key.hex"
+PASSPHRASE_ENV = "SECURE_FEDRL_LEDGER_PASSPHRASE"
 SCHEMA_VERSION = "1"
+_PRIVATE_BITS = 0o077  # group/other permission bits: the key and its directory must have none
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,32 +113,139 @@ def _format_time(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _load_or_create_key(key_path: Path, *, ledger_exists: bool) -> Ed25519PrivateKey:
-    """The server's ledger key: read from the run dir, or created there (0600) with a new ledger."""
-    if key_path.exists():
+def default_key_dir(federation: str, *, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the server's ledger key lives when the operator names no key directory:
+    ``$XDG_CONFIG_HOME/secure-fedrl/ledger-keys/<federation>`` (``~/.config`` without XDG), a
+    per-user place that is never inside a run directory, so copying or publishing a run dir
+    never hands over the key. One key per federation name: re-runs keep one public key to pin."""
+    env = os.environ if environ is None else environ
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in federation).strip(".") or "federation"
+    return base / "secure-fedrl" / "ledger-keys" / safe
+
+
+def read_passphrase(passphrase_file: str | os.PathLike[str] | None = None, *,
+                    environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The key's passphrase: from `passphrase_file` (first line; the file must be private, like
+    the key), else from $SECURE_FEDRL_LEDGER_PASSPHRASE, else None (unencrypted key)."""
+    env = os.environ if environ is None else environ
+    if passphrase_file is not None:
+        f = Path(passphrase_file)
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise LedgerError(f"ledger signing key {key_path} is unreadable: {exc}") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise LedgerError(f"ledger signing key {key_path} is not an Ed25519 private key")
-        return key
-    if ledger_exists:
-        raise LedgerError(f"ledger exists but its signing key {key_path} is missing; pass "
-                          f"signing_key= (a new key would not match the ledger's public key)")
+            st = f.stat()
+            text = f.read_bytes()
+        except OSError as exc:
+            raise LedgerError(f"ledger passphrase file {f}: {exc.strerror or exc}") from None
+        if stat.S_IMODE(st.st_mode) & _PRIVATE_BITS:
+            raise LedgerError(f"ledger passphrase file {f} is readable by others (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}); chmod 600 {f}")
+        value = text.split(b"\n", 1)[0].rstrip(b"\r")
+        if not value:
+            raise LedgerError(f"ledger passphrase file {f} is empty")
+        return value
+    value = env.get(PASSPHRASE_ENV)
+    if value is None:
+        return None
+    if not value:
+        raise LedgerError(f"{PASSPHRASE_ENV} is set but empty")
+    return value.encode()
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    try:
+        inner.resolve().relative_to(outer.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _check_private(path: Path, what: str, fix: str) -> None:
+    """Refuse a key (or key directory) that another local user could read or replace."""
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & _PRIVATE_BITS:
+        raise LedgerError(f"{what} {path} is accessible by group/others (mode {mode:04o}); {fix}")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise LedgerError(f"{what} {path} belongs to another user (uid {st.st_uid})")
+
+
+def public_key_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.Raw,
+                                         serialization.PublicFormat.Raw).hex()
+
+
+def load_signing_key(key_dir: str | os.PathLike[str], *, run_dir: str | os.PathLike[str],
+                     passphrase: bytes | None = None, create: bool) -> Ed25519PrivateKey:
+    """The server's ledger key from `key_dir` (created there, 0600 in a 0700 directory, when
+    `create` and absent). Refuses a key directory inside the run directory, a key or directory
+    others can access, a wrong or missing passphrase. With a passphrase the PEM is encrypted
+    PKCS#8 (cryptography's BestAvailableEncryption)."""
+    d = Path(key_dir)
+    if _is_within(d, Path(run_dir)):
+        raise LedgerError(f"ledger key directory {d} is inside the run directory {run_dir}: keep "
+                          f"the signing key outside it (whoever gets the run directory must not "
+                          f"get the key)")
+    key_path = d / KEY_FILE
+    if not key_path.exists():
+        if not create:
+            raise LedgerError(f"no ledger signing key in {d} ({KEY_FILE} missing); resuming needs "
+                              f"the key the ledger was created with")
+        return _create_key(d, passphrase)
+    return _load_key(d, passphrase)
+
+
+def _load_key(d: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    key_path = d / KEY_FILE
+    _check_private(d, "ledger key directory", f"chmod 700 {d}")
+    _check_private(key_path, "ledger signing key", f"chmod 600 {key_path}")
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=passphrase)
+    except TypeError as exc:
+        if passphrase is None:
+            raise LedgerError(f"ledger signing key {key_path} is encrypted: set {PASSPHRASE_ENV} "
+                              f"or pass --ledger-passphrase-file") from None
+        raise LedgerError(f"ledger signing key {key_path} is not encrypted but a passphrase was "
+                          f"given ({exc})") from None
+    except ValueError as exc:
+        if passphrase is not None and "decrypt" in str(exc).lower():
+            raise LedgerError(f"wrong passphrase for ledger signing key {key_path}") from None
+        raise LedgerError(f"ledger signing key {key_path} is unreadable: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LedgerError(f"ledger signing key {key_path} is not an Ed25519 private key")
+    return key
+
+
+def _create_key(d: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    if d.exists():
+        _check_private(d, "ledger key directory", f"chmod 700 {d}")
+    else:
+        try:
+            d.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise LedgerError(f"cannot create ledger key directory {d}: {exc.strerror or exc}") from None
+        os.chmod(d, 0o700)
     key = Ed25519PrivateKey.generate()  # os.urandom-backed
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    tmp = key_path.with_name(f".{key_path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    enc = (serialization.BestAvailableEncryption(passphrase) if passphrase
+           else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    key_path = d / KEY_FILE
+    tmp = d / f".{KEY_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, pem)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, key_path)
-    fsync_dir(key_path.parent)
+    try:
+        os.link(tmp, key_path)  # never replaces a key another process created meanwhile
+    except FileExistsError:
+        os.unlink(tmp)
+        return _load_key(d, passphrase)
+    os.unlink(tmp)
+    pub = d / PUBLIC_KEY_FILE
+    atomic_write(pub, (public_key_hex(key) + "\n").encode())
+    fsync_dir(d)
     return key
 
 
@@ -195,20 +313,21 @@ class PrivacyLedger:
         self._rows = rows
         self._clock = clock
         self._lock = threading.Lock()  # the round loop may append from a worker thread
-        self.public_key_hex = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+        self.public_key_hex = public_key_hex(key)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, signing_key: Ed25519PrivateKey | None = None,
+             key_dir: str | os.PathLike[str] | None = None, passphrase: bytes | None = None,
              config_hash: str, create: bool = True,
              clock: Callable[[], datetime] = _utc_now) -> "PrivacyLedger":
         """Open (or create) the ledger at `path` (a file, or a run directory holding
         privacy_ledger.sqlite) and verify the whole chain; raise LedgerError naming the first bad row.
 
-        Without `signing_key` the key is read from ledger_signing_key.pem next to the ledger, or
-        created there (mode 0600) together with a new ledger. Pass create=False when resuming:
-        a missing ledger is then an error rather than a fresh (zero-spend) one.
+        The signing key is `signing_key`, or read from `key_dir` (created there with a new
+        ledger; see `load_signing_key`): never from the run directory, so that whoever holds the
+        run directory cannot re-sign a rewritten or rolled-back ledger. Pass create=False when
+        resuming: a missing ledger (or key) is then an error rather than a fresh, zero-spend one.
         """
         _check_text("config_hash", config_hash)
         p = Path(path)
@@ -220,6 +339,13 @@ class PrivacyLedger:
             raise LedgerError(f"ledger directory {p.parent} does not exist")
         if signing_key is not None and not isinstance(signing_key, Ed25519PrivateKey):
             raise LedgerError("signing_key must be an Ed25519PrivateKey")
+        if signing_key is None and key_dir is None:
+            raise LedgerError("privacy ledger: no signing key (pass key_dir=, a directory outside "
+                              "the run directory, or signing_key=)")
+        if signing_key is None:
+            assert key_dir is not None
+            signing_key = load_signing_key(key_dir, run_dir=p.parent, passphrase=passphrase,
+                                           create=create and not p.exists())
         try:
             conn = sqlite3.connect(p, isolation_level=None, timeout=30.0, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -231,7 +357,7 @@ class PrivacyLedger:
             raise
 
     @classmethod
-    def _init(cls, conn: sqlite3.Connection, p: Path, signing_key: Ed25519PrivateKey | None,
+    def _init(cls, conn: sqlite3.Connection, p: Path, key: Ed25519PrivateKey,
               config_hash: str, clock: Callable[[], datetime], *,
               allow_create: bool) -> "PrivacyLedger":
         try:
@@ -245,10 +371,7 @@ class PrivacyLedger:
             create = not tables  # an interrupted creation committed nothing: start over
             if create and not allow_create:
                 raise LedgerError(f"privacy ledger {p} is empty (resuming a run needs its ledger)")
-            key = signing_key if signing_key is not None else _load_or_create_key(
-                p.parent / KEY_FILE, ledger_exists=not create)
-            pub = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                serialization.PublicFormat.Raw).hex()
+            pub = public_key_hex(key)
             if create:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -282,7 +405,8 @@ class PrivacyLedger:
                                    f"this run's is {config_hash!r}")
         if meta.get("public_key") != pub:
             raise LedgerError(f"privacy ledger {p}: the signing key does not match the ledger's "
-                              f"public key {meta.get('public_key')}")
+                              f"public key {meta.get('public_key')} (this key: {pub}); resume "
+                              f"with the key the ledger was created with")
         if head_row is None:
             raise LedgerChainError(None, "deleted", f"{p}: the signed head is missing")
         rows = [_row_from_sql(r, strict=True) for r in raw_rows]
@@ -298,6 +422,25 @@ class PrivacyLedger:
         """Rows of rounds > round_id: on resume from a checkpoint at round_id, the rounds whose
         spend is counted although their aggregate was never applied (they stay counted)."""
         return [r for r in self._rows if r.round > round_id]
+
+    def head(self) -> tuple[int, str]:
+        """(seq, row hash) of the last row, (0, GENESIS_HASH) when empty: recorded with every
+        checkpoint and metrics row so that a rolled-back ledger is noticed."""
+        if not self._rows:
+            return 0, GENESIS_HASH
+        return self._rows[-1].seq, self._rows[-1].hash
+
+    def check_contains(self, seq: int, row_hash: str, *, what: str) -> None:
+        """Refuse a ledger that does not hold row `seq` with hash `row_hash` (as recorded by
+        `what`, e.g. the checkpoint): it was rolled back to an older copy, or rewritten."""
+        if seq == 0 and row_hash == GENESIS_HASH:
+            return
+        if seq > len(self._rows):
+            raise LedgerError(f"privacy ledger {self.path} ends at row {len(self._rows)} but {what} "
+                              f"recorded row {seq}: the ledger was rolled back to an older copy")
+        if seq < 1 or self._rows[seq - 1].hash != row_hash:
+            raise LedgerError(f"privacy ledger {self.path} row {seq} is not the row {what} "
+                              f"recorded: the ledger was rewritten")
 
     def last_round(self) -> int | None:
         """Highest round id with a row, or None for an empty ledger; resume at last_round() + 1."""

@@ -17,6 +17,19 @@ from secure_fedrl.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger, canonic
 from secure_fedrl.ledger.format import LedgerRow, encode_epsilon
 
 CONFIG = "cfg-sha256:0123abcd"
+
+
+def key_dir_for(path: Path) -> Path:
+    """The test key directory of a ledger: a sibling of its run directory, never inside it."""
+    run = path.parent if path.suffix == ".sqlite" else path
+    return run.parent / f"{run.name}.ledger-keys"
+
+
+def open_ledger(path: Path, **kw) -> PrivacyLedger:
+    """PrivacyLedger.open with the test key directory (unless a signing_key is given)."""
+    if "signing_key" not in kw:
+        kw.setdefault("key_dir", key_dir_for(Path(path)))
+    return PrivacyLedger.open(path, **kw)
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 257))
 
 
@@ -52,7 +65,7 @@ def _client_entries(n: int, *, q: float = 0.1, sigma: float = 1.0, delta: float 
 
 
 def build(tmp: Path, n: int = 6) -> Path:
-    with PrivacyLedger.open(tmp, config_hash=CONFIG) as led:
+    with open_ledger(tmp, config_hash=CONFIG) as led:
         for e in client_entries(n):
             led.append(e)
     return tmp / LEDGER_FILE

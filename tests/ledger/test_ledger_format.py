@@ -35,8 +35,9 @@ def _vector(name: str) -> str:
 
 def _example_row() -> LedgerRow:
     e = LedgerEntry(round=1, unit="client", mechanism="gaussian", clip=1.0, sigma_planned=1.1,
-                    sigma_effective=1.2, sample_rate=0.1, sites_planned=20, sites_survived=18,
-                    accountant="rdp", epsilon={"rdp": 0.1}, delta=1e-5)
+                    sigma_effective=1.2, sample_rate=0.1, sites_planned=2, sites_survived=2,
+                    accountant="rdp", epsilon={"rdp": 0.1}, delta=1e-5, threat_model="release",
+                    epsilon_server=float("inf"), epsilon_release=0.1, participants=("s-0", "s-1"))
     return sign_row(LedgerRow(seq=2, time="2026-11-22T11:54:39.755733Z", config_hash="abc",
                               prev_hash="44438226f404da446ba1baa1e2482b035205499bd0ee1e3042cd76732eb"
                                         "7b891", signature="", entry=e), KEY)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_helpers import CONFIG, TAMPERS, attacker, build, client_entries
+from ledger_helpers import CONFIG, TAMPERS, attacker, build, client_entries, key_dir_for, open_ledger
 from secure_fedrl.errors import LedgerError
 from secure_fedrl.ledger import (
     GENESIS_HASH,
@@ -25,6 +25,7 @@ from secure_fedrl.ledger import (
     LedgerEntry,
     PrivacyLedger,
     canonical_bytes,
+    load_signing_key,
     read_ledger,
     verify_chain,
 )
@@ -32,13 +33,13 @@ from secure_fedrl.ledger import (
 
 def test_append_read_reopen(tmp_path: Path) -> None:
     entries = client_entries(5)
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         appended = [led.append(e) for e in entries]
         pub = led.public_key_hex
     assert [r.seq for r in appended] == [1, 2, 3, 4, 5]
     assert appended[0].prev_hash == GENESIS_HASH
     assert all(b.prev_hash == a.hash for a, b in zip(appended, appended[1:]))
-    with PrivacyLedger.open(tmp_path / LEDGER_FILE, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path / LEDGER_FILE, config_hash=CONFIG) as led:
         rows = led.rows()
         assert rows == appended  # every field, incl. floats, survives SQLite exactly
         assert [r.entry for r in rows] == entries
@@ -55,7 +56,7 @@ def test_append_read_reopen(tmp_path: Path) -> None:
 
 
 def test_storage_is_wal_full_sync_and_key_is_private(tmp_path: Path) -> None:
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         led.append(client_entries(1)[0])
         assert led._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         other = sqlite3.connect(tmp_path / LEDGER_FILE)
@@ -63,14 +64,16 @@ def test_storage_is_wal_full_sync_and_key_is_private(tmp_path: Path) -> None:
         # Durable when append returns: a second connection sees the committed row at once.
         assert other.execute("SELECT count(*) FROM rows").fetchone()[0] == 1
         other.close()
-    mode = stat.S_IMODE(os.stat(tmp_path / KEY_FILE).st_mode)
-    assert mode == 0o600
+    keys = key_dir_for(tmp_path)
+    assert stat.S_IMODE(os.stat(keys / KEY_FILE).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o700
+    assert not (tmp_path / KEY_FILE).exists()  # nothing secret in the run directory
 
 
 def test_empty_ledger_and_empty_queries(tmp_path: Path) -> None:
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         assert led.rows() == [] and led.last_round() is None and led.cumulative_epsilon() == {}
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG, create=False) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG, create=False) as led:
         assert led.rows() == []
 
 
@@ -81,7 +84,7 @@ def test_tampering_is_detected_at_the_first_bad_row(tmp_path: Path, name: str) -
     with attacker(path) as conn:
         tamper(conn)
     with pytest.raises(LedgerChainError) as info:
-        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+        open_ledger(tmp_path, config_hash=CONFIG)
     assert (info.value.seq, info.value.reason) == (seq, reason), str(info.value)
     assert f"row seq {seq}: {reason}" in str(info.value)
     assert isinstance(info.value, LedgerError)
@@ -89,9 +92,9 @@ def test_tampering_is_detected_at_the_first_bad_row(tmp_path: Path, name: str) -
 
 def test_read_ledger_needs_no_key_and_leaves_the_ledger_untouched(tmp_path: Path) -> None:
     path = build(tmp_path)
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         pub = led.public_key_hex
-    (tmp_path / KEY_FILE).unlink()
+    (key_dir_for(tmp_path) / KEY_FILE).unlink()
     before = (path.read_bytes(), path.stat().st_mtime_ns)
     rows = read_ledger(path, config_hash=CONFIG, public_key=pub)
     assert [r.seq for r in rows] == list(range(1, 7))
@@ -109,7 +112,7 @@ def test_read_ledger_needs_no_key_and_leaves_the_ledger_untouched(tmp_path: Path
 def test_reopen_with_another_config_hash_is_refused(tmp_path: Path) -> None:
     build(tmp_path)
     with pytest.raises(LedgerChainError, match="config hash mismatch") as info:
-        PrivacyLedger.open(tmp_path, config_hash="cfg-other")
+        open_ledger(tmp_path, config_hash="cfg-other")
     assert info.value.seq == 1
 
 
@@ -118,17 +121,26 @@ def test_meta_config_hash_rewritten_by_attacker(tmp_path: Path) -> None:
     with attacker(path) as conn:
         conn.execute("UPDATE meta SET value = 'cfg-forged' WHERE key = 'config_hash'")
     with pytest.raises(LedgerChainError, match="config hash mismatch"):
-        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+        open_ledger(tmp_path, config_hash=CONFIG)
     with pytest.raises(LedgerChainError, match="row seq 1: config hash mismatch"):
-        PrivacyLedger.open(tmp_path, config_hash="cfg-forged")
+        open_ledger(tmp_path, config_hash="cfg-forged")
 
 
 def test_wrong_signing_key_and_missing_key_are_refused(tmp_path: Path) -> None:
     build(tmp_path)
     with pytest.raises(LedgerError, match="signing key does not match"):
         PrivacyLedger.open(tmp_path, config_hash=CONFIG, signing_key=Ed25519PrivateKey.generate())
-    (tmp_path / KEY_FILE).unlink()
-    with pytest.raises(LedgerError, match="signing key .* is missing"):
+    other = tmp_path.parent / f"{tmp_path.name}-other-keys"
+    with pytest.raises(LedgerError, match="no ledger signing key in"):  # an existing ledger never
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG, key_dir=other)  # gets a fresh key
+    assert not other.exists()
+    load_signing_key(other, run_dir=tmp_path, create=True)
+    with pytest.raises(LedgerError, match="signing key does not match"):  # another key directory
+        PrivacyLedger.open(tmp_path, config_hash=CONFIG, key_dir=other)
+    (key_dir_for(tmp_path) / KEY_FILE).unlink()
+    with pytest.raises(LedgerError, match="no ledger signing key in"):
+        open_ledger(tmp_path, config_hash=CONFIG)
+    with pytest.raises(LedgerError, match="no signing key"):
         PrivacyLedger.open(tmp_path, config_hash=CONFIG)
 
 
@@ -136,14 +148,14 @@ def test_passed_in_key_writes_no_key_file(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     with PrivacyLedger.open(tmp_path, config_hash=CONFIG, signing_key=key) as led:
         led.append(client_entries(1)[0])
-    assert not (tmp_path / KEY_FILE).exists()
+    assert not (tmp_path / KEY_FILE).exists() and not key_dir_for(tmp_path).exists()
     with PrivacyLedger.open(tmp_path, config_hash=CONFIG, signing_key=key) as led:
         assert len(led.rows()) == 1
 
 
 def test_resume_refuses_a_missing_ledger(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="missing"):
-        PrivacyLedger.open(tmp_path, config_hash=CONFIG, create=False)
+        open_ledger(tmp_path, config_hash=CONFIG, create=False)
 
 
 def test_head_removed_by_attacker(tmp_path: Path) -> None:
@@ -151,7 +163,7 @@ def test_head_removed_by_attacker(tmp_path: Path) -> None:
     with attacker(path) as conn:
         conn.execute("DELETE FROM head")
     with pytest.raises(LedgerChainError, match="head"):
-        PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+        open_ledger(tmp_path, config_hash=CONFIG)
 
 
 @pytest.mark.parametrize("sql", [
@@ -174,7 +186,7 @@ def test_triggers_refuse_updates_and_deletes(tmp_path: Path, sql: str) -> None:
     with pytest.raises(sqlite3.DatabaseError, match="privacy ledger"):
         conn.execute(sql)
     conn.close()
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:  # still intact
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:  # still intact
         assert len(led.rows()) == 6
 
 
@@ -218,7 +230,7 @@ def test_bad_entries_are_refused(kw: dict, message: str) -> None:
 
 
 def test_ordering_rules(tmp_path: Path) -> None:
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         led.append(_entry(round=3, epsilon={"rdp": 1.0}))
         with pytest.raises(LedgerError, match="not after the ledger's last round 3"):
             led.append(_entry(round=3, epsilon={"rdp": 2.0}))
@@ -237,26 +249,26 @@ def test_ordering_rules(tmp_path: Path) -> None:
         assert led.cumulative_epsilon_by_site()["h1"] == {"rdp": 2.5}
         assert led.cumulative_epsilon() == {"rdp": 3.0, "prv": math.inf}
         assert len(led.rows()) == 5
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         assert len(led.rows()) == 5  # refused appends left nothing behind
 
 
 def test_closed_ledger_refuses_appends(tmp_path: Path) -> None:
-    led = PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    led = open_ledger(tmp_path, config_hash=CONFIG)
     led.close()
     with pytest.raises(LedgerError, match="closed"):
         led.append(_entry())
 
 
 def test_a_second_writer_is_detected(tmp_path: Path) -> None:
-    a = PrivacyLedger.open(tmp_path, config_hash=CONFIG)
-    b = PrivacyLedger.open(tmp_path, config_hash=CONFIG)
+    a = open_ledger(tmp_path, config_hash=CONFIG)
+    b = open_ledger(tmp_path, config_hash=CONFIG)
     a.append(_entry(round=0))
     with pytest.raises(LedgerError, match="another writer"):
         b.append(_entry(round=1))
     a.close()
     b.close()
-    with PrivacyLedger.open(tmp_path, config_hash=CONFIG) as led:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
         assert len(led.rows()) == 1
 
 
@@ -277,8 +289,8 @@ def test_any_valid_entry_round_trips_bit_exactly(tmp_path_factory: pytest.TempPa
                     sigma_planned=sigma, sigma_effective=sigma, sample_rate=q, steps=3,
                     sites_planned=2, sites_survived=1, accountant="a0",
                     epsilon={f"a{i}": v for i, v in enumerate(eps)}, delta=delta)
-    with PrivacyLedger.open(d, config_hash=CONFIG) as led:
+    with open_ledger(d, config_hash=CONFIG) as led:
         row = led.append(e)
-    with PrivacyLedger.open(d, config_hash=CONFIG) as led:
+    with open_ledger(d, config_hash=CONFIG) as led:
         (back,) = led.rows()
     assert canonical_bytes(back) == canonical_bytes(row) and back.entry == e
