@@ -19,12 +19,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from secure_fedrl.errors import LedgerError
 
-ROW_FORMAT = "secure-fedrl/ledger-row/v1"
+ROW_FORMAT = "secure-fedrl/ledger-row/v2"
 HEAD_FORMAT = "secure-fedrl/ledger-head/v1"
 GENESIS_HASH = "0" * 64
 """`prev_hash` of the first row (seq 1), and the head's `row_hash` of an empty ledger."""
 
 UNITS = ("client", "trajectory")
+THREAT_MODELS = ("server", "release")
+SAMPLING = ("secret", "reproducible")
+V2_KEYS = ("epsilon_release", "epsilon_server", "max_colluding", "noise_shares", "params",
+           "participants", "sampling", "site_epsilon_server", "threat_model")
+"""Members the v2 row encoding adds to v1's (FORMAT.md, "Privacy semantics (v2)"); stored
+together in the `privacy` column as the canonical JSON object `encode_v2` writes."""
 _MAX_STR = 256
 
 # Why a chain check failed; `LedgerChainError.reason` is one of these.
@@ -121,6 +127,25 @@ class LedgerEntry:
     """Site id for trajectory-level rows, None for client-level rows."""
     steps: int = 1
     """Number of noisy compositions this row accounts (1 per client-level round; local DP-SGD steps)."""
+    # -- v2: both guarantees and what an auditor needs to recompute them (FORMAT.md) ------------
+    threat_model: str = "server"
+    """"server" or "release": the guarantee the budget targets; epsilon[accountant] is its value."""
+    epsilon_server: float | None = None
+    """Cumulative epsilon of the row's scope against the server (None: epsilon[accountant])."""
+    epsilon_release: float | None = None
+    """Cumulative epsilon of the row's scope against release-only observers (None: epsilon[accountant])."""
+    noise_shares: int = 0
+    """DDG: honest noise shares m every charge uses (min_honest_inputs); 0 for other mechanisms."""
+    max_colluding: int = 0
+    """secure_aggregation.max_colluding_sites the round ran against."""
+    params: Mapping[str, float] = field(default_factory=dict)
+    """Mechanism parameters (ddg: beta, bits, gamma, l2_bound, local_stddev, padded_dim)."""
+    participants: Sequence[str] = ()
+    """Client-level rows: the sites charged this round (their masked input or update left them)."""
+    site_epsilon_server: Mapping[str, float] = field(default_factory=dict)
+    """Client-level ddg rows: each participant's cumulative epsilon against the server after it."""
+    sampling: str = "secret"
+    """"secret" (OS CSPRNG) or "reproducible" (privacy.reproducible_noise: no guarantee)."""
 
     def __post_init__(self) -> None:
         _check_int("round", self.round, minimum=0)
@@ -163,6 +188,52 @@ class LedgerEntry:
         if self.accountant not in eps:
             raise LedgerError(f"accountant {self.accountant!r} has no value in epsilon {sorted(eps)}")
         object.__setattr__(self, "epsilon", eps)
+        self._check_v2(eps[self.accountant])
+
+    def _check_v2(self, enforced: float) -> None:
+        if self.threat_model not in THREAT_MODELS:
+            raise LedgerError(f"ledger field 'threat_model' must be one of {THREAT_MODELS}, got "
+                              f"{self.threat_model!r}")
+        if self.sampling not in SAMPLING:
+            raise LedgerError(f"ledger field 'sampling' must be one of {SAMPLING}, got {self.sampling!r}")
+        for name in ("epsilon_server", "epsilon_release"):
+            v = getattr(self, name)
+            v = enforced if v is None else _as_float(name, v)
+            if v < 0.0:
+                raise LedgerError(f"ledger field {name!r} must be >= 0, got {v!r}")
+            object.__setattr__(self, name, v)
+        _check_int("noise_shares", self.noise_shares, minimum=0)
+        _check_int("max_colluding", self.max_colluding, minimum=0)
+        if not isinstance(self.params, Mapping):
+            raise LedgerError("ledger field 'params' must be a mapping name -> number")
+        params: dict[str, float] = {}
+        for name in sorted(self.params):
+            _check_text("params key", name)
+            v = _as_float(f"params[{name}]", self.params[name])
+            if math.isinf(v):
+                raise LedgerError(f"ledger field 'params[{name}]' must be finite")
+            params[name] = v
+        object.__setattr__(self, "params", params)
+        if isinstance(self.participants, str) or not isinstance(self.participants, Sequence):
+            raise LedgerError("ledger field 'participants' must be a sequence of site ids")
+        for p in self.participants:
+            _check_text("participants", p)
+        parts = tuple(sorted(self.participants))
+        if len(set(parts)) != len(parts):
+            raise LedgerError("ledger field 'participants' lists a site twice")
+        object.__setattr__(self, "participants", parts)
+        if not isinstance(self.site_epsilon_server, Mapping):
+            raise LedgerError("ledger field 'site_epsilon_server' must be a mapping site -> epsilon")
+        per_site: dict[str, float] = {}
+        for name in sorted(self.site_epsilon_server):
+            _check_text("site_epsilon_server key", name)
+            v = _as_float(f"site_epsilon_server[{name}]", self.site_epsilon_server[name])
+            if v < 0.0:
+                raise LedgerError(f"ledger field 'site_epsilon_server[{name}]' must be >= 0")
+            per_site[name] = v
+        if not set(per_site) <= set(parts):
+            raise LedgerError("ledger field 'site_epsilon_server' names a site that is not a participant")
+        object.__setattr__(self, "site_epsilon_server", per_site)
 
 
 @dataclass(frozen=True)
@@ -237,6 +308,42 @@ class LedgerRow:
         return self.entry.steps
 
     @property
+    def threat_model(self) -> str:
+        return self.entry.threat_model
+
+    @property
+    def epsilon_server(self) -> float:
+        return self.entry.epsilon_server
+
+    @property
+    def epsilon_release(self) -> float:
+        return self.entry.epsilon_release
+
+    @property
+    def noise_shares(self) -> int:
+        return self.entry.noise_shares
+
+    @property
+    def max_colluding(self) -> int:
+        return self.entry.max_colluding
+
+    @property
+    def params(self) -> Mapping[str, float]:
+        return self.entry.params
+
+    @property
+    def participants(self) -> Sequence[str]:
+        return self.entry.participants
+
+    @property
+    def site_epsilon_server(self) -> Mapping[str, float]:
+        return self.entry.site_epsilon_server
+
+    @property
+    def sampling(self) -> str:
+        return self.entry.sampling
+
+    @property
     def hash(self) -> str:
         """SHA-256 hex of canonical_bytes(self): what the next row's prev_hash must equal."""
         if not self._hash:
@@ -258,10 +365,48 @@ def _dumps(obj: dict[str, Any]) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+def _v2_members(e: LedgerEntry) -> dict[str, Any]:
+    return {
+        "epsilon_release": f64(e.epsilon_release),
+        "epsilon_server": f64(e.epsilon_server),
+        "max_colluding": e.max_colluding,
+        "noise_shares": e.noise_shares,
+        "params": {k: f64(v) for k, v in e.params.items()},
+        "participants": list(e.participants),
+        "sampling": e.sampling,
+        "site_epsilon_server": {k: f64(v) for k, v in e.site_epsilon_server.items()},
+        "threat_model": e.threat_model,
+    }
+
+
+def encode_v2(entry: LedgerEntry) -> str:
+    """Storage form of the `privacy` column: the v2 members exactly as canonical_bytes embeds them."""
+    return _dumps(_v2_members(entry)).decode("ascii")
+
+
+def decode_v2(text: str) -> dict[str, Any]:
+    """LedgerEntry keyword arguments from the `privacy` column (inverse of encode_v2)."""
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or sorted(obj) != sorted(V2_KEYS):
+        raise LedgerError(f"privacy column is not a v2 object with keys {V2_KEYS}: {text[:60]!r}")
+    return {
+        "epsilon_release": from_f64(obj["epsilon_release"]),
+        "epsilon_server": from_f64(obj["epsilon_server"]),
+        "max_colluding": obj["max_colluding"],
+        "noise_shares": obj["noise_shares"],
+        "params": {k: from_f64(v) for k, v in obj["params"].items()},
+        "participants": tuple(obj["participants"]),
+        "sampling": obj["sampling"],
+        "site_epsilon_server": {k: from_f64(v) for k, v in obj["site_epsilon_server"].items()},
+        "threat_model": obj["threat_model"],
+    }
+
+
 def canonical_bytes(row: LedgerRow) -> bytes:
     """The bytes that are hashed (chain) and signed: sorted-key JSON, no whitespace (FORMAT.md)."""
     e = row.entry
     return _dumps({
+        **_v2_members(e),
         "accountant": e.accountant,
         "clip": f64(e.clip),
         "config_hash": row.config_hash,
