@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules (see secure_fedrl/transport/codegen.py). Do not edit."""

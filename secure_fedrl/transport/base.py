@@ -1,0 +1,400 @@
+"""The transport contract: a server-side `Hub` and a site-side `SiteTransport`, wire-agnostic.
+
+The round code is written once against these two: the server's round driver talks to a `Hub`
+(open a round, collect a phase's uploads until a deadline, deliver the next messages), each site
+talks to a `SiteTransport` (join, await a round, upload, download). `InMemorySite` calls the hub
+directly (simulate, tests); `grpc_transport.GrpcSite` reaches the same hub through
+`grpc_transport.FederationServicer` over mutual TLS. The hub applies every check that does not
+depend on the wire (session, round, phase, duplicate, size, sender id in the SecAgg header), so
+both transports refuse the same things with the same `TransportError.status`.
+
+Payloads are the canonical SecAgg encodings (protocols/SPEC.md); the hub never decodes them
+beyond the fixed header and never holds more than one upload per site and phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from secure_fedrl.errors import ProtocolError
+from secure_fedrl.secagg import messages as M
+from secure_fedrl.secagg.protocol import PHASES, RoundConfig
+
+from .logs import log_event
+
+#: The SecAgg message type a site uploads in each phase.
+UPLOAD_TYPES = {
+    "advertise_keys": M.T_ADVERTISE, "share_keys": M.T_SHARE_KEYS, "masked_input": M.T_MASKED_INPUT,
+    "consistency_check": M.T_CONSISTENCY, "unmasking": M.T_UNMASK,
+}
+
+
+class TransportError(ProtocolError):
+    """A call refused by the transport; `status` names the gRPC status code it maps to."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Dropped(TransportError):
+    """The site is no longer counted in this round (late, refused or the round aborted)."""
+
+    def __init__(self, message: str, status: str = "FAILED_PRECONDITION") -> None:
+        super().__init__(status, message)
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    site_id: int
+    name: str
+    certificate: bytes = b""  # DER, CA-signed, binds the site's protocol key (empty without a PKI)
+
+
+@dataclass(frozen=True)
+class RoundAnnouncement:
+    """What a site learns when it is sampled into a round (the broadcast)."""
+
+    config: RoundConfig
+    roster: tuple[RosterEntry, ...]
+    policy: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    extras: bytes = b""
+
+    @property
+    def round_id(self) -> int:
+        return self.config.round_id
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Answer of `await_round`: finished, not sampled into `round_id`, or an announcement."""
+
+    finished: bool = False
+    round_id: int = 0
+    announcement: RoundAnnouncement | None = None
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    session: bytes
+    site_number: int
+    federation: str = ""
+    heartbeat_interval_s: float = 5.0
+
+
+class SiteTransport(Protocol):
+    """A site's end of the federation (in-memory or gRPC)."""
+
+    name: str
+
+    def join(self) -> JoinInfo: ...
+    def heartbeat(self) -> tuple[int, bool]: ...
+    def await_round(self, after_round: int, timeout: float) -> Broadcast: ...
+    def upload(self, round_id: int, phase: str, payload: bytes) -> None: ...
+    def download(self, round_id: int, phase: str, timeout: float) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class PhaseDeadlines:
+    """Seconds the server waits for each phase's uploads; late sites are dropouts."""
+
+    advertise_keys: float = 30.0
+    share_keys: float = 30.0
+    masked_input: float = 120.0
+    consistency_check: float = 30.0
+    unmasking: float = 30.0
+
+    def seconds(self, phase: str) -> float:
+        return float(getattr(self, phase))
+
+    def deadline(self, phase: str, clock: Callable[[], float] = time.monotonic) -> float:
+        return clock() + self.seconds(phase)
+
+
+def masked_input_bytes(dim: int) -> int:
+    """Exact encoded length of a MaskedInput of `dim` words (what an upload must declare)."""
+    probe = M.MaskedInput(bytes(32), 1, np.zeros(dim, np.uint32), bytes(64))
+    return len(probe.encode())
+
+
+def upload_cap(config: RoundConfig, phase: str) -> int:
+    """Largest upload accepted in a phase: exact for MaskedInput, O(n) for the small messages."""
+    if phase == "masked_input":
+        return masked_input_bytes(config.dim)
+    return 4096 + 256 * config.n
+
+
+@dataclass
+class _Site:
+    name: str
+    number: int
+    fingerprint: bytes
+    session: bytes
+    last_seen: float
+
+
+@dataclass
+class _Round:
+    announcements: dict[str, RoundAnnouncement]
+    phase: str = "advertise_keys"
+    uploads: dict[str, dict[str, bytes]] = field(default_factory=lambda: {p: {} for p in PHASES})
+    delivered: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    aborted: str | None = None
+
+    @property
+    def config(self) -> RoundConfig:
+        return next(iter(self.announcements.values())).config
+
+
+class Hub:
+    """Server-side mailbox shared by every transport; thread-safe, holds no key material.
+
+    max_sites: live sessions at most; liveness_s: a site not heard from for this long is no
+    longer live (its name may join again, e.g. after a restart); trace: if a list, every
+    accepted upload and every delivery is appended as (round, phase, direction, site, sha256).
+    """
+
+    def __init__(self, *, federation: str = "", max_sites: int = 10_000, liveness_s: float = 30.0,
+                 heartbeat_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 trace: list | None = None) -> None:
+        self.federation = federation
+        self.max_sites = max_sites
+        self.liveness_s = liveness_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.clock = clock
+        self.trace = trace
+        self._cv = threading.Condition()
+        self._sites: dict[str, _Site] = {}
+        self._rounds: dict[int, _Round] = {}
+        self._current: int | None = None
+        self._finished = False
+
+    # ================================================================ site-facing
+    def _live(self, s: _Site) -> bool:
+        return self.clock() - s.last_seen < self.liveness_s
+
+    def join(self, name: str, number: int, fingerprint: bytes = b"") -> JoinInfo:
+        with self._cv:
+            cur = self._sites.get(name)
+            if cur is not None and self._live(cur):
+                log_event("join_refused", site=name, reason="site already live under another connection")
+                raise TransportError("ALREADY_EXISTS", f"site {name!r} is already connected (a second connection "
+                                     "claiming a live site is refused)")
+            if cur is None and sum(self._live(s) for s in self._sites.values()) >= self.max_sites:
+                log_event("join_refused", site=name, reason="max_sites", max_sites=self.max_sites)
+                raise TransportError("RESOURCE_EXHAUSTED", f"federation is full ({self.max_sites} sites)")
+            if cur is not None and cur.number != number:
+                raise TransportError("PERMISSION_DENIED", f"site {name!r} joined before with number {cur.number}")
+            session = os.urandom(16)
+            self._sites[name] = _Site(name, number, fingerprint, session, self.clock())
+            log_event("site_joined", site=name, number=number, level="info")
+            self._cv.notify_all()
+            return JoinInfo(session, number, self.federation, self.heartbeat_interval_s)
+
+    def _session(self, name: str, session: bytes) -> _Site:
+        s = self._sites.get(name)
+        if s is None or s.session != session:
+            raise TransportError("PERMISSION_DENIED", f"site {name!r}: unknown or superseded session (join first)")
+        s.last_seen = self.clock()
+        return s
+
+    def heartbeat(self, name: str, session: bytes) -> tuple[int, bool]:
+        with self._cv:
+            self._session(name, session)
+            return (self._current or 0), self._finished
+
+    def await_round(self, name: str, session: bytes, after_round: int, timeout: float) -> Broadcast:
+        end = self.clock() + timeout
+        with self._cv:
+            while True:
+                self._session(name, session)
+                if self._current is not None and self._current > after_round:
+                    ann = self._rounds[self._current].announcements.get(name)
+                    return Broadcast(round_id=self._current, announcement=ann)
+                if self._finished:
+                    return Broadcast(finished=True)
+                left = end - self.clock()
+                if left <= 0:
+                    raise TransportError("DEADLINE_EXCEEDED", "no new round before the deadline")
+                self._cv.wait(min(left, 1.0))
+
+    def _round_for(self, name: str, round_id: int) -> _Round:
+        r = self._rounds.get(round_id)
+        if r is None:
+            raise TransportError("NOT_FOUND", f"unknown round {round_id}")
+        if name not in r.announcements:
+            raise TransportError("PERMISSION_DENIED", f"site {name!r} is not part of round {round_id}")
+        return r
+
+    def announcement_for(self, name: str, session: bytes, round_id: int) -> RoundAnnouncement:
+        with self._cv:
+            self._session(name, session)
+            return self._round_for(name, round_id).announcements[name]
+
+    def expected_length(self, name: str, session: bytes, round_id: int, phase: str, length: int) -> None:
+        """Early check of a declared upload length (before any chunk is buffered)."""
+        with self._cv:
+            self._session(name, session)
+            r = self._round_for(name, round_id)
+            self._check_length(r, phase, length)
+
+    @staticmethod
+    def _check_length(r: _Round, phase: str, length: int) -> None:
+        if phase not in UPLOAD_TYPES:
+            raise TransportError("INVALID_ARGUMENT", f"unknown phase {phase!r}")
+        cap = upload_cap(r.config, phase)
+        if phase == "masked_input" and length != cap:
+            raise TransportError("INVALID_ARGUMENT", f"masked input of {length} bytes; a vector of length "
+                                 f"{r.config.dim} encodes to {cap}")
+        if length > cap:
+            raise TransportError("RESOURCE_EXHAUSTED", f"{phase} upload of {length} bytes exceeds the cap of {cap}")
+
+    def upload(self, name: str, session: bytes, round_id: int, phase: str, payload: bytes) -> None:
+        with self._cv:
+            site = self._session(name, session)
+            r = self._round_for(name, round_id)
+            self._check_length(r, phase, len(payload))
+            if r.aborted:
+                raise Dropped(f"round {round_id} aborted: {r.aborted}", "ABORTED")
+            if r.phase != phase:
+                raise TransportError("FAILED_PRECONDITION", f"round {round_id}: phase {phase!r} is not open "
+                                     f"(open: {r.phase!r}); late uploads count as dropouts")
+            try:
+                mtype = M.message_type(payload)
+                _, _, _, digest, party = M.HEADER.unpack_from(payload)
+            except (ProtocolError, Exception):
+                raise TransportError("INVALID_ARGUMENT", f"{phase} upload is not a SecAgg message") from None
+            if mtype != UPLOAD_TYPES[phase]:
+                raise TransportError("INVALID_ARGUMENT", f"{phase} upload has message type 0x{mtype:02x}")
+            if digest != r.config.digest:
+                raise TransportError("INVALID_ARGUMENT", f"{phase} upload is for another round or configuration")
+            if party != site.number:
+                raise TransportError("PERMISSION_DENIED", f"site {name!r} (number {site.number}) sent a message "
+                                     f"claiming site {party}")
+            if name in r.uploads[phase]:
+                raise TransportError("ALREADY_EXISTS", f"duplicate {phase} upload from site {name!r}")
+            r.uploads[phase][name] = bytes(payload)
+            self._record(round_id, phase, "up", name, payload)
+            self._cv.notify_all()
+
+    def download(self, name: str, session: bytes, round_id: int, phase: str, timeout: float) -> bytes:
+        end = self.clock() + timeout
+        with self._cv:
+            while True:
+                self._session(name, session)
+                r = self._round_for(name, round_id)
+                if phase in r.delivered:
+                    msg = r.delivered[phase].get(name)
+                    if msg is None:
+                        raise Dropped(f"site {name!r} is not in round {round_id} after phase {phase!r}")
+                    return msg
+                if r.aborted:
+                    raise Dropped(f"round {round_id} aborted: {r.aborted}", "ABORTED")
+                left = end - self.clock()
+                if left <= 0:
+                    raise TransportError("DEADLINE_EXCEEDED", f"phase {phase!r} of round {round_id} did not close in time")
+                self._cv.wait(min(left, 1.0))
+
+    def _record(self, round_id: int, phase: str, direction: str, site: str, payload: bytes) -> None:
+        if self.trace is not None:
+            self.trace.append((round_id, phase, direction, site, hashlib.sha256(payload).hexdigest()))
+
+    # ================================================================ server-facing
+    def live_sites(self) -> dict[str, int]:
+        with self._cv:
+            return {n: s.number for n, s in self._sites.items() if self._live(s)}
+
+    def wait_for_sites(self, count: int, timeout: float) -> dict[str, int]:
+        end = self.clock() + timeout
+        with self._cv:
+            while True:
+                live = {n: s.number for n, s in self._sites.items() if self._live(s)}
+                if len(live) >= count or self.clock() >= end:
+                    return live
+                self._cv.wait(min(end - self.clock(), 1.0))
+
+    def open_round(self, announcements: dict[str, RoundAnnouncement]) -> None:
+        if not announcements:
+            raise ProtocolError("a round needs at least one site")
+        round_id = next(iter(announcements.values())).round_id
+        with self._cv:
+            if self._current is not None and round_id <= self._current:
+                raise ProtocolError(f"round {round_id} is not after round {self._current}")
+            for old in [k for k in self._rounds if k < round_id - 1]:
+                del self._rounds[old]  # keep the previous round for late downloads
+            self._rounds[round_id] = _Round(dict(announcements))
+            self._current = round_id
+            self._cv.notify_all()
+
+    def collect(self, round_id: int, phase: str, expected: set[str], deadline: float) -> dict[str, bytes]:
+        """Uploads of `phase` until every expected site sent one or the deadline passes."""
+        with self._cv:
+            r = self._rounds[round_id]
+            if r.phase != phase:
+                raise ProtocolError(f"round {round_id}: collecting {phase!r} while {r.phase!r} is open")
+            while not expected <= set(r.uploads[phase]):
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                self._cv.wait(min(left, 1.0))
+            got = dict(r.uploads[phase])
+            r.uploads[phase] = {}
+            return got
+
+    def deliver(self, round_id: int, phase: str, messages: dict[str, bytes]) -> None:
+        """Close `phase`: these are the server messages that follow it; everyone else is dropped."""
+        with self._cv:
+            r = self._rounds[round_id]
+            r.delivered[phase] = dict(messages)
+            for name, msg in sorted(messages.items()):
+                self._record(round_id, phase, "down", name, msg)
+            i = PHASES.index(phase)
+            r.phase = PHASES[i + 1] if i + 1 < len(PHASES) else "done"
+            self._cv.notify_all()
+
+    def abort_round(self, round_id: int, reason: str) -> None:
+        with self._cv:
+            self._rounds[round_id].aborted = reason
+            self._rounds[round_id].phase = "aborted"
+            self._cv.notify_all()
+
+    def finish(self) -> None:
+        with self._cv:
+            self._finished = True
+            self._cv.notify_all()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+
+class InMemorySite:
+    """A site's transport that calls the hub in-process: same checks, no wire."""
+
+    def __init__(self, hub: Hub, name: str, number: int) -> None:
+        self.hub, self.name, self.number = hub, name, number
+        self._session = b""
+
+    def join(self) -> JoinInfo:
+        info = self.hub.join(self.name, self.number)
+        self._session = info.session
+        return info
+
+    def heartbeat(self) -> tuple[int, bool]:
+        return self.hub.heartbeat(self.name, self._session)
+
+    def await_round(self, after_round: int, timeout: float) -> Broadcast:
+        return self.hub.await_round(self.name, self._session, after_round, timeout)
+
+    def upload(self, round_id: int, phase: str, payload: bytes) -> None:
+        self.hub.upload(self.name, self._session, round_id, phase, payload)
+
+    def download(self, round_id: int, phase: str, timeout: float) -> bytes:
+        return self.hub.download(self.name, self._session, round_id, phase, timeout)

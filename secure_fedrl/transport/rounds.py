@@ -1,0 +1,125 @@
+"""One secure-aggregation round over any transport: the server's side and a site's side.
+
+These drive the pure state machines (`SecAggServer`, `SecAggClient`) phase by phase through a
+`Hub` / `SiteTransport`, so the round loop of the coming site/server runtimes calls them
+unchanged in `simulate` (in-memory) and `serve`/`join` (gRPC).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from secure_fedrl.errors import BelowThresholdError, ProtocolError, SecureFedRLError
+from secure_fedrl.secagg import messages as M
+from secure_fedrl.secagg.client import SecAggClient
+from secure_fedrl.secagg.protocol import PHASES, RoundConfig
+from secure_fedrl.secagg.server import SecAggServer, ServerOutcome
+
+from .base import Hub, PhaseDeadlines, RosterEntry, RoundAnnouncement, SiteTransport, TransportError
+from .logs import log_event
+from .pki import CertificateRejected, TrustStore
+
+
+def verify_roster(ann: RoundAnnouncement, trust: TrustStore) -> None:
+    """Every (site id, key) in the round config must be vouched for by a valid CA certificate.
+
+    This is what stops a malicious server from adding Sybil sites (keys it holds) to a round, or
+    from swapping an honest site's key: the site refuses the round (ProtocolError) instead.
+    """
+    cfg = ann.config
+    by_id = {e.site_id: e for e in ann.roster}
+    if len(by_id) != len(ann.roster) or sorted(by_id) != list(cfg.site_ids):
+        raise ProtocolError(f"round {cfg.round_id}: roster does not list exactly the config's site ids")
+    if len({e.name for e in ann.roster}) != len(ann.roster):
+        raise ProtocolError(f"round {cfg.round_id}: roster names one site twice")
+    trust.refresh()
+    for sid, key in zip(cfg.site_ids, cfg.identity_keys):
+        e = by_id[sid]
+        try:
+            trust.verify_site_key(e.certificate, site_number=sid, protocol_key=key, name=e.name)
+        except CertificateRejected as exc:
+            raise ProtocolError(f"round {cfg.round_id}: site {sid} ({e.name!r}) refused: {exc}") from None
+
+
+@dataclass
+class ServerRoundResult:
+    outcome: ServerOutcome | None
+    rejected: list[tuple[str, str, str]]  # (site, phase, reason)
+    aborted: str | None = None
+
+
+def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
+                     deadlines: PhaseDeadlines = PhaseDeadlines()) -> ServerRoundResult:
+    """Open the round, then per phase: collect until the deadline, feed SecAggServer, deliver."""
+    cfg = next(iter(announcements.values())).config
+    names = {e.site_id: e.name for e in next(iter(announcements.values())).roster}
+    number = {v: k for k, v in names.items()}
+    server = SecAggServer(config=cfg)
+    hub.open_round(announcements)
+    live = set(announcements)
+    rejected: list[tuple[str, str, str]] = []
+    try:
+        for phase in PHASES:
+            got = hub.collect(cfg.round_id, phase, live, hub.clock() + deadlines.seconds(phase))
+            for name in sorted(got):
+                try:
+                    if server.receive(got[name]) != number[name]:  # the hub checked the header already
+                        raise ProtocolError(f"message from {name!r} signed as another site")
+                except ProtocolError as err:
+                    rejected.append((name, phase, str(err)))
+                    log_event("upload_rejected", round=cfg.round_id, phase=phase, site=name, reason=str(err))
+            for name in sorted(live - set(got)):
+                log_event("site_dropped", round=cfg.round_id, phase=phase, site=name, reason="no upload by the deadline")
+            out = server.finish_phase()
+            msgs = {names[u]: m.encode() for u, m in out.items()}
+            live = set(msgs)
+            hub.deliver(cfg.round_id, phase, msgs)
+    except BelowThresholdError as err:
+        hub.abort_round(cfg.round_id, str(err))
+        log_event("round_aborted", round=cfg.round_id, reason=str(err))
+        return ServerRoundResult(None, rejected, str(err))
+    return ServerRoundResult(server.outcome, rejected)
+
+
+_HANDLERS = {
+    "share_keys": SecAggClient.share_keys,
+    "masked_input": SecAggClient.masked_input,
+    "consistency_check": SecAggClient.consistency_check,
+    "unmasking": SecAggClient.unmask,
+}
+
+
+def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, identity_key: Ed25519PrivateKey,
+                   vector: np.ndarray, trust: TrustStore | None, timeout: float = 60.0,
+                   randbytes=os.urandom) -> str:
+    """Take part in one round; returns "done" or why the site stopped ("dropped: ...", "refused: ...").
+
+    The site checks the roster against the CA before it sends anything: its keys go only to a
+    round whose every member the CA vouches for.
+    """
+    rid = ann.round_id
+    try:
+        if trust is not None:
+            verify_roster(ann, trust)
+        client = SecAggClient(config=ann.config, site_id=number, identity_key=identity_key, vector=vector,
+                              randbytes=randbytes)
+        site.upload(rid, "advertise_keys", client.advertise_keys().encode())
+        for prev, phase in zip(PHASES, PHASES[1:]):
+            msg = M.decode(site.download(rid, prev, timeout))
+            site.upload(rid, phase, _HANDLERS[phase](client, msg).encode())
+    except TransportError as err:
+        log_event("site_round_stopped", site=site.name, round=rid, status=err.status, reason=str(err))
+        return f"dropped: {err}"
+    except SecureFedRLError as err:
+        log_event("site_round_refused", site=site.name, round=rid, reason=str(err))
+        return f"refused: {err}"
+    return "done"
+
+
+def announcement(config: RoundConfig, roster: tuple[RosterEntry, ...], policy=None, extras: bytes = b"") -> RoundAnnouncement:
+    pol = np.zeros(0, np.float32) if policy is None else np.ascontiguousarray(policy, dtype=np.float32)
+    return RoundAnnouncement(config, tuple(sorted(roster, key=lambda e: e.site_id)), pol, extras)
