@@ -27,6 +27,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 
 from secure_fedrl.errors import ConfigError
+from secure_fedrl.rl import pilots as _pilots  # noqa: F401  (registers the pilot envs' gymnasium ids)
 
 __all__ = [
     "ALIASES",
