@@ -75,6 +75,9 @@ class SecAggClient:
         self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
         self._shares: dict[int, tuple[bytes, bytes]] = {}
         self._enc_shared: dict[int, bytes] = {}
+        self._mask_shared: dict[int, bytes] = {}
+        self._confirm: dict[int, bytes] = {}
+        self._pairs: tuple[int, ...] = ()
 
     # -------------------------------------------------------------- helpers
     def _expect(self, phase: str, msg, cls) -> None:
@@ -131,6 +134,19 @@ class SecAggClient:
         pks = [k for pair in keys.values() for k in pair]
         if len(set(pks)) != len(pks):
             raise ProtocolError(f"site {self.id}: two advertised public keys are equal (replayed keys)")
+        # Both agreements now: a low-order key (all-zero secret) drops that peer before any share
+        # is sent, instead of aborting the round later (SPEC.md section 4, phase 1).
+        for v in sorted(keys):
+            if v == self.id:
+                continue
+            try:
+                enc = P.x25519(self._c_key, keys[v][0])
+                mask = P.x25519(self._s_key, keys[v][1])
+            except ProtocolError as err:
+                self._reject(ProtocolError(f"site {self.id}: advertised keys of site {v}: {err}"))
+                del keys[v]
+                continue
+            self._enc_shared[v], self._mask_shared[v] = enc, mask
         if len(keys) < self.cfg.threshold:
             raise BelowThresholdError(
                 f"site {self.id}: {len(keys)} live neighbours incl. itself, threshold is {self.cfg.threshold}"
@@ -147,14 +163,19 @@ class SecAggClient:
             if v == self.id:
                 self._shares[v] = (bs, ss)
                 continue
-            self._enc_shared[v] = shared = P.x25519(self._c_key, keys[v][0])
-            key = R.enc_key(self.cfg, shared, self.id, v)
+            key = R.enc_key(self.cfg, self._enc_shared[v], self.id, v)
             pt = R.share_plaintext(self.id, v, bs, ss)
             cts.append((v, P.aead_encrypt(key, R.enc_nonce(self.id, v), pt, R.enc_ad(self.cfg, self.id, v))))
         self._sent_to = {v for v, _ in cts}
         commit = R.b_commitment(self.cfg, self.id, self._b)
         self.phase = "masked_input"
         return M.ShareKeys(self.cfg.digest, self.id, commit, tuple(cts)).signed(self._sk)
+
+    def _confirm_key(self, v: int) -> bytes:
+        key = self._confirm.get(v)
+        if key is None:
+            key = self._confirm[v] = R.confirm_key(self.cfg, self._enc_shared[v], self.id, v)
+        return key
 
     # -------------------------------------------------------------- phase 2
     def masked_input(self, bundle: M.CiphertextBundle) -> M.MaskedInput:
@@ -179,18 +200,20 @@ class SecAggClient:
             raise BelowThresholdError(
                 f"site {self.id}: {len(pairs) + 1} sites shared keys with it, threshold is {self.cfg.threshold}"
             )
-        self._pairs = pairs
+        self._pairs = paired = tuple(sorted(pairs))
         acc = P.MaskAccumulator(self.cfg.dim)
         y = acc.start(self._x, self._b)
-        for v in sorted(pairs):
-            seed = R.mask_seed(self.cfg, P.x25519(self._s_key, self._peer_keys[v][1]), self.id, v)
+        for v in paired:
+            seed = R.mask_seed(self.cfg, self._mask_shared[v], self.id, v)
             if v > self.id:
                 acc.add(y, seed)
             else:
                 acc.sub(y, seed)
         P.reduce_bits(y, self.cfg.bits)
+        core = M.attestation_core(self.cfg.digest, self.id, paired)
+        tags = tuple(R.confirm_tag(self._confirm_key(v), core, v) for v in paired)
         self.phase = "consistency_check"
-        return M.MaskedInput(self.cfg.digest, self.id, y).signed(self._sk)
+        return M.MaskedInput(self.cfg.digest, self.id, paired, tags, y).signed(self._sk)
 
     # -------------------------------------------------------------- phase 3
     def consistency_check(self, req: M.ConsistencyRequest) -> M.ConsistencySig:
@@ -203,45 +226,114 @@ class SecAggClient:
         if len(survivors) < self.cfg.threshold:
             raise BelowThresholdError(f"site {self.id}: {len(survivors)} survivors, threshold is {self.cfg.threshold}")
         self._survivors = survivors
+        alive = set(survivors)
+        core = M.consistency_core(self.cfg.digest, self.id, survivors)
+        tags = tuple((v, R.confirm_tag(self._confirm_key(v), core, v)) for v in sorted(self._enc_shared) if v in alive)
         self.phase = "unmasking"
-        self._consistency = M.ConsistencySig(self.cfg.digest, self.id, survivors).signed(self._sk)
+        self._consistency = M.ConsistencySig(self.cfg.digest, self.id, survivors, tags).signed(self._sk)
         return self._consistency
 
     # -------------------------------------------------------------- phase 4
     def unmask(self, req: M.UnmaskRequest) -> M.UnmaskResponse:
+        """Reveal one share per peer, only under the rules of SPEC.md section 4, phase 4:
+
+        (a) every peer whose share it reveals, and every paired survivor of a peer whose
+            self-mask share it reveals, is *certified*: t of that site's own holders confirmed
+            this same U3 (so no other survivor set can be certified for it, section 8);
+        (b) each peer u in U3 whose b-share it reveals attested M(u) (HMAC for this site, which
+            must be in M(u)) with |M(u) ∩ U3| >= t-1: a server that withheld u's pairings, or
+            announced u's peers as dropped, gets nothing.
+        Anything missing or inconsistent aborts before a single share is revealed.
+        """
         self._expect("unmasking", req, M.UnmaskRequest)
         if tuple(req.survivors) != self._survivors:
             raise ProtocolError(f"site {self.id}: consistency check failed: survivor set changed after signing")
-        holders = self.cfg.holders(self.id)
+        cfg, t = self.cfg, self.cfg.threshold
         alive = set(self._survivors)
-        signers: set[int] = set()
-        # t valid signatures over our U3 are what the argument needs (any two sets of t holders
-        # overlap when t > half the holders); extra ones are checked only if they come first, as
-        # the server could have omitted them anyway.
-        for signer, sig in req.signatures:
-            if len(signers) >= self.cfg.threshold:
-                break
-            if signer in signers or signer not in holders or signer not in alive:
+        holders = cfg.holders(self.id)
+        tags = dict(req.tags)
+        sigs = dict(req.signatures)
+        for signer in (*tags, *sigs):
+            if signer not in alive or signer == self.id or (signer in tags and signer not in holders):
                 raise ProtocolError(f"site {self.id}: consistency check failed: bad signer {signer}")
-            body = M.ConsistencySig(self.cfg.digest, signer, self._survivors, sig)
-            try:
-                if signer != self.id:
-                    body.verify(self.cfg.identity[signer])
-                elif sig != self._consistency.signature:  # Ed25519 signatures are deterministic
-                    raise ProtocolError("own consistency signature altered")
-            except ProtocolError:
+        valid: dict[int, bool] = {self.id: True}
+
+        def confirmed(s: int) -> bool:  # did s confirm our U3? (abort if the evidence is forged)
+            ok = valid.get(s)
+            if ok is not None:
+                return ok
+            if s in tags and s in self._enc_shared:
+                core = M.consistency_core(cfg.digest, s, self._survivors)
+                ok = P.tags_equal(tags[s], R.confirm_tag(self._confirm_key(s), core, self.id))
+            elif s in sigs:
+                body = M.ConsistencySig(cfg.digest, s, self._survivors, (), sigs[s])
+                try:
+                    body.verify(cfg.identity[s])
+                    ok = True
+                except ProtocolError:
+                    ok = False
+            else:
+                valid[s] = False
+                return False
+            if not ok:
                 raise ProtocolError(
-                    f"site {self.id}: consistency check failed: site {signer} signed a different survivor set"
-                ) from None
-            signers.add(signer)
-        if len(signers) < self.cfg.threshold:
-            raise BelowThresholdError(
-                f"site {self.id}: {len(signers)} consistency signatures, threshold is {self.cfg.threshold}"
-            )
+                    f"site {self.id}: consistency check failed: site {s} signed a different survivor set"
+                )
+            valid[s] = True
+            return True
+
+        evidence = sorted(set(tags) | set(sigs) | {self.id})
+        certified: dict[int, bool] = {}
+
+        def certify(x: int) -> None:
+            if x in certified:
+                return
+            group = evidence if cfg.complete else [s for s in evidence if s in cfg.holders(x)]
+            count = 0
+            for s in sorted(group, key=lambda s: (s not in valid, s not in tags, s)):  # cheapest first
+                if count >= t:
+                    break
+                count += confirmed(s)
+            if count < t:
+                raise BelowThresholdError(
+                    f"site {self.id}: {count} holders of site {x} confirmed the survivor set, threshold is {t}"
+                )
+            certified[x] = True
+            if cfg.complete:  # one holder set for everyone: certified once, certified for all
+                certified.update(dict.fromkeys(cfg.site_ids, True))
+
+        attested = {u: (paired, tag) for u, paired, tag in req.attestations}
+        for u in attested:
+            if u not in alive or u == self.id or u not in self._pairs:
+                raise ProtocolError(f"site {self.id}: pairing attestation of site {u}, which did not pair with it")
         out = []
         for peer in sorted(self._shares):
             kind = M.KIND_B if peer in alive else M.KIND_S
+            certify(peer)
+            if kind == M.KIND_B:
+                if peer == self.id:
+                    paired = self._pairs
+                else:
+                    if peer not in attested:
+                        raise ProtocolError(f"site {self.id}: no pairing attestation of site {peer}")
+                    paired, tag = attested[peer]
+                    core = M.attestation_core(cfg.digest, peer, paired)
+                    if self.id not in paired or not P.tags_equal(
+                        tag, R.confirm_tag(self._confirm_key(peer), core, self.id)
+                    ):
+                        raise ProtocolError(f"site {self.id}: pairing attestation of site {peer} is not authentic")
+                survivors = [v for v in paired if v in alive]
+                if len(survivors) + 1 < t:
+                    raise ProtocolError(
+                        f"site {self.id}: site {peer} paired with {len(survivors)} survivors, fewer than "
+                        f"threshold - 1 = {t - 1}: refusing to reveal its self-mask (pair withholding?)"
+                    )
+                for v in survivors:
+                    certify(v)
+            out.append((peer, kind))
+        revealed = []
+        for peer, kind in out:
             self.guard.reveal(peer, kind)
-            out.append((peer, kind, self._shares[peer][kind]))
+            revealed.append((peer, kind, self._shares[peer][kind]))
         self.phase = "done"
-        return M.UnmaskResponse(self.cfg.digest, self.id, tuple(out)).signed(self._sk)
+        return M.UnmaskResponse(self.cfg.digest, self.id, tuple(revealed)).signed(self._sk)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 
@@ -71,7 +73,163 @@ def holders_per_site(n: int, degree: int | None) -> int:
     return effective_degree(n, degree) + 1
 
 
-def secure_threshold(n: int, degree: int | None) -> int:
-    """Smallest threshold with t > half of every holder set, which the malicious-server
-    consistency argument needs (SPEC.md section 8)."""
-    return holders_per_site(n, degree) // 2 + 1
+def secure_threshold(holders: int, *, max_colluding: int = 0) -> int:
+    """Smallest Shamir threshold t with 2t > holders + max_colluding (SPEC.md section 8).
+
+    Each honest site signs one survivor set; a holder reveals a site's shares only under a view
+    that t holders of that site signed. Two different views signed by t holders each need
+    2(t - c) + c <= holders sites, so with 2t > holders + c at most one view per site exists and
+    the server never gets both secrets of an honest site.
+    """
+    if not isinstance(holders, int) or holders < 1:
+        raise ValueError(f"holders must be a positive integer, got {holders!r}")
+    if not isinstance(max_colluding, int) or max_colluding < 0:
+        raise ValueError(f"max_colluding must be a non-negative integer, got {max_colluding!r}")
+    return (holders + max_colluding) // 2 + 1
+
+
+def min_honest_inputs(threshold: int, *, max_colluding: int = 0) -> int:
+    """Fewest HONEST sites' inputs in any sum a malicious server (controlling delivery, colluding
+    with up to `max_colluding` sites) can unmask, when threshold >= secure_threshold(...).
+
+    An honest site masks only if it paired with >= t-1 peers and confirms (signs) a survivor set
+    only if >= t-1 of them survived in it; its self-mask is revealed only under that set, whose
+    every member is certified by t of its own holders, so no paired survivor's masking key can be
+    revealed. Any unmaskable sum holding an honest u therefore holds u and its >= t-1 paired
+    survivors, of which at most c collude: >= t - c honest inputs (proof: SPEC.md section 8).
+    """
+    if not isinstance(threshold, int) or threshold < 1:
+        raise ValueError(f"threshold must be a positive integer, got {threshold!r}")
+    if not isinstance(max_colluding, int) or max_colluding < 0:
+        raise ValueError(f"max_colluding must be a non-negative integer, got {max_colluding!r}")
+    return max(threshold - max_colluding, 0)
+
+
+def within_hops(graph: dict[int, frozenset[int]], start: "set[int] | frozenset[int]", hops: int) -> frozenset[int]:
+    """Every site at most `hops` edges from a site of `start` (start included)."""
+    seen = set(start)
+    frontier = set(start)
+    for _ in range(hops):
+        nxt = set()
+        for u in frontier:
+            nxt |= graph[u]
+        frontier = nxt - seen
+        seen |= frontier
+    return frozenset(seen)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class GraphParameters:
+    """SecAgg+ degree k and threshold t for n sites, with the failure bounds they were chosen by."""
+
+    n: int
+    k: int | None
+    t: int
+    log2_privacy_failure: float
+    log2_robustness_failure: float
+
+
+def _log2(p: float) -> float:
+    return -math.inf if p <= 0 else math.log2(p)
+
+
+def secagg_plus_parameters(
+    n: int,
+    *,
+    max_colluding: int | None = None,
+    gamma: float | None = None,
+    dropout: float = 0.05,
+    sigma: float = 40.0,
+    eta: float = 20.0,
+) -> tuple[int | None, int]:
+    """(k, t) for n sites: the least Harary degree k (None = complete graph) such that
+
+    * privacy: 2t > (k+1) + c for every holder set, where c is `max_colluding` (a hard bound on
+      colluders, no probability involved), or with a corruption fraction `gamma` (colluders
+      placed independently of the graph seed) the number of corrupt holders c_u in every
+      neighbourhood stays <= c_max except with probability <= 2^-sigma (exact hypergeometric
+      tail, union bound over the n neighbourhoods), and t = floor((k+1+c_max)/2)+1;
+    * the honest-survivor graph stays connected except with probability <= 2^-sigma: on the
+      Harary ring a site removed (dropped with prob `dropout`, or corrupt) disconnects it only
+      through k/2 consecutive removed positions (union bound n * p^(k/2), Bell et al. 2020 §3);
+    * robustness: every neighbourhood keeps >= t honest survivors except with probability
+      <= 2^-eta (exact binomial tail of i.i.d. dropouts, union bound over neighbourhoods).
+
+    Bell et al. (CCS 2020, Lemma 3.x / Theorem 3.x) give k = O(log n); this computes the
+    concrete k from exact tails instead of the asymptotic constant. See SPEC.md section 2.
+    """
+    return _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta)[:2]
+
+
+def secagg_plus_parameters_detail(n: int, **kw) -> GraphParameters:
+    """As secagg_plus_parameters, with the log2 failure probabilities actually reached."""
+    k, t, lp, lr = _secagg_plus(n, kw.get("max_colluding"), kw.get("gamma"), kw.get("dropout", 0.05),
+                                kw.get("sigma", 40.0), kw.get("eta", 20.0))
+    return GraphParameters(n, k, t, lp, lr)
+
+
+@lru_cache(maxsize=256)
+def _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta):
+    from scipy.stats import binom, hypergeom
+
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if (max_colluding is None) == (gamma is None):
+        if max_colluding is None:
+            max_colluding = 0
+        else:
+            raise ValueError("give either max_colluding or gamma, not both")
+    if max_colluding is not None and (not isinstance(max_colluding, int) or not 0 <= max_colluding < n):
+        raise ValueError(f"max_colluding must be an integer in [0, n), got {max_colluding!r}")
+    if gamma is not None and not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if sigma <= 0 or eta <= 0:
+        raise ValueError("sigma and eta must be positive")
+    log2n = math.log2(n)
+    corrupt = max_colluding if gamma is None else math.floor(gamma * n)
+    p_removed = min(1.0, dropout + corrupt / n)
+
+    def evaluate(k):
+        h = effective_degree(n, k) + 1
+        complete = k is None or effective_degree(n, k) >= n - 1
+        # colluders a holder set may hold (hard bound, or hypergeometric tail)
+        if gamma is None:
+            c_max, lp_corrupt = min(max_colluding, h - 1), -math.inf
+        else:
+            c_max = 0
+            while True:
+                tail = float(hypergeom.sf(c_max, n - 1, corrupt, h - 1)) if corrupt else 0.0
+                lp_corrupt = _log2(tail) + log2n
+                if lp_corrupt <= -sigma or c_max >= h - 1:
+                    break
+                c_max += 1
+        t = secure_threshold(h, max_colluding=c_max)
+        if t > h:
+            return None
+        # connectivity of honest survivors on the Harary ring (k even: runs of k/2 removed)
+        if complete:
+            lp_conn = -math.inf
+        else:
+            run = effective_degree(n, k) // 2
+            lp_conn = log2n + run * _log2(p_removed) if p_removed > 0 else -math.inf
+        lp = max(lp_corrupt, lp_conn)
+        # robustness: honest survivors among the h holders >= t; worst case c_max colluders
+        honest = h - c_max
+        lr = _log2(float(binom.cdf(t - 1, honest, 1.0 - dropout))) + (0 if complete else log2n)
+        return t, lp, lr
+
+    for k in list(range(2, n - 1)) + [None]:
+        res = evaluate(k)
+        if res is None:
+            continue
+        t, lp, lr = res
+        if k is None or (lp <= -sigma and lr <= -eta):
+            if k is not None and effective_degree(n, k) >= n - 1:
+                k = None
+            return k, t, lp, lr
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -33,6 +33,7 @@ T_ADVERTISE, T_SHARE_KEYS, T_MASKED_INPUT, T_CONSISTENCY, T_UNMASK = 0x01, 0x02,
 T_KEYS_BUNDLE, T_CT_BUNDLE, T_CONSISTENCY_REQ, T_UNMASK_REQ = 0x81, 0x82, 0x83, 0x84
 
 KIND_B, KIND_S = 0, 1
+TAG_BYTES = 32
 
 
 class _Reader:
@@ -198,14 +199,30 @@ class ShareKeys(_Signed):
 
 @dataclass(frozen=True)
 class MaskedInput(_Signed):
+    """y_u plus the pairing attestation: M(u), the sorted peers u paired (and masked) with, and
+    for each v in M(u) an HMAC tag (in M's order) of `attestation_core()` under the pair's
+    confirmation key, which the server forwards to v in phase 4 (SPEC.md section 4).
+
+    With M(u) signed the server can refuse a pairing that differs from the ciphertexts it
+    delivered; with the tags each holder v checks M(u) without the vector or an Ed25519 check.
+    """
+
     TYPE: ClassVar[int] = T_MASKED_INPUT
     NAME: ClassVar[str] = "MaskedInput"
+    paired: tuple[int, ...] = ()
+    tags: tuple[bytes, ...] = ()
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     signature: bytes = b""
 
+    def attestation_core(self) -> bytes:
+        return attestation_core(self.config_digest, self.sender, self.paired)
+
     def _parts(self) -> list:
+        if len(self.tags) != len(self.paired):
+            raise ProtocolError(f"{self.NAME}: one tag per paired site is required")
         v = np.ascontiguousarray(self.vector, dtype="<u4")
-        return [_header(self.TYPE, self.config_digest, self.sender) + struct.pack(">I", v.size), memoryview(v).cast("B")]
+        head = self.attestation_core() + b"".join(self.tags) + struct.pack(">I", v.size)
+        return [head, memoryview(v).cast("B")]
 
     def body(self) -> bytes:
         return b"".join(self._parts())
@@ -214,35 +231,68 @@ class MaskedInput(_Signed):
     def decode(cls, data: bytes) -> "MaskedInput":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
+        paired = r.ids()
+        tags = tuple(r.take(TAG_BYTES) for _ in paired)
         dim = r.u32()
         if 4 * dim > len(data) - r.pos:
             raise ProtocolError(f"{cls.NAME}: truncated message")
         vec = np.frombuffer(r.view(4 * dim), dtype="<u4")  # read-only view of the wire, no copy
         sig = r.take(64)
         r.end()
-        return cls(digest, sender, vec, sig)
+        return cls(digest, sender, paired, tags, vec, sig)
+
+
+def attestation_core(digest: bytes, sender: int, paired: tuple[int, ...]) -> bytes:
+    """`header(MaskedInput, D, u) || ids(M(u))`: what a pairing-attestation tag authenticates."""
+    return _header(T_MASKED_INPUT, digest, sender) + _ids(tuple(paired))
+
+
+def consistency_core(digest: bytes, sender: int, survivors: tuple[int, ...]) -> bytes:
+    """`header(ConsistencySig, D, signer) || ids(U3)`: what a confirmation signs / tags."""
+    return _header(T_CONSISTENCY, digest, sender) + _ids(tuple(survivors))
 
 
 @dataclass(frozen=True)
 class ConsistencySig(_Signed):
-    """A site's signature over the survivor set U3 the server announced to it."""
+    """A site's confirmation of the survivor set U3 the server announced to it.
+
+    The Ed25519 signature covers only the core `header || ids(U3)` (what any holder, neighbour or
+    not, can rebuild and check); `tags` are HMACs of the same core for each neighbour r, under a
+    key only this site and r know (from their X25519 share-encryption agreement), so neighbours
+    check a confirmation with one HMAC instead of an Ed25519 verification.
+    """
 
     TYPE: ClassVar[int] = T_CONSISTENCY
     NAME: ClassVar[str] = "ConsistencySig"
     survivors: tuple[int, ...] = ()
+    tags: tuple[tuple[int, bytes], ...] = ()
     signature: bytes = b""
 
+    def core(self) -> bytes:
+        return consistency_core(self.config_digest, self.sender, self.survivors)
+
+    def digest(self) -> bytes:
+        return P.sha256(self.core())
+
     def body(self) -> bytes:
-        return _header(self.TYPE, self.config_digest, self.sender) + _ids(self.survivors)
+        parts = [self.core(), struct.pack(">I", len(self.tags))]
+        for receiver, tag in self.tags:
+            parts.append(struct.pack(">I", receiver) + tag)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> "ConsistencySig":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
         ids = r.ids()
+        tags = []
+        for _ in range(r.u32()):
+            receiver = r.u32()
+            tags.append((receiver, r.take(TAG_BYTES)))
+        _check_sorted([t[0] for t in tags], cls.NAME)
         sig = r.take(64)
         r.end()
-        return cls(digest, sender, ids, sig)
+        return cls(digest, sender, ids, tuple(tags), sig)
 
 
 @dataclass(frozen=True)
@@ -356,20 +406,31 @@ class ConsistencyRequest:
 
 @dataclass(frozen=True)
 class UnmaskRequest:
-    """U3 again plus the consistency signatures (signer, sig) of the receiver's holders, by signer."""
+    """U3 again plus what the receiver r checks before revealing (SPEC.md section 4, phase 4):
+    `tags` (signer, HMAC confirmation of U3 for r) from r's neighbours and `signatures` (signer,
+    Ed25519 signature of the ConsistencySig core) from sites further away, both by signer; and
+    `attestations` (u, M(u), u's attestation tag for r) of every u in U3 that paired with r, by u."""
 
     TYPE: ClassVar[int] = T_UNMASK_REQ
     NAME: ClassVar[str] = "UnmaskRequest"
     config_digest: bytes
     receiver: int
     survivors: tuple[int, ...]
-    signatures: tuple[tuple[int, bytes], ...]
+    tags: tuple[tuple[int, bytes], ...] = ()
+    signatures: tuple[tuple[int, bytes], ...] = ()
+    attestations: tuple[tuple[int, tuple[int, ...], bytes], ...] = ()
 
     def encode(self) -> bytes:
         parts = [_header(self.TYPE, self.config_digest, self.receiver), _ids(self.survivors)]
+        parts.append(struct.pack(">I", len(self.tags)))
+        for signer, tag in self.tags:
+            parts.append(struct.pack(">I", signer) + tag)
         parts.append(struct.pack(">I", len(self.signatures)))
         for signer, sig in self.signatures:
             parts.append(struct.pack(">I", signer) + sig)
+        parts.append(struct.pack(">I", len(self.attestations)))
+        for u, paired, tag in self.attestations:
+            parts.append(struct.pack(">I", u) + _ids(tuple(paired)) + tag)
         return b"".join(parts)
 
     @classmethod
@@ -377,12 +438,22 @@ class UnmaskRequest:
         r = _Reader(data, cls.NAME)
         digest, receiver = _read_header(r, cls.TYPE)
         ids = r.ids()
-        sigs = []
+        tags, sigs = [], []
+        for _ in range(r.u32()):
+            signer = r.u32()
+            tags.append((signer, r.take(TAG_BYTES)))
+        _check_sorted([t[0] for t in tags], cls.NAME)
         for _ in range(r.u32()):
             signer = r.u32()
             sigs.append((signer, r.take(64)))
+        _check_sorted([t[0] for t in sigs], cls.NAME)
+        atts = []
+        for _ in range(r.u32()):
+            u = r.u32()
+            atts.append((u, r.ids(), r.take(TAG_BYTES)))
+        _check_sorted([a[0] for a in atts], cls.NAME)
         r.end()
-        return cls(digest, receiver, ids, tuple(sigs))
+        return cls(digest, receiver, ids, tuple(tags), tuple(sigs), tuple(atts))
 
 
 SITE_MESSAGES = {c.TYPE: c for c in (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySig, UnmaskResponse)}

@@ -8,6 +8,7 @@ nonces, encodings) so that every caller uses the same ones, and turns library ex
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from typing import Callable
 
@@ -83,7 +84,10 @@ def verify(
     if not isinstance(public_key, Ed25519PublicKey):
         if len(public_key) != KEY_BYTES:
             raise ProtocolError(f"{what}: malformed Ed25519 public key length")
-        public_key = Ed25519PublicKey.from_public_bytes(public_key)
+        try:
+            public_key = Ed25519PublicKey.from_public_bytes(bytes(public_key))
+        except ValueError:
+            raise ProtocolError(f"{what}: invalid Ed25519 public key encoding") from None
     try:
         public_key.verify(signature, data)
     except InvalidSignature:
@@ -125,8 +129,40 @@ def x25519_key(private_key: bytes) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(private_key)
 
 
+#: Fixed scalar used only to test a public key: X25519 of a low-order point (the all-zero key
+#: among them) with ANY scalar is the all-zero secret, which the library refuses.
+_PROBE = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"secure-fedrl/secagg/x25519-probe").digest())
+
+
+def check_x25519_public(public_key: bytes, *, what: str = "X25519 public key") -> None:
+    """Raise ProtocolError if `public_key` is not 32 bytes or is a low-order point.
+
+    A low-order (e.g. all-zero) key makes every agreement with it the all-zero secret, which
+    `cryptography` refuses: a validly signed such key from one site would abort every honest
+    neighbour, so the server refuses the advert and sites skip the peer.
+    """
+    if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != KEY_BYTES:
+        raise ProtocolError(f"{what}: must be 32 bytes")
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(bytes(public_key)))
+    except ValueError:
+        raise ProtocolError(f"{what}: low-order point (all-zero shared secret)") from None
+
+
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    """HKDF-SHA256; an output length above 255 * 32 bytes is refused (ProtocolError)."""
+    try:
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    except ValueError as exc:
+        raise ProtocolError(f"HKDF-SHA256: {exc}") from None
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def tags_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
 
 
 # ----------------------------------------------------------------------------- AES-256-GCM
@@ -137,11 +173,14 @@ def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated_data: by
 
 
 def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
-    """Decrypt and authenticate; a tampered ciphertext or wrong AD raises ProtocolError."""
+    """Decrypt and authenticate; a tampered ciphertext, wrong AD, or a key/nonce the cipher
+    refuses (e.g. an empty nonce) raises ProtocolError."""
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, associated_data)
     except InvalidTag:
         raise ProtocolError("share ciphertext failed AES-GCM authentication") from None
+    except ValueError as exc:
+        raise ProtocolError(f"AES-GCM: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- PRG

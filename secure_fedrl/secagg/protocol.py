@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from secure_fedrl.errors import ConfigError
 
 from . import primitives as P
-from .graph import effective_degree, neighbours
+from .graph import effective_degree, neighbours, within_hops
 
 PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
 
@@ -20,6 +20,7 @@ _ENC_TAG = b"secure-fedrl/secagg/v1/enc"
 _MASK_TAG = b"secure-fedrl/secagg/v1/mask"
 _AD_TAG = b"secure-fedrl/secagg/v1/share"
 _COMMIT_TAG = b"secure-fedrl/secagg/v1/b-commit"
+_CONFIRM_TAG = b"secure-fedrl/secagg/v1/confirm"
 MAX_ID = 2**32 - 1
 
 
@@ -94,7 +95,22 @@ class RoundConfig:
 
     def holders(self, u: int) -> frozenset[int]:
         """The sites holding shares of u's secrets: u and its neighbours."""
-        return self.graph[u] | {u}
+        return self._holders[u]
+
+    @cached_property
+    def _holders(self) -> dict[int, frozenset[int]]:
+        return {u: vs | {u} for u, vs in self.graph.items()}
+
+    @cached_property
+    def complete(self) -> bool:
+        """True for the complete graph: every holder set is the whole federation."""
+        return effective_degree(self.n, self.degree) >= self.n - 1
+
+    def within(self, u: int, hops: int) -> frozenset[int]:
+        """Sites at most `hops` edges from u (u included)."""
+        if self.complete:
+            return frozenset(self.site_ids)
+        return within_hops(self.graph, {u}, hops)
 
     @cached_property
     def identity(self) -> dict[int, "Ed25519PublicKey"]:
@@ -127,3 +143,17 @@ def b_commitment(cfg: RoundConfig, u: int, b_seed: bytes) -> bytes:
 
 def share_plaintext(sender: int, receiver: int, b_share: bytes, s_share: bytes) -> bytes:
     return struct.pack(">II", sender, receiver) + b_share + s_share
+
+
+def confirm_key(cfg: RoundConfig, shared: bytes, u: int, v: int) -> bytes:
+    """MAC key of the unordered pair {u, v} for pairing attestations and consistency
+    confirmations, from their share-encryption agreement X25519(c_u, C_v) (u and v only)."""
+    lo, hi = min(u, v), max(u, v)
+    info = _CONFIRM_TAG + struct.pack(">QII", cfg.round_id, lo, hi)
+    return P.hkdf_sha256(shared, salt=cfg.digest, info=info)
+
+
+def confirm_tag(key: bytes, core: bytes, receiver: int) -> bytes:
+    """HMAC-SHA256(key, H(core) || u32(receiver)): the sender's statement `core` for `receiver`
+    (core = an attestation or consistency core, whose header names type, D and sender)."""
+    return P.hmac_sha256(key, P.sha256(core) + struct.pack(">I", receiver))

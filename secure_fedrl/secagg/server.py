@@ -78,6 +78,8 @@ class SecAggServer:
         return msg.sender
 
     def _check_advertise_keys(self, msg: M.AdvertiseKeys) -> None:
+        P.check_x25519_public(msg.c_pk, what=f"AdvertiseKeys from site {msg.sender}: encryption key")
+        P.check_x25519_public(msg.s_pk, what=f"AdvertiseKeys from site {msg.sender}: masking key")
         if msg.c_pk == msg.s_pk:
             raise ProtocolError(f"AdvertiseKeys from site {msg.sender}: encryption and masking keys are equal")
         if msg.c_pk in self._used_keys or msg.s_pk in self._used_keys:
@@ -94,7 +96,11 @@ class SecAggServer:
         if any(len(ct) != _CT_BYTES for _, ct in msg.ciphertexts):
             raise ProtocolError(f"ShareKeys from site {msg.sender}: ciphertext of wrong length")
 
-    def _check_masked_input(self, msg: M.MaskedInput) -> bool:
+    def _check_masked_input(self, msg: M.MaskedInput) -> tuple:
+        if frozenset(msg.paired) != self._pairs[msg.sender]:
+            raise ProtocolError(
+                f"MaskedInput from site {msg.sender}: attested pairing differs from the ciphertexts delivered"
+            )
         if msg.vector.shape != (self.cfg.dim,):
             raise ProtocolError(
                 f"MaskedInput from site {msg.sender}: length {msg.vector.size}, expected {self.cfg.dim}"
@@ -102,12 +108,15 @@ class SecAggServer:
         if self.cfg.bits < 32 and int(msg.vector.max()) >> self.cfg.bits:
             raise ProtocolError(f"MaskedInput from site {msg.sender}: values not reduced mod 2^{self.cfg.bits}")
         np.add(self._sum, msg.vector, out=self._sum)
-        return True  # keep only the fact that it arrived: the running sum is all the server needs
+        # keep only the attestation (forwarded in phase 4): the running sum is all the server needs
+        return msg.paired, dict(zip(msg.paired, msg.tags))
 
-    def _check_consistency_check(self, msg: M.ConsistencySig) -> bytes:
+    def _check_consistency_check(self, msg: M.ConsistencySig) -> tuple:
         if tuple(msg.survivors) != self.u3:
             raise ProtocolError(f"ConsistencySig from site {msg.sender}: signed a different survivor set")
-        return msg.signature  # the survivor set is known: keep 64 bytes, not n ids per site
+        if not {r for r, _ in msg.tags} <= (self.cfg.holders(msg.sender) & self._u3set) - {msg.sender}:
+            raise ProtocolError(f"ConsistencySig from site {msg.sender}: confirmation for a site that is not a live neighbour")
+        return msg.signature, dict(msg.tags)  # U3 is known: keep the signature and tags only
 
     def _check_unmasking(self, msg: M.UnmaskResponse) -> None:
         alive, shared = self._u3set, self._u2set
@@ -167,20 +176,33 @@ class SecAggServer:
         if self.phase == "masked_input":
             self.u3 = self._close("consistency_check")
             self._u3set = frozenset(self.u3)
+            self._attest = dict(got)
             self._got = {}
+            t = self.cfg.threshold
+            for u in self.u3:  # its holders would refuse to reveal b_u (SPEC section 4, phase 4)
+                alive = len(self._u3set.intersection(self._attest[u][0]))
+                if alive + 1 < t:
+                    self.phase = "aborted"
+                    raise BelowThresholdError(
+                        f"phase masked_input: site {u} paired with {alive} survivors, threshold - 1 is {t - 1}; "
+                        "round aborted"
+                    )
             return {u: M.ConsistencyRequest(self.cfg.digest, u, self.u3) for u in self.u3}
         if self.phase == "consistency_check":
             self.u4 = self._close("unmasking")
             u4set = frozenset(self.u4)
-            sigs = got
+            conf = got
             self._got = {}
-            return {
-                u: M.UnmaskRequest(
-                    self.cfg.digest, u, self.u3,
-                    tuple((v, sigs[v]) for v in sorted(self.cfg.holders(u) & u4set)),
-                )
-                for u in self.u4
-            }
+            out = {}
+            for r in self.u4:
+                near = self.cfg.holders(r)
+                tags = tuple((v, conf[v][1][r]) for v in sorted(near & u4set) if r in conf[v][1])
+                far = sorted((self.cfg.within(r, 3) - near) & u4set)
+                atts = tuple((u, self._attest[u][0], self._attest[u][1][r])
+                             for u in sorted(self._pairs[r] & self._u3set) if r in self._attest[u][1])
+                out[r] = M.UnmaskRequest(self.cfg.digest, r, self.u3, tags,
+                                         tuple((w, conf[w][0]) for w in far), atts)
+            return out
         if self.phase == "unmasking":
             self._close("unmasking")  # threshold check on responders
             self.outcome = self._unmask(got)

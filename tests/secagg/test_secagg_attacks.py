@@ -9,6 +9,7 @@ from secure_fedrl.errors import BelowThresholdError, ProtocolError
 from secure_fedrl.secagg import RoundConfig, run_round
 from secure_fedrl.secagg import messages as M
 from secure_fedrl.secagg import primitives as P
+from secure_fedrl.secagg import protocol as R
 from secure_fedrl.secagg.client import RevealGuard, SecAggClient
 from secure_fedrl.secagg.server import SecAggServer
 
@@ -30,7 +31,7 @@ def test_tampered_message_with_original_signature_is_rejected(five_sites, plain_
 
     def tamper(wire):
         b = bytearray(wire)
-        b[M.HEADER.size + 4] ^= 0xFF  # first word of the masked vector
+        b[-65] ^= 0xFF  # last byte of the masked vector (the signature follows)
         return [bytes(b)]
 
     res = _run(five_sites, on_upload=_swap("masked_input", 3, tamper))
@@ -168,17 +169,59 @@ def _advance(cfg, clients, server, until, skip=()):
     return out
 
 
+def _confirmation(clients, signer, receiver, survivors):
+    """The HMAC confirmation `signer` would give `receiver` for `survivors` (a forged view)."""
+    c = clients[signer]
+    return R.confirm_tag(c._confirm_key(receiver), M.consistency_core(c.cfg.digest, signer, survivors), receiver)
+
+
 def test_consistency_check_aborts_when_a_peer_signed_a_different_survivor_set(five_sites):
     inputs, keys = five_sites
     cfg, clients, server = _manual(five_sites)
     reqs = _advance(cfg, clients, server, "consistency_check")
     # The server told site 1 a survivor set without site 5 (to learn site 5's s-key) and shows
-    # site 2 site 1's signature over that set.
-    lie = M.ConsistencySig(cfg.digest, 1, (1, 2, 3, 4)).signed(keys[1])
+    # site 2 site 1's confirmation of that set.
+    lie = _confirmation(clients, 1, 2, (1, 2, 3, 4))
     req = reqs[2]
-    sigs = tuple((s, lie.signature if s == 1 else sig) for s, sig in req.signatures)
+    tags = tuple((s, lie if s == 1 else tag) for s, tag in req.tags)
     with pytest.raises(ProtocolError, match="signed a different survivor set"):
-        clients[2].unmask(replace(req, signatures=sigs))
+        clients[2].unmask(replace(req, tags=tags))
+    assert clients[2].guard.revealed == {}
+
+
+def test_signature_of_a_distant_site_over_another_set_aborts(plain_sum):
+    """SecAgg+: confirmations from beyond the neighbourhood come as Ed25519 signatures."""
+    rng = np.random.default_rng(2)
+    inputs = {i: rng.integers(0, 2**32, 4, dtype=np.uint64).astype(np.uint32) for i in range(12)}
+    keys = {i: P.ed25519_keypair()[0] for i in inputs}
+
+    def forge(ph, sid, wire):
+        if ph == "consistency_check" and sid == 1:
+            req = M.UnmaskRequest.decode(wire)
+            if req.signatures:
+                w = req.signatures[0][0]
+                bad = M.ConsistencySig(req.config_digest, w, req.survivors[1:]).signed(keys[w - 1]).signature
+                return replace(req, signatures=((w, bad),) + req.signatures[1:]).encode()
+        return wire
+
+    with pytest.raises(BelowThresholdError):  # site 1 aborts: its own and its peers' secrets stay hidden
+        run_round(inputs, threshold=3, neighbors=2, identity_keys=keys, seed=1, on_download=forge)
+    seen = {}
+    client_unmask = SecAggClient.unmask
+
+    def spy(self, req):
+        try:
+            return client_unmask(self, req)
+        except ProtocolError as err:
+            seen[self.id] = str(err)
+            raise
+    import unittest.mock as um
+    with um.patch.object(SecAggClient, "unmask", spy), pytest.raises(BelowThresholdError):
+        run_round(inputs, threshold=3, neighbors=2, identity_keys=keys, seed=1, on_download=forge)
+    assert "signed a different survivor set" in seen[1]
+    # and without the forgery the same round completes
+    ok = run_round(inputs, threshold=3, neighbors=2, identity_keys=keys, seed=1)
+    assert np.array_equal(ok.sum, plain_sum(inputs, range(12)))
 
 
 def test_site_aborts_when_survivor_set_changes_after_it_signed(five_sites):
@@ -191,8 +234,9 @@ def test_site_aborts_when_survivor_set_changes_after_it_signed(five_sites):
 def test_site_aborts_with_too_few_consistency_signatures(five_sites):
     cfg, clients, server = _manual(five_sites)
     reqs = _advance(cfg, clients, server, "consistency_check")
-    with pytest.raises(BelowThresholdError, match="consistency signatures"):
-        clients[3].unmask(replace(reqs[3], signatures=reqs[3].signatures[:2]))
+    with pytest.raises(BelowThresholdError, match="confirmed the survivor set, threshold is 3"):
+        clients[3].unmask(replace(reqs[3], tags=reqs[3].tags[:1]))
+    assert clients[3].guard.revealed == {}
 
 
 def test_server_rejects_consistency_signature_over_another_set(five_sites):
@@ -275,10 +319,11 @@ def test_reveal_guard_holds_even_if_the_phase_checks_are_bypassed(five_sites):
     site.unmask(out[1])
     everyone = (1, 2, 3, 4, 5)
     site.phase, site._survivors = "unmasking", everyone
-    site._consistency = M.ConsistencySig(cfg.digest, 1, everyone).signed(five_sites[1][1])
-    sigs = tuple((i, M.ConsistencySig(cfg.digest, i, everyone).signed(five_sites[1][i]).signature) for i in everyone)
+    tags = tuple((i, _confirmation(clients, i, 1, everyone)) for i in everyone if i != 1)
+    core = M.attestation_core(cfg.digest, 5, (1, 2, 3, 4))
+    att = (5, (1, 2, 3, 4), R.confirm_tag(clients[5]._confirm_key(1), core, 1))
     with pytest.raises(ProtocolError, match="both the b-share and the s-share of site 5"):
-        site.unmask(replace(out[1], survivors=everyone, signatures=sigs))
+        site.unmask(replace(out[1], survivors=everyone, tags=tags, attestations=out[1].attestations + (att,)))
 
 
 def test_unreduced_masked_words_are_rejected(five_sites, plain_sum):

@@ -52,6 +52,12 @@ def test_bad_degree_rejected(bad):
 def test_secure_threshold_is_a_strict_majority_of_holders():
     from secure_fedrl.secagg.graph import holders_per_site, secure_threshold
 
-    assert holders_per_site(50, None) == 50 and secure_threshold(50, None) == 26
-    assert holders_per_site(100, 14) == 15 and secure_threshold(100, 14) == 8
+    assert holders_per_site(50, None) == 50 and secure_threshold(50) == 26
+    assert holders_per_site(100, 14) == 15 and secure_threshold(15) == 8
+    # with c colluders: 2t > holders + c (two views need 2(t - c) + c holders)
+    assert secure_threshold(8, max_colluding=1) == 5 and secure_threshold(15, max_colluding=3) == 10
+    for h in range(1, 40):
+        for c in range(0, h):
+            t = secure_threshold(h, max_colluding=c)
+            assert 2 * t > h + c and 2 * (t - 1) <= h + c
     assert holders_per_site(9, 3) == 5  # odd degree on an odd number of sites rounds up to 4
