@@ -118,17 +118,14 @@ class PhaseDeadlines:
         return clock() + self.seconds(phase)
 
 
-def masked_input_bytes(dim: int) -> int:
-    """Exact encoded length of a MaskedInput of `dim` words (what an upload must declare)."""
-    probe = M.MaskedInput(bytes(32), 1, np.zeros(dim, np.uint32), bytes(64))
-    return len(probe.encode())
-
-
-def upload_cap(config: RoundConfig, phase: str) -> int:
-    """Largest upload accepted in a phase: exact for MaskedInput, O(n) for the small messages."""
+def upload_bounds(config: RoundConfig, phase: str) -> tuple[int, int]:
+    """Least and largest upload accepted in a phase: a MaskedInput carries 4*dim bytes of vector
+    plus O(n) metadata, the other messages O(n) bytes. Checked on the declared length, before any
+    chunk is buffered; the exact vector length is checked on the decoded message."""
+    meta = 4096 + 256 * config.n
     if phase == "masked_input":
-        return masked_input_bytes(config.dim)
-    return 4096 + 256 * config.n
+        return 4 * config.dim, 4 * config.dim + meta
+    return 0, meta
 
 
 @dataclass
@@ -249,10 +246,10 @@ class Hub:
     def _check_length(r: _Round, phase: str, length: int) -> None:
         if phase not in UPLOAD_TYPES:
             raise TransportError("INVALID_ARGUMENT", f"unknown phase {phase!r}")
-        cap = upload_cap(r.config, phase)
-        if phase == "masked_input" and length != cap:
-            raise TransportError("INVALID_ARGUMENT", f"masked input of {length} bytes; a vector of length "
-                                 f"{r.config.dim} encodes to {cap}")
+        least, cap = upload_bounds(r.config, phase)
+        if length < least:
+            raise TransportError("INVALID_ARGUMENT", f"masked input of {length} bytes cannot hold a vector of "
+                                 f"length {r.config.dim}")
         if length > cap:
             raise TransportError("RESOURCE_EXHAUSTED", f"{phase} upload of {length} bytes exceeds the cap of {cap}")
 
@@ -278,6 +275,14 @@ class Hub:
             if party != site.number:
                 raise TransportError("PERMISSION_DENIED", f"site {name!r} (number {site.number}) sent a message "
                                      f"claiming site {party}")
+            if phase == "masked_input":
+                try:
+                    size = M.MaskedInput.decode(payload).vector.size  # zero-copy view of the vector
+                except ProtocolError as exc:
+                    raise TransportError("INVALID_ARGUMENT", f"masked input does not decode: {exc}") from None
+                if size != r.config.dim:
+                    raise TransportError("INVALID_ARGUMENT", f"masked input vector of length {size}, "
+                                         f"expected {r.config.dim}")
             if name in r.uploads[phase]:
                 raise TransportError("ALREADY_EXISTS", f"duplicate {phase} upload from site {name!r}")
             r.uploads[phase][name] = bytes(payload)

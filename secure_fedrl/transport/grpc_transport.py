@@ -100,7 +100,7 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
         pems = auth.get("x509_pem_cert") or []
         if not pems:
             log_event("peer_refused", method=method, peer=_peer_address(context), reason="no client certificate")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate: one from the federation CA is required")
         try:
             with self._lock:
                 self.trust.refresh()

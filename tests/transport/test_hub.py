@@ -1,0 +1,156 @@
+"""The hub and the in-memory transport: the wire-independent checks both transports share."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from _fed import DEADLINES, announcements, expected_sum, server_main, site_main
+from conftest import SITES
+
+from secure_fedrl.errors import ProtocolError
+from secure_fedrl.secagg import messages as M
+from secure_fedrl.transport.base import Hub, InMemorySite, PhaseDeadlines, RosterEntry, TransportError
+from secure_fedrl.transport.rounds import announcement, run_server_round, run_site_round, verify_roster
+
+
+def _joined(hub, ids, names=SITES):
+    out = {}
+    for n in names:
+        out[n] = InMemorySite(hub, n, ids[n].number)
+        out[n].join()
+    return out
+
+
+def test_in_memory_round_with_a_dropout(pki):
+    hub = Hub()
+    anns, ids = announcements(pki.dir, SITES)
+    stop = {"s3": "masked_input"}
+    sites = {n: InMemorySite(hub, n, ids[n].number) for n in SITES}
+    statuses = {}
+    threads = [threading.Thread(target=lambda n=n: statuses.__setitem__(
+        n, site_main(sites[n], ids[n], stop_before=stop.get(n)))) for n in SITES]
+    for t in threads:
+        t.start()
+    res = server_main(hub, anns, expect=4)
+    for t in threads:
+        t.join()
+    assert res.outcome.accepted == (1, 2, 4)
+    np.testing.assert_array_equal(res.outcome.sum, expected_sum([1, 2, 4]))
+    assert statuses["s3"].startswith("dropped") and statuses["s1"] == "done"
+
+
+def test_masked_input_with_the_wrong_vector_length_refused(pki):
+    hub = Hub()
+    anns, ids = announcements(pki.dir, SITES)
+    s1 = _joined(hub, ids)["s1"]
+    hub.open_round(anns)
+    cfg = anns["s1"].config
+    hub._rounds[1].phase = "masked_input"  # as if the earlier phases had closed
+    wire = M.MaskedInput(cfg.digest, 1, vector=np.zeros(cfg.dim + 1, np.uint32), signature=bytes(64)).encode()
+    with pytest.raises(TransportError, match=f"vector of length {cfg.dim + 1}, expected {cfg.dim}") as e:
+        s1.upload(1, "masked_input", wire)
+    assert e.value.status == "INVALID_ARGUMENT"
+
+
+def test_sessions_rounds_and_phases(pki):
+    hub = Hub(liveness_s=60)
+    anns, ids = announcements(pki.dir, SITES[:3])
+    sites = _joined(hub, ids, SITES[:3])
+    outsider = InMemorySite(hub, "s4", ids["s1"].number + 3)
+    outsider.join()
+    with pytest.raises(TransportError, match="unknown or superseded session") as e:
+        hub.heartbeat("s1", b"\0" * 16)
+    assert e.value.status == "PERMISSION_DENIED"
+    hub.open_round(anns)
+    b = outsider.await_round(0, 1)  # a round without it: not sampled, told which round to skip
+    assert b.announcement is None and b.round_id == 1
+    with pytest.raises(TransportError) as e:
+        outsider.upload(1, "advertise_keys", b"x")
+    assert e.value.status == "PERMISSION_DENIED"
+    with pytest.raises(TransportError) as e:
+        sites["s1"].download(1, "advertise_keys", 0.2)
+    assert e.value.status == "DEADLINE_EXCEEDED"
+    hub.deliver(1, "advertise_keys", {"s2": b"msg"})
+    assert sites["s2"].download(1, "advertise_keys", 1) == b"msg"
+    with pytest.raises(TransportError, match="not in round 1 after phase") as e:
+        sites["s1"].download(1, "advertise_keys", 1)  # dropped: told at once, no wait
+    assert e.value.status == "FAILED_PRECONDITION"
+    hub.abort_round(1, "below threshold")
+    with pytest.raises(TransportError) as e:
+        sites["s2"].download(1, "share_keys", 1)
+    assert e.value.status == "ABORTED"
+    with pytest.raises(ProtocolError, match="not after round 1"):
+        hub.open_round(anns)  # rounds only move forward
+    hub.finish()
+    assert sites["s1"].await_round(1, 1).finished
+
+
+def _roster_attack(pki, tmp_path, attack):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from secure_fedrl.transport.pki import CertificateAuthority, load_site_identity
+
+    anns, ids = announcements(pki.dir, SITES)
+    ann = anns["s1"]
+    cfg, roster = ann.config, list(ann.roster)
+    keys = list(cfg.identity_keys)
+    fake = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if attack == "sybil_foreign_ca":  # a site the server made up, "certified" by its own CA
+        rogue = CertificateAuthority.init(tmp_path / "rogue")
+        for n in ("s1", "s2", "s3", "s4"):
+            rogue.issue_site(n)
+        ident = load_site_identity(rogue.dir, "s4")
+        roster[3] = RosterEntry(4, "s4", x509.load_pem_x509_certificate(ident.tls_cert_pem).public_bytes(Encoding.DER))
+        keys[3] = ident.protocol_public_key
+    elif attack == "key_swap":  # genuine certificate, but the server's key in the config
+        keys[3] = fake
+    elif attack == "certificate_reused":  # s2's certificate standing in for a fifth site
+        roster[3] = RosterEntry(4, "s5", roster[1].certificate)
+    elif attack == "duplicate_name":
+        roster[3] = RosterEntry(4, "s2", roster[3].certificate)
+    elif attack == "missing_entry":
+        roster = roster[:3]
+    import dataclasses
+    cfg = dataclasses.replace(cfg, identity_keys=tuple(keys))
+    return announcement(cfg, tuple(roster)), ids
+
+
+@pytest.mark.parametrize("attack", ["sybil_foreign_ca", "key_swap", "certificate_reused", "duplicate_name",
+                                    "missing_entry"])
+def test_site_refuses_a_round_with_an_uncertified_member(pki, tmp_path, attack):
+    ann, ids = _roster_attack(pki, tmp_path, attack)
+    with pytest.raises(ProtocolError):
+        verify_roster(ann, ids["s1"].trust)
+    trace: list = []
+    hub = Hub(trace=trace)
+    s1 = _joined(hub, ids)["s1"]
+    hub.open_round({n: ann for n in SITES})
+    status = run_site_round(s1, ann, number=1, identity_key=ids["s1"].identity_key,
+                            vector=np.zeros(ann.config.dim, np.uint32), trust=ids["s1"].trust)
+    assert status.startswith("refused") and trace == []  # nothing sent to such a round
+
+
+def test_revoked_member_refused(tmp_path):
+    from secure_fedrl.transport.pki import CertificateAuthority, TrustStore
+
+    ca = CertificateAuthority.init(tmp_path / "pki")
+    for n in SITES:
+        ca.issue_site(n)
+    anns, ids = announcements(ca.dir, SITES)
+    verify_roster(anns["s1"], ids["s1"].trust)
+    ca.revoke_site("s3")
+    with pytest.raises(ProtocolError, match="revoked"):
+        verify_roster(anns["s1"], TrustStore.from_dir(ca.dir))
+
+
+def test_server_round_aborts_cleanly_when_too_few_upload(pki):
+    hub = Hub()
+    anns, ids = announcements(pki.dir, SITES)
+    _joined(hub, ids)
+    res = run_server_round(hub, anns, deadlines=PhaseDeadlines(*(0.05,) * 5))
+    assert res.outcome is None and "threshold" in res.aborted
+    assert hub._rounds[1].aborted
