@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     conf = sub.add_parser("conformance", help="check this implementation against protocol test vectors")
     conf.add_argument("--vectors", type=Path, default=None, help="directory of vector files (default: protocols/vectors)")
+
+    from secure_fedrl.transport.pki_cli import add_pki_parser
+
+    add_pki_parser(sub)
     return parser
 
 
@@ -65,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         if args.command == "conformance":
             return _conformance(args)
+        if args.command == "pki":
+            from secure_fedrl.transport.pki_cli import run_pki
+
+            return run_pki(args)
     except SecureFedRLError as exc:
         print(f"secure-fedrl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
