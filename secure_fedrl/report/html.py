@@ -50,15 +50,29 @@ def _xrange(doc: dict[str, Any]) -> tuple[float, float] | None:
     return (min(rounds), max(rounds)) if rounds else None
 
 
+THREAT_COLORS = {"server": PALETTE[0], "release": PALETTE[2]}
+
+
 def epsilon_chart(doc: dict[str, Any]) -> str:
     eps = doc["epsilon"]
-    series: list[Series] = []
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
     for s in eps["series"]:
         by_key.setdefault((s["threat_model"], s["accountant"]), {})[s["scope"]] = s
-    for i, ((threat, acct), scopes) in enumerate(sorted(by_key.items())):
-        color = PALETTE[i % len(PALETTE)]
-        label = f"against {threat} ({acct})"
+    # Curves that coincide (e.g. trajectory DP: the same epsilon against the server and release
+    # observers) are drawn once, with both names.
+    groups: list[tuple[list[str], str, dict[str, Any]]] = []
+    for (threat, acct), scopes in sorted(by_key.items(), key=lambda kv: (kv[0][0] != "server", kv[0])):
+        sig = {k: v["points"] for k, v in scopes.items()}
+        for names, a, other in groups:
+            if a == acct and {k: v["points"] for k, v in other.items()} == sig:
+                names.append(threat)
+                break
+        else:
+            groups.append(([threat], acct, scopes))
+    series: list[Series] = []
+    for i, (threats, acct, scopes) in enumerate(groups):
+        color = THREAT_COLORS.get(threats[0], PALETTE[(4 + i) % len(PALETTE)])
+        label = f"against {' = '.join(threats)} ({acct})"
         if "federation" in scopes:
             series.append(Series(label, _pts(scopes["federation"]["points"]), color=color))
         if "worst site" in scopes:

@@ -83,7 +83,8 @@ def line_chart(chart: Chart) -> str:
     left, right, top, bottom = 64, 64 if chart.ylabel_right else 20, 34, 64
     pw, ph = W - left - right, H - top - bottom
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{escape(chart.id)}" class="chart" '
-           f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{escape(chart.title)}">',
+           f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{escape(chart.title)}" '
+           f'font-family="DejaVu Sans, Arial, Helvetica, sans-serif">',
            f'<rect x="0" y="0" width="{W}" height="{H}" fill="#fff"/>',
            f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{escape(chart.title)}</text>']
     axes = {}
@@ -171,7 +172,8 @@ def bar_chart(chart_id: str, title: str, labels: Sequence[str], values: Sequence
     pw, ph = W - left - right, H - top - bottom
     vals = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{escape(chart_id)}" class="chart" '
-           f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{escape(title)}">',
+           f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{escape(title)}" '
+           f'font-family="DejaVu Sans, Arial, Helvetica, sans-serif">',
            f'<rect x="0" y="0" width="{W}" height="{H}" fill="#fff"/>',
            f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{escape(title)}</text>']
     if not vals:
