@@ -53,3 +53,35 @@ def retry(call: Callable[[], T], *, backoff: Backoff | None = None, give_up_afte
                       level="info")
             sleep(wait)
             attempt += 1
+
+
+class Heartbeater:
+    """Keeps a site's session live while it trains: heartbeat() every `interval` seconds.
+
+    A missed beat is logged and retried at the next tick (the server counts a site live while it
+    was heard from within its liveness window); `finished` turns true when the server says so.
+    """
+
+    def __init__(self, transport, interval: float) -> None:
+        import threading
+
+        self.transport, self.interval = transport, interval
+        self.finished = False
+        self.current_round = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{transport.name}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.current_round, self.finished = self.transport.heartbeat()
+            except TransportError as err:
+                log_event("heartbeat_failed", site=self.transport.name, status=err.status, reason=str(err))
+
+    def __enter__(self) -> "Heartbeater":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -154,3 +154,22 @@ def test_server_round_aborts_cleanly_when_too_few_upload(pki):
     res = run_server_round(hub, anns, deadlines=PhaseDeadlines(*(0.05,) * 5))
     assert res.outcome is None and "threshold" in res.aborted
     assert hub._rounds[1].aborted
+
+
+def test_heartbeats_keep_a_busy_site_live(pki):
+    import time
+
+    from secure_fedrl.transport.backoff import Heartbeater
+
+    hub = Hub(liveness_s=0.3)
+    _, ids = announcements(pki.dir, SITES[:2])
+    busy, idle = (InMemorySite(hub, n, ids[n].number) for n in SITES[:2])
+    busy.join()
+    idle.join()
+    with Heartbeater(busy, 0.05):
+        time.sleep(0.6)  # "local training"
+        assert set(hub.live_sites()) == {"s1"}  # the silent one lapsed, the beating one did not
+    hub.finish()
+    with Heartbeater(busy, 0.05) as hb:
+        time.sleep(0.2)
+    assert hb.finished
