@@ -245,8 +245,8 @@ class SecAggServer:
                                   lambda b, u=u, c=commit: R.b_commitment(cfg, u, b) == c)
                 acc.sub(total, b)
             for v in self.u2:
-                if v in alive:
-                    continue
+                if v in alive or not self._pairs[v] & alive:
+                    continue  # a survivor, or no survivor masked with it: nothing to remove
                 pk = self._adverts[v].s_pk
                 s_sk = self._recover(shares.get((v, M.KIND_S), {}), f"masking key of dropped site {v}",
                                      lambda s, pk=pk: P.x25519_public(s) == pk)
