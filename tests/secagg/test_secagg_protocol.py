@@ -92,25 +92,39 @@ def test_run_round_reports_survivors_bytes_and_times(plain_sum):
     assert res.server_seconds > 0 and all(s > 0 for s in res.site_seconds.values())
 
 
+def _chi2_uniform_bytes(vec) -> float:
+    counts = np.bincount(np.frombuffer(np.ascontiguousarray(vec, "<u4").tobytes(), np.uint8), minlength=256)
+    return chisquare(counts).pvalue
+
+
 def test_single_masked_vector_is_indistinguishable_from_uniform():
+    """y_u is uniform, and so is y_u - x_u - P(b_u): the pairwise masks alone hide x_u, so the
+    server that learns b_u (u survived) still learns nothing about x_u. Removing the pairwise
+    masks (or the self mask) makes one of the two statistics fail."""
+    from secure_fedrl.secagg import messages as M
+    from secure_fedrl.secagg.client import SecAggClient
+    from secure_fedrl.secagg.server import SecAggServer
+
     d = 16384
-    inputs = {i: np.zeros(d, np.uint32) for i in range(4)}  # the least random input there is
-    captured = {}
-
-    def grab(phase, sid, wire):
-        if phase == "masked_input" and sid == 2:
-            captured["wire"] = wire
-        return [wire]
-
-    run_round(inputs, threshold=2, seed=7, on_upload=grab)
-    from secure_fedrl.secagg.messages import MaskedInput
-
-    masked = MaskedInput.decode(captured["wire"]).vector
-    counts = np.bincount(np.frombuffer(masked.astype("<u4").tobytes(), np.uint8), minlength=256)
-    assert chisquare(counts).pvalue > 1e-4
+    keys = {i: P.ed25519_keypair(P.SeededRandom(b"uni-%d" % i))[0] for i in range(1, 5)}
+    cfg = RoundConfig(round_id=1, site_ids=(1, 2, 3, 4), threshold=2, dim=d,
+                      identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in keys))
+    x = np.zeros(d, np.uint32)  # the least random input there is
+    clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=x,
+                               randbytes=P.SeededRandom(b"uni-site-%d" % i)) for i in keys}
+    server = SecAggServer(config=cfg)
+    out = {i: None for i in keys}
+    for step in (lambda c, m: c.advertise_keys(), lambda c, m: c.share_keys(m)):
+        for i, c in clients.items():
+            server.receive(step(c, out[i]).encode())
+        out = server.finish_phase()
+    y = M.MaskedInput.decode(clients[2].masked_input(out[2]).encode()).vector
+    assert _chi2_uniform_bytes(y) > 1e-4
+    pairwise = (y.astype(np.int64) - x - P.prg(clients[2]._b, d)) % 2**32
+    assert np.count_nonzero(pairwise) > d // 2
+    assert _chi2_uniform_bytes(pairwise.astype(np.uint32)) > 1e-4
     # the same statistic rejects the unmasked input outright (the test can fail)
-    zero_counts = np.bincount(np.frombuffer(inputs[1].tobytes(), np.uint8), minlength=256)
-    assert chisquare(zero_counts + 1).pvalue < 1e-10
+    assert chisquare(np.bincount(np.frombuffer(x.tobytes(), np.uint8), minlength=256) + 1).pvalue < 1e-10
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from secure_fedrl.errors import BelowThresholdError, ProtocolError
+from secure_fedrl.secagg import primitives as P
 from secure_fedrl.secagg import shamir
 
 
@@ -35,6 +37,30 @@ def test_t_minus_one_shares_are_consistent_with_every_secret():
         slope = (shares[1] - s) % shamir.PRIME
         forged = (s + 2 * slope) % shamir.PRIME
         assert shamir.reconstruct({1: shares[1], 2: forged}, threshold=2) == s.to_bytes(32, "big")
+
+
+def test_t_minus_one_shares_are_uniform_and_independent_of_the_secret():
+    """t-1 = 2 shares of a fixed secret are uniform in GF(p): their bytes pass a chi-square test,
+    and never equal (or reveal) the secret. A split that leaked the secret into a share (e.g.
+    every share = secret, or a zero coefficient) fails here."""
+    from scipy.stats import chisquare
+
+    secret = b"\x42" * 32
+    s_int = int.from_bytes(secret, "big")
+    low, high = [], []
+    for i in range(400):
+        sh = shamir.split(secret, threshold=3, xs=[1, 2, 3, 4], randbytes=P.SeededRandom(b"u%d" % i))
+        for x in (1, 2):
+            assert sh[x] != s_int
+            b = sh[x].to_bytes(66, "big")
+            low.append(b[-1])
+            high.append(b[1])  # bits 512..519: a share confined below 2^256 would be all zero here
+    for sample in (low, high):
+        assert chisquare(np.bincount(sample, minlength=256)).pvalue > 1e-4
+    # two shares of secret A and of secret B: same marginal distribution (a keyed test would not be)
+    a = shamir.split(b"\x00" * 32, threshold=3, xs=[1, 2, 3], randbytes=P.SeededRandom(b"x"))
+    b = shamir.split(b"\xff" * 32, threshold=3, xs=[1, 2, 3], randbytes=P.SeededRandom(b"x"))
+    assert (a[1] - b[1]) % shamir.PRIME == (0 - (2**256 - 1)) % shamir.PRIME  # shift by the secret only
 
 
 def test_corrupted_share_is_detected_when_result_is_not_a_secret():
