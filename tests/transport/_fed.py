@@ -9,6 +9,8 @@ Run as a script it is one process of a multi-process loopback federation:
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -63,6 +65,8 @@ class StopBefore:
 
     def upload(self, round_id, phase, payload):
         if phase == self.phase:
+            if os.environ.get("FED_SIGKILL"):  # die for real: the process, its channels, mid-round
+                os.kill(os.getpid(), signal.SIGKILL)
             raise TransportError("CANCELLED", f"{self.name} stopped before {phase}")
         return self.inner.upload(round_id, phase, payload)
 
@@ -89,11 +93,17 @@ def site_main(transport, identity, *, stop_before=None, timeout=30.0) -> str:
     return status + " (no finish)"
 
 
-def server_main(hub: Hub, anns, *, expect: int, timeout: float = 60.0):
+def _deadlines() -> PhaseDeadlines:
+    if "FED_DEADLINE" in os.environ:
+        return PhaseDeadlines(*(float(os.environ["FED_DEADLINE"]),) * 5)
+    return DEADLINES
+
+
+def server_main(hub: Hub, anns, *, expect: int, timeout: float = 60.0, deadlines: PhaseDeadlines = DEADLINES):
     live = hub.wait_for_sites(expect, timeout)
     if len(live) < expect:
         raise SystemExit(f"only {len(live)} of {expect} sites joined")
-    result = run_server_round(hub, anns, deadlines=DEADLINES)
+    result = run_server_round(hub, anns, deadlines=deadlines)
     hub.finish()
     return result
 
@@ -110,7 +120,7 @@ def _serve(pki_dir, port_file, result_json, names):
     tmp.write_text(str(port))
     tmp.rename(port_file)
     anns, _ = announcements(pki_dir, names)
-    res = server_main(hub, anns, expect=len(names))
+    res = server_main(hub, anns, expect=len(names), deadlines=_deadlines())
     time.sleep(1.0)  # let the sites see `finished`
     server.stop(1.0)
     out = {"trace": trace, "aborted": res.aborted, "rejected": res.rejected}
