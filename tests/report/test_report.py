@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import textwrap
 
 import jsonschema
 import pytest
@@ -212,47 +211,8 @@ def test_cli_pdf_without_chromium_is_one_line_exit_2(tmp_path, capsys, monkeypat
 
 
 # -- simulate writes the report ----------------------------------------------------------------------
-SMALL_PRIVATE = textwrap.dedent("""
-    [federation]
-    name = "report-sim"
-    rounds = 2
-    seed = 3
-
-    [local]
-    algorithm = "reinforce"
-    steps = 0
-    episodes = 8
-    hidden_sizes = [4]
-
-    [strategy]
-    name = "fedavg"
-    weighting = "uniform"
-
-    [privacy]
-    unit = "trajectory"
-    clip = 1.0
-    target_epsilon = 8.0
-    sample_rate = 0.5
-    noisy_steps = 1
-
-    [evaluation]
-    every = 1
-    episodes = 1
-
-    [[sites]]
-    name = "s"
-    env = "CartPole-v1"
-    num_envs = 1
-    seed = 1
-    count = 2
-""")
-
-
-def test_simulate_writes_privacy_report(tmp_path):
-    cfg = tmp_path / "fed.toml"
-    cfg.write_text(SMALL_PRIVATE)
-    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
-    run = tmp_path / "run"
+def test_simulate_writes_privacy_report(small_private_run):
+    run = small_private_run
     doc = validate(json.loads((run / "privacy_report.json").read_text()))
     assert doc["run"]["rounds_done"] == 2 and doc["ledger"]["verified"]
     assert doc["ledger"]["pin_out_of_band"]  # the key directory's copy, outside the run directory
