@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ class _Site:
 class _Round:
     announcements: dict[str, RoundAnnouncement]
     phase: str = "advertise_keys"
-    uploads: dict[str, dict[str, bytes]] = field(default_factory=lambda: {p: {} for p in PHASES})
+    uploads: dict[str, dict[str, bytes]] = field(default_factory=lambda: {p: {} for p in PHASES})  # not yet taken
+    seen: dict[str, set[str]] = field(default_factory=lambda: {p: set() for p in PHASES})
     delivered: dict[str, dict[str, bytes]] = field(default_factory=dict)
     aborted: str | None = None
 
@@ -266,7 +268,7 @@ class Hub:
             try:
                 mtype = M.message_type(payload)
                 _, _, _, digest, party = M.HEADER.unpack_from(payload)
-            except (ProtocolError, Exception):
+            except (ProtocolError, struct.error):
                 raise TransportError("INVALID_ARGUMENT", f"{phase} upload is not a SecAgg message") from None
             if mtype != UPLOAD_TYPES[phase]:
                 raise TransportError("INVALID_ARGUMENT", f"{phase} upload has message type 0x{mtype:02x}")
@@ -283,8 +285,9 @@ class Hub:
                 if size != r.config.dim:
                     raise TransportError("INVALID_ARGUMENT", f"masked input vector of length {size}, "
                                          f"expected {r.config.dim}")
-            if name in r.uploads[phase]:
+            if name in r.seen[phase]:
                 raise TransportError("ALREADY_EXISTS", f"duplicate {phase} upload from site {name!r}")
+            r.seen[phase].add(name)
             r.uploads[phase][name] = bytes(payload)
             self._record(round_id, phase, "up", name, payload)
             self._cv.notify_all()
@@ -338,20 +341,23 @@ class Hub:
             self._current = round_id
             self._cv.notify_all()
 
-    def collect(self, round_id: int, phase: str, expected: set[str], deadline: float) -> dict[str, bytes]:
-        """Uploads of `phase` until every expected site sent one or the deadline passes."""
-        with self._cv:
-            r = self._rounds[round_id]
-            if r.phase != phase:
-                raise ProtocolError(f"round {round_id}: collecting {phase!r} while {r.phase!r} is open")
-            while not expected <= set(r.uploads[phase]):
-                left = deadline - self.clock()
-                if left <= 0:
-                    break
-                self._cv.wait(min(left, 1.0))
-            got = dict(r.uploads[phase])
-            r.uploads[phase] = {}
-            return got
+    def collect(self, round_id: int, phase: str, expected: set[str], deadline: float):
+        """Yield (site, payload) of `phase` as they arrive, until every expected site uploaded or
+        the deadline passes. The hub drops each payload once yielded, so a consumer that folds
+        masked inputs into a running sum keeps the server at O(dim) memory, not O(n * dim)."""
+        r = self._rounds[round_id]
+        if r.phase != phase:
+            raise ProtocolError(f"round {round_id}: collecting {phase!r} while {r.phase!r} is open")
+        while True:
+            with self._cv:
+                while not r.uploads[phase] and not expected <= r.seen[phase] and self.clock() < deadline:
+                    self._cv.wait(min(max(deadline - self.clock(), 0.0), 1.0))
+                if not r.uploads[phase]:
+                    r.phase = f"{phase} (closed)"  # from here on an upload is late: a dropout
+                    return
+                name = min(r.uploads[phase])
+                payload = r.uploads[phase].pop(name)
+            yield name, payload
 
     def deliver(self, round_id: int, phase: str, messages: dict[str, bytes]) -> None:
         """Close `phase`: these are the server messages that follow it; everyone else is dropped."""

@@ -64,15 +64,17 @@ def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
     rejected: list[tuple[str, str, str]] = []
     try:
         for phase in PHASES:
-            got = hub.collect(cfg.round_id, phase, live, hub.clock() + deadlines.seconds(phase))
-            for name in sorted(got):
+            got = set()
+            for name, wire in hub.collect(cfg.round_id, phase, live, hub.clock() + deadlines.seconds(phase)):
+                got.add(name)
                 try:
-                    if server.receive(got[name]) != number[name]:  # the hub checked the header already
+                    if server.receive(wire) != number[name]:  # the hub checked the header already
                         raise ProtocolError(f"message from {name!r} signed as another site")
                 except ProtocolError as err:
                     rejected.append((name, phase, str(err)))
                     log_event("upload_rejected", round=cfg.round_id, phase=phase, site=name, reason=str(err))
-            for name in sorted(live - set(got)):
+                del wire  # a masked input is folded into the running sum; nothing else keeps it
+            for name in sorted(live - got):
                 log_event("site_dropped", round=cfg.round_id, phase=phase, site=name, reason="no upload by the deadline")
             out = server.finish_phase()
             msgs = {names[u]: m.encode() for u, m in out.items()}

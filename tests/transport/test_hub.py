@@ -173,3 +173,27 @@ def test_heartbeats_keep_a_busy_site_live(pki):
     with Heartbeater(busy, 0.05) as hb:
         time.sleep(0.2)
     assert hb.finished
+
+
+def test_collect_streams_uploads_and_closes_the_phase_at_the_deadline(pki):
+    import time
+
+    from secure_fedrl.secagg.client import SecAggClient
+
+    hub = Hub()
+    anns, ids = announcements(pki.dir, SITES)
+    sites = _joined(hub, ids)
+    hub.open_round(anns)
+    cfg = anns["s1"].config
+
+    def advert(n):
+        return SecAggClient(config=cfg, site_id=ids[n].number, identity_key=ids[n].identity_key,
+                            vector=np.zeros(cfg.dim, np.uint32)).advertise_keys().encode()
+    sites["s1"].upload(1, "advertise_keys", advert("s1"))
+    it = hub.collect(1, "advertise_keys", set(SITES), time.monotonic() + 0.3)
+    assert next(it)[0] == "s1" and hub._rounds[1].uploads["advertise_keys"] == {}  # handed over, not kept
+    t0 = time.monotonic()
+    assert list(it) == [] and time.monotonic() - t0 < 2
+    with pytest.raises(TransportError, match="is not open") as e:
+        sites["s2"].upload(1, "advertise_keys", advert("s2"))  # after the deadline: late, a dropout
+    assert e.value.status == "FAILED_PRECONDITION"
