@@ -1,17 +1,35 @@
 #!/usr/bin/env python3
-"""Independent verifier of a secure-fedrl privacy ledger.
+"""Independent verifier of a secure-fedrl privacy ledger (format v2) and its run directory.
 
-    python audit/verify_ledger.py RUN_DIR_OR_LEDGER [--public-key HEX] [--config-hash H]
+    python audit/verify_ledger.py RUN_DIR_OR_LEDGER (--public-key HEX | --public-key-file FILE)
+                                  [--config-hash H] [--ledger-only] [--allow-reproducible]
                                   [--no-epsilon] [--quiet]
 
 Re-implements, from secure_fedrl/ledger/FORMAT.md alone, the canonical row encoding, the hash
-chain, the Ed25519 signatures and the signed head, using only sqlite3, hashlib, json and
-cryptography; it deliberately does NOT import secure_fedrl (an auditor must not trust the code it
-audits). It then recomputes each row's cumulative epsilon with Opacus's RDP analysis functions and
-flags any recorded RDP epsilon below the recomputed one (an under-count).
+chain, the Ed25519 signatures and the signed head (sqlite3, hashlib, json, cryptography). It
+imports nothing from secure_fedrl and no DP library: its accountant is written here, from the
+papers, so that it shares no code with the accountant the server charged with:
 
-Prints a table of rows and "OK: N rows, chain intact, signatures valid", or one line
-"FAIL: row seq K: <reason>: <detail>" for the first bad row; exit status 0 or 2.
+* Poisson-subsampled Gaussian RDP, Mironov, Talwar, Zhang 2019 ("Renyi DP of the Sampled Gaussian
+  Mechanism"), Section 3.3: the integer-order binomial sum and the fractional-order series,
+  both in log space;
+* the distributed discrete Gaussian bound the project charges (Kairouz, Liu, Steinke 2021,
+  Thm. 1 / Prop. 14 with m honest shares) and its secret-sampling mixture bound (FORMAT.md, v2);
+* RDP -> (epsilon, delta) by Balle et al. 2020, Thm. 21 (= Canonne, Kamath, Steinke 2020),
+  minimised over a grid that is a superset of the server's (fractional and integer orders to
+  1024), then refined over real orders wherever a recorded value is below the grid's optimum, so
+  a recorder with a finer grid is never flagged.
+
+It also checks the run directory against the ledger: a ledger rolled back to an older, validly
+signed copy (the attacker may hold the signing key) no longer contains the ledger head that
+metrics.jsonl, state.json and the checkpoints recorded, or ends before their last round; and the
+recorded mechanism parameters against config.resolved.toml.
+
+Output: optionally a table, then one line per finding, "FAIL: row seq K: <reason>: <detail>"
+(first disagreeing row first), or "OK: ...". Exit 0 only when everything agrees AND the public
+key was pinned (--public-key / --public-key-file) AND the run directory was checked (or
+--ledger-only was given); 2 on any finding; 3 when the ledger is internally consistent but the
+key was not pinned or the run files were absent (only internal consistency was checked).
 """
 
 from __future__ import annotations
@@ -20,31 +38,42 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 LEDGER_FILE = "privacy_ledger.sqlite"
-ROW_FORMAT = "secure-fedrl/ledger-row/v1"
+SCHEMA_VERSION = "2"
+ROW_FORMAT = "secure-fedrl/ledger-row/v2"
 HEAD_FORMAT = "secure-fedrl/ledger-head/v1"
 GENESIS = "0" * 64
 COLUMNS = ("seq", "round", "time", "unit", "site", "mechanism", "clip", "sigma_planned",
            "sigma_effective", "sample_rate", "steps", "sites_planned", "sites_survived",
-           "accountant", "epsilon", "delta", "config_hash", "prev_hash", "signature")
+           "accountant", "epsilon", "delta", "config_hash", "prev_hash", "signature", "privacy")
 FLOATS = ("clip", "sigma_planned", "sigma_effective", "sample_rate", "delta")
 INTS = ("seq", "round", "steps", "sites_planned", "sites_survived")
 STRINGS = ("time", "unit", "mechanism", "accountant", "config_hash", "prev_hash")
-# Mechanisms whose accounting is the Poisson-subsampled Gaussian at (sample_rate, sigma_effective).
-GAUSSIAN_FAMILY = ("gaussian", "ddg", "dp-sgd")
-# A superset of the usual RDP order grids (Opacus's default, extended to 256); the fast path.
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 257)]
+V2_KEYS = ("epsilon_release", "epsilon_server", "max_colluding", "noise_shares", "params",
+           "participants", "sampling", "site_budget", "site_epsilon_server", "threat_model")
+DDG_PARAMS = ("beta", "bits", "gamma", "l2_bound", "local_stddev", "padded_dim")
 REL_TOL = 1e-6
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+# The server's grid (FORMAT.md, "The per-row RDP charge"): the auditor's grid contains all of it.
+SERVER_ORDERS = sorted(set(
+    [1.0 + x / 100.0 for x in range(1, 10)] + [1.0 + x / 10.0 for x in range(1, 100)]
+    + [float(a) for a in range(11, 64)] + [float(a) for a in range(64, 129, 2)]
+    + [float(a) for a in range(136, 257, 8)] + [320.0, 384.0, 448.0, 512.0]))
+ORDERS = sorted(set(SERVER_ORDERS) | {1.0 + x / 200.0 for x in range(1, 200)}
+                | {float(a) for a in range(2, 257)} | {float(a) for a in range(258, 513, 2)}
+                | {float(a) for a in range(520, 1025, 8)} | {a + 0.5 for a in range(2, 64)})
 
 
 class AuditFailure(Exception):
@@ -59,6 +88,7 @@ class Ledger:
     meta: dict[str, str]
     rows: list[dict[str, Any]]
     head: tuple[int, str, str] | None
+    path: Path = field(default_factory=Path)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -73,14 +103,16 @@ def load(target: str | Path) -> Ledger:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            cur = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM rows ORDER BY seq")
-            rows = [dict(zip(COLUMNS, r)) for r in cur.fetchall()]
+            have = {r[1] for r in conn.execute("PRAGMA table_info(rows)").fetchall()}
+            cols = [c for c in COLUMNS if c in have]
+            cur = conn.execute(f"SELECT {', '.join(cols)} FROM rows ORDER BY seq")
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
             head = conn.execute("SELECT seq, row_hash, signature FROM head WHERE id = 1").fetchone()
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise AuditFailure(None, "unreadable", f"{path}: {exc}") from None
-    return Ledger(meta=meta, rows=rows, head=tuple(head) if head else None)
+    return Ledger(meta=meta, rows=rows, head=tuple(head) if head else None, path=path)
 
 
 # -- the encoding of FORMAT.md ---------------------------------------------------------------------
@@ -90,8 +122,15 @@ def f64(x: Any) -> str:
     return struct.pack(">d", float(x)).hex()
 
 
+def from_f64(text: Any) -> float:
+    if not isinstance(text, str) or not _HEX16.fullmatch(text):
+        raise ValueError(f"not a float string: {text!r}")
+    return struct.unpack(">d", bytes.fromhex(text))[0]
+
+
 def _text(x: Any) -> str:
-    if not isinstance(x, str) or not x or any(not 0x20 <= ord(c) <= 0x7E or c in '"\\' for c in x):
+    if not isinstance(x, str) or not x or len(x) > 256 or any(
+            not 0x20 <= ord(c) <= 0x7E or c in '"\\' for c in x):
         raise ValueError(f"not a ledger string: {x!r}")
     return x
 
@@ -107,16 +146,47 @@ def _dumps(obj: dict[str, Any]) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+def _float_object(obj: Any, what: str) -> dict[str, str]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    for k, v in obj.items():
+        _text(k)
+        from_f64(v)
+    return obj
+
+
 def epsilon_of(row: dict[str, Any]) -> dict[str, float]:
     obj = json.loads(row["epsilon"])
     if not isinstance(obj, dict) or not obj:
         raise ValueError("epsilon column is not a non-empty JSON object")
-    return {_text(k): struct.unpack(">d", bytes.fromhex(v))[0] for k, v in obj.items()}
+    return {_text(k): from_f64(v) for k, v in obj.items()}
+
+
+def v2_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The `privacy` column's nine members, type-checked (FORMAT.md, "New keys")."""
+    if "privacy" not in row:
+        raise ValueError("no privacy column (not a v2 ledger)")
+    obj = json.loads(row["privacy"])
+    if not isinstance(obj, dict) or sorted(obj) != sorted(V2_KEYS):
+        raise ValueError(f"privacy column does not hold exactly {V2_KEYS}")
+    for k in ("epsilon_release", "epsilon_server", "site_budget"):
+        from_f64(obj[k])
+    for k in ("max_colluding", "noise_shares"):
+        _int(obj[k])
+    _float_object(obj["params"], "params")
+    _float_object(obj["site_epsilon_server"], "site_epsilon_server")
+    parts = obj["participants"]
+    if not isinstance(parts, list) or any(_text(p) != p for p in parts):
+        raise ValueError("participants is not a list of strings")
+    _text(obj["sampling"])
+    _text(obj["threat_model"])
+    return obj
 
 
 def canonical(row: dict[str, Any], seq: int | None = None) -> bytes:
     """Canonical bytes of a row as stored (or as if it had sequence number `seq`)."""
-    obj: dict[str, Any] = {"format": ROW_FORMAT}
+    obj: dict[str, Any] = dict(v2_of(row))
+    obj["format"] = ROW_FORMAT
     for k in FLOATS:
         obj[k] = f64(row[k])
     for k in INTS:
@@ -151,9 +221,10 @@ def _verifies(key: Ed25519PublicKey, sig_hex: Any, message: bytes) -> bool:
 def verify(ledger: Ledger, *, public_key: str | None = None, config_hash: str | None = None) -> None:
     """Raise AuditFailure for the first bad row (FORMAT.md, "Verification")."""
     meta = ledger.meta
-    if meta.get("format") != "secure-fedrl-ledger" or meta.get("schema_version") != "1":
+    if meta.get("format") != "secure-fedrl-ledger" or meta.get("schema_version") != SCHEMA_VERSION:
         raise AuditFailure(None, "not a ledger", f"meta format {meta.get('format')!r} schema "
-                           f"{meta.get('schema_version')!r}")
+                           f"{meta.get('schema_version')!r} (this auditor reads schema "
+                           f"{SCHEMA_VERSION})")
     if public_key is not None and meta.get("public_key") != public_key.lower():
         raise AuditFailure(None, "wrong key", f"ledger public key {meta.get('public_key')} is not "
                            f"the pinned {public_key.lower()}")
@@ -166,7 +237,6 @@ def verify(ledger: Ledger, *, public_key: str | None = None, config_hash: str | 
     except ValueError:
         raise AuditFailure(None, "bad key", "meta.public_key is not a 32-byte Ed25519 key") from None
     rows = ledger.rows
-    hashes: list[str] = []
     prev = GENESIS
     for pos, row in enumerate(rows):
         expected = pos + 1
@@ -189,7 +259,7 @@ def verify(ledger: Ledger, *, public_key: str | None = None, config_hash: str | 
         if row["prev_hash"] != prev:
             raise AuditFailure(seq, "chain broken", "prev_hash does not match the previous row "
                                "although the row is signed")
-        hashes.append(h)
+        row["_hash"] = h
         prev = h
     if ledger.head is None:
         raise AuditFailure(None, "deleted", "the signed head is missing")
@@ -207,10 +277,13 @@ def verify(ledger: Ledger, *, public_key: str | None = None, config_hash: str | 
         raise AuditFailure(n or None, "edited", "last row does not match the signed head")
 
 
-def _signed_as(row: dict[str, Any], key: Ed25519PublicKey, seqs: Sequence[int]) -> int | None:
+def _signed_as(row: dict[str, Any], key: Ed25519PublicKey, seqs: Iterable[int]) -> int | None:
     for s in seqs:
-        if s != row["seq"] and _verifies(key, row["signature"], canonical(row, seq=s)):
-            return s
+        try:
+            if s != row["seq"] and _verifies(key, row["signature"], canonical(row, seq=s)):
+                return s
+        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+            return None
     return None
 
 
@@ -243,104 +316,598 @@ def _why_bad_signature(rows: list[dict[str, Any]], pos: int, key: Ed25519PublicK
                        "by the ledger key")
 
 
-# -- epsilon re-check ------------------------------------------------------------------------------
+# -- the auditor's own accountant ------------------------------------------------------------------
+def _logaddexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+def _logsubexp(a: float, b: float) -> float:
+    """log(e^a - e^b) for a >= b (the series below is a difference of positive sums)."""
+    if b == -math.inf:
+        return a
+    if b >= a:
+        return -math.inf
+    return a + math.log1p(-math.exp(b - a))
+
+
+def _log_binom(n: float, k: int) -> tuple[float, int]:
+    """log|C(n, k)| and its sign, for real n >= 0 and integer k >= 0."""
+    if float(n).is_integer() and k > n:
+        return -math.inf, 0
+    sign = 1
+    if not float(n).is_integer() and k > n:
+        # C(n, k) = n (n-1) ... (n-k+1) / k!: the factors (n - j) for j > n are negative.
+        sign = -1 if (k - math.floor(n) - 1) % 2 == 1 else 1
+    val = math.lgamma(n + 1) - math.lgamma(k + 1)
+    # lgamma(n - k + 1) of a possibly negative non-integer argument: use |Gamma|.
+    val -= math.lgamma(n - k + 1)
+    return val, sign
+
+
+def _log_erfc(x: float) -> float:
+    """log(erfc(x)), stable for large x (asymptotic expansion where erfc underflows)."""
+    if x < 25.0:
+        v = math.erfc(x)
+        if v > 0.0:
+            return math.log(v)
+    # erfc(x) ~ exp(-x^2) / (x sqrt(pi)) (1 - 1/(2x^2) + 3/(4x^4) - 15/(8x^6))
+    r = 1.0 / (x * x)
+    return -x * x - math.log(x) - 0.5 * math.log(math.pi) + math.log1p(
+        -0.5 * r + 0.75 * r * r - 1.875 * r ** 3)
+
+
+def _psg_log_a_int(q: float, z: float, alpha: int) -> float:
+    """log A_alpha = log sum_k C(alpha,k) (1-q)^(alpha-k) q^k exp((k^2-k)/(2 z^2)) (MTZ 2019, 3.3)."""
+    acc = -math.inf
+    lq, l1q = math.log(q), math.log1p(-q)
+    for k in range(alpha + 1):
+        lb = math.lgamma(alpha + 1) - math.lgamma(k + 1) - math.lgamma(alpha - k + 1)
+        acc = _logaddexp(acc, lb + k * lq + (alpha - k) * l1q + (k * k - k) / (2.0 * z * z))
+    return acc
+
+
+def _psg_log_a_frac(q: float, z: float, alpha: float) -> float:
+    """log A_alpha for real alpha > 1 (MTZ 2019, 3.3: the two-sided series with erfc tails)."""
+    log_a0, log_a1 = -math.inf, -math.inf
+    z0 = z * z * math.log(1.0 / q - 1.0) + 0.5
+    lq, l1q = math.log(q), math.log1p(-q)
+    k = 0
+    while True:
+        lb, sign = _log_binom(alpha, k)
+        j = alpha - k
+        lt0 = lb + k * lq + j * l1q
+        lt1 = lb + j * lq + k * l1q
+        le0 = math.log(0.5) + _log_erfc((k - z0) / (math.sqrt(2.0) * z))
+        le1 = math.log(0.5) + _log_erfc((z0 - j) / (math.sqrt(2.0) * z))
+        ls0 = lt0 + (k * k - k) / (2.0 * z * z) + le0
+        ls1 = lt1 + (j * j - j) / (2.0 * z * z) + le1
+        if sign > 0:
+            log_a0, log_a1 = _logaddexp(log_a0, ls0), _logaddexp(log_a1, ls1)
+        else:
+            log_a0, log_a1 = _logsubexp(log_a0, ls0), _logsubexp(log_a1, ls1)
+        k += 1
+        if k > alpha + 1 and max(ls0, ls1) < -30.0:
+            break
+        if k > 100_000:
+            raise ArithmeticError("fractional-order series did not converge")
+    return _logaddexp(log_a0, log_a1)
+
+
+def rdp_psg(q: float, z: float, alpha: float) -> float:
+    """RDP at order alpha of the Poisson-subsampled Gaussian (rate q, noise multiplier z)."""
+    if q <= 0.0:
+        return 0.0
+    if z <= 0.0 or math.isinf(alpha):
+        return math.inf
+    if q >= 1.0:
+        return alpha / (2.0 * z * z)
+    if float(alpha).is_integer():
+        return _psg_log_a_int(q, z, int(alpha)) / (alpha - 1.0)
+    return _psg_log_a_frac(q, z, alpha) / (alpha - 1.0)
+
+
+@dataclass(frozen=True)
+class DDG:
+    """The base curve the project charges a ddg round with (FORMAT.md, "DDG")."""
+
+    clip: float
+    gamma: float
+    beta: float
+    local_stddev: float
+    padded_dim: float
+    shares: int
+
+    @property
+    def l2_bound(self) -> float:
+        c, d = self.clip / self.gamma, self.padded_dim
+        plain = c + math.sqrt(d)
+        if self.beta <= 0.0:
+            return plain
+        cond = math.sqrt(c * c + d / 4.0 + math.sqrt(2.0 * math.log(1.0 / self.beta))
+                         * (c + math.sqrt(d) / 2.0))
+        return min(plain, cond)
+
+    def eps(self, alpha: float) -> float:
+        m, d = self.shares, self.padded_dim
+        s = self.local_stddev / self.gamma
+        d2 = self.l2_bound
+        d1 = d2 * min(math.sqrt(d), d2)
+        tau = 10.0 * sum(math.exp(-2.0 * math.pi ** 2 * s * s * k / (k + 1.0)) for k in range(1, m))
+        l2 = d2 / (math.sqrt(m) * s)
+        l1 = d1 / (math.sqrt(m) * s)
+        return min(alpha / 2.0 * l2 * l2 + tau * d,
+                   alpha / 2.0 * (l2 * l2 + 2.0 * l1 * tau + tau * tau * d),
+                   alpha / 2.0 * (l2 + math.sqrt(d) * tau) ** 2)
+
+    def eps_release(self, alpha: float, q: float) -> float:
+        """log(1 - q + q exp((alpha-1) eps_m(alpha))) / (alpha - 1), in log space."""
+        x = (alpha - 1.0) * self.eps(alpha)
+        if q >= 1.0:
+            return x / (alpha - 1.0)
+        return _logaddexp(math.log1p(-q), math.log(q) + x) / (alpha - 1.0)
+
+
+def convert(curve: Callable[[float], float], delta: float, orders: Sequence[float]) -> tuple[float, float]:
+    """min over orders of the Balle et al. 2020 conversion; (epsilon, argmin order)."""
+    best, arg = math.inf, orders[0]
+    for a in orders:
+        r = curve(a)
+        if math.isinf(r):
+            continue
+        e = r + math.log((a - 1.0) / a) - (math.log(delta) + math.log(a)) / (a - 1.0)
+        if e < best:
+            best, arg = e, a
+    return max(best, 0.0), arg
+
+
+def refine(curve: Callable[[float], float], delta: float, around: float) -> float:
+    """Golden-section search of the conversion over real orders next to the grid optimum."""
+    i = ORDERS.index(around)
+    lo = ORDERS[i - 1] if i > 0 else 1.0 + 1e-6
+    hi = ORDERS[i + 1] if i + 1 < len(ORDERS) else ORDERS[-1]
+
+    def f(a: float) -> float:
+        r = curve(a)
+        return math.inf if math.isinf(r) else (
+            r + math.log((a - 1.0) / a) - (math.log(delta) + math.log(a)) / (a - 1.0))
+
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(80):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return max(min(fc, fd, f(around)), 0.0)
+
+
+def _log_binom_int(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def capped_release(alpha: float, rounds: int, q: float, big_m: float, cap: int) -> float:
+    """log(sum_k C(R,k) q^k (1-q)^(R-k) exp((alpha-1) M min(k, P))) / (alpha-1): S takes part in
+    at most P of the R rounds (its own budget refuses the rest), each costing <= M(alpha)."""
+    if q >= 1.0:
+        return big_m * min(rounds, cap)
+    lq, l1q = math.log(q), math.log1p(-q)
+    acc = -math.inf
+    for k in range(rounds + 1):
+        acc = _logaddexp(acc, _log_binom_int(rounds, k) + k * lq + (rounds - k) * l1q
+                         + (alpha - 1.0) * big_m * min(k, cap))
+    return acc / (alpha - 1.0)
+
+
+class Curve:
+    """A sum of per-row RDP charges (RDP composition), cached on the auditor's grid."""
+
+    def __init__(self) -> None:
+        self.terms: dict[tuple, list[Any]] = {}  # mechanism key -> [steps, curve]
+        self.grid = [0.0] * len(ORDERS)
+
+    def add(self, key: tuple, steps: int, fn: Callable[[float], float], cached: Sequence[float]) -> None:
+        self.terms.setdefault(key, [0, fn])[0] += steps
+        self.grid = [g + steps * v for g, v in zip(self.grid, cached)]
+
+    def __call__(self, alpha: float) -> float:
+        return sum(k * fn(alpha) for k, fn in self.terms.values())
+
+    def epsilon(self, delta: float, recorded: float | None = None) -> float:
+        idx = {a: i for i, a in enumerate(ORDERS)}
+        eps, arg = convert(lambda a: self.grid[idx[a]], delta, ORDERS)
+        if recorded is not None and recorded < eps * (1 - REL_TOL) and not math.isinf(eps):
+            eps = min(eps, refine(self, delta, arg))  # only a true under-count stays flagged
+        return eps
+
+
+# -- the epsilon re-check --------------------------------------------------------------------------
+@dataclass
+class Finding:
+    seq: int | None
+    reason: str
+    detail: str
+
+    def line(self) -> str:
+        where = f"row seq {self.seq}" if self.seq is not None else "run"
+        return f"FAIL: {where}: {self.reason}: {self.detail}"
+
+
 @dataclass
 class EpsilonCheck:
     seq: int
-    status: str  # "ok", "UNDER-COUNT", "skipped"
-    recomputed: float | None
+    status: str  # "ok" or "UNDER-COUNT" or "unchecked"
+    recomputed: dict[str, float]
     note: str = ""
 
 
-def recheck_epsilon(rows: Sequence[dict[str, Any]]) -> list[EpsilonCheck]:
-    """Recompute cumulative RDP epsilon per scope with Opacus and compare with the recorded one.
+def _close(a: float, b: float) -> bool:
+    return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-9 * max(abs(a), abs(b)))
 
-    Fast path on a fixed order grid; only where the recorded value falls below the grid's result
-    is the minimum over real orders searched (scipy), so a recorder that used any finer grid of
-    orders is never flagged: flagged values are below every RDP bound for the recorded sigmas.
-    """
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent  # lazy: pulls torch
 
-    cache: dict[tuple[float, float], list[float]] = {}
+def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False
+                    ) -> tuple[list[EpsilonCheck], list[Finding]]:
+    """Recompute every row's epsilon_server / epsilon_release per FORMAT.md v2, in row order."""
+    cache: dict[tuple, list[float]] = {}
 
-    def rdp_curve(q: float, sigma: float) -> list[float]:
-        if (q, sigma) not in cache:
-            cache[(q, sigma)] = list(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=ORDERS))
-        return cache[(q, sigma)]
+    def grid_of(key: tuple, fn: Callable[[float], float]) -> list[float]:
+        if key not in cache:
+            cache[key] = [fn(a) for a in ORDERS]
+        return cache[key]
 
-    totals: dict[Any, list[float]] = {}
-    history: dict[Any, dict[tuple[float, float], int]] = {}  # scope -> (q, sigma) -> steps
-    unknown: dict[Any, int] = {}
-    out: list[EpsilonCheck] = []
+    federation = Curve()                       # client rows, against release-only observers
+    server_sites: dict[str, Curve] = {}        # client ddg rows, against the server, per site
+    traj_sites: dict[str, Curve] = {}          # trajectory rows, per site
+    worst_server: dict[str, float] = {}
+    ddg_rows: list[tuple[int, float, list[float]]] = []  # (steps, q, base curve on ORDERS)
+    checks: list[EpsilonCheck] = []
+    findings: list[Finding] = []
+
+    def flag(seq: int, reason: str, detail: str) -> None:
+        findings.append(Finding(seq, reason, detail))
+
     for row in rows:
-        scope = row["site"] if row["unit"] == "trajectory" else None
-        mech = row["mechanism"]
-        if mech not in GAUSSIAN_FAMILY:
-            unknown[scope] = unknown.get(scope, 0) + 1
-            out.append(EpsilonCheck(row["seq"], "skipped", None,
-                                    f"mechanism {mech!r} unknown to the auditor"))
-            continue
-        q, sigma, steps = float(row["sample_rate"]), float(row["sigma_effective"]), int(row["steps"])
-        curve = rdp_curve(q, sigma)
-        acc = totals.setdefault(scope, [0.0] * len(ORDERS))
-        for i, v in enumerate(curve):
-            acc[i] += steps * v
-        pairs = history.setdefault(scope, {})
-        pairs[(q, sigma)] = pairs.get((q, sigma), 0) + steps
-        note = f"lower bound: {unknown[scope]} unknown-mechanism rows excluded" if unknown.get(scope) else ""
-        recorded = epsilon_of(row).get("rdp")
-        delta = float(row["delta"])
-        with _quiet_warnings():
-            grid_eps = float(get_privacy_spent(orders=ORDERS, rdp=acc, delta=delta)[0])
-        if recorded is None:
-            out.append(EpsilonCheck(row["seq"], "skipped", grid_eps, "no 'rdp' epsilon recorded"))
-            continue
-        if recorded >= grid_eps * (1 - REL_TOL):
-            out.append(EpsilonCheck(row["seq"], "ok", grid_eps, note))
-            continue
-        best = _continuous_min(history[scope], acc, delta, compute_rdp, grid_eps)
-        if recorded >= best * (1 - REL_TOL):
-            out.append(EpsilonCheck(row["seq"], "ok", best, note or "finer orders than the grid"))
+        seq = row["seq"]
+        v2 = v2_of(row)
+        eps_rec = epsilon_of(row)
+        e_server, e_release = from_f64(v2["epsilon_server"]), from_f64(v2["epsilon_release"])
+        mech, unit, acct = row["mechanism"], row["unit"], row["accountant"]
+        q, z, steps, delta = float(row["sample_rate"]), float(row["sigma_effective"]), int(row["steps"]), float(row["delta"])
+        parts = list(v2["participants"])
+        site_eps = {k: from_f64(v) for k, v in v2["site_epsilon_server"].items()}
+        params = {k: from_f64(v) for k, v in v2["params"].items()}
+        n_before = len(findings)
+        if v2["sampling"] == "reproducible" and not allow_reproducible:
+            flag(seq, "not a privacy guarantee", "sampling = reproducible: the sample is derivable "
+                 "from the config, so amplification by sampling is not a guarantee")
+        elif v2["sampling"] not in ("secret", "reproducible"):
+            flag(seq, "unknown sampling", f"sampling {v2['sampling']!r}")
+        tm = v2["threat_model"]
+        if tm not in ("server", "release"):
+            flag(seq, "unknown threat model", f"threat_model {tm!r}")
+        enforced = e_server if tm == "server" else e_release
+        if acct not in eps_rec or not _close(eps_rec[acct], enforced):
+            flag(seq, "epsilon mismatch", f"epsilon[{acct}] = {eps_rec.get(acct)!r} is not the "
+                 f"{tm} epsilon {enforced!r}")
+        if parts != sorted(parts) or len(set(parts)) != len(parts):
+            flag(seq, "bad participants", "participants are not sorted and distinct")
+        recomputed: dict[str, float] = {}
+        if unit == "trajectory":
+            if mech != "dp-sgd":
+                flag(seq, "unknown mechanism", f"mechanism {mech!r} on a trajectory row")
+                checks.append(EpsilonCheck(seq, "unchecked", {}))
+                continue
+            if parts or site_eps:
+                flag(seq, "bad row", "trajectory rows have participants = [] and site_epsilon_server = {}")
+            site = row["site"]
+            curve = traj_sites.setdefault(site, Curve())
+            curve.add(("psg", q, z), steps, lambda a, q=q, z=z: rdp_psg(q, z, a),
+                      grid_of(("psg", q, z), lambda a, q=q, z=z: rdp_psg(q, z, a)))
+            want = curve.epsilon(delta, min(e_server, e_release))
+            recomputed = {"server": want, "release": want}
+            if not _close(e_server, e_release):
+                flag(seq, "epsilon mismatch", "trajectory rows have epsilon_server = epsilon_release")
+            for name, got in (("epsilon_server", e_server), ("epsilon_release", e_release)):
+                if got < want * (1 - REL_TOL):
+                    flag(seq, "epsilon under-count", f"recorded {name} {got:.6g} < recomputed "
+                         f"{want:.6g} (site {site}, DP-SGD, MTZ 2019 RDP)")
+        elif unit == "client" and row["site"] is None:
+            if len(parts) > int(row["sites_planned"]):
+                flag(seq, "bad participants", f"{len(parts)} participants but sites_planned = "
+                     f"{row['sites_planned']}")
+            if mech == "gaussian":
+                if not math.isinf(e_server):
+                    flag(seq, "epsilon under-count", f"central gaussian rows have epsilon_server = "
+                         f"+inf (the server sees every update), recorded {e_server!r}")
+                if site_eps:
+                    flag(seq, "bad row", "central gaussian rows have site_epsilon_server = {}")
+                federation.add(("psg", q, z), steps, lambda a, q=q, z=z: rdp_psg(q, z, a),
+                               grid_of(("psg", q, z), lambda a, q=q, z=z: rdp_psg(q, z, a)))
+                want_rel = federation.epsilon(delta, e_release)
+                recomputed = {"server": math.inf, "release": want_rel}
+            elif mech == "ddg":
+                missing = [k for k in DDG_PARAMS if k not in params]
+                m = int(v2["noise_shares"])
+                if missing or m < 1:
+                    flag(seq, "bad ddg parameters", f"missing {missing}" if missing else
+                         f"noise_shares = {m} (must be >= 1)")
+                    checks.append(EpsilonCheck(seq, "unchecked", {}))
+                    continue
+                base = DDG(clip=float(row["clip"]), gamma=params["gamma"], beta=params["beta"],
+                           local_stddev=params["local_stddev"], padded_dim=params["padded_dim"],
+                           shares=m)
+                if base.gamma <= 0 or base.local_stddev <= 0 or base.padded_dim < 1 or not 0 <= base.beta < 1:
+                    flag(seq, "bad ddg parameters", f"params {params}")
+                    checks.append(EpsilonCheck(seq, "unchecked", {}))
+                    continue
+                if not _close(base.l2_bound, params["l2_bound"]) and abs(base.l2_bound - params["l2_bound"]) > 1e-9 * base.l2_bound:
+                    flag(seq, "bad ddg parameters", f"recorded l2_bound {params['l2_bound']!r} is "
+                         f"not the conditional-rounding bound {base.l2_bound!r} of the recorded "
+                         f"clip, gamma, beta, padded_dim")
+                key = ("ddg", base)
+                fn_server = base.eps
+                g_server = grid_of(key, fn_server)
+                for site in parts:
+                    server_sites.setdefault(site, Curve()).add(key, steps, fn_server, g_server)
+                if sorted(site_eps) != parts:
+                    flag(seq, "bad participants", f"site_epsilon_server names {sorted(site_eps)}, "
+                         f"participants are {parts}")
+                for site in parts:
+                    want = server_sites[site].epsilon(delta, site_eps.get(site))
+                    worst_server[site] = want
+                    got = site_eps.get(site)
+                    if got is not None and got < want * (1 - REL_TOL):
+                        flag(seq, "epsilon under-count", f"recorded site_epsilon_server[{site}] "
+                             f"{got:.6g} < recomputed {want:.6g} (DDG against the server, "
+                             f"m = {m} honest shares, no sampling discount)")
+                want_server = max(worst_server.values(), default=0.0)
+                fn_rel = (lambda a, b=base, q=q: b.eps_release(a, q))
+                federation.add(("ddg-rel", base, q), steps, fn_rel, grid_of(("ddg-rel", base, q), fn_rel))
+                ddg_rows.append((steps, q, g_server))
+                budget = from_f64(v2["site_budget"])
+                # Product bound (Theorem R) and, with a finite site budget, the capped bound:
+                # pointwise minimum of two valid curves (FORMAT.md, "DDG").
+                want_rel = federation.epsilon(delta, e_release)
+                if math.isfinite(budget):
+                    want_rel = min(want_rel, _capped_epsilon(ddg_rows, budget, delta, federation))
+                # The release is a post-processing of the server's view (FORMAT.md).
+                want_rel = min(want_rel, want_server)
+                for site in parts:
+                    if worst_server[site] > budget * (1 + REL_TOL):
+                        flag(seq, "budget exceeded", f"site {site} is at epsilon_server "
+                             f"{worst_server[site]:.6g} > its budget {budget:g}: its guard should "
+                             f"have refused this round")
+                recomputed = {"server": want_server, "release": want_rel}
+                if e_server < want_server * (1 - REL_TOL):
+                    flag(seq, "epsilon under-count", f"recorded epsilon_server {e_server:.6g} < "
+                         f"recomputed worst site {want_server:.6g}")
+            else:
+                flag(seq, "unknown mechanism", f"mechanism {mech!r} unknown to the auditor")
+                checks.append(EpsilonCheck(seq, "unchecked", {}))
+                continue
+            if e_release < recomputed["release"] * (1 - REL_TOL):
+                flag(seq, "epsilon under-count", f"recorded epsilon_release {e_release:.6g} < "
+                     f"recomputed {recomputed['release']:.6g} ({mech}, q = {q:g}, release-only "
+                     f"observers)")
         else:
-            out.append(EpsilonCheck(row["seq"], "UNDER-COUNT", best,
-                                    f"recorded rdp epsilon {recorded:.6g} < recomputed {best:.6g}"))
+            flag(seq, "bad row", f"unit {unit!r} with site {row['site']!r}")
+            checks.append(EpsilonCheck(seq, "unchecked", {}))
+            continue
+        if acct == "rdp" and eps_rec.get("rdp") is not None:
+            want = recomputed.get(tm)
+            if want is not None and eps_rec["rdp"] < want * (1 - REL_TOL) and len(findings) == n_before:
+                flag(seq, "epsilon under-count", f"recorded epsilon[rdp] {eps_rec['rdp']:.6g} < "
+                     f"recomputed {want:.6g}")
+        elif acct != "rdp":
+            flag(seq, "unchecked accountant", f"accountant {acct!r}: its numbers may legitimately be "
+                 f"below RDP and this auditor has no independent {acct} accountant")
+        status = "ok" if len(findings) == n_before else "UNDER-COUNT" if any(
+            f.reason == "epsilon under-count" for f in findings[n_before:]) else "FAIL"
+        checks.append(EpsilonCheck(seq, status, recomputed))
+    return checks, findings
+
+
+_SERVER_IDX = None
+
+
+def _capped_epsilon(ddg_rows: Sequence[tuple[int, float, list[float]]], budget: float, delta: float,
+                    product: "Curve") -> float:
+    """convert(min(product, capped)) over the ddg rows so far (FORMAT.md, "DDG", release)."""
+    global _SERVER_IDX
+    if _SERVER_IDX is None:
+        pos = {a: i for i, a in enumerate(ORDERS)}
+        _SERVER_IDX = [pos[a] for a in SERVER_ORDERS]
+    rounds = sum(k for k, _, _ in ddg_rows)
+    q = max(qq for _, qq, _ in ddg_rows)  # heterogeneous rates: the largest bounds them all
+    big = [max(c[i] for _, _, c in ddg_rows) for i in range(len(ORDERS))]
+    small = [min(c[i] for _, _, c in ddg_rows) for i in range(len(ORDERS))]
+    # P: the most participations the sites' guards can allow, with the conversion on the
+    # SERVER's grid (the guard's rule; a finer grid would allow more and loosen the bound).
+    small_at = {ORDERS[i]: small[i] for i in _SERVER_IDX}
+    cap = 0
+    for k in range(1, rounds + 1):
+        e, _ = convert(lambda a, k=k: k * small_at[a], delta, SERVER_ORDERS)
+        if e > budget:
+            break
+        cap = k
+    curve = [min(product.grid[i], capped_release(a, rounds, q, big[i], cap))
+             for i, a in enumerate(ORDERS)]
+    idx = {a: i for i, a in enumerate(ORDERS)}
+    eps, _ = convert(lambda a: curve[idx[a]], delta, ORDERS)
+    return eps
+
+
+# -- the run directory: rollback and config ------------------------------------------------------
+_CKPT = re.compile(r"round-(\d+)\.pt")
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a crash
     return out
 
 
-def _continuous_min(history: dict[tuple[float, float], int], acc: list[float], delta: float,
-                    compute_rdp: Callable[..., Any], grid_eps: float) -> float:
-    """Minimum over real orders in (1, 256] of the Balle et al. (2020) conversion Opacus uses,
-    searched between the grid optimum's neighbours (the curve is unimodal in the order)."""
-    from scipy.optimize import minimize_scalar
+def check_run(ledger: Ledger, run: Path) -> tuple[list[Finding], list[str]]:
+    """Compare the ledger with what the run directory recorded (rollback) and its config."""
+    findings: list[Finding] = []
+    checked: list[str] = []
+    rows = ledger.rows
+    n = len(rows)
+    hashes = {r["seq"]: r.get("_hash") or sha256_hex(canonical(r)) for r in rows}
+    last_round = max((r["round"] for r in rows), default=None)
+    config = _load_config(run, findings)
+    unit = ((config or {}).get("privacy") or {}).get("unit")
 
-    def conversion(alpha: float, rdp: float) -> float:
-        return rdp - (math.log(delta) + math.log(alpha)) / (alpha - 1) + math.log((alpha - 1) / alpha)
+    def head_check(head: Any, what: str) -> None:
+        if head is None:
+            return
+        try:
+            seq, h = int(head["seq"]), str(head["row_hash"])
+        except (TypeError, KeyError, ValueError):
+            findings.append(Finding(None, "bad run file", f"{what}: ledger_head is malformed"))
+            return
+        if seq == 0 and h == GENESIS:
+            return
+        if seq > n:
+            findings.append(Finding(None, "rolled back", f"{what} recorded ledger row {seq}, the "
+                                    f"ledger ends at row {n} (an older copy of the ledger)"))
+        elif hashes.get(seq) != h:
+            findings.append(Finding(seq, "rewritten", f"{what} recorded ledger row {seq} with "
+                                    f"hash {h[:16]}..., the ledger's row {seq} differs"))
 
-    def eps_at(alpha: float) -> float:
-        rdp = sum(steps * float(compute_rdp(q=q, noise_multiplier=s, steps=1, orders=alpha))
-                  for (q, s), steps in history.items())
-        return conversion(alpha, rdp)
+    def round_check(r: int, what: str) -> None:
+        # Every client-level round appends a row numbered >= its round before it is applied.
+        if unit == "client" and r > 0 and (last_round is None or last_round < r):
+            findings.append(Finding(None, "rolled back", f"{what} is at round {r}, the ledger's "
+                                    f"last round is {last_round} (an older copy of the ledger)"))
 
-    i = min(range(len(ORDERS)), key=lambda j: conversion(ORDERS[j], acc[j]))
-    lo = ORDERS[i - 1] if i > 0 else 1.0 + 1e-9
-    hi = ORDERS[min(i + 1, len(ORDERS) - 1)]
-    with _quiet_warnings():
-        res = minimize_scalar(eps_at, bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-9, "maxiter": 500})
-    return min(float(res.fun), grid_eps)
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        mrows = _jsonl(metrics)
+        checked.append(f"metrics.jsonl ({len(mrows)} rounds)")
+        for m in mrows:
+            head_check(m.get("ledger_head"), f"metrics.jsonl round {m.get('round')}")
+        if mrows:
+            round_check(int(mrows[-1].get("round", 0)), "metrics.jsonl")
+    else:
+        findings.append(Finding(None, "missing run file", f"{metrics} (needed to detect a "
+                                "rolled-back ledger; pass --ledger-only to audit the ledger alone)"))
+    state = run / "state.json"
+    if state.is_file():
+        try:
+            s = json.loads(state.read_text(encoding="utf-8"))
+            head_check(s.get("ledger_head"), "state.json")
+            round_check(int(s.get("round", 0)), "state.json")
+            checked.append("state.json")
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+            findings.append(Finding(None, "bad run file", f"{state} is not JSON"))
+    ckdir = run / "checkpoints"
+    if ckdir.is_dir():
+        rounds = [int(mt.group(1)) for p in ckdir.iterdir() if (mt := _CKPT.fullmatch(p.name))]
+        if rounds:
+            round_check(max(rounds), f"checkpoint round-{max(rounds):05d}.pt")
+        checked.append(f"checkpoints ({len(rounds)})")
+    if config is not None:
+        findings += check_config(rows, config)
+        checked.append("config.resolved.toml")
+    fp = run / "config.fingerprint"
+    if fp.is_file() and fp.read_text(encoding="utf-8").strip() != ledger.meta.get("config_hash"):
+        findings.append(Finding(None, "config hash mismatch", f"{fp} says "
+                                f"{fp.read_text(encoding='utf-8').strip()!r}, the ledger is for "
+                                f"{ledger.meta.get('config_hash')!r}"))
+    return findings, checked
 
 
-class _quiet_warnings:
-    """Opacus warns when the optimum sits at the grid's edge; the table says what matters."""
+def _load_config(run: Path, findings: list[Finding]) -> dict[str, Any] | None:
+    path = run / "config.resolved.toml"
+    if not path.is_file():
+        return None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        findings.append(Finding(None, "bad run file", f"{path}: {exc}"))
+        return None
 
-    def __enter__(self) -> None:
-        import warnings
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore")
 
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
+def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list[Finding]:
+    """Recorded mechanism parameters against the resolved config the run was made with."""
+    out: list[Finding] = []
+    p = config.get("privacy") or {}
+    sa = config.get("secure_aggregation") or {}
+    samp = config.get("sampling") or {}
+    unit = p.get("unit", "none")
+    mech = {"trajectory": "dp-sgd"}.get(unit) or (
+        p.get("mechanism") if p.get("mechanism", "auto") != "auto"
+        else ("ddg" if sa.get("enabled") else "gaussian"))
+    tm = p.get("threat_model", "auto")
+    if tm == "auto":
+        tm = "release" if mech == "gaussian" else "server"
+    sigma = float(p.get("noise_multiplier", 0.0) or 0.0)
+    for r in rows:
+        seq = r["seq"]
+        try:
+            v2 = v2_of(r)
+        except (ValueError, json.JSONDecodeError):
+            continue
+
+        def bad(what: str, got: Any, want: Any) -> None:
+            out.append(Finding(seq, "disagrees with config", f"recorded {what} {got!r}, the config "
+                               f"says {want!r}"))
+
+        if r["unit"] != unit:
+            bad("unit", r["unit"], unit)
+        if r["mechanism"] != mech:
+            bad("mechanism", r["mechanism"], mech)
+        if "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
+            bad("delta", r["delta"], p["delta"])
+        if "clip" in p and not p.get("adaptive_clipping") and not _close(float(r["clip"]), float(p["clip"])):
+            bad("clip", r["clip"], p["clip"])
+        if sigma > 0 and not _close(float(r["sigma_planned"]), sigma):
+            bad("sigma_planned", r["sigma_planned"], sigma)
+        if r["mechanism"] in ("gaussian", "dp-sgd") and float(r["sigma_effective"]) > float(r["sigma_planned"]) * (1 + 1e-9):
+            out.append(Finding(seq, "disagrees with config", f"sigma_effective {r['sigma_effective']!r} "
+                               f"exceeds the planned {r['sigma_planned']!r}: more noise claimed "
+                               f"than the config calls for"))
+        if v2["threat_model"] != tm:
+            bad("threat_model", v2["threat_model"], tm)
+        if r["unit"] == "client" and sa.get("enabled") and "max_colluding_sites" in sa and \
+                v2["max_colluding"] != int(sa["max_colluding_sites"]):
+            bad("max_colluding", v2["max_colluding"], sa["max_colluding_sites"])
+        if unit == "trajectory" and "sample_rate" in p and not _close(float(r["sample_rate"]), float(p["sample_rate"])):
+            bad("sample_rate", r["sample_rate"], p["sample_rate"])
+        if unit == "client" and not samp.get("clients_per_round"):
+            q = float(samp.get("fraction", 1.0)) if samp.get("poisson", True) else 1.0
+            if not _close(float(r["sample_rate"]), q):
+                bad("sample_rate", r["sample_rate"], q)
+        if "target_epsilon" in p:
+            budget = float(p["target_epsilon"]) if (tm == "server" or unit == "trajectory") else math.inf
+            if not _close(from_f64(v2["site_budget"]), budget):
+                bad("site_budget", from_f64(v2["site_budget"]), budget)
+        want_sampling = "reproducible" if p.get("reproducible_noise") else "secret"
+        if v2["sampling"] != want_sampling:
+            bad("sampling", v2["sampling"], want_sampling)
+    return out
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -350,65 +917,113 @@ def _fmt(x: Any) -> str:
 
 def print_table(rows: Sequence[dict[str, Any]], checks: dict[int, EpsilonCheck]) -> None:
     header = ("seq", "round", "unit", "site", "mechanism", "C", "sigma_eff", "q", "steps",
-              "survived", "accountant", "eps(acct)", "delta", "eps check")
+              "participants", "threat", "eps_server", "eps_release", "recomputed s/r", "check")
     lines = [header]
     for r in rows:
         try:
-            eps = epsilon_of(r).get(r["accountant"])
+            v2 = v2_of(r)
+            es, er = from_f64(v2["epsilon_server"]), from_f64(v2["epsilon_release"])
+            tm, np_ = v2["threat_model"], len(v2["participants"])
         except (ValueError, TypeError, json.JSONDecodeError):
-            eps = None
+            es = er = None
+            tm, np_ = "?", "?"
         c = checks.get(r["seq"])
-        check = "-" if c is None else (c.status + (f" ({_fmt(c.recomputed)})" if c.recomputed
-                                                   is not None else "") + (f" {c.note}" if c.note else ""))
+        rec = "-" if c is None or not c.recomputed else \
+            f"{_fmt(c.recomputed.get('server'))}/{_fmt(c.recomputed.get('release'))}"
         lines.append((_fmt(r["seq"]), _fmt(r["round"]), _fmt(r["unit"]), _fmt(r["site"]),
                       _fmt(r["mechanism"]), _fmt(r["clip"]), _fmt(r["sigma_effective"]),
-                      _fmt(r["sample_rate"]), _fmt(r["steps"]),
-                      f"{r['sites_survived']}/{r['sites_planned']}", _fmt(r["accountant"]),
-                      _fmt(eps), _fmt(r["delta"]), check))
+                      _fmt(r["sample_rate"]), _fmt(r["steps"]), _fmt(np_), tm, _fmt(es), _fmt(er),
+                      rec, "-" if c is None else c.status))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     for line in lines:
         print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
 
 
+def _pinned_key(args: argparse.Namespace) -> str | None:
+    if args.public_key:
+        key = args.public_key.strip().lower()
+    elif args.public_key_file:
+        try:
+            key = Path(args.public_key_file).read_text(encoding="ascii").split()[0].lower()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise AuditFailure(None, "bad pin", f"--public-key-file {args.public_key_file}: {exc}") from None
+    else:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise AuditFailure(None, "bad pin", f"pinned public key {key!r} is not 64 hex digits")
+    return key
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Verify a secure-fedrl privacy ledger independently.")
     ap.add_argument("target", help="run directory or privacy_ledger.sqlite")
-    ap.add_argument("--public-key", help="pin the server's Ed25519 public key (64 hex digits)")
+    ap.add_argument("--public-key", help="pin the server's Ed25519 public key (64 hex digits), "
+                    "obtained out of band")
+    ap.add_argument("--public-key-file", help="pin the key in this file (e.g. the key directory's "
+                    "ledger_public_key.hex), obtained out of band")
     ap.add_argument("--config-hash", help="pin the federation config hash")
-    ap.add_argument("--no-epsilon", action="store_true", help="skip the Opacus epsilon re-check")
+    ap.add_argument("--ledger-only", action="store_true", help="audit a ledger without its run "
+                    "directory (a rolled-back ledger then goes unnoticed)")
+    ap.add_argument("--allow-reproducible", action="store_true", help="accept rows with "
+                    "sampling = reproducible (experiments: not a privacy guarantee)")
+    ap.add_argument("--no-epsilon", action="store_true", help="skip the epsilon re-check")
     ap.add_argument("--quiet", action="store_true", help="print only the verdict")
     args = ap.parse_args(argv)
     try:
-        ledger = load(args.target)
+        return _main(args)
     except AuditFailure as exc:
         print(f"FAIL: {exc}")
         return 2
+    except Exception as exc:  # noqa: BLE001 - an auditor prints one line, never a traceback
+        print(f"FAIL: ledger: auditor error: {type(exc).__name__}: {exc}")
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    pinned = _pinned_key(args)
+    ledger = load(args.target)
+    run = ledger.path.parent
+    findings: list[Finding] = []
     checks: list[EpsilonCheck] = []
-    failure: AuditFailure | None = None
     try:
-        verify(ledger, public_key=args.public_key, config_hash=args.config_hash)
+        verify(ledger, public_key=pinned, config_hash=args.config_hash)
     except AuditFailure as exc:
-        failure = exc
-    if failure is None and not args.no_epsilon:
-        checks = recheck_epsilon(ledger.rows)
+        if not args.quiet:
+            print_table(ledger.rows, {})
+        print(f"FAIL: {exc}")
+        return 2
+    if not args.no_epsilon:
+        checks, eps_findings = recheck_epsilon(ledger.rows, allow_reproducible=args.allow_reproducible)
+        findings += eps_findings
+    run_files = any((run / f).exists() for f in ("config.resolved.toml", "metrics.jsonl", "state.json"))
+    checked: list[str] = []
+    if run_files:
+        run_findings, checked = check_run(ledger, run)
+        findings += run_findings
     if not args.quiet:
         print_table(ledger.rows, {c.seq: c for c in checks})
-    if failure is not None:
-        print(f"FAIL: {failure}")
-        return 2
-    under = [c for c in checks if c.status == "UNDER-COUNT"]
-    skipped = [c for c in checks if c.status == "skipped"]
-    if under:
-        print(f"FAIL: row seq {under[0].seq}: epsilon under-count: {under[0].note} "
-              f"({len(under)} row(s) under-counted)")
+    findings.sort(key=lambda f: (f.seq is None, f.seq or 0))
+    for f in findings:
+        print(f.line())
+    if findings:
         return 2
     n = len(ledger.rows)
     head = ledger.head[1] if ledger.head else GENESIS
     print(f"OK: {n} rows, chain intact, signatures valid (head seq {n}, hash {head})")
     if checks:
-        print(f"epsilon: {len(checks) - len(skipped)} rows re-checked with Opacus RDP, no under-count"
-              + (f"; {len(skipped)} skipped ({skipped[0].note})" if skipped else ""))
-    return 0
+        print(f"epsilon: {len(checks)} rows re-checked (epsilon_server and epsilon_release, "
+              f"independent RDP accountant, orders to {ORDERS[-1]:g}), no under-count")
+    if checked:
+        print(f"run directory: ledger head and last round agree with {', '.join(checked)}")
+    unpinned = pinned is None
+    if unpinned:
+        print("NOT PINNED: no --public-key / --public-key-file: only the ledger's internal "
+              "consistency was checked (anyone can sign a consistent ledger with a new key)")
+    if not run_files and not args.ledger_only:
+        print("NOT CHECKED: no run directory files beside the ledger: a rolled-back ledger would "
+              "pass (pass --ledger-only to accept)")
+        return 3
+    return 3 if unpinned else 0
 
 
 if __name__ == "__main__":
