@@ -29,6 +29,7 @@ from secure_fedrl.transport.rounds import announcement, run_server_round, run_si
 
 DIM = 257
 ROUND = 1
+SITES = ("s1", "s2", "s3", "s4")
 SEED = b"transport-test"
 DEADLINES = PhaseDeadlines(advertise_keys=20, share_keys=20, masked_input=3, consistency_check=20, unmasking=20)
 

@@ -10,7 +10,7 @@ from secure_fedrl.transport.base import Hub
 from secure_fedrl.transport.grpc_transport import GrpcServer, GrpcSite, Limits
 from secure_fedrl.transport.pki import CertificateAuthority, load_server_identity, load_site_identity
 
-SITES = ("s1", "s2", "s3", "s4")
+from _fed import SITES
 
 
 @pytest.fixture(scope="session")

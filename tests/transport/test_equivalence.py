@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _fed import announcements, expected_sum, server_main, site_main
-from conftest import SITES
+from _fed import SITES, announcements, expected_sum, server_main, site_main
 
 from secure_fedrl.transport.base import Hub, InMemorySite
 

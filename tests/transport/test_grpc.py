@@ -13,8 +13,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from _fed import announcements, expected_sum, server_main, site_main, site_vector
-from conftest import SITES
+from _fed import SITES, announcements, expected_sum, server_main, site_main, site_vector
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from secure_fedrl.secagg.client import SecAggClient

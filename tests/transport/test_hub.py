@@ -6,8 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from _fed import DEADLINES, announcements, expected_sum, server_main, site_main
-from conftest import SITES
+from _fed import SITES, announcements, expected_sum, server_main, site_main
 
 from secure_fedrl.errors import ProtocolError
 from secure_fedrl.secagg import messages as M
