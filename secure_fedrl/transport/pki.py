@@ -233,6 +233,7 @@ class CertificateAuthority:
                                                       encode_identity_extension(number, ident_pub)), critical=False)
             .sign(self.key, hashes.SHA256())
         )
+        site_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_private(site_dir / "tls.key", _key_pem(tls_key))
         _write_private(site_dir / "identity.key", _key_pem(identity))
         _write_public(site_dir / "tls.crt", cert.public_bytes(serialization.Encoding.PEM))

@@ -58,6 +58,7 @@ def test_cli_init_issue_revoke(tmp_path, capsys):
     assert "SecAgg id 1" in out and "CRL number 2" in out
     for key in ("ca.key", "sites/clinic-1/tls.key", "sites/clinic-1/identity.key", "server/tls.key"):
         assert stat.S_IMODE(os.stat(d / key).st_mode) == 0o600, key
+    assert stat.S_IMODE(os.stat(d / "sites" / "clinic-1").st_mode) & 0o077 == 0
     sans = load_certificate((d / "server" / "tls.crt").read_bytes()).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["fl.example.org"]
