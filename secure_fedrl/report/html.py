@@ -182,14 +182,14 @@ def render_html(doc: dict[str, Any]) -> str:
     se = site_epsilon_chart(doc)
     parts.append("<h2>Sites</h2><div class=\"grid\">" + f"<div>{bytes_chart(doc)}</div>"
                  + (f"<div>{se}</div>" if se else "") + "</div>")
-    parts.append("<table><tr><th class=\"l\">site</th><th>ε spent</th><th>ledger rows</th>"
-                 "<th>rounds trained</th><th>uploads rejected</th><th>bytes uploaded</th>"
-                 "<th>last eval return</th></tr>")
+    cols = [("ε spent", "epsilon", 4), ("ledger rows", "ledger_rows", 3), ("rounds trained", "rounds_trained", 3),
+            ("uploads rejected", "uploads_rejected", 3), ("bytes uploaded", "bytes_uploaded", 6),
+            ("last eval return", "eval_return_last", 4)]
+    cols = [c for c in cols if any(s[c[1]] is not None for s in doc["sites"])]  # drop empty columns
+    parts.append("<table><tr><th class=\"l\">site</th>" + "".join(f"<th>{c[0]}</th>" for c in cols) + "</tr>")
     for s in doc["sites"]:
-        parts.append(f"<tr><td class=\"l\">{escape(s['site'])}</td><td>{_f(s['epsilon'], 4)}</td>"
-                     f"<td>{s['ledger_rows']}</td><td>{_f(s['rounds_trained'])}</td>"
-                     f"<td>{_f(s['uploads_rejected'])}</td><td>{_f(s['bytes_uploaded'], 6)}</td>"
-                     f"<td>{_f(s['eval_return_last'], 4)}</td></tr>")
+        parts.append(f"<tr><td class=\"l\">{escape(s['site'])}</td>"
+                     + "".join(f"<td>{_f(s[key], d)}</td>" for _, key, d in cols) + "</tr>")
     parts.append("</table>")
 
     parts.append("<h2>Ledger</h2>")

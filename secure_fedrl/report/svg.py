@@ -61,8 +61,10 @@ def _nice_ticks(lo: float, hi: float, n: int = 5, *, integer: bool = False) -> l
     start = math.floor(lo / step) * step
     ticks = []
     t = start
-    while t <= hi + step * 0.5 and len(ticks) < 50:
+    while len(ticks) < 50:  # the last tick is at or above hi: every point lies inside the axes
         ticks.append(round(t, 12))
+        if t >= hi - 1e-9 * step:
+            break
         t += step
     return ticks
 
