@@ -62,8 +62,10 @@ patient whose basal rate is titrated to hold fasting glucose at 110 mg/dL (basal
 model's steady state, so TDI = 2 x 24 x basal need).
 
 Action (Box [-1, 1]^2), `action_mode`:
-  0 (default, "therapy"): a0 scales the programmed basal (x (1 + a0), 0-2x) and a1 the meal and
-    correction bolus of the standard rule (x (1 + a1/2), 0.5-1.5x); a = 0 IS the basal-bolus rule.
+  0 (default, "therapy"): a0 < 0 lowers the programmed basal (x (1 + a0), down to a suspension),
+    a0 > 0 adds automatic correction insulin (x (1 + 2 a0), up to 3x basal: `correction_basals`), and a1 scales the
+    meal and correction bolus of the standard rule (x (1 + a1/2), 0.5-1.5x); a = 0 IS the
+    basal-bolus rule.
   1 ("rate"): a0 -> basal rate in [0, max_basal_rate] U/h, a1 -> bolus in [0, max_bolus] U now.
 Either way the delivered insulin is clipped to the pump's bounds (basal <= 5 U/h, bolus <= 25 U).
 Observation (16): last 12 CGM readings (1 h, scaled (g - 140)/70), insulin on board (pump-style,
@@ -215,7 +217,7 @@ def sample_patient(seed: int) -> Patient:
 
 
 def magni_risk(g_mgdl: float | np.ndarray) -> float | np.ndarray:
-    """Magni et al. 2007 risk index of glucose in mg/dL (0 at ~112.5 mg/dL, 100 at the extremes)."""
+    """Magni et al. 2007 risk index of glucose in mg/dL (0 at ~139 mg/dL; capped at 100)."""
     g = np.maximum(np.asarray(g_mgdl, dtype=np.float64), 1.0)
     r = np.minimum(10.0 * (3.35506 * (np.log(g) ** 0.8353 - 3.7932)) ** 2, 100.0)
     return float(r) if np.ndim(r) == 0 else r
@@ -285,6 +287,7 @@ class HovorkaEnv(gym.Env):
 
     Numeric attributes a site may override: `patient_seed` (< 0: the nominal Hovorka 2004
     patient; else drawn from the published distributions by this seed), `episode_days`,
+    `correction_basals`,
     `action_mode`, `hypo_penalty`, `termination_penalty`, `carb_error` (SD of the relative
     carb-counting error of announced meals), `cgm_noise` (0 turns the sensor error off).
     """
@@ -298,7 +301,8 @@ class HovorkaEnv(gym.Env):
         self.patient_seed = float(patient_seed)
         self.episode_days = float(episode_days)
         self.action_mode = float(action_mode)
-        self.hypo_penalty = 1.0
+        self.hypo_penalty = 3.0
+        self.correction_basals = 2.0
         self.termination_penalty = 50.0
         self.carb_error = 0.1
         self.cgm_noise = 1.0
@@ -396,7 +400,10 @@ class HovorkaEnv(gym.Env):
         else:  # adjustments of the programmed therapy
             if carbs > 0 and self.carb_error:
                 carbs = carbs * max(0.0, 1.0 + self.carb_error * float(self.np_random.standard_normal()))
-            basal = self.therapy["basal"] * (1.0 + a[0])
+            # a0 < 0 lowers the programmed basal (down to a suspension); a0 > 0 adds automatic
+            # correction insulin up to `correction_basals` more basals (as hybrid closed loops do).
+            scale = 1.0 + a[0] if a[0] < 0 else 1.0 + self.correction_basals * a[0]
+            basal = self.therapy["basal"] * scale
             bolus = self.standard_bolus(carbs, self.cgm_hist[-1], self.insulin_on_board()) * (1.0 + 0.5 * a[1])
         return float(np.clip(basal, 0.0, MAX_BASAL)), float(np.clip(bolus, 0.0, MAX_BOLUS))
 

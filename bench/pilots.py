@@ -1,0 +1,328 @@
+"""Pilot results: federated private policy vs each site alone vs non-private federation vs baseline.
+
+    python bench/pilots.py --pilot healthcare [--sites 120 --rounds 10 --alone 20]
+    python bench/pilots.py --pilot finance    [--rounds 30]
+
+Healthcare (clients/healthcare/federation.toml): the basal-bolus rule (action 0), the federated
+client-level DP policy (the shipped config, run by the real runtime: secure aggregation,
+distributed noise, ledger), the same federation without privacy, and `--alone` patients each
+trained alone for the same rounds and local steps (no privacy needed: nothing leaves the pump).
+Every arm is evaluated on the same seeded days per patient (`--episodes`). Goals (issue 11):
+TIR(federated DP) >= TIR(basal-bolus) on >= 80 % of patients, >= TIR(site alone) on average over
+the patients trained alone, and time below 54 no worse than basal-bolus (mean over patients).
+
+Finance (clients/finance/federation.toml): buy-and-hold, equal weights rebalanced weekly, the
+federated trajectory-DP policy, the non-private federation and each desk trained alone (same
+rounds, episodes and DP settings as in the federation: the desk's data is as private alone),
+all on the held-out window 2018-2022. Goals: held-out Sharpe of the federated policy >= the desks
+alone on average, and >= buy-and-hold per desk.
+
+Writes bench/results/pilots-<pilot>.json and plots under docs/img/; prints the tables
+docs/pilots.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from secure_fedrl.config import config_from_dict  # noqa: E402
+from secure_fedrl.rl.envs import make_site_env  # noqa: E402
+from secure_fedrl.rl.evaluate import evaluate_with_metrics  # noqa: E402
+from secure_fedrl.rl.pilots.portfolio import PortfolioEnv  # noqa: E402
+from secure_fedrl.rl.policies import set_flat  # noqa: E402
+from secure_fedrl.runtime.simulate import Simulation  # noqa: E402
+from secure_fedrl.runtime.sites import expand_sites  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+IMG = ROOT / "docs" / "img"
+
+
+class ZeroPolicy:
+    """Action 0 everywhere: in the Hovorka env's therapy mode, the basal-bolus rule itself."""
+
+    discrete = False
+
+    def __init__(self, act_dim: int) -> None:
+        self.act_dim = act_dim
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(obs.shape[0], self.act_dim)
+
+
+def train(raw: dict[str, Any], out: Path) -> tuple[Any, dict[str, Any]]:
+    """Run a federation with the real runtime; return its final global policy and last metrics row."""
+    config = config_from_dict(raw)
+    t0 = time.perf_counter()
+    sim = Simulation(config, out, progress=False)
+    summary = sim.run()
+    set_flat(sim.federated_params, sim.global_params)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    info = {"rounds": summary.rounds_done, "epsilon": summary.epsilon, "seconds": time.perf_counter() - t0,
+            "last_row": {k: v for k, v in rows[-1].items() if not isinstance(v, (dict, list)) or k.startswith("eval_domain")}}
+    print(f"  trained {config.federation.name}: {summary.describe()} in {info['seconds']:.0f}s", flush=True)
+    return sim.policy, info
+
+
+def evaluate_sites(policy: Any, specs: list, episodes: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for i, spec in enumerate(specs):
+        res = evaluate_with_metrics(policy, spec.env_id, spec.overrides, episodes=episodes,
+                                    seed=900_000 + 1000 * i, num_envs=min(episodes, 4))
+        out[spec.name] = {**res.metrics, "return": float(np.mean(res.returns))}
+    return out
+
+
+def private_to_plain(raw: dict[str, Any]) -> dict[str, Any]:
+    plain = json.loads(json.dumps(raw))
+    plain["privacy"] = {"unit": "none"}
+    plain["federation"]["name"] += "-nonprivate"
+    return plain
+
+
+def alone(raw: dict[str, Any], site: dict[str, Any], name: str, *, private: bool) -> dict[str, Any]:
+    """The same training, on one site only (no server to hide from: no secure aggregation)."""
+    solo = json.loads(json.dumps(raw))
+    solo["federation"]["name"] += f"-alone-{name}"
+    solo["sites"] = [{**site, "count": 1}]
+    solo["secure_aggregation"] = {"enabled": False}
+    solo.pop("sampling", None)
+    if not private:
+        solo["privacy"] = {"unit": "none"}
+    else:
+        solo["privacy"].pop("threat_model", None)
+    solo["evaluation"] = {"every": 10_000, "episodes": 1}
+    return solo
+
+
+# ---------------------------------------------------------------------------------------------
+# Healthcare
+# ---------------------------------------------------------------------------------------------
+
+
+def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    raw = tomllib.loads((ROOT / "clients/healthcare/federation.toml").read_text())
+    if args.rounds:
+        raw["federation"]["rounds"] = args.rounds
+    if args.sites:
+        raw["sites"][0]["count"] = args.sites
+    if args.steps:
+        raw["local"]["steps"] = args.steps
+    raw["evaluation"] = {"every": 10_000, "episodes": 1, "max_sites": 1}  # the bench evaluates itself
+    specs = expand_sites(config_from_dict(raw).sites)
+    print(f"healthcare: {len(specs)} patients, {raw['federation']['rounds']} rounds", flush=True)
+    results: dict[str, Any] = {"config": {"sites": len(specs), "rounds": raw["federation"]["rounds"],
+                                          "steps": raw["local"]["steps"], "episodes": args.episodes}}
+    t = time.perf_counter()
+    results["basal_bolus"] = evaluate_sites(ZeroPolicy(2), specs, args.episodes)
+    print(f"  basal-bolus evaluated in {time.perf_counter() - t:.0f}s", flush=True)
+
+    policy, results["federated_dp_info"] = train(raw, work / "hc-dp")
+    results["federated_dp"] = evaluate_sites(policy, specs, args.episodes)
+    policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
+    results["federated_plain"] = evaluate_sites(policy, specs, args.episodes)
+
+    results["alone"] = {}
+    for spec in specs[: args.alone]:
+        site = {"name": spec.name, "env": spec.env_id, "num_envs": spec.num_envs, "seed": spec.seed,
+                "overrides": dict(spec.overrides)}
+        policy, _ = train(alone(raw, site, spec.name, private=False), work / f"hc-alone-{spec.name}")
+        results["alone"].update(evaluate_sites(policy, [spec], args.episodes))
+    results["summary"] = healthcare_summary(results)
+    plot_healthcare(results)
+    return results
+
+
+def healthcare_summary(r: dict[str, Any]) -> dict[str, Any]:
+    names = list(r["basal_bolus"])
+    alone_names = list(r["alone"])
+
+    def col(arm: str, key: str, subset: list[str] = names) -> np.ndarray:
+        return np.array([r[arm][n][key] for n in subset])
+
+    s: dict[str, Any] = {}
+    for arm in ("basal_bolus", "federated_dp", "federated_plain"):
+        s[arm] = {k: float(col(arm, k).mean()) for k in ("time_in_range", "time_below_70", "time_below_54",
+                                                         "time_above_180", "mean_risk")}
+        s[arm]["worst_time_in_range"] = float(col(arm, "time_in_range").min())
+    dp, base = col("federated_dp", "time_in_range"), col("basal_bolus", "time_in_range")
+    s["dp_ge_baseline_fraction"] = float(np.mean(dp >= base - 1e-12))
+    s["plain_ge_baseline_fraction"] = float(np.mean(col("federated_plain", "time_in_range") >= base - 1e-12))
+    if alone_names:
+        s["alone_subset"] = {
+            "sites": len(alone_names),
+            "alone_tir": float(col("alone", "time_in_range", alone_names).mean()),
+            "federated_dp_tir": float(col("federated_dp", "time_in_range", alone_names).mean()),
+            "federated_plain_tir": float(col("federated_plain", "time_in_range", alone_names).mean()),
+            "basal_bolus_tir": float(col("basal_bolus", "time_in_range", alone_names).mean()),
+            "alone_below_54": float(col("alone", "time_below_54", alone_names).mean()),
+        }
+    s["goals"] = {
+        "tir_dp_ge_baseline_on_80pct": s["dp_ge_baseline_fraction"] >= 0.8,
+        "tir_dp_ge_alone_on_average": bool(alone_names) and s["alone_subset"]["federated_dp_tir"] >= s["alone_subset"]["alone_tir"],
+        "below54_dp_no_worse_than_baseline": s["federated_dp"]["time_below_54"] <= s["basal_bolus"]["time_below_54"] + 1e-12,
+    }
+    return s
+
+
+def plot_healthcare(r: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(r["basal_bolus"], key=lambda n: r["basal_bolus"][n]["time_in_range"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.plot(x, [100 * r["basal_bolus"][n]["time_in_range"] for n in names], "k-", lw=1.5, label="basal-bolus rule")
+    ax.plot(x, [100 * r["federated_plain"][n]["time_in_range"] for n in names], ".", color="tab:green", ms=5,
+            label="federated, no privacy")
+    ax.plot(x, [100 * r["federated_dp"][n]["time_in_range"] for n in names], "o", color="tab:blue", ms=3,
+            label="federated, client-level DP (eps 8)")
+    idx = {n: i for i, n in enumerate(names)}
+    alone_names = list(r["alone"])
+    ax.plot([idx[n] for n in alone_names], [100 * r["alone"][n]["time_in_range"] for n in alone_names], "x",
+            color="tab:red", ms=6, label="patient trained alone")
+    ax.set_xlabel("patient (sorted by time in range under the basal-bolus rule)")
+    ax.set_ylabel("time in range 70-180 mg/dL (%)")
+    ax.set_ylim(0, 101)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "pilot_healthcare_tir.png", dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finance
+# ---------------------------------------------------------------------------------------------
+
+
+def held_out_path(overrides: dict[str, float], act: Callable[[PortfolioEnv, np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """Run one policy over a desk's held-out window; its metrics and daily equity curve."""
+    env = PortfolioEnv(**{k: float(v) for k, v in overrides.items() if k in ("desk",)}, split=1.0)
+    obs, _ = env.reset(seed=0)
+    done = False
+    while not done:
+        obs, _, term, trunc, info = env.step(act(env, obs))
+        done = term or trunc
+    return {**info["episode_metrics"], "equity": env.values, "dates": [str(d) for d in env.dates[env.start:env.end + 1]]}
+
+
+def policy_actor(policy: Any) -> Callable[[PortfolioEnv, np.ndarray], np.ndarray]:
+    def act(env: PortfolioEnv, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            a = policy.deterministic_action(torch.from_numpy(obs.reshape(1, -1))).cpu().numpy()[0]
+        return np.clip(a, -1.0, 1.0)
+
+    return act
+
+
+def finance(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    raw = tomllib.loads((ROOT / "clients/finance/federation.toml").read_text())
+    if args.rounds:
+        raw["federation"]["rounds"] = args.rounds
+    raw["evaluation"] = {"every": 10_000, "episodes": 1}
+    specs = expand_sites(config_from_dict(raw).sites)
+    print(f"finance: {len(specs)} desks, {raw['federation']['rounds']} rounds", flush=True)
+    res: dict[str, Any] = {"config": {"desks": len(specs), "rounds": raw["federation"]["rounds"]}}
+    res["buy_and_hold"] = {s.name: held_out_path(s.overrides, lambda e, o: e.buy_and_hold_action()) for s in specs}
+    res["equal_weight"] = {s.name: held_out_path(s.overrides, lambda e, o: e.equal_weight_action()) for s in specs}
+    policy, res["federated_dp_info"] = train(raw, work / "fi-dp")
+    res["federated_dp"] = {s.name: held_out_path(s.overrides, policy_actor(policy)) for s in specs}
+    policy, res["federated_plain_info"] = train(private_to_plain(raw), work / "fi-plain")
+    res["federated_plain"] = {s.name: held_out_path(s.overrides, policy_actor(policy)) for s in specs}
+    res["alone"] = {}
+    for s, site in zip(specs, raw["sites"]):
+        policy, _ = train(alone(raw, site, s.name, private=True), work / f"fi-alone-{s.name}")
+        res["alone"][s.name] = held_out_path(s.overrides, policy_actor(policy))
+    res["summary"] = finance_summary(res)
+    plot_finance(res)
+    return res
+
+
+def finance_summary(r: dict[str, Any]) -> dict[str, Any]:
+    names = list(r["buy_and_hold"])
+    arms = ("buy_and_hold", "equal_weight", "federated_dp", "federated_plain", "alone")
+    s: dict[str, Any] = {arm: {k: float(np.mean([r[arm][n][k] for n in names]))
+                               for k in ("annual_return", "sharpe", "max_drawdown", "turnover")} for arm in arms}
+    dp = np.array([r["federated_dp"][n]["sharpe"] for n in names])
+    bh = np.array([r["buy_and_hold"][n]["sharpe"] for n in names])
+    s["dp_ge_buy_and_hold_desks"] = int(np.sum(dp >= bh))
+    s["goals"] = {"sharpe_dp_ge_alone_on_average": s["federated_dp"]["sharpe"] >= s["alone"]["sharpe"],
+                  "sharpe_dp_ge_buy_and_hold_every_desk": bool(np.all(dp >= bh))}
+    return s
+
+
+def plot_finance(r: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    names = list(r["buy_and_hold"])
+    cols = 3
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(13, 3.3 * rows), sharex=True)
+    styles = {"buy_and_hold": ("buy-and-hold", "k", "-"), "equal_weight": ("equal weight, weekly", "gray", "--"),
+              "alone": ("desk alone (DP)", "tab:red", "-"), "federated_plain": ("federated, no privacy", "tab:green", "-"),
+              "federated_dp": ("federated, trajectory DP", "tab:blue", "-")}
+    for ax, name in zip(np.ravel(axes), names):
+        dates = np.array(r["buy_and_hold"][name]["dates"], dtype="datetime64[D]")
+        for arm, (label, color, ls) in styles.items():
+            eq = r[arm][name]["equity"]
+            ax.plot(dates[: len(eq)], eq, color=color, ls=ls, lw=1.2,
+                    label=f"{label} (Sharpe {r[arm][name]['sharpe']:.2f})")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper left")
+        ax.xaxis.set_major_locator(mdates.YearLocator())
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
+    for ax in np.ravel(axes)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("held-out equity curves 2018-2022 (start = 1)", fontsize=11)
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "pilot_finance_equity.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pilot", choices=("healthcare", "finance"), required=True)
+    p.add_argument("--rounds", type=int, default=0, help="override federation.rounds")
+    p.add_argument("--sites", type=int, default=0, help="healthcare: number of patients (default: the config's)")
+    p.add_argument("--steps", type=int, default=0, help="healthcare: local env steps per round")
+    p.add_argument("--alone", type=int, default=20, help="healthcare: patients also trained alone")
+    p.add_argument("--episodes", type=int, default=4, help="healthcare: evaluation days per patient")
+    p.add_argument("--work", type=Path, default=None, help="run directories (default: a temp dir)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="pilots-"))
+    os.environ.setdefault("XDG_CONFIG_HOME", str(work / "keys"))  # bench ledger keys, apart from the runs
+    t = time.perf_counter()
+    res = healthcare(args, work) if args.pilot == "healthcare" else finance(args, work)
+    res["wall_seconds"] = time.perf_counter() - t
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"pilots-{args.pilot}.json").write_text(json.dumps(res, indent=1, default=float))
+    print(json.dumps(res["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

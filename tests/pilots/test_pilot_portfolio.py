@@ -1,0 +1,129 @@
+"""Finance pilot env: costs, accounting and windows of the portfolio desk env."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from secure_fedrl.rl.pilots import PORTFOLIO_ID, evaluation_overrides
+from secure_fedrl.rl.pilots.portfolio import DESKS, HELD_OUT_START, LOOKBACK, MAX_ASSETS, PortfolioEnv, load_prices, performance
+
+CASH = np.array([-1.0] * MAX_ASSETS + [1.0], dtype=np.float32)
+
+
+def first_asset_only() -> np.ndarray:
+    a = -np.ones(MAX_ASSETS + 1, dtype=np.float32)
+    a[0] = 1.0
+    return a
+
+
+@pytest.mark.parametrize("desk", range(len(DESKS)))
+def test_check_env_every_desk(desk):
+    check_env(PortfolioEnv(desk=float(desk)), skip_render_check=True)
+
+
+def test_registered_and_shipped_data():
+    env = gym.make(PORTFOLIO_ID)
+    assert isinstance(env.unwrapped, PortfolioEnv)
+    dates, tickers, prices = load_prices()
+    assert len(tickers) == 20 and prices.shape == (len(dates), 20) and (prices > 0).all()
+    assert dates[0] == "1990-01-02" and dates[-1] == "2022-12-28"
+
+
+def test_all_cash_earns_zero():
+    env = PortfolioEnv(desk=1.0)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, reward, term, trunc, info = env.step(CASH)
+        done = term or trunc
+        assert reward == 0.0 and info["turnover"] == 0.0
+    assert env.values[-1] == 1.0
+    assert info["episode_metrics"]["annual_return"] == 0.0
+
+
+def test_zero_position_pays_only_the_cost_of_getting_there():
+    env = PortfolioEnv(desk=0.0)
+    env.cost = 0.002
+    env.reset(seed=0)
+    env.step(first_asset_only())  # into the market
+    _, reward, _, _, info = env.step(CASH)  # flat again: only the cost of selling
+    assert info["turnover"] == pytest.approx(2.0)
+    assert reward == pytest.approx(math.log(1 - 0.002 * 2.0) * env.reward_scale)
+
+
+def test_costs_are_charged_on_turnover():
+    def first_reward(cost: float) -> tuple[float, float]:
+        env = PortfolioEnv(desk=2.0)
+        env.cost = cost
+        env.reset(seed=3)
+        _, reward, _, _, info = env.step(np.zeros(MAX_ASSETS + 1, dtype=np.float32))
+        return reward, info["turnover"]
+
+    free, turnover = first_reward(0.0)
+    paid, _ = first_reward(0.001)
+    n = len(DESKS[2][0])
+    assert turnover == pytest.approx(2 * n / (n + 1))  # cash 1 -> 1/(n+1) each
+    assert paid - free == pytest.approx(math.log(1 - 0.001 * turnover) * 100.0)
+
+
+def test_book_follows_the_prices():
+    env = PortfolioEnv(desk=0.0, split=1.0)
+    env.cost = 0.0
+    env.reset(seed=0)
+    done = False
+    while not done:
+        *_, term, trunc, _ = env.step(first_asset_only())
+        done = term or trunc
+    growth = math.exp(env.logp[env.end, 0] - env.logp[env.start, 0])
+    assert env.values[-1] == pytest.approx(growth, rel=1e-9)
+
+
+def test_buy_and_hold_trades_once():
+    env = PortfolioEnv(desk=4.0)
+    env.reset(seed=0)
+    turnovers = []
+    for _ in range(20):
+        *_, info = env.step(env.buy_and_hold_action())
+        turnovers.append(info["turnover"])
+    assert turnovers[0] == pytest.approx(2.0)
+    assert max(turnovers[1:]) < 1e-6  # float32 actions: holding costs ~1e-8 of turnover
+
+
+def test_held_out_window_is_later_than_training():
+    train = PortfolioEnv(desk=3.0, split=0.0)
+    test = PortfolioEnv(desk=3.0, split=1.0)
+    train.reset(seed=0)
+    test.reset(seed=0)
+    assert train.dates[-1] < HELD_OUT_START <= test.dates[test.start]
+    assert train.dates[LOOKBACK] >= DESKS[3][1]  # decisions start in the desk's own window
+    assert evaluation_overrides(PORTFOLIO_ID) == {"split": 1.0}
+    ends = set()
+    for seed in range(3):
+        other = PortfolioEnv(desk=3.0, split=1.0)
+        other.reset(seed=seed)
+        ends.add((other.start, other.end))
+    assert len(ends) == 1  # the held-out window is one fixed episode
+
+
+def test_seeded_determinism():
+    def run(seed: int) -> list[float]:
+        env = PortfolioEnv(desk=5.0)
+        env.reset(seed=seed)
+        return [env.step(np.full(MAX_ASSETS + 1, math.sin(k), dtype=np.float32))[1] for k in range(30)]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)  # another in-sample span
+
+
+def test_performance_metrics():
+    m = performance(np.array([1.0, 1.1, 0.99, 1.21]), np.array([1.0, 0.5]), 252)
+    assert m["annual_return"] == pytest.approx(0.21)
+    assert m["max_drawdown"] == pytest.approx(0.1)
+    assert m["turnover"] == pytest.approx(0.75)
+    r = np.array([0.1, -0.1, 1.21 / 0.99 - 1])
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std() * math.sqrt(252))
