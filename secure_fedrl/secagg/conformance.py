@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,8 @@ from . import shamir
 from .driver import run_round
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
-FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json")
+FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json",
+         "round_secagg_plus.json", "round_spare_share.json")
 
 
 @dataclass(frozen=True)
@@ -170,49 +171,95 @@ def _gen_encoding() -> dict:
 
 
 ROUND_SEED = b"secure-fedrl/secagg/vectors/round"
-ROUND_DROPOUTS = {2: "masked_input", 4: "consistency_check"}
 
 
-def _round_inputs() -> dict[int, np.ndarray]:
-    rng = np.random.default_rng(5)
-    return {i: rng.integers(0, 2**32, 8, dtype=np.uint64).astype(np.uint32) for i in range(1, 6)}
+def _round_inputs(n: int = 5, dim: int = 8, seed: int = 5) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i: rng.integers(0, 2**32, dim, dtype=np.uint64).astype(np.uint32) for i in range(1, n + 1)}
 
 
-def _record_round(inputs: dict[int, np.ndarray]) -> tuple[list[dict], object, R.RoundConfig]:
-    log: list[dict] = []
+#: The round vectors: file -> (description, n, dim, threshold, degree, dropouts, bad share or None).
+#: A bad share (site, peer, delta) is a validly signed UnmaskResponse of `site` whose b-share of
+#: `peer` moves the secret reconstructed from the t smallest holders by +delta (still a 32-byte
+#: value: only the self-mask commitment exposes it), so the server must take the retry path.
+ROUNDS: dict[str, tuple] = {
+    "round_5sites.json": (
+        "complete-graph round, 5 sites, t=3; site 2 drops before its masked input, site 4 after it (before "
+        "the consistency check)", 5, 8, 3, None, {2: "masked_input", 4: "consistency_check"}, None),
+    "round_secagg_plus.json": (
+        "SecAgg+ round, n=10 (even), k=3 (odd: ring +-1 plus the opposite position), t=3; site 1 drops "
+        "before its masked input (its pairwise masks are removed with its s-shares), site 5 after it, "
+        "before the consistency check (it stays in the sum)", 10, 6, 3, 3,
+        {1: "masked_input", 5: "consistency_check"}, None),
+    "round_spare_share.json": (
+        "complete-graph round, 5 sites, t=3, every site responds (2 spare shares per secret); site 2 "
+        "reveals a bad b-share of site 1 (shifts b_1 by +1): the commitment check fails and the server "
+        "retries without each of the first t shares", 5, 8, 3, None, {}, (2, 1, 1)),
+}
+
+
+def shift_share(share: bytes, x: int, xs: tuple[int, ...], delta: int) -> bytes:
+    """The share at x that moves the secret reconstructed from holders `xs` by +delta."""
+    lam = shamir.lagrange_at_zero(tuple(xs))[list(xs).index(x)]
+    y = (shamir.share_from_bytes(share) + delta * pow(lam, -1, shamir.PRIME)) % shamir.PRIME
+    return shamir.share_to_bytes(y)
+
+
+def _bad_share_hook(bad, cfg: R.RoundConfig, sks: dict):
+    site, peer, delta = bad
+    xs = tuple(sorted(cfg.holders(peer)))[: cfg.threshold]
+
+    def hook(phase, sid, wire):
+        if phase != "unmasking" or sid != site:
+            return [wire]
+        msg = M.UnmaskResponse.decode(wire)
+        shares = tuple((p, k, shift_share(s, site, xs, delta) if p == peer and k == M.KIND_B else s)
+                       for p, k, s in msg.shares)
+        return [replace(msg, shares=shares).signed(sks[site]).encode()]
+    return hook
+
+
+def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log):
+    tamper = _bad_share_hook(bad, cfg, sks) if bad else None
 
     def up(phase, sid, wire):
-        log.append({"phase": phase, "direction": "site->server", "site": sid, "hex": _h(wire)})
-        return [wire]
+        wires = tamper(phase, sid, wire) if tamper else [wire]
+        for w in wires:
+            log.append({"phase": phase, "direction": "site->server", "site": sid, "hex": _h(w)})
+        return wires
 
     def down(phase, sid, wire):
         log.append({"phase": phase, "direction": "server->site", "site": sid, "hex": _h(wire)})
         return wire
 
-    cfg, sks = _vector_config()
-    res = run_round(inputs, threshold=cfg.threshold, neighbors=cfg.degree, bits=cfg.bits,
-                    dropouts=ROUND_DROPOUTS, round_id=cfg.round_id, seed=ROUND_SEED,
-                    identity_keys={i: sks[i - 1] for i in inputs}, graph_seed=cfg.graph_seed,
-                    on_upload=up, on_download=down)
-    return log, res, cfg
+    return run_round(inputs, threshold=cfg.threshold, neighbors=cfg.degree, bits=cfg.bits, dropouts=dropouts,
+                     round_id=cfg.round_id, seed=seed, identity_keys=sks, graph_seed=cfg.graph_seed,
+                     on_upload=up, on_download=down)
 
 
-def _gen_round() -> dict:
-    inputs = _round_inputs()
-    log, res, cfg = _record_round(inputs)
-    return {
-        "description": "complete-graph round, 5 sites, t=3; site 2 drops before its masked input, site 4 "
-                       "after it (before the consistency check). Site randomness: SeededRandom(seed || "
-                       "'/site/' || u32be(id)); identity keys: SeededRandom('vectors/identity/<id>')",
+def _gen_round(name: str) -> dict:
+    desc, n, dim, t, degree, dropouts, bad = ROUNDS[name]
+    inputs = _round_inputs(n, dim)
+    cfg, sk_list = _vector_config(n, dim=dim, threshold=t, degree=degree)
+    sks = {i: sk_list[i - 1] for i in inputs}
+    log: list[dict] = []
+    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log)
+    out = {
+        "description": desc + ". Site randomness: SeededRandom(seed || '/site/' || u32be(id)); identity keys: "
+                       "SeededRandom('vectors/identity/<id>')",
         "config": _config_json(cfg),
         "seed": _h(ROUND_SEED),
-        "dropouts": {str(k): v for k, v in ROUND_DROPOUTS.items()},
+        "dropouts": {str(k): v for k, v in dropouts.items()},
         "identity_private_keys": {str(i): _h(_det_identity(i)) for i in inputs},
         "inputs": {str(i): [int(v) for v in x] for i, x in inputs.items()},
         "messages": log,
         "accepted": list(res.accepted_sites),
+        "rejected": [[s, p, why] for s, p, why in res.rejected],
         "sum": [int(v) for v in res.sum],
     }
+    if bad:
+        out["bad_share"] = {"site": bad[0], "peer": bad[1], "delta": bad[2]}
+    return out
 
 
 def _det_identity(i: int) -> bytes:
@@ -225,7 +272,8 @@ def generate_vectors(directory: str | Path = DEFAULT_DIR) -> list[Path]:
     d.mkdir(parents=True, exist_ok=True)
     gens: dict[str, Callable[[], dict]] = {
         "x25519.json": _gen_x25519, "hkdf.json": _gen_hkdf, "prg.json": _gen_prg,
-        "shamir.json": _gen_shamir, "encoding.json": _gen_encoding, "round_5sites.json": _gen_round,
+        "shamir.json": _gen_shamir, "encoding.json": _gen_encoding,
+        **{name: (lambda name=name: _gen_round(name)) for name in ROUNDS},
     }
     out = []
     for name, gen in gens.items():
@@ -325,7 +373,7 @@ def _check_encoding(v: dict, results: list[CheckResult]) -> None:
         _check(results, f"encoding/capacity-{i}", g)
 
 
-def _check_round(v: dict, results: list[CheckResult]) -> None:
+def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> None:
     cfg = _config_from_json(v["config"])
     msgs = v["messages"]
 
@@ -345,41 +393,39 @@ def _check_round(v: dict, results: list[CheckResult]) -> None:
                 return f"{m['phase']} message bound to another configuration"
         return None
 
-    _check(results, "round/messages-parse-and-verify", signatures)
+    _check(results, f"{prefix}/messages-parse-and-verify", signatures)
 
     def replay():
         inputs = {int(k): np.array(x, dtype=np.uint32) for k, x in v["inputs"].items()}
         sks = {int(k): P.ed25519_keypair(lambda n, h=h: _b(h))[0] for k, h in v["identity_private_keys"].items()}
+        bad = v.get("bad_share")
         log: list[dict] = []
-        res = run_round(
-            inputs, threshold=cfg.threshold, neighbors=cfg.degree, bits=cfg.bits,
-            dropouts={int(k): p for k, p in v["dropouts"].items()}, round_id=cfg.round_id,
-            seed=_b(v["seed"]), identity_keys=sks, graph_seed=cfg.graph_seed,
-            on_upload=lambda ph, s, w: (log.append(_h(w)), [w])[1],
-            on_download=lambda ph, s, w: (log.append(_h(w)), w)[1],
-        )
+        res = _run_vector_round(cfg, sks, inputs, {int(k): p for k, p in v["dropouts"].items()}, _b(v["seed"]),
+                                (bad["site"], bad["peer"], bad["delta"]) if bad else None, log)
         want = [m["hex"] for m in msgs]
-        if len(log) != len(want):
-            return f"{len(log)} messages, expected {len(want)}"
-        for i, (g, w) in enumerate(zip(log, want)):
+        got = [m["hex"] for m in log]
+        if len(got) != len(want):
+            return f"{len(got)} messages, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want)):
             if g != w:
                 m = msgs[i]
                 return f"message {i} ({m['phase']}, {m['direction']}, site {m['site']}) differs"
         return _eq("accepted", list(res.accepted_sites), v["accepted"]) or _eq(
             "sum", [int(x) for x in res.sum], v["sum"])
 
-    _check(results, "round/replay-every-message", replay)
+    _check(results, f"{prefix}/replay-every-message", replay)
 
     def plain_sum():
         acc = sum(np.array(v["inputs"][str(i)], dtype=np.uint64) for i in v["accepted"]) % 2**cfg.bits
         return _eq("sum of accepted inputs", [int(x) for x in acc], v["sum"])
 
-    _check(results, "round/sum-equals-plain-sum", plain_sum)
+    _check(results, f"{prefix}/sum-equals-plain-sum", plain_sum)
 
 
 _CHECKERS = {
     "x25519.json": _check_x25519, "hkdf.json": _check_hkdf, "prg.json": _check_prg,
-    "shamir.json": _check_shamir, "encoding.json": _check_encoding, "round_5sites.json": _check_round,
+    "shamir.json": _check_shamir, "encoding.json": _check_encoding,
+    **{name: (lambda v, r, name=name: _check_round(v, r, name.removesuffix(".json"))) for name in ROUNDS},
 }
 
 

@@ -158,8 +158,8 @@ def secagg_plus_parameters(
     * robustness: every neighbourhood keeps >= t honest survivors except with probability
       <= 2^-eta (exact binomial tail of i.i.d. dropouts, union bound over neighbourhoods).
 
-    Bell et al. (CCS 2020, Lemma 3.x / Theorem 3.x) give k = O(log n); this computes the
-    concrete k from exact tails instead of the asymptotic constant. See SPEC.md section 2.
+    Bell et al. (CCS 2020) show k = O(log n) suffices; this computes the concrete k from exact
+    tails instead of the asymptotic constant. See SPEC.md section 2 (and its table).
     """
     return _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta)[:2]
 

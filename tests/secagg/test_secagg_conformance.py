@@ -10,7 +10,8 @@ def test_repository_vectors_pass():
     results = check_vectors(DEFAULT_DIR)
     assert results and all(r.passed for r in results), format_table(results)
     names = {r.name.split("/")[0] for r in results}
-    assert names == {"x25519", "hkdf", "prg", "shamir", "encoding", "round"}
+    assert names == {"x25519", "hkdf", "prg", "shamir", "encoding", "round_5sites", "round_secagg_plus",
+                     "round_spare_share"}
 
 
 def test_generation_is_deterministic(tmp_path):
@@ -25,8 +26,10 @@ def test_generation_is_deterministic(tmp_path):
         ("prg.json", ("cases", 2, "words", 5), "prg/2-b16"),
         ("shamir.json", ("cases", 0, "secret"), "shamir/0-t3"),
         ("x25519.json", ("cases", 0, "shared"), "x25519/rfc7748-6.1"),
-        ("round_5sites.json", ("messages", 10, "hex"), "round/replay-every-message"),
-        ("round_5sites.json", ("sum", 0), "round/sum-equals-plain-sum"),
+        ("round_5sites.json", ("messages", 10, "hex"), "round_5sites/replay-every-message"),
+        ("round_5sites.json", ("sum", 0), "round_5sites/sum-equals-plain-sum"),
+        ("round_secagg_plus.json", ("messages", 40, "hex"), "round_secagg_plus/replay-every-message"),
+        ("round_spare_share.json", ("bad_share", "delta"), "round_spare_share/replay-every-message"),
     ],
 )
 def test_a_changed_vector_fails(tmp_path, name, path, check):
@@ -48,3 +51,31 @@ def test_missing_directory_is_reported_not_raised(tmp_path):
     results = check_vectors(tmp_path / "nope")
     assert len(results) == len(FILES) and not any(r.passed for r in results)
     assert f"0/{len(FILES)} passed" in format_table(results)
+
+
+def test_round_vectors_cover_what_they_claim():
+    from secure_fedrl.secagg import messages as M
+    from secure_fedrl.secagg import protocol as R
+    from secure_fedrl.secagg import shamir
+    from secure_fedrl.secagg.conformance import _config_from_json
+
+    plus = json.loads((DEFAULT_DIR / "round_secagg_plus.json").read_text())
+    cfg = _config_from_json(plus["config"])
+    assert cfg.degree % 2 == 1 and cfg.n % 2 == 0 and not cfg.complete  # odd k, even n
+    assert len(set(plus["dropouts"].values())) == 2  # dropouts in two phases
+    assert set(plus["accepted"]) == set(cfg.site_ids) - {1}
+
+    spare = json.loads((DEFAULT_DIR / "round_spare_share.json").read_text())
+    cfg = _config_from_json(spare["config"])
+    bad = spare["bad_share"]
+    ups = {m["site"]: M.decode(bytes.fromhex(m["hex"])) for m in spare["messages"]
+           if m["phase"] == "unmasking" and m["direction"] == "site->server"}
+    assert len(ups) == cfg.n > cfg.threshold  # spare responders
+    shares = {s: shamir.share_from_bytes(dict((p, sh) for p, k, sh in r.shares if k == M.KIND_B)[bad["peer"]])
+              for s, r in ups.items()}
+    commit = next(M.decode(bytes.fromhex(m["hex"])) for m in spare["messages"] if m["phase"] == "share_keys"
+                  and m["direction"] == "site->server" and m["site"] == bad["peer"]).b_commitment
+    first = shamir.reconstruct({x: shares[x] for x in (1, 2, 3)}, threshold=3)
+    assert R.b_commitment(cfg, bad["peer"], first) != commit  # the first t shares fail: retry path
+    retry = shamir.reconstruct({x: shares[x] for x in (1, 3, 4)}, threshold=3)
+    assert R.b_commitment(cfg, bad["peer"], retry) == commit
