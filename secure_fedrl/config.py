@@ -111,13 +111,17 @@ class SecureAggregationSection:
     threshold: float = 0.5
     """Shamir threshold t: an int >= 2 is absolute, a float in (0, 1) is a fraction of the sampled sites."""
     neighbors: int = 0
-    """SecAgg+ graph degree k; 0 = automatic (~2*log2 n, complete graph for small n); -1 = complete graph."""
+    """SecAgg+ graph degree k; 0 = automatic (complete graph up to 16 sites, else k from
+    secagg.graph.secagg_plus_parameters, SPEC.md section 2); -1 = complete graph."""
     bits: int = 32
     """Ring Z_{2^bits} of the masked vectors."""
     clip: float = 0.0
     """Per-coordinate clip range of the fixed-point encoding (0 = derived from the privacy clip norm)."""
     dropout_rate: float = 0.0
     """Simulated probability that a sampled site drops out during the protocol."""
+    max_colluding_sites: int = 0
+    """Sites that may collude with the server (SPEC 8): DDG noise is sized, and rounds charged
+    against the server, with only the honest shares a sum must hold despite them."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,18 @@ class PrivacySection:
     clipped_count_stddev: float = 0.0
     """Adaptive clipping: noise on the clipped count (0 = expected clients / 20, as the paper)."""
     reproducible_noise: bool = False
-    """Derive the privacy noise from the federation seed (experiments only: anyone holding the
-    config could then subtract the noise). Default: noise seeded from the OS CSPRNG."""
+    """Derive every privacy draw (client and episode sampling, rounding, noise) from the
+    federation seed (experiments only: anyone holding the config knows the sample and could
+    subtract the noise; no guarantee then). Default: drawn from the OS CSPRNG."""
+    threat_model: Literal["auto", "server", "release"] = "auto"
+    """Whom the budget and the noise calibration protect against (docs/privacy-model.md):
+    "server" (it sees who took part; no amplification by sampling; each site accounted and
+    capped on its own participations) or "release" (observers of the released models only).
+    "auto": "server", except central Gaussian noise, which has no guarantee against the server."""
+    max_participations: int = 0
+    """Client level under the server threat model: participations per site the noise is
+    calibrated for (a site refuses rounds beyond its budget); 0 = min(rounds,
+    ceil(q*rounds + 3*sqrt(q*rounds*(1-q))))."""
 
 
 @dataclass(frozen=True)
@@ -448,6 +462,9 @@ def _check_ranges(c: Config) -> None:
          "set weighting = 'uniform'")
     need(not (sa.enabled and c.strategy.name == "fedasync"), "strategy.name",
          "fedasync applies updates one by one and cannot run under secure aggregation (only sums are revealed)")
+    need(not (c.strategy.name == "scaffold" and c.strategy.weighting == "steps"), "strategy.weighting",
+         "scaffold keeps the server's c equal to the mean of the sites' c_i, which needs the control-variate "
+         "deltas averaged uniformly; set weighting = 'uniform'")
     p = c.privacy
     if p.unit != "none":
         need(p.clip > 0, "privacy.clip", f"must be > 0, got {p.clip}")
@@ -462,8 +479,15 @@ def _check_ranges(c: Config) -> None:
         need(c.strategy.weighting == "uniform", "strategy.weighting",
              "weights from the sites' private step counts are not covered by differential privacy; "
              "set weighting = 'uniform'")
+    need(sa.max_colluding_sites >= 0, "secure_aggregation.max_colluding_sites",
+         f"must be >= 0, got {sa.max_colluding_sites}")
+    need(p.max_participations >= 0, "privacy.max_participations", f"must be >= 0, got {p.max_participations}")
     if p.unit == "client":
         mech = p.mechanism
+        need(not (p.threat_model == "server" and (mech == "gaussian" or mech == "auto" and not sa.enabled)),
+             "privacy.threat_model",
+             "'server' with central Gaussian noise gives no guarantee (the server sees every update); "
+             "enable [secure_aggregation] (distributed noise) or set threat_model = 'release'")
         need(not (mech == "ddg" and not sa.enabled), "privacy.mechanism",
              "'ddg' (distributed discrete Gaussian) needs [secure_aggregation] enabled = true")
         need(not (mech == "gaussian" and sa.enabled), "privacy.mechanism",
@@ -471,6 +495,9 @@ def _check_ranges(c: Config) -> None:
         need(s.poisson or s.fraction == 1.0 and not s.clients_per_round, "sampling.poisson",
              "client-level DP accounting assumes Poisson client sampling: set poisson = true (or sample every site)")
         need(c.strategy.name != "fedasync", "strategy.name", "client-level DP needs synchronous rounds")
+        need(c.strategy.name != "scaffold", "strategy.name",
+             "scaffold with privacy.unit = 'client' is not supported: clipping and noise on the control-variate "
+             "deltas would pull the server's c away from the mean of the sites' c_i for good")
     need(not (p.adaptive_clipping and (p.unit != "client" or sa.enabled)), "privacy.adaptive_clipping",
          "adaptive clipping is implemented for client-level DP with central noise only (no secure aggregation)")
     if p.unit == "trajectory":
@@ -489,6 +516,37 @@ def _check_ranges(c: Config) -> None:
         for name in expand_site_names(site):
             need(name not in names, f"{where}.name", f"duplicate site id {name!r}")
             names.add(name)
+
+
+def resolved_mechanism(c: Config) -> str:
+    """The privacy mechanism a config runs: "none", "gaussian", "ddg" or "dp-sgd"."""
+    p = c.privacy
+    if p.unit == "none":
+        return "none"
+    if p.unit == "trajectory":
+        return "dp-sgd"
+    if p.mechanism != "auto":
+        return p.mechanism
+    return "ddg" if c.secure_aggregation.enabled else "gaussian"
+
+
+def resolved_threat_model(c: Config) -> str:
+    """`privacy.threat_model` with "auto" resolved: "release" for central Gaussian, else "server"."""
+    t = c.privacy.threat_model
+    if t != "auto":
+        return t
+    return "release" if resolved_mechanism(c) == "gaussian" else "server"
+
+
+def max_participations(c: Config) -> int:
+    """Participations per site the server-threat-model calibration plans for (documented rule)."""
+    p, rounds = c.privacy, c.federation.rounds
+    if p.max_participations:
+        return min(p.max_participations, rounds)
+    s = c.sampling
+    q = s.fraction if s.poisson else 1.0
+    mean = q * rounds
+    return max(1, min(rounds, math.ceil(mean + 3.0 * math.sqrt(mean * (1.0 - q)) - 1e-9)))
 
 
 def expand_site_names(site: SiteSection) -> list[str]:

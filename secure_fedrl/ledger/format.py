@@ -28,7 +28,7 @@ UNITS = ("client", "trajectory")
 THREAT_MODELS = ("server", "release")
 SAMPLING = ("secret", "reproducible")
 V2_KEYS = ("epsilon_release", "epsilon_server", "max_colluding", "noise_shares", "params",
-           "participants", "sampling", "site_epsilon_server", "threat_model")
+           "participants", "sampling", "site_budget", "site_epsilon_server", "threat_model")
 """Members the v2 row encoding adds to v1's (FORMAT.md, "Privacy semantics (v2)"); stored
 together in the `privacy` column as the canonical JSON object `encode_v2` writes."""
 _MAX_STR = 256
@@ -146,6 +146,9 @@ class LedgerEntry:
     """Client-level ddg rows: each participant's cumulative epsilon against the server after it."""
     sampling: str = "secret"
     """"secret" (OS CSPRNG) or "reproducible" (privacy.reproducible_noise: no guarantee)."""
+    site_budget: float = math.inf
+    """Epsilon (at `delta`) beyond which each site refuses rounds against the server; +inf when
+    sites do not refuse (release threat model). The capped release bound uses it."""
 
     def __post_init__(self) -> None:
         _check_int("round", self.round, minimum=0)
@@ -202,6 +205,10 @@ class LedgerEntry:
             if v < 0.0:
                 raise LedgerError(f"ledger field {name!r} must be >= 0, got {v!r}")
             object.__setattr__(self, name, v)
+        b = _as_float("site_budget", self.site_budget)
+        if not b > 0.0:
+            raise LedgerError(f"ledger field 'site_budget' must be > 0 (+inf allowed), got {b!r}")
+        object.__setattr__(self, "site_budget", b)
         _check_int("noise_shares", self.noise_shares, minimum=0)
         _check_int("max_colluding", self.max_colluding, minimum=0)
         if not isinstance(self.params, Mapping):
@@ -344,6 +351,10 @@ class LedgerRow:
         return self.entry.sampling
 
     @property
+    def site_budget(self) -> float:
+        return self.entry.site_budget
+
+    @property
     def hash(self) -> str:
         """SHA-256 hex of canonical_bytes(self): what the next row's prev_hash must equal."""
         if not self._hash:
@@ -374,6 +385,7 @@ def _v2_members(e: LedgerEntry) -> dict[str, Any]:
         "params": {k: f64(v) for k, v in e.params.items()},
         "participants": list(e.participants),
         "sampling": e.sampling,
+        "site_budget": f64(e.site_budget),
         "site_epsilon_server": {k: f64(v) for k, v in e.site_epsilon_server.items()},
         "threat_model": e.threat_model,
     }
@@ -397,6 +409,7 @@ def decode_v2(text: str) -> dict[str, Any]:
         "params": {k: from_f64(v) for k, v in obj["params"].items()},
         "participants": tuple(obj["participants"]),
         "sampling": obj["sampling"],
+        "site_budget": from_f64(obj["site_budget"]),
         "site_epsilon_server": {k: from_f64(v) for k, v in obj["site_epsilon_server"].items()},
         "threat_model": obj["threat_model"],
     }

@@ -56,6 +56,8 @@ __all__ = [
     "RDPCurveStep",
     "RDP_ORDERS",
     "ZCDPStep",
+    "bernoulli_mixture",
+    "bernoulli_mixture_rdp",
     "make_accountant",
 ]
 
@@ -286,6 +288,42 @@ def _mechanism_rdp(m: Mechanism) -> np.ndarray:
     if isinstance(m, ZCDPStep):
         return _ORDERS_ARRAY * (m.rho * m.num_steps)
     return np.asarray(m.rdp, dtype=np.float64) * m.num_steps
+
+
+def bernoulli_mixture(rdp: Sequence[float] | np.ndarray, orders: Sequence[float] | np.ndarray,
+                      sample_rate: float) -> np.ndarray:
+    """RDP of a mechanism whose unit takes part with secret probability q, at real orders > 1:
+
+        eps'(alpha) = log(1 - q + q exp((alpha - 1) eps(alpha))) / (alpha - 1)
+
+    Why this and not the Gaussian-specific subsampling bounds: it needs only that the two
+    neighbouring worlds are mixtures with the SAME weights over the unit's secret inclusion
+    (zero-out: the unit takes part in both, with its real or a zero update) and that an
+    included round costs at most eps(alpha). Joint convexity of (P, Q) -> int P^a Q^(1-a) then
+    gives the bound (docs/privacy-model.md, Theorem R), whatever else inclusion changes (e.g.
+    the extra DDG noise share). Never above ``rdp``; equal to it at q = 1.
+    """
+    q = check_sample_rate(sample_rate)
+    eps = np.asarray(rdp, dtype=np.float64)
+    a = np.asarray(orders, dtype=np.float64)
+    if eps.shape != a.shape:
+        raise PrivacyError(f"rdp curve has {eps.shape} values for {a.shape} orders")
+    if np.any(a <= 1.0):
+        raise PrivacyError("RDP orders must be > 1")
+    if np.any(np.isnan(eps)) or np.any(eps < 0.0):
+        raise PrivacyError("rdp curve values must be >= 0 (inf allowed), not NaN or negative")
+    if q == 1.0:
+        return eps.copy()
+    am1 = a - 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.logaddexp(math.log1p(-q), math.log(q) + am1 * eps) / am1
+    out = np.where(np.isinf(eps), np.inf, out)
+    return np.minimum(np.maximum(out, 0.0), eps)
+
+
+def bernoulli_mixture_rdp(rdp: Sequence[float] | np.ndarray, sample_rate: float) -> np.ndarray:
+    """``bernoulli_mixture`` on ``RDP_ORDERS`` (the accountants' grid)."""
+    return bernoulli_mixture(rdp, _ORDERS_ARRAY, sample_rate)
 
 
 def rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:

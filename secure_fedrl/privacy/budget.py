@@ -2,12 +2,16 @@
 
 Pure objects over an accountant: ``preview`` answers "what would epsilon be after this round",
 ``commit`` records the round only if it fits. ``SiteBudgets`` keeps one budget per site for
-trajectory-level DP, where every site is its own privacy unit.
+trajectory-level DP, where every site is its own privacy unit. ``SiteGuard`` is a site's own
+check against the server (client level): it charges only the site's own participations and
+refuses a round that would exceed its budget.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -19,7 +23,24 @@ from secure_fedrl.privacy.accountants import (
     make_accountant,
 )
 
-__all__ = ["PrivacyBudget", "SiteBudgets"]
+__all__ = ["PrivacyBudget", "RoundCost", "SiteBudgets", "SiteGuard"]
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """What one round costs, per threat model (docs/privacy-model.md).
+
+    `server`: the charge to EACH participating site against the server (None: no guarantee, the
+    server sees the updates). `release`: the charge to the federation against release-only
+    observers (amplified by the secret sample). `noise_shares` and `params` are what the ledger
+    records so an auditor can recompute both (FORMAT.md, "Privacy semantics (v2)").
+    """
+
+    server: Mechanism | None
+    release: Mechanism
+    noise_shares: int = 0
+    params: Mapping[str, float] = field(default_factory=dict)
+    sigma_effective: float = 0.0
 
 
 def _check_target(target_epsilon: Any) -> float:
@@ -161,3 +182,126 @@ class SiteBudgets:
         if set(state) != set(self.budgets):
             raise ConfigError("SiteBudgets state names different sites")
         self.budgets = {s: PrivacyBudget.from_state_dict(state[s]) for s in state}
+
+
+class SiteGuard:
+    """One site's budget against the server, kept by the site itself (docs/privacy-model.md).
+
+    Why a separate object: against the server there is no amplification by sampling, so each
+    site is charged only for the rounds its masked input (or update) actually left it, and it
+    alone decides whether to take part. The decision uses only the site's own participations
+    and the round's attested mechanism, never its data, so it does not itself leak. In-process
+    today; the site runtime owns it in a deployment. ``enforce=False`` (release threat model)
+    keeps the accounting but never refuses.
+    """
+
+    def __init__(self, site: str, *, target_epsilon: float, delta: float,
+                 accountant: Accountant | str = "rdp", enforce: bool = True) -> None:
+        self.site = site
+        self.enforce = bool(enforce)
+        self.budget = PrivacyBudget(target_epsilon, delta, accountant, label=f"site {site}")
+        self.participations = 0
+
+    @property
+    def epsilon(self) -> float:
+        """The site's epsilon against the server so far."""
+        return self.budget.spent
+
+    def admits(self, mechanism: Mechanism) -> bool:
+        """Would the site take part in a round costing ``mechanism``? (Records nothing.)"""
+        return not self.enforce or self.budget.can_afford(mechanism)
+
+    def charge(self, mechanism: Mechanism) -> float:
+        """Record one participation (its input left the site); returns the new epsilon.
+
+        Charged even when it exceeds the budget (a refused round never gets here; a replayed
+        ledger must count everything it holds)."""
+        self.budget.accountant.apply(mechanism)
+        self.budget.rounds_committed += 1
+        self.participations += 1
+        return self.budget.spent
+
+
+class ReleaseAccount:
+    """The federation's DDG account against release-only observers (docs/privacy-model.md, Thm R).
+
+    Two valid upper bounds on the same Renyi divergence, taken pointwise per order:
+
+    * product: sum over rounds of the Bernoulli-mixture curve of each round's per-site cost;
+    * capped (only when sites enforce their own budget against the server, so that no site takes
+      part more than P times): (1/(a-1)) log E_{K ~ Bin(R, q)} exp((a-1) eps_max(a) min(K, P)),
+      eps_max the pointwise maximum of the rounds' per-site costs, P the most participations a
+      site's guard can admit at the pointwise-minimum cost.
+
+    Pure; rebuilt from the ledger rows on resume.
+    """
+
+    def __init__(self, sample_rate: float, *, delta: float, cap_target: float | None = None) -> None:
+        from secure_fedrl.privacy.accountants import RDP_ORDERS, check_sample_rate
+
+        self.q = check_sample_rate(sample_rate)
+        self.delta = check_delta(delta)
+        self.cap_target = None if cap_target is None else _check_target(cap_target)
+        n = len(RDP_ORDERS)
+        self.rounds = 0
+        self._product = np.zeros(n)
+        self._max = np.zeros(n)
+        self._min = np.full(n, np.inf)
+
+    def apply(self, server_curve: Any) -> None:
+        """Charge one round whose per-participant cost is `server_curve` (RDP on RDP_ORDERS)."""
+        from secure_fedrl.privacy.accountants import bernoulli_mixture_rdp
+
+        c = np.asarray(server_curve, dtype=np.float64)
+        self._product = self._product + bernoulli_mixture_rdp(c, self.q)
+        self._max = np.maximum(self._max, c)
+        self._min = np.minimum(self._min, c)
+        self.rounds += 1
+
+    def cap(self) -> int | None:
+        """P: most participations any enforcing site can have had (None: no cap)."""
+        from secure_fedrl.privacy.accountants import rdp_to_epsilon
+
+        if self.cap_target is None or self.rounds == 0:
+            return None
+        k = 0
+        while k < self.rounds and rdp_to_epsilon(self._min * (k + 1), self.delta) <= self.cap_target:
+            k += 1
+        return k
+
+    def curve(self) -> np.ndarray:
+        """The RDP curve charged so far (pointwise minimum of the two bounds)."""
+        p = self.cap()
+        if p is None or p >= self.rounds:
+            return self._product.copy()
+        return np.minimum(self._product, capped_binomial_rdp(self._max, self.q, self.rounds, p))
+
+    def get_epsilon(self, delta: float) -> float:
+        from secure_fedrl.privacy.accountants import rdp_to_epsilon
+
+        return rdp_to_epsilon(self.curve(), check_delta(delta))
+
+    def epsilon_after(self, server_curve: Any, delta: float) -> float:
+        trial = ReleaseAccount(self.q, delta=self.delta, cap_target=self.cap_target)
+        trial.rounds, trial._product, trial._max, trial._min = (self.rounds, self._product, self._max,
+                                                                  self._min)
+        trial.apply(server_curve)
+        return trial.get_epsilon(delta)
+
+
+def capped_binomial_rdp(eps_max: Any, q: float, rounds: int, cap: int) -> np.ndarray:
+    """(1/(a-1)) log sum_k Bin(rounds, q)(k) exp((a-1) eps_max(a) min(k, cap)) on RDP_ORDERS."""
+    from scipy.special import logsumexp
+    from scipy.stats import binom
+
+    from secure_fedrl.privacy.accountants import RDP_ORDERS
+
+    a = np.asarray(RDP_ORDERS, dtype=np.float64)[:, None]
+    eps = np.asarray(eps_max, dtype=np.float64)[:, None]
+    k = np.arange(rounds + 1, dtype=np.float64)[None, :]
+    logpmf = binom.logpmf(k, rounds, q)
+    with np.errstate(invalid="ignore"):
+        terms = logpmf + (a - 1.0) * eps * np.minimum(k, cap)
+    out = logsumexp(terms, axis=1) / (a[:, 0] - 1.0)
+    out = np.where(np.isinf(eps[:, 0]), np.inf, out)
+    return np.maximum(out, 0.0)

@@ -34,26 +34,22 @@ and ||Delta||_1 <= D1, satisfies Renyi DP at every order alpha >= 1 with
 * Sensitivity: D2 is the rounding-INFLATED bound (what conditional rounding enforces, not C/gamma)
   and D1 = D2 * min(sqrt(d), D2) (integer vectors have ||v||_1 <= ||v||_2^2), as the paper and its
   authors' reference code do.
-* Adjacency, stated so an auditor can check it: as in the paper and its reference accounting,
-  the neighbouring round differs in one site's DATA while the n noise shares stay (a site in
-  the sum always adds its share, whatever its update: "zero-out" of the update), and Poisson
-  sampling of sites is then accounted with the generic bound below. The case where the site's
-  noise share disappears together with its data (n - 1 shares) is not separately modelled, in
-  line with the paper; `untrusted_sites` lets a federation discount shares it does not trust.
-* n is the number of sites whose noise share is actually in the sum -- the SURVIVORS of the
-  round, not the planned number (fewer survivors => less noise => larger eps), minus any
-  `untrusted_sites` the federation assumes may have left their noise out.
-* Subsampling: `DDGPrivacy.subsampled_rdp(orders, q)` applies the GENERIC Poisson-subsampled RDP
-  upper bound of Zhu & Wang (ICML 2019, Thm. 6) to the curve above. It holds for any mechanism
-  with that RDP curve (integer orders; a fractional order is charged the value of the next integer
-  order, RDP being non-decreasing in alpha), so nothing Gaussian-specific is assumed. This is the
-  path the accountant should use: a "generic RDP step".
+* Adjacency (docs/privacy-model.md): ZERO-OUT -- the neighbouring round differs in one site's
+  update being replaced by zero while the site still takes part and adds its noise share, so
+  the number of shares is the same in both worlds.
+* n is m = `min_honest_inputs(t, max_colluding)`: the fewest HONEST shares any sum a malicious
+  server (controlling delivery, colluding with up to `max_colluding` sites, who know their own
+  shares) can unmask. More honest shares only add independent noise (post-processing), so a
+  charge with m holds whatever the survivors; the shares are sized so that m of them carry the
+  target noise (`ddg_parameters(expected_sites=m)`).
+* Against the server: `rdp` per participation of the site, no subsampling (the server sees who
+  took part). Against release-only observers: `release_rdp`, the Bernoulli-mixture bound of
+  `accountants.bernoulli_mixture` over the site's secret inclusion (first order in q). The
+  generic Poisson bound of Zhu & Wang 2019 is NOT used: it compares worlds that differ by one
+  element of the same base mechanism, and here inclusion also adds a noise share.
 * `DDGPrivacy.rho` / `effective_noise_multiplier` (z_eff = 1/sqrt(2 rho)) fold the tau terms into
   one zCDP parameter rho = min(second, third term)/alpha, which upper-bounds eps(alpha) at every
-  order. With sampling rate q = 1 a Gaussian accountant fed z_eff therefore never under-counts.
-  For q < 1, feeding z_eff to a subsampled-GAUSSIAN accountant (RDP of Mironov et al., PRV) is the
-  common approximation but is NOT a theorem for the discrete sum; we expose z_eff for reporting
-  (the ledger's "sigma effective") and for q = 1, and flag `gaussian_subsampling_is_heuristic`.
+  order; z_eff is reported as the ledger's "sigma effective" and used for calibration only.
 
 Modular wrap-around: the modulus is sized with the paper's heuristic (Sec. 4.4 / Eq. 61): k
 standard deviations of every coordinate of the sum of `max_sites` sites must fit in
@@ -68,12 +64,10 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from scipy.special import gammaln, logsumexp
 
 from secure_fedrl.errors import ConfigError, PrivacyError, UpdateRejected
 from secure_fedrl.privacy.clipping import check_clip_norm, clip_l2
@@ -98,6 +92,8 @@ __all__ = [
     "rotation_commitment",
     "rounded_l2_norm_bound",
     "rounded_l1_norm_bound",
+    "privacy_from_recorded",
+    "recorded_params",
     "verify_attestation",
 ]
 
@@ -584,8 +580,6 @@ class DDGPrivacy:
     """zCDP bound: eps(alpha) <= alpha * rho for every alpha >= 1 (no subsampling)."""
     effective_noise_multiplier: float
     """z_eff = 1/sqrt(2 rho): a Gaussian with this multiplier is at least as leaky at q = 1."""
-    gaussian_subsampling_is_heuristic: bool = True
-    """True: using z_eff in a subsampled-Gaussian accountant with q < 1 is not a proven bound."""
 
     def _scales(self) -> tuple[float, float]:
         denom = math.sqrt(self.num_noise_shares) * self.scaled_stddev
@@ -603,60 +597,62 @@ class DDGPrivacy:
         t3 = a / 2.0 * (l2 + math.sqrt(d) * tau) ** 2
         return np.minimum(np.minimum(t1, t2), t3)
 
-    def subsampled_rdp(self, orders: np.ndarray | list[float], sample_rate: float) -> np.ndarray:
-        """Per-round RDP under Poisson sampling of sites with rate q (Zhu & Wang 2019, Thm. 6).
+    def release_rdp(self, orders: np.ndarray | list[float], sample_rate: float) -> np.ndarray:
+        """Per-round RDP against release-only observers when the site is included with secret
+        probability q (docs/privacy-model.md, Theorem R). Never larger than `rdp`."""
+        from secure_fedrl.privacy.accountants import bernoulli_mixture
 
-        Generic bound, valid for any mechanism with RDP curve `rdp`; a fractional order is charged
-        the value at the next integer order. Never larger than `rdp` (subsampling cannot hurt).
-        """
-        q = float(sample_rate)
-        if not 0.0 < q <= 1.0:
-            raise PrivacyError(f"sample rate must be in (0, 1], got {sample_rate!r}")
         a = np.asarray(orders, dtype=np.float64)
         if np.any(a <= 1):
-            raise PrivacyError("RDP orders must be > 1 for subsampled DDG accounting")
-        int_orders = np.ceil(a)
-        plain = self.rdp(int_orders)
-        if q == 1.0:
-            return plain
-        uniq, inverse = np.unique(int_orders.astype(np.int64), return_inverse=True)
-        sub = _zhu_wang_poisson(uniq, q, self.rdp)
-        return np.minimum(sub[inverse].reshape(a.shape), plain)
-
-
-def _zhu_wang_poisson(
-    alphas: np.ndarray, q: float, rdp: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Zhu & Wang 2019, Theorem 6: the generic Poisson-subsampled RDP upper bound at integer
-    orders `alphas` (>= 2) of a mechanism whose RDP at order l is `rdp(l)`:
-
-        (1/(a-1)) log[ (1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
-                       + 3 sum_{l=3}^{a} C(a,l) (1-q)^(a-l) q^l e^((l-1) eps(l)) ]
-
-    evaluated for all orders at once as one masked log-sum-exp.
-    """
-    a = alphas.astype(np.float64)[:, None]
-    top = int(alphas.max())
-    ls = np.arange(2, top + 1, dtype=np.float64)[None, :]
-    eps_l = np.asarray(rdp(ls[0]), dtype=np.float64)[None, :]
-    log_fact = gammaln(np.arange(top + 1, dtype=np.float64) + 1.0)  # log k!
-    ai, li = alphas[:, None], np.arange(2, top + 1)[None, :]
-    valid = li <= ai
-    log_comb = log_fact[ai] - log_fact[li] - log_fact[np.where(valid, ai - li, 0)]
-    log1mq = math.log1p(-q)
-    terms = (ls - 1.0) * eps_l + log_comb + (a - ls) * log1mq + ls * math.log(q)
-    terms = np.where(valid, terms, -np.inf)
-    first = (a - 1.0) * log1mq + np.log(a * q - q + 1.0)
-    logs = np.concatenate((first, terms), axis=1)
-    weights = np.concatenate((np.ones_like(first), np.where(li == 2, 1.0, 3.0) * np.ones_like(terms)),
-                             axis=1)
-    return logsumexp(logs, b=weights, axis=1) / (a[:, 0] - 1.0)
+            raise PrivacyError("RDP orders must be > 1 for DDG release accounting")
+        if not 0.0 < float(sample_rate) <= 1.0:
+            raise PrivacyError(f"sample rate must be in (0, 1], got {sample_rate!r}")
+        return bernoulli_mixture(self.rdp(a), a, sample_rate)
 
 
 def ddg_tau(scaled_stddev: float, num_shares: int) -> float:
     """tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k/(k+1)) (Kairouz et al., Thm. 1)."""
     k = np.arange(1, num_shares, dtype=np.float64)
     return float(10.0 * np.exp(-2.0 * math.pi**2 * scaled_stddev**2 * k / (k + 1.0)).sum())
+
+
+def recorded_params(params: DDGParams) -> dict[str, float]:
+    """The ledger's `params` object for a ddg row (FORMAT.md, "Privacy semantics (v2)")."""
+    return {"beta": float(params.beta), "bits": float(params.bits), "gamma": float(params.gamma),
+            "l2_bound": float(params.l2_bound_scaled), "local_stddev": float(params.local_stddev),
+            "padded_dim": float(params.padded_dim)}
+
+
+def privacy_from_recorded(*, clip: float, params: dict[str, float], noise_shares: int) -> DDGPrivacy:
+    """Rebuild a round's DDGPrivacy from what a ledger row records (replay, audit): recomputes
+    Delta_2 from (clip, gamma, beta, d) and refuses a row whose recorded l2_bound is lower."""
+    try:
+        gamma, s_share = float(params["gamma"]), float(params["local_stddev"])
+        beta, d = float(params["beta"]), int(params["padded_dim"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PrivacyError(f"ddg row lacks a parameter: {exc}") from None
+    if not isinstance(noise_shares, (int, np.integer)) or noise_shares < 1:
+        raise PrivacyError(f"ddg row needs noise_shares >= 1, got {noise_shares!r}")
+    l2 = rounded_l2_norm_bound(float(clip) / gamma, beta, d)
+    if "l2_bound" in params and float(params["l2_bound"]) < l2 * (1 - 1e-12):
+        raise PrivacyError(f"ddg row records l2_bound {params['l2_bound']!r} below the {l2!r} its "
+                           f"parameters imply")
+    return _privacy(scaled_stddev=s_share / gamma, padded_dim=d, l2=l2, n=int(noise_shares))
+
+
+def _privacy(*, scaled_stddev: float, padded_dim: int, l2: float, n: int) -> DDGPrivacy:
+    s, d = scaled_stddev, padded_dim
+    if s < 0.5:
+        raise PrivacyError(f"DDG share std sigma/gamma = {s:.4g} < 1/2: the theorem does not apply")
+    l1 = rounded_l1_norm_bound(l2, d)
+    tau = ddg_tau(s, n)
+    denom = math.sqrt(n) * s
+    l2s, l1s = l2 / denom, l1 / denom
+    rho = 0.5 * min(l2s**2 + 2.0 * l1s * tau + tau**2 * d, (l2s + math.sqrt(d) * tau) ** 2)
+    return DDGPrivacy(
+        num_noise_shares=n, l2_sensitivity=l2, l1_sensitivity=l1, scaled_stddev=s, dim=d,
+        tau=tau, rho=rho, effective_noise_multiplier=1.0 / math.sqrt(2.0 * rho),
+    )
 
 
 def ddg_round_privacy(
@@ -679,15 +675,5 @@ def ddg_round_privacy(
             f"no trusted noise share in the sum ({num_survivors} survivors, {untrusted_sites} "
             f"untrusted): the round has no privacy"
         )
-    s = params.scaled_stddev
-    d = params.padded_dim
-    l2 = params.l2_bound_scaled
-    l1 = rounded_l1_norm_bound(l2, d)
-    tau = ddg_tau(s, n)
-    denom = math.sqrt(n) * s
-    l2s, l1s = l2 / denom, l1 / denom
-    rho = 0.5 * min(l2s**2 + 2.0 * l1s * tau + tau**2 * d, (l2s + math.sqrt(d) * tau) ** 2)
-    return DDGPrivacy(
-        num_noise_shares=n, l2_sensitivity=l2, l1_sensitivity=l1, scaled_stddev=s, dim=d,
-        tau=tau, rho=rho, effective_noise_multiplier=1.0 / math.sqrt(2.0 * rho),
-    )
+    return _privacy(scaled_stddev=params.scaled_stddev, padded_dim=params.padded_dim,
+                    l2=params.l2_bound_scaled, n=n)

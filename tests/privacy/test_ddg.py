@@ -232,7 +232,7 @@ def test_fewer_survivors_means_more_epsilon(q: float) -> None:
     for n in (30, 20, 15, 10, 5, 2, 1):
         pr = ddg_round_privacy(p, num_survivors=n)
         zs.append(pr.effective_noise_multiplier)
-        eps.append(_eps(pr.subsampled_rdp(ORDERS, q) * 50))
+        eps.append(_eps(pr.release_rdp(ORDERS, q) * 50))
     assert all(a < b for a, b in zip(eps, eps[1:])), eps
     assert all(a > b for a, b in zip(zs, zs[1:])), zs
     # untrusted survivors are not counted as noise
@@ -262,17 +262,18 @@ def test_tau_term_is_charged_for_small_noise_shares() -> None:
 
 
 @pytest.mark.parametrize("q", [0.01, 0.1, 0.5])
-def test_subsampled_rdp_between_gaussian_and_unsampled(q: float) -> None:
+def test_release_rdp_between_gaussian_and_unsampled(q: float) -> None:
     p = ddg_parameters(clip_norm=1.0, dim=4096, expected_sites=20, bits=20, noise_multiplier=1.1)
     pr = ddg_round_privacy(p, num_survivors=20)
-    sub = pr.subsampled_rdp(ORDERS, q)
+    ints = np.arange(2.0, 65.0)
+    sub = pr.release_rdp(ints, q)
     gauss = opacus_rdp.compute_rdp(q=q, noise_multiplier=pr.effective_noise_multiplier, steps=1,
-                                   orders=list(np.ceil(ORDERS)))
-    plain = pr.rdp(np.ceil(ORDERS))
-    assert np.all(sub <= plain + 1e-12)
-    # the generic bound is never tighter than the Gaussian-specific one (no under-counting)
+                                   orders=list(ints))
+    plain = pr.rdp(ints)
+    assert np.all(sub < plain)  # amplification for q < 1 ...
+    # ... never below the exact subsampled Gaussian (integer orders: Mironov et al. is exact there)
     assert np.all(sub >= np.asarray(gauss) * (1 - 1e-9))
-    assert _eps(sub * 100) < _eps(plain * 100)
+    assert _eps(pr.release_rdp(ORDERS, q) * 100) < _eps(pr.rdp(ORDERS) * 100)
 
 
 def test_compensated_parameters_meet_the_planned_noise_multiplier() -> None:
@@ -351,32 +352,32 @@ def test_bad_runtime_inputs() -> None:
     with pytest.raises(UpdateRejected, match="length 128"):
         decode_sum(np.zeros(100, np.uint32), num_survivors=3, params=p, rotation_seed=SEED)
     with pytest.raises(PrivacyError, match="sample rate"):
-        ddg_round_privacy(p, num_survivors=3).subsampled_rdp([2.0], 0.0)
+        ddg_round_privacy(p, num_survivors=3).release_rdp([2.0], 0.0)
+    with pytest.raises(PrivacyError, match="orders"):
+        ddg_round_privacy(p, num_survivors=3).release_rdp([1.0], 0.5)
     # production path: rng=None draws fresh randomness from secrets
     a, b = enc.encode(np.zeros(100)), enc.encode(np.zeros(100))
     assert a.dtype == np.uint32 and not np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("q", [0.001, 0.05, 0.3])
-def test_zhu_wang_bound_is_tight_at_order_two(q: float) -> None:
-    """At alpha = 2 the generic Poisson bound reduces to log(1 + q^2 (e^eps(2) - 1)), which for a
-    Gaussian curve (tau = 0) is exactly the subsampled Gaussian's RDP (Mironov et al. 2019)."""
+def test_release_bound_formula_at_order_two(q: float) -> None:
+    """At alpha = 2: log(1 - q + q e^eps(2)) (Theorem R), above Mironov's log(1 + q^2 (e^(1/z^2) - 1))."""
     p = ddg_parameters(clip_norm=1.0, dim=1000, expected_sites=16, bits=32, noise_multiplier=1.3)
     pr = ddg_round_privacy(p, num_survivors=16)
     assert pr.tau < 1e-300
     z = pr.effective_noise_multiplier
-    ours = pr.subsampled_rdp([2.0], q)[0]
-    gauss = opacus_rdp.compute_rdp(q=q, noise_multiplier=z, steps=1, orders=[2.0])[0]
-    assert ours == pytest.approx(gauss, rel=1e-9)
-    assert ours == pytest.approx(math.log1p(q**2 * math.expm1(1 / z**2)), rel=1e-9)
+    ours = pr.release_rdp([2.0], q)[0]
+    assert ours == pytest.approx(math.log(1 - q + q * math.exp(1 / z**2)), rel=1e-12)
+    assert ours > math.log1p(q**2 * math.expm1(1 / z**2))
 
 
-def test_fractional_orders_are_charged_the_next_integer_order() -> None:
+def test_release_bound_is_the_plain_curve_at_q_one() -> None:
     p = ddg_parameters(clip_norm=1.0, dim=1000, expected_sites=16, bits=20, noise_multiplier=1.0)
     pr = ddg_round_privacy(p, num_survivors=10)
-    frac = pr.subsampled_rdp([1.01, 2.5, 7.2], 0.2)
-    assert np.array_equal(frac, pr.subsampled_rdp([2.0, 3.0, 8.0], 0.2))
-    assert np.all(np.diff(pr.subsampled_rdp(ORDERS, 0.2)) >= 0)  # non-decreasing in alpha
+    assert np.array_equal(pr.release_rdp(ORDERS, 1.0), pr.rdp(ORDERS))
+    frac = pr.release_rdp([1.01, 2.5, 7.2], 0.2)  # real orders: no rounding to integers needed
+    assert np.all(frac < pr.rdp([1.01, 2.5, 7.2]))
 
 
 def test_rounded_norm_bound_known_values() -> None:
@@ -411,6 +412,6 @@ def test_plugs_into_the_federation_rdp_accountant() -> None:
     for survivors in (20, 12, 6):
         acct = RDPAccountant()
         pr = ddg_round_privacy(p, num_survivors=survivors)
-        acct.apply(RDPCurveStep(tuple(pr.subsampled_rdp(np.asarray(RDP_ORDERS), 0.1)), 100))
+        acct.apply(RDPCurveStep(tuple(pr.release_rdp(np.asarray(RDP_ORDERS), 0.1)), 100))
         eps.append(acct.get_epsilon(1e-5))
     assert 0 < eps[0] < eps[1] < eps[2] < math.inf
