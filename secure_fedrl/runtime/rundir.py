@@ -1,4 +1,11 @@
-"""The run directory: resolved config, metrics.jsonl, checkpoints, resumable state.
+"""The run directory: resolved config, metrics, checkpoints, resumable state.
+
+`metrics.jsonl` is the server's file: only what a coordinating server legitimately sees (who was
+sampled / aggregated / dropped / rejected, bytes, the global update's norm, privacy spend, the
+ledger head, timings, and evaluation aggregates the sites report). Site-local diagnostics
+(training returns, env steps, losses, per-site evaluation) go to `sites/<site>/metrics.jsonl`,
+which a deployment keeps at the site. `state.json` mirrors the round and ledger head of the
+(pickled) state for auditors, who must not unpickle a run directory they are auditing.
 
 Every file that a resume depends on is written atomically (temp file, fsync, rename, fsync of the
 directory), so a crash leaves either the old or the new version, never a torn one.
@@ -21,6 +28,16 @@ METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "state.pkl"
 CHECKPOINT_DIR = "checkpoints"
 LEDGER_FILE = "privacy_ledger.sqlite"
+PUBLIC_KEY_FILE = "ledger_public_key.hex"
+STATE_SUMMARY_FILE = "state.json"
+SITES_DIR = "sites"
+
+
+def site_dirname(site: str) -> str:
+    """A site id as one safe path component (ids are free text in the config)."""
+    if site and site[0] != "." and all(c.isalnum() or c in "._-" for c in site):
+        return site
+    return "".join(c if c.isalnum() or c in "_-" else f"%{ord(c):02x}" for c in site) or "%"
 
 
 class RunDirectory:
@@ -56,6 +73,15 @@ class RunDirectory:
     # -- state -------------------------------------------------------------------------------
     def save_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.root / STATE_FILE, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        head = state.get("ledger_head")
+        summary = {"round": state["round"],
+                   "ledger_head": None if head is None else {"seq": head[0], "row_hash": head[1]}}
+        atomic_write(self.root / STATE_SUMMARY_FILE, (json.dumps(summary, sort_keys=True) + "\n").encode())
+
+    def write_public_key(self, public_key_hex: str) -> None:
+        """The ledger's public key, for reference: an auditor pins the copy obtained out of band
+        (the key directory's, or the one the CLI printed), not this one."""
+        atomic_write(self.root / PUBLIC_KEY_FILE, (public_key_hex + "\n").encode())
 
     def load_state(self) -> dict[str, Any] | None:
         path = self.root / STATE_FILE
@@ -79,21 +105,42 @@ class RunDirectory:
     def ledger_path(self) -> Path:
         return self.root / LEDGER_FILE
 
+    def site_metrics_path(self, site: str) -> Path:
+        return self.root / SITES_DIR / site_dirname(site) / METRICS_FILE
+
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _append_json_line(self.metrics_path, row)
+
+    def append_site_metrics(self, site: str, row: dict[str, Any]) -> None:
+        """One row of a site's own diagnostics (kept at the site in a deployment)."""
+        path = self.site_metrics_path(site)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _append_json_line(path, row)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return list(iter_metrics(self.metrics_path))
 
+    def read_site_metrics(self, site: str) -> list[dict[str, Any]]:
+        path = self.site_metrics_path(site)
+        return list(iter_metrics(path)) if path.exists() else []
+
     def truncate_metrics(self, last_round: int) -> None:
-        """Drop metric rows of rounds after the last checkpoint (they will be re-run)."""
-        if not self.metrics_path.exists():
-            return
-        rows = [r for r in self.read_metrics() if r["round"] <= last_round]
-        atomic_write(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+        """Drop metric rows (server's and sites') of rounds after the last checkpoint (re-run)."""
+        paths = [self.metrics_path]
+        if (self.root / SITES_DIR).is_dir():
+            paths += sorted((self.root / SITES_DIR).glob(f"*/{METRICS_FILE}"))
+        for path in paths:
+            if not path.exists():
+                continue
+            rows = [r for r in iter_metrics(path) if r["round"] <= last_round]
+            atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def _append_json_line(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
