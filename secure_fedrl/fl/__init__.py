@@ -2,6 +2,7 @@
 sampling and update compression. Pure: no I/O, no torch."""
 
 from secure_fedrl.fl.compression import (
+    CompressionProposal,
     Compressed,
     Compressor,
     NoCompression,
@@ -12,7 +13,9 @@ from secure_fedrl.fl.compression import (
     shared_mask_indices,
 )
 from secure_fedrl.fl.sampling import sample_clients
+from secure_fedrl.fl.site import PendingCommit, commit_accepted
 from secure_fedrl.fl.strategies import (
+    ControlProposal,
     FedAdagrad,
     FedAdam,
     FedAsync,
@@ -20,6 +23,7 @@ from secure_fedrl.fl.strategies import (
     FedProx,
     FedYogi,
     Scaffold,
+    ScaffoldClient,
     Strategy,
     make_strategy,
     scaffold_client_control,
@@ -28,6 +32,7 @@ from secure_fedrl.fl.strategies import (
 from secure_fedrl.fl.updates import VectorError, WeightedSum, check_update, weighted_mean
 
 __all__ = [
+    "CompressionProposal",
     "Compressed",
     "Compressor",
     "NoCompression",
@@ -37,6 +42,10 @@ __all__ = [
     "make_compressor",
     "shared_mask_indices",
     "sample_clients",
+    "PendingCommit",
+    "commit_accepted",
+    "ControlProposal",
+    "ScaffoldClient",
     "FedAdagrad",
     "FedAdam",
     "FedAsync",

@@ -5,6 +5,17 @@ One `Compressor` instance per site: it owns that site's error-feedback residual 
 updates not yet transmitted, added back before the next compression, as in Seide et al. 2014 /
 Karimireddy et al. 2019 "EF-SGD"), which is checkpointed through `state_dict`.
 
+Two steps, because the residual may only move once the server has accepted the upload into an
+aggregate: `propose` compresses and returns the payload with the residual it would leave, and
+`commit` keeps that residual. A site whose upload is dropped (secure-aggregation dropout) or
+rejected never commits, so its next upload still carries everything it has not delivered.
+`compress` = propose + commit, for callers where every upload is accepted.
+
+Error feedback needs a contractive (δ-approximate) compressor, E‖x − C(x)‖² ≤ (1 − δ)‖x‖² with
+δ > 0 (Karimireddy et al. 2019); without it the residual can grow geometrically. QSGD is
+unbiased but its variance ω‖x‖² exceeds ‖x‖² once d > s², so with error feedback it is sent
+scaled by 1/(1 + ω), which is contractive with δ = 1/(1 + ω).
+
 `Compressed.nbytes` is the honest wire size of the payload: indices as uint32, values as float32,
 quantisation levels bit-packed to ⌈log2(2s+1)⌉ bits per coordinate, plus the float32 norm. Things
 both ends already know (dim, the configured ratio/levels, the round seed) are not counted.
@@ -21,10 +32,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from secure_fedrl.fl.registry import build_named
-from secure_fedrl.errors import ConfigError
+from secure_fedrl.errors import ConfigError, ProtocolError
 from secure_fedrl.fl.updates import VectorError, as_vector
 
 __all__ = [
+    "CompressionProposal",
     "Compressed",
     "DenseCompressed",
     "SparseCompressed",
@@ -101,6 +113,16 @@ class MaskedCompressed(Compressed):
         return int(self.values.nbytes)
 
 
+@dataclass(frozen=True)
+class CompressionProposal:
+    """A compressed upload and the residual its site keeps if (and only if) it is accepted."""
+
+    payload: Compressed
+    residual: np.ndarray | None  # None without error feedback
+    _owner: int
+    _generation: int
+
+
 # --------------------------------------------------------------------------- helpers
 def _ratio(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -174,6 +196,7 @@ class Compressor(ABC):
     def __init__(self, *, error_feedback: bool = False) -> None:
         self.error_feedback = _flag("error_feedback", error_feedback)
         self._residual: np.ndarray | None = None
+        self._generation = 0  # bumped by every commit / load: a proposal applies to one state only
 
     @property
     def residual(self) -> np.ndarray | None:
@@ -187,7 +210,23 @@ class Compressor(ABC):
         *,
         round_seed: int | None = None,
     ) -> Compressed:
-        """Compress `vec` + residual; the new residual is (vec + residual) − decompress(result)."""
+        """`propose` then `commit`: for callers where every upload is accepted."""
+        proposal = self.propose(vec, rng, round_seed=round_seed)
+        self.commit(proposal)
+        return proposal.payload
+
+    def propose(
+        self,
+        vec: np.ndarray,
+        rng: np.random.Generator | None = None,
+        *,
+        round_seed: int | None = None,
+    ) -> CompressionProposal:
+        """Compress `vec` + residual without touching the residual.
+
+        The proposal carries the payload and the residual (vec + residual) − decompress(payload)
+        to keep if `commit` is called, i.e. once the server accepted this upload.
+        """
         x = as_vector(vec, what="vec")
         dim = x.shape[0]
         if dim > _MAX_DIM:
@@ -201,9 +240,21 @@ class Compressor(ABC):
         else:
             target = x
         payload = self._encode(target, rng, round_seed)
+        residual = target - self.decompress(payload, dim) if self.error_feedback else None
+        return CompressionProposal(payload=payload, residual=residual, _owner=id(self),
+                                   _generation=self._generation)
+
+    def commit(self, proposal: CompressionProposal) -> None:
+        """Keep the residual of an accepted upload; a proposal is committed at most once, and only
+        on top of the state it was computed from (else ProtocolError: it would double-count)."""
+        if not isinstance(proposal, CompressionProposal) or proposal._owner != id(self):
+            raise ProtocolError(f"{self.name}: not a proposal of this compressor")
+        if proposal._generation != self._generation:
+            raise ProtocolError(f"{self.name}: stale proposal (already committed, or the residual "
+                                f"moved since it was made)")
         if self.error_feedback:
-            self._residual = target - self.decompress(payload, dim)
-        return payload
+            self._residual = proposal.residual.copy()
+        self._generation += 1
 
     def decompress(self, payload: Compressed, dim: int) -> np.ndarray:
         """The float32 vector of length `dim` the payload stands for."""
@@ -247,6 +298,7 @@ class Compressor(ABC):
                 raise ConfigError(
                     f"{self.name} state has {key}={d.get(key)!r} but this compressor has {mine!r}"
                 )
+        self._generation += 1
         r = d.get("residual")
         if r is None:
             self._residual = None
@@ -320,7 +372,14 @@ class TopK(Compressor):
 
 class StochasticQuantizer(Compressor):
     """QSGD (Alistarh et al. 2017): x_i ≈ ‖x‖₂·sign(x_i)·ξ_i/s, ξ_i ∈ {0..s} by stochastic
-    rounding of s·|x_i|/‖x‖₂, so E[decode] = x exactly (unbiased) given the seeded rng.
+    rounding of s·|x_i|/‖x‖₂, so E[Q(x)] = x exactly (unbiased) given the seeded rng.
+
+    Its variance is E‖Q(x) − x‖² ≤ ω‖x‖² with ω = min(d/s², √d/s) (Alistarh et al. Lemma 3.1),
+    above 1 once d > s²: then Q is not contractive and error feedback on it diverges (the residual
+    grows geometrically). With error feedback the decoded value is therefore Q(x)/(1 + ω), for
+    which E‖x − Q(x)/(1+ω)‖² ≤ (1 − 1/(1+ω))‖x‖² (expand the square, use E[Q] = x; Karimireddy et al. 2019): biased, and
+    error feedback repays the bias. Both ends know d and s, so nothing extra travels. Without
+    error feedback Q(x) is sent unscaled (unbiased).
 
     The norm is rounded UP to float32 so that s·|x_i|/norm never exceeds s (no clipping bias).
     """
@@ -339,6 +398,15 @@ class StochasticQuantizer(Compressor):
 
     def _hyper(self) -> dict[str, float | int | str]:
         return {"levels": self.levels, **super()._hyper()}
+
+    def omega(self, dim: int) -> float:
+        """QSGD's variance bound ω = min(d/s², √d/s) for a d-vector."""
+        s = float(self.levels)
+        return min(dim / (s * s), math.sqrt(dim) / s)
+
+    def decode_scale(self, dim: int) -> float:
+        """1/(1+ω) with error feedback (the contractive version), else 1 (unbiased)."""
+        return 1.0 / (1.0 + self.omega(dim)) if self.error_feedback else 1.0
 
     def _encode(
         self, x: np.ndarray, rng: np.random.Generator | None, round_seed: int | None
@@ -369,7 +437,8 @@ class StochasticQuantizer(Compressor):
         if payload.levels != self.levels:
             raise VectorError(f"payload has {payload.levels} levels, this quantizer {self.levels}")
         codes = _unpack(payload.packed, payload.dim, self.bits).astype(np.int64) - self.levels
-        return (codes * (float(payload.norm) / self.levels)).astype(np.float32)
+        step = float(payload.norm) / self.levels * self.decode_scale(payload.dim)
+        return (codes * step).astype(np.float32)
 
 
 class SharedRandomMask(Compressor):

@@ -7,6 +7,8 @@ parameters it loaded from the global model; afterwards it reads the new paramete
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import Generator, Tensor
 
 from secure_fedrl.errors import ConfigError
@@ -17,7 +19,34 @@ from secure_fedrl.rl.ppo import PPOConfig, train_ppo
 from secure_fedrl.rl.reinforce import ReinforceConfig, train_reinforce
 from secure_fedrl.rl.rollout import Corrections, LocalResult
 
-__all__ = ["LocalResult", "train_local"]
+__all__ = ["FirstGradient", "LocalResult", "train_local"]
+
+
+class FirstGradient:
+    """Records the federated parameters' gradient at the first optimizer step of `train_local`.
+
+    That step is taken at the global parameters x (nothing has moved yet), after the trainer's
+    own processing (gradient-norm clipping; under trajectory DP per-trajectory clipping and noise,
+    so recording it is post-processing) and before the FedProx/SCAFFOLD terms are added. It is
+    SCAFFOLD's option-I control variate c_i⁺ = ∇f_i(x), at no extra gradient pass.
+    """
+
+    def __init__(self) -> None:
+        self.gradient: np.ndarray | None = None
+        """Flat float32, in the order of ``federated_params``; None until a step was taken."""
+
+
+class _RecordingCorrections(Corrections):
+    def __init__(self, federated: list[Tensor], *, probe: FirstGradient, **kwargs) -> None:
+        super().__init__(federated, **kwargs)
+        self.probe = probe
+
+    def apply(self) -> None:
+        if self.probe.gradient is None:
+            parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+                     .to(torch.float32).cpu() for p in self.federated]
+            self.probe.gradient = torch.cat(parts).numpy().astype(np.float32, copy=True)
+        super().apply()
 
 
 def _check_budget(name: str, value: int | None) -> None:
@@ -38,6 +67,7 @@ def train_local(
     grad_correction: list[Tensor] | None = None,
     federated_params: list[Tensor] | None = None,
     dp: TrajectoryDP | None = None,
+    first_gradient: FirstGradient | None = None,
 ) -> LocalResult:
     """Train ``policy`` in place on ``env`` for at least ``steps`` env steps (all copies together)
     and/or ``episodes`` completed episodes.
@@ -48,6 +78,8 @@ def train_local(
     (default: actor and critic, ``policy.shared_parameters(True)``).
     dp: trajectory-level DP-SGD on complete episodes (see dp_training.py); the result's
     ``dp_steps`` and ``dp_sample_rate`` are what the accountant must be charged.
+    first_gradient: filled with the gradient of the first step, taken at the global parameters
+    (SCAFFOLD option I; see `FirstGradient`).
     """
     _check_budget("steps", steps)
     _check_budget("episodes", episodes)
@@ -63,7 +95,14 @@ def train_local(
     own = {id(p) for p in policy.parameters()}
     if any(id(p) not in own for p in federated):
         raise ConfigError("train_local: federated_params must be parameters of the policy")
-    corrections = Corrections(federated, prox_mu=prox_mu, anchor=anchor, grad_correction=grad_correction)
+    if first_gradient is not None and not isinstance(first_gradient, FirstGradient):
+        raise ConfigError(f"train_local: first_gradient must be a FirstGradient, got {type(first_gradient).__name__}")
+    if first_gradient is None:
+        corrections = Corrections(federated, prox_mu=prox_mu, anchor=anchor, grad_correction=grad_correction)
+    else:
+        first_gradient.gradient = None
+        corrections = _RecordingCorrections(federated, probe=first_gradient, prox_mu=prox_mu, anchor=anchor,
+                                            grad_correction=grad_correction)
 
     if dp is not None:
         return train_dp(policy, env, algo, dp, steps=steps, episodes=episodes, generator=generator,

@@ -246,3 +246,112 @@ def test_shared_mask_payloads_survive_pairwise_masking_in_the_ring():
     want = sum(c.decompress(p, dim) for c, p in zip(comps, payloads))
     np.testing.assert_allclose(got, want, atol=n_sites / scale)
     assert np.count_nonzero(want) == k  # only the shared coordinates carry mass
+
+
+# ----------------------------------------------------------------------------- QSGD + error feedback
+def _ef_residual_norms(q: StochasticQuantizer, dim: int, rounds: int, seed: int = 0) -> list[float]:
+    """Relative residual ‖e_t‖/‖g_t‖ over `rounds` unit-norm updates (a fresh direction each round)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(rounds):
+        g = rng.normal(size=dim).astype(np.float32)
+        g /= np.linalg.norm(g)
+        q.compress(g, rng)
+        out.append(float(np.linalg.norm(q.residual)))
+        if not np.isfinite(out[-1]) or out[-1] > 1e12:
+            break
+    return out
+
+
+def test_qsgd_error_feedback_residual_stays_bounded_at_d_10000():
+    """Defaults (s = 16, EF on) at d = 10,000: ω = min(d/s², √d/s) = 6.25, so Q/(1+ω) is a
+    δ = 1/(1+ω) contraction and the EF residual obeys ‖e‖ ≤ 2√(1−δ)/δ·max‖g‖ (Karimireddy et
+    al. 2019); unscaled QSGD (variance 6.25‖g‖²) is no contraction and the residual explodes."""
+    q = StochasticQuantizer(16)
+    dim = 10_000
+    assert q.omega(dim) == pytest.approx(6.25)
+    delta = 1.0 / (1.0 + q.omega(dim))
+    norms = _ef_residual_norms(q, dim, 200)
+    assert len(norms) == 200
+    assert max(norms) < 2 * np.sqrt(1 - delta) / delta  # 13.5; measured ≈ 2.2
+    assert max(norms[100:]) < 1.5 * max(norms[:100])  # no growth in the second half
+
+
+def test_unscaled_qsgd_error_feedback_diverges(monkeypatch):
+    """The same run with the 1/(1+ω) scaling removed: the residual grows geometrically."""
+    monkeypatch.setattr(StochasticQuantizer, "decode_scale", lambda self, dim: 1.0)
+    norms = _ef_residual_norms(StochasticQuantizer(16), 10_000, 200)
+    assert max(norms) > 1e3
+
+
+def test_scaled_qsgd_is_contractive_statistically():
+    """E‖x − C(x)‖² ≤ (1 − 1/(1+ω))‖x‖² for C = Q/(1+ω), at d ≫ s² (here ω = √d/s = 10)."""
+    dim, s = 1600, 4
+    q = StochasticQuantizer(s, error_feedback=True)
+    assert q.omega(dim) == pytest.approx(10.0)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=dim).astype(np.float32)
+    errs = [float(np.sum((x - q.decompress(q.propose(x, rng).payload, dim)) ** 2)) for _ in range(200)]
+    ratio = np.mean(errs) / float(np.sum(x.astype(np.float64) ** 2))
+    assert ratio <= 1 - 1 / (1 + q.omega(dim))
+    unbiased = StochasticQuantizer(s, error_feedback=False)
+    assert unbiased.decode_scale(dim) == 1.0  # without EF the payload stays unbiased
+    raw = [float(np.sum((x - unbiased.decompress(unbiased.compress(x, rng), dim)) ** 2)) for _ in range(50)]
+    assert np.mean(raw) / float(np.sum(x.astype(np.float64) ** 2)) > 1.0  # not a contraction
+
+
+def test_qsgd_omega_is_the_smaller_bound():
+    q = StochasticQuantizer(16)
+    assert q.omega(100) == pytest.approx(100 / 256)  # d/s² < √d/s when d < s²
+    assert q.omega(10_000) == pytest.approx(100 / 16)
+    assert q.decode_scale(100) == pytest.approx(1 / (1 + 100 / 256))
+
+
+# ----------------------------------------------------------------------------- propose / commit
+@pytest.mark.parametrize("factory", [lambda: TopK(0.3), lambda: StochasticQuantizer(3),
+                                     lambda: SharedRandomMask(0.3)])
+def test_propose_leaves_the_residual_until_commit(factory):
+    c = factory()
+    rng = np.random.default_rng(2)
+    first = c.compress(rng.normal(size=20).astype(np.float32), rng, round_seed=1)
+    assert first is not None
+    before = c.residual.copy()
+    x = rng.normal(size=20).astype(np.float32)
+    proposal = c.propose(x, rng, round_seed=2)
+    np.testing.assert_array_equal(c.residual, before)  # a dropped / rejected upload changes nothing
+    c.commit(proposal)
+    sent = c.decompress(proposal.payload, 20)
+    np.testing.assert_allclose(c.residual, before + x - sent, atol=1e-5)
+
+
+def test_dropped_upload_keeps_its_mass_for_the_next_accepted_one():
+    """Σ accepted sent + residual = Σ inputs of the accepted rounds + nothing from dropped ones."""
+    c = TopK(0.2)
+    rng = np.random.default_rng(4)
+    total_in = np.zeros(30)
+    total_sent = np.zeros(30)
+    for r in range(12):
+        x = rng.normal(size=30).astype(np.float32)
+        p = c.propose(x, rng)
+        if r % 3 == 1:
+            continue  # dropped: never committed, its update is lost but the residual is not
+        c.commit(p)
+        total_in += x
+        total_sent += c.decompress(p.payload, 30)
+    np.testing.assert_allclose(total_sent + c.residual, total_in, atol=1e-4)
+
+
+def test_stale_or_foreign_proposal_is_refused():
+    from secure_fedrl.errors import ProtocolError
+
+    c = TopK(0.5)
+    rng = np.random.default_rng(0)
+    p1 = c.propose(f32(1, 2, 3, 4), rng)
+    p2 = c.propose(f32(4, 3, 2, 1), rng)
+    c.commit(p1)
+    with pytest.raises(ProtocolError, match="stale"):
+        c.commit(p1)  # already committed
+    with pytest.raises(ProtocolError, match="stale"):
+        c.commit(p2)  # made on the residual p1 replaced: would double-count
+    with pytest.raises(ProtocolError, match="not a proposal of this compressor"):
+        TopK(0.5).commit(c.propose(f32(1, 1, 1, 1), rng))
