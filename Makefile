@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The ledger's signing key stays outside the run directory (and survives `rm -rf runs/demo`);
+# the audit pins the public key from the key directory, not the run directory's copy.
+DEMO_KEYS ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/secure-fedrl/ledger-keys/demo
+
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/secure-fedrl simulate clients/cartpole/federation.toml --out runs/demo
-	$(PY) audit/verify_ledger.py runs/demo --quiet
+	$(VENV)/bin/secure-fedrl simulate clients/cartpole/federation.toml --out runs/demo --ledger-key $(DEMO_KEYS)
+	$(PY) audit/verify_ledger.py runs/demo --public-key-file $(DEMO_KEYS)/ledger_public_key.hex --quiet
 
 test: $(STAMP)
 	$(PY) -m pytest tests
