@@ -158,7 +158,12 @@ def render_html(doc: dict[str, Any]) -> str:
              ("<span class=\"warn\">none</span>" if not led["present"] else "<span class=\"bad\">FAILED</span>"))]
     if doc.get("canary") and doc["canary"].get("epsilon_lower_bound") is not None:
         kpis.append(("empirical ε lower bound", _f(doc["canary"]["epsilon_lower_bound"])))
+    if eps.get("site_budget") is not None:
+        kpis.insert(2, ("site budget ε", _f(eps["site_budget"])))
     parts.append("<div class=\"kpi\">" + "".join(f"<div>{k}<b>{v}</b></div>" for k, v in kpis) + "</div>")
+    if eps.get("reproducible_rounds"):
+        parts.append("<p class=\"bad\">Reproducible noise and sampling (privacy.reproducible_noise) in "
+                     f"{len(eps['reproducible_rounds'])} round(s): the epsilons below are NOT a privacy guarantee.</p>")
 
     parts.append("<h2>Privacy spent and what it bought</h2><div class=\"grid\">"
                  f"<div>{epsilon_chart(doc)}</div><div>{return_chart(doc)}</div></div>")

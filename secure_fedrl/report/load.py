@@ -232,7 +232,7 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
     for key, value in v2.items():
         if key in row and key != "privacy":
             continue
-        if key in ("epsilon_server", "epsilon_release"):
+        if key in ("epsilon_server", "epsilon_release", "site_budget"):
             row[key] = decode_float(value)
         elif key == "site_epsilon_server" and isinstance(value, dict):
             row[key] = {str(k): decode_float(v) for k, v in value.items()}

@@ -132,7 +132,10 @@ def _epsilon_section(rows: list[dict[str, Any]], unit: str, threat: str, budget:
                     curves.setdefault(("server", str(row.get("accountant"))), {}).setdefault(
                         str(site), []).append((int(row["round"]), value))
     for (t, acct), scopes in sorted(curves.items()):
-        if None in scopes:
+        individual = t == "server" and any(s is not None for s in scopes) and unit == "client"
+        if None in scopes and not individual:
+            # (client level against the server the scope is each site: FORMAT.md, "Scopes";
+            # the row's epsilon_server is the worst site's, drawn below as such)
             series.append(_series(t, acct, "federation", _last_per_round(scopes[None])))
         site_scopes = {s: v for s, v in scopes.items() if s is not None}
         if not site_scopes:
@@ -155,8 +158,11 @@ def _epsilon_section(rows: list[dict[str, Any]], unit: str, threat: str, budget:
               "epsilon": s["points"][-1]["epsilon"] if s["points"] else None,
               "infinite": bool(s["points"]) and s["points"][-1]["epsilon"] is None}
              for s in series if s["scope"] in ("federation", "worst site")]
+    reproducible = sorted({int(r["round"]) for r in rows if r.get("sampling") == "reproducible"})
+    site_budget = next((_num(r.get("site_budget")) for r in reversed(rows) if "site_budget" in r), None)
     return {"unit": unit, "budget": budget, "delta": delta, "default_threat_model": threat,
-            "series": series, "final": final, "per_site": per_site}
+            "series": series, "final": final, "per_site": per_site,
+            "site_budget": site_budget, "reproducible_rounds": reproducible}
 
 
 def _series(threat: str, acct: str, scope: str, pts: list[tuple[int, float]]) -> dict[str, Any]:

@@ -76,6 +76,17 @@ def plain_language(doc: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
          "results reveal about any one site's data."),
     ]})
 
+    if eps_sec.get("reproducible_rounds"):
+        rr = eps_sec["reproducible_rounds"]
+        sections.insert(0, {"title": "WARNING: not a privacy guarantee", "paragraphs": [
+            f"{len(rr)} round(s) (from round {rr[0]}) ran with reproducible noise and sampling "
+            f"(privacy.reproducible_noise): anyone holding the config can recompute the random choices "
+            f"and the noise, so the epsilons below are not a guarantee for this run. Such runs are "
+            f"for experiments only."]})
+    if unit == "client" and any(e["threat_model"] == "server" for e in eps_sec["per_site"]):
+        sections[-1]["paragraphs"].append(
+            "Against the server each site's spend is counted separately (only the rounds it took part "
+            "in count), so the headline is the site that spent most.")
     if eps is None:
         meaning = ["No privacy spend is recorded in the ledger yet (no round was charged)."]
     else:

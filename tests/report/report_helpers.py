@@ -59,7 +59,7 @@ def make_run(root: Path, *, unit: str = "trajectory", rounds: int = 4, secagg: b
                         delta=1e-5, threat_model="release" if central else "server",
                         epsilon_server=math.inf if central else eps, epsilon_release=eps if central else eps * 0.9,
                         participants=parts,
-                        site_epsilon_server={} if central else {p: eps * (0.8 + 0.1 * j) for j, p in enumerate(parts)}))
+                        site_epsilon_server={} if central else {p: eps * (1.0 - 0.1 * j) for j, p in enumerate(parts)}))
         finally:
             ledger.close()
     for r in range(1, rounds + 1):

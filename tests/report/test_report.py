@@ -60,9 +60,12 @@ def test_client_ddg_report_has_both_threat_models_and_per_site_spend(tmp_path):
     run, _ = make_run(tmp_path / "run", unit="client")
     doc = validate(make_report(run))
     finals = {(f["threat_model"], f["scope"]): f["epsilon"] for f in doc["epsilon"]["final"]}
-    assert finals[("server", "federation")] == pytest.approx(3.0)
+    # against the server the scope is each site (FORMAT.md "Scopes"): worst site, no federation value
+    assert finals[("server", "worst site")] == pytest.approx(3.0) and ("server", "federation") not in finals
     assert finals[("release", "federation")] == pytest.approx(2.7)
-    assert ("server", "worst site") in finals  # from site_epsilon_server
+    per_site = {e["site"]: e["epsilon"] for e in doc["epsilon"]["per_site"]}
+    assert per_site == pytest.approx({"clinic-a": 3.0, "clinic-b": 2.7, "clinic-c": 1.5 * math.sqrt(3) * 0.8})
+    assert doc["plain_language"]["sections"][0]["paragraphs"][-1].startswith("Against the server each site")
     assert doc["run"]["threat_model"] == "server" and doc["run"]["mechanism"] == "ddg"
     assert doc["rounds"][0]["sigma_effective"] == pytest.approx(1.15)
 
@@ -220,3 +223,23 @@ def test_simulate_writes_privacy_report(small_private_run):
     assert all(s["epsilon"] and s["epsilon"] > 0 for s in doc["sites"])
     html = (run / "privacy_report.html").read_text()
     assert 'id="plot-epsilon"' in html and "<path class=\"series\"" in html
+
+
+def test_reproducible_noise_is_flagged_as_no_guarantee(tmp_path):
+    import sqlite3
+
+    run, _ = make_run(tmp_path / "run", unit="client")
+    conn = sqlite3.connect(run / "privacy_ledger.sqlite")  # read as the reader sees v2 rows
+    privacy = json.loads(conn.execute("SELECT privacy FROM rows WHERE seq = 2").fetchone()[0])
+    conn.close()
+    assert privacy["sampling"] == "secret"
+    from secure_fedrl.report.load import load_run
+    from secure_fedrl.report.model import build_report
+
+    data = load_run(run)
+    data.ledger.rows[1]["sampling"] = "reproducible"
+    doc = validate(build_report(data))
+    assert doc["epsilon"]["reproducible_rounds"] == [2]
+    assert doc["plain_language"]["sections"][0]["title"] == "WARNING: not a privacy guarantee"
+    assert "NOT a privacy guarantee" in render(doc, "html").decode()
+    assert validate(make_report(run))["epsilon"]["reproducible_rounds"] == []
