@@ -25,11 +25,12 @@ import torch
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, UpdateRejected
 from secure_fedrl.fl.sampling import sample_clients
-from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
+from secure_fedrl.fl.site import PendingCommit, commit_accepted
+from secure_fedrl.fl.strategies import FedAsync, Scaffold, ScaffoldClient, make_strategy
 from secure_fedrl.fl.updates import check_update
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.rl.evaluate import evaluate
-from secure_fedrl.rl.local import train_local
+from secure_fedrl.rl.local import FirstGradient, train_local
 from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
 from secure_fedrl.runtime.aggregation import RoundAggregate, SiteUpload, build_aggregator
 from secure_fedrl.fl.compression import Compressor, make_compressor
@@ -74,7 +75,7 @@ class SiteState:
     spec: SiteSpec
     index: int
     local_critic: np.ndarray | None = None
-    control_variate: np.ndarray | None = None  # SCAFFOLD c_i
+    scaffold: ScaffoldClient | None = None  # SCAFFOLD c_i (moves only on commit, fl/site.py)
     compressor: Compressor | None = None
 
 
@@ -118,7 +119,7 @@ class Simulation:
             if not config.local.federate_critic:
                 site.local_critic = initial_critic.copy()
             if isinstance(self.strategy, Scaffold):
-                site.control_variate = np.zeros(self.dim, dtype=np.float32)
+                site.scaffold = ScaffoldClient(self.dim)
             site.compressor = _build_compressor(config.compression)
         if isinstance(self.strategy, Scaffold):
             self.strategy.init_control(self.dim)
@@ -130,6 +131,7 @@ class Simulation:
         chosen = np.random.default_rng(derive_seed(fed.seed, 0xE7A1)).permutation(len(self.sites))[:k] if k else None
         self.eval_sites = self.sites if chosen is None else [self.sites[i] for i in sorted(chosen)]
         self.round = 0
+        self._pending: dict[str, PendingCommit] = {}  # this round's proposals, by site (fl/site.py)
         self.env_steps = 0
         self.last_eval: dict[str, float] | None = None
         if resume:
@@ -157,7 +159,8 @@ class Simulation:
         self.last_eval = state.get("last_eval")
         for site, saved in zip(self.sites, state["sites"]):
             site.local_critic = saved["local_critic"]
-            site.control_variate = saved["control_variate"]
+            if site.scaffold is not None:
+                site.scaffold.load(saved["control_variate"])
             site.compressor.load_state_dict(saved["compressor"])
             restore_env_state(self.envs[site.spec.name], saved["env"])
         self.aggregator.load_state_dict(state.get("aggregator", {}))
@@ -171,7 +174,8 @@ class Simulation:
             "global_params": self.global_params,
             "strategy": self.strategy.state_dict(),
             "last_eval": self.last_eval,
-            "sites": [{"local_critic": s.local_critic, "control_variate": s.control_variate,
+            "sites": [{"local_critic": s.local_critic,
+                       "control_variate": None if s.scaffold is None else s.scaffold.control_variate,
                        "compressor": s.compressor.state_dict(),
                        "env": capture_env_state(self.envs[s.spec.name])} for s in self.sites],
             "aggregator": self.aggregator.state_dict(),
@@ -234,6 +238,7 @@ class Simulation:
         self.privacy.check_round(r, planned_sites=len(sampled_names))  # raises PrivacyBudgetExceeded
 
         by_name = {s.spec.name: s for s in self.sites}
+        self._pending = {}  # filled by _site_round, committed after aggregation
         uploads: list[SiteUpload] = []
         rejected: dict[str, str] = {}
         train_returns: list[float] = []
@@ -269,6 +274,9 @@ class Simulation:
             # The ledger row is durable before the aggregate touches the global policy.
             self.privacy.record_round(r, agg)
             self._apply(agg)
+        # Only sites whose upload is in the aggregate keep their new c_i / residual; dropped and
+        # rejected sites keep the old ones, so the server's c stays the mean of the sites' c_i.
+        commit_accepted(self._pending, agg.included)
         agg_seconds = time.perf_counter() - t_agg
 
         evaluated = None
@@ -321,30 +329,34 @@ class Simulation:
         prox_mu = float(getattr(self.strategy, "client_prox_mu", 0.0))
         if prox_mu > 0:
             anchor = [p.detach().clone() for p in self.federated_params]
-        if isinstance(self.strategy, Scaffold):
-            correction = self.strategy.control_variate - site.control_variate
+        first_gradient = None
+        if site.scaffold is not None:
+            correction = site.scaffold.correction(self.strategy.control_variate)
             grad_correction = _split_like(correction, self.federated_params, self.device)
+            first_gradient = FirstGradient()
         result = train_local(
             self.policy, env, cfg.algorithm,
             steps=cfg.local.steps or None, episodes=None if cfg.local.steps else cfg.local.episodes,
             generator=generator, prox_mu=prox_mu, anchor=anchor, grad_correction=grad_correction,
             federated_params=self.federated_params, dp=self.privacy.trajectory_dp(site.spec.name),
+            first_gradient=first_gradient,
         )
         local = get_flat(self.federated_params)
         delta = (local - self.global_params).astype(np.float32)
         if site.local_critic is not None:
             site.local_critic = get_flat(list(self.policy.critic_parameters()))
-        if isinstance(self.strategy, Scaffold):
-            from secure_fedrl.fl.strategies import scaffold_client_control
-
-            new_c = scaffold_client_control(site.control_variate, self.strategy.control_variate,
-                                            self.global_params, local, result.optimizer_steps,
-                                            _local_lr(cfg.algorithm))
-            delta = np.concatenate([delta, (new_c - site.control_variate).astype(np.float32)])
-            site.control_variate = new_c.astype(np.float32)
+        control = None
+        if site.scaffold is not None:
+            # Option I: c_i+ = the first local gradient, taken at the global parameters (Scaffold's
+            # docstring says why); proposed now, committed only if the upload is aggregated.
+            fresh = first_gradient.gradient
+            control = site.scaffold.propose(site.scaffold.control_variate if fresh is None else fresh)
+            delta = np.concatenate([delta, control.delta])
         self.privacy.after_local_training(site.spec.name, r, result)
-        payload = site.compressor.compress(delta, np.random.default_rng(derive_seed(cfg.federation.seed, r, site.index, 4)),
+        proposal = site.compressor.propose(delta, np.random.default_rng(derive_seed(cfg.federation.seed, r, site.index, 4)),
                                            round_seed=self._round_seed(r))
+        self._pending[site.spec.name] = PendingCommit(site.compressor, proposal, site.scaffold, control)
+        payload = proposal.payload
         # In-process the "wire" is this round trip; the server sees what decompress gives back.
         sent, nbytes = site.compressor.decompress(payload, delta.shape[0]), payload.nbytes
         weight = float(result.steps) if cfg.strategy.weighting == "steps" else 1.0
@@ -425,10 +437,6 @@ def _split_like(vec: np.ndarray, params: list[torch.Tensor], device: torch.devic
         out.append(torch.as_tensor(vec[offset:offset + n], device=device).view_as(p))
         offset += n
     return out
-
-
-def _local_lr(algorithm: Any) -> float:
-    return float(getattr(algorithm, "learning_rate"))
 
 
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:

@@ -170,7 +170,7 @@ def test_cli_bad_config_one_line_exit_2(tmp_path, snippet, key):
         {"strategy": {"name": "fedadam", "params": {"server_lr": 0.01}}},
         {"strategy": {"name": "fedyogi"}},
         {"strategy": {"name": "fedadagrad"}},
-        {"strategy": {"name": "scaffold"}},
+        {"strategy": {"name": "scaffold", "weighting": "uniform"}},
         {"strategy": {"name": "scaffold", "weighting": "uniform"}, "secure_aggregation": {"enabled": True, "threshold": 2}},
         {"strategy": {"name": "fedasync", "params": {"alpha": 0.5, "staleness": "polynomial", "a": 0.5}}},
         {"local": {"algorithm": "ppo", "steps": 128, "federate_critic": False}},
