@@ -171,3 +171,17 @@ def test_real_run_dp_on_stays_below_the_ledgers_epsilon(tmp_path):
     data = json.loads((tmp_path / "out" / "canary_audit.json").read_text())
     assert data["dp"] and data["mechanism"] == "gaussian" and 0 < data["epsilon_theoretical"] <= 4.0 + 1e-9
     assert data["epsilon_lower_bound"] <= data["epsilon_theoretical"]
+
+
+def test_choosing_the_best_k_after_the_fact_pays_for_it():
+    """Bonferroni: with several (k+, k-) tried, each is tested at beta / (number of choices)."""
+    rng = np.random.default_rng(3)
+    member = np.where(rng.random(200) < 0.5, 1, -1)
+    scores = member + 0.8 * rng.standard_normal(200)
+    ks = [(5, 5), (10, 10), (25, 25), (50, 50)]
+    best, choices = audit(scores, member, delta=1e-5, confidence=0.95, ks=ks)
+    for c in choices:
+        assert c.epsilon_lower_bound == pytest.approx(
+            epsilon_lower_bound(200, c.guesses, c.correct, delta=1e-5, beta=0.05 / len(ks)))
+    single, _ = audit(scores, member, delta=1e-5, confidence=0.95, ks=[(best.k_plus, best.k_minus)])
+    assert single.epsilon_lower_bound > best.epsilon_lower_bound
