@@ -8,10 +8,14 @@
    replay of the recorded uploads into a fresh server: the server alone, without the sites).
 3. Side by side with Flower's SecAgg+ on the same vectors (bench/flower_secagg.py drives Flower's
    real server workflow and client mod in its own venv); ratio = Flower time / our time.
+4. Overhead of the issue 7 defence (pairing attestations, certified survivor sets): whole-round
+   time of today's protocol against the frozen pre-defence copy in bench/secagg_v1_baseline/,
+   same inputs, alternating runs in one process (goal <= 1.15x).
 
     .venv/bin/python bench/secagg.py                 # default, a few minutes on a busy 2-core box
     .venv/bin/python bench/secagg.py --quick         # smaller sizes, for development
     .venv/bin/python bench/secagg.py --full          # adds n=100, d=1M (the < 2 GB memory goal)
+    .venv/bin/python bench/secagg.py --only overhead # section 4 only
 """
 
 from __future__ import annotations
@@ -195,12 +199,45 @@ def bench_flower(configs: list[tuple[int, int, int | None, int]], repeats: int) 
             "ratio cpu", "goal", "sums"], rows)
 
 
+# ----------------------------------------------------------------------------- 4. defence overhead
+
+
+def bench_overhead(configs: list[tuple[int, int, int | None, int]], repeats: int) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import secagg_v1_baseline as old  # noqa: PLC0415
+
+    _warm_up()
+    old.run_round(_inputs(200, 20_000), threshold=5, neighbors=8)
+    rows = []
+    for n, d, k, t in configs:
+        inputs = _inputs(n, d)
+        times = {"new": [], "old": []}
+        cpus = {"new": [], "old": []}
+        for _ in range(repeats):
+            for name, fn in (("old", old.run_round), ("new", run_round)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                res = fn(inputs, threshold=t, neighbors=k, seed=3, graph_seed=bytes(32))
+                times[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
+                want = sum(inputs[i].astype(np.uint64) for i in res.accepted_sites) % 2**32
+                if not np.array_equal(res.sum, want.astype(np.uint32)):
+                    raise SystemExit(f"{name} protocol: wrong sum")
+        w_new, w_old = statistics.median(times["new"]), statistics.median(times["old"])
+        c_new, c_old = statistics.median(cpus["new"]), statistics.median(cpus["old"])
+        rows.append([n, f"{d:,}", "complete" if k is None else k, t, f"{w_old:.2f}", f"{w_new:.2f}",
+                     f"{w_new / w_old:.2f}x", f"{c_old:.2f}", f"{c_new:.2f}", f"{c_new / c_old:.2f}x",
+                     "yes" if c_new / c_old <= 1.15 else "NO"])
+    _table(f"Defence overhead: whole round, pre-defence copy (old) vs today (new), median of {repeats} "
+           "alternating runs", ["n", "d", "k", "t", "old s", "new s", "wall ratio", "old cpu s", "new cpu s",
+                                "cpu ratio", "<= 1.15"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (development)")
     p.add_argument("--full", action="store_true", help="add n=100, d=1M rounds")
     p.add_argument("--no-flower", action="store_true", help="skip the Flower comparison")
-    p.add_argument("--only", choices=["prg", "rounds", "flower"], help="run one section")
+    p.add_argument("--only", choices=["prg", "rounds", "flower", "overhead"], help="run one section")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the PRG timings")
     p.add_argument("--flower-repeats", type=int, default=1, help="rounds per side in the comparison")
     a = p.parse_args(argv)
@@ -220,12 +257,18 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append((100, 1_000_000, k100, k100 // 2 + 1))
         flower = [(10, 100_000, 7, 4), (50, 100_000, 7, 4), (10, 1_000_000, 7, 4), (50, 1_000_000, 7, 4),
                   (50, 100_000, None, 4)]
+    overhead = [(8, 100_000, None, 5), (50, 100_000, None, 26), (100, 100_000, k100, k100 // 2 + 1),
+                (1000, 10_000, k1000, k1000 // 2 + 1)]
+    if a.quick:
+        overhead = [(8, 10_000, None, 5), (100, 10_000, k100, k100 // 2 + 1)]
     if run("prg"):
         bench_prg(prg_d, ks, a.repeats)
     if run("rounds"):
         bench_rounds(rounds, [0.0, 0.1])
     if run("flower") and not a.no_flower:
         bench_flower(flower, a.flower_repeats)
+    if run("overhead"):
+        bench_overhead(overhead, a.repeats)
     return 0
 
 

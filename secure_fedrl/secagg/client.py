@@ -237,12 +237,11 @@ class SecAggClient:
     def unmask(self, req: M.UnmaskRequest) -> M.UnmaskResponse:
         """Reveal one share per peer, only under the rules of SPEC.md section 4, phase 4:
 
-        (a) every peer whose share it reveals, and every paired survivor of a peer whose
-            self-mask share it reveals, is *certified*: t of that site's own holders confirmed
-            this same U3 (so no other survivor set can be certified for it, section 8);
+        (a) every peer whose share it reveals is *certified*: t of that peer's own holders
+            confirmed this same U3 (so no other survivor set can be certified for it, section 8);
         (b) each peer u in U3 whose b-share it reveals attested M(u) (HMAC for this site, which
-            must be in M(u)) with |M(u) ∩ U3| >= t-1: a server that withheld u's pairings, or
-            announced u's peers as dropped, gets nothing.
+            must be in M(u)) with |M(u) ∩ U3| >= t-1, of which t-1 are certified: a server that
+            withheld u's pairings, or announced u's peers as dropped, gets nothing.
         Anything missing or inconsistent aborts before a single share is revealed.
         """
         self._expect("unmasking", req, M.UnmaskRequest)
@@ -285,22 +284,19 @@ class SecAggClient:
         evidence = sorted(set(tags) | set(sigs) | {self.id})
         certified: dict[int, bool] = {}
 
-        def certify(x: int) -> None:
+        def certify(x: int) -> bool:  # t holders of x confirmed our U3?
             if x in certified:
-                return
+                return certified[x]
             group = evidence if cfg.complete else [s for s in evidence if s in cfg.holders(x)]
             count = 0
             for s in sorted(group, key=lambda s: (s not in valid, s not in tags, s)):  # cheapest first
                 if count >= t:
                     break
                 count += confirmed(s)
-            if count < t:
-                raise BelowThresholdError(
-                    f"site {self.id}: {count} holders of site {x} confirmed the survivor set, threshold is {t}"
-                )
-            certified[x] = True
+            certified[x] = ok = count >= t
             if cfg.complete:  # one holder set for everyone: certified once, certified for all
-                certified.update(dict.fromkeys(cfg.site_ids, True))
+                certified.update(dict.fromkeys(cfg.site_ids, ok))
+            return ok
 
         attested = {u: (paired, tag) for u, paired, tag in req.attestations}
         for u in attested:
@@ -309,7 +305,10 @@ class SecAggClient:
         out = []
         for peer in sorted(self._shares):
             kind = M.KIND_B if peer in alive else M.KIND_S
-            certify(peer)
+            if not certify(peer):
+                raise BelowThresholdError(
+                    f"site {self.id}: fewer than {t} holders of site {peer} confirmed the survivor set"
+                )
             if kind == M.KIND_B:
                 if peer == self.id:
                     paired = self._pairs
@@ -328,8 +327,18 @@ class SecAggClient:
                         f"site {self.id}: site {peer} paired with {len(survivors)} survivors, fewer than "
                         f"threshold - 1 = {t - 1}: refusing to reveal its self-mask (pair withholding?)"
                     )
-                for v in survivors:
-                    certify(v)
+                # t-1 of them must be certified (their masking keys then cannot be revealed under
+                # any other view); try the ones our own neighbours' tags can certify first
+                safe = 0
+                for v in sorted(survivors, key=lambda v: (v not in holders, v)):
+                    if safe >= t - 1:
+                        break
+                    safe += certify(v)
+                if safe < t - 1:
+                    raise BelowThresholdError(
+                        f"site {self.id}: only {safe} paired survivors of site {peer} are confirmed by {t} of "
+                        f"their holders, threshold - 1 is {t - 1}"
+                    )
             out.append((peer, kind))
         revealed = []
         for peer, kind in out:

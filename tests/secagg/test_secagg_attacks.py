@@ -247,7 +247,7 @@ def test_site_aborts_when_survivor_set_changes_after_it_signed(five_sites):
 def test_site_aborts_with_too_few_consistency_signatures(five_sites):
     cfg, clients, server = _manual(five_sites)
     reqs = _advance(cfg, clients, server, "consistency_check")
-    with pytest.raises(BelowThresholdError, match="confirmed the survivor set, threshold is 3"):
+    with pytest.raises(BelowThresholdError, match="fewer than 3 holders of site 1 confirmed the survivor set"):
         clients[3].unmask(replace(reqs[3], tags=reqs[3].tags[:1]))
     assert clients[3].guard.revealed == {}
 

@@ -149,17 +149,29 @@ def test_attestation_of_a_site_that_did_not_pair_aborts():
         clients[3].unmask(req)
 
 
-def test_paired_survivor_must_be_certified_by_its_own_holders():
-    """SecAgg+: a holder reveals b_u only if every paired survivor of u is confirmed by t of its
-    OWN holders (else the server could show those holders a view where it dropped)."""
-    cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=4, seed=1)
-    r = 1
-    req = reqs[r]
-    assert req.signatures  # confirmations from beyond r's neighbourhood
-    with pytest.raises(BelowThresholdError, match=r"holders of site \d+ confirmed the survivor set"):
-        clients[r].unmask(replace(req, signatures=()))
-    assert clients[r].guard.revealed == {}
-    assert clients[r].unmask(req).shares  # the full request is accepted
+def test_peer_must_be_certified_by_its_own_holders():
+    """SecAgg+: a holder reveals a peer's share only if t of that peer's OWN holders confirmed
+    the survivor set (else the server could show the peer's other holders another view)."""
+    cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=3, seed=1)
+    req = reqs[1]
+    assert req.signatures  # confirmations from beyond site 1's neighbourhood
+    keep = tuple((s, g) for s, g in req.signatures if s not in (8, 9))
+    with pytest.raises(BelowThresholdError, match=r"fewer than 3 holders of site \d+ confirmed"):
+        clients[1].unmask(replace(req, signatures=keep))
+    assert clients[1].guard.revealed == {}
+
+
+def test_paired_survivors_must_be_certified_by_their_own_holders():
+    """... and t-1 paired survivors of u must be certified before b_u is revealed: here every
+    peer of site 1 is certified but, without the signatures of sites 3, 8 and 14, too few of one
+    peer's paired survivors are."""
+    cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=3, seed=1)
+    req = reqs[1]
+    keep = tuple((s, g) for s, g in req.signatures if s not in (3, 8, 14))
+    with pytest.raises(BelowThresholdError, match="paired survivors of site .* are confirmed by 3 of their holders"):
+        clients[1].unmask(replace(req, signatures=keep))
+    assert clients[1].guard.revealed == {}
+    assert clients[1].unmask(req).shares  # the full request is accepted
 
 
 def test_confirmation_from_a_site_outside_the_survivor_set_aborts():

@@ -1,0 +1,247 @@
+"""The site's side of SecAgg/SecAgg+ as a pure state machine: one method per phase, message in,
+message out. No sockets, threads, clocks or files; randomness comes from the injected `randbytes`.
+
+A site raises ProtocolError (and must then abandon the round) when the server misbehaves in a way
+that could leak its input: an inconsistent survivor set, too few live peers, a request to reveal
+both secrets of one peer. Individual bad entries inside a bundle (a forged advert, a tampered
+ciphertext) are dropped, recorded in `rejected`, and the site carries on without that peer.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from secure_fedrl.errors import BelowThresholdError, ProtocolError, UpdateRejected
+
+from . import messages as M
+from . import primitives as P
+from . import protocol as R
+from . import shamir
+from .primitives import RandBytes
+
+_PT_BYTES = 8 + 2 * shamir.SHARE_BYTES
+
+
+class RevealGuard:
+    """Remembers which secret of each peer this site revealed; refuses to reveal the other one.
+
+    Revealing the b-share of a peer lets the server remove its self-mask, the s-share its pairwise
+    masks: holding both for one peer (from t sites) would expose that peer's input in the clear.
+    """
+
+    def __init__(self) -> None:
+        self.revealed: dict[int, int] = {}
+
+    def reveal(self, peer: int, kind: int) -> None:
+        prev = self.revealed.get(peer)
+        if prev is not None and prev != kind:
+            raise ProtocolError(f"refusing to reveal both the b-share and the s-share of site {peer}")
+        self.revealed[peer] = kind
+
+
+class SecAggClient:
+    """Site u of one round. Call the phase methods in order; each returns the message to upload."""
+
+    def __init__(
+        self,
+        *,
+        config: R.RoundConfig,
+        site_id: int,
+        identity_key: Ed25519PrivateKey,
+        vector: np.ndarray,
+        randbytes: RandBytes = os.urandom,
+    ) -> None:
+        if site_id not in config.identity:
+            raise ProtocolError(f"site {site_id} is not part of round {config.round_id}")
+        if P.ed25519_public_bytes(identity_key) != config.identity_keys[config.site_ids.index(site_id)]:
+            raise ProtocolError(f"site {site_id}: identity key does not match the enrolled public key")
+        vec = np.asarray(vector)
+        if vec.dtype != np.uint32 or vec.shape != (config.dim,):
+            raise UpdateRejected(f"site {site_id}: input must be a uint32 vector of length {config.dim}")
+        if config.bits < 32 and vec.size and int(vec.max()) >> config.bits:
+            raise UpdateRejected(f"site {site_id}: input values must be reduced mod 2^{config.bits}")
+        self.cfg = config
+        self.id = site_id
+        self._sk = identity_key
+        self._x = vec
+        self._rand = randbytes
+        self.phase = "advertise_keys"
+        self.rejected: list[ProtocolError] = []
+        self.guard = RevealGuard()
+        self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
+        self._shares: dict[int, tuple[bytes, bytes]] = {}
+        self._enc_shared: dict[int, bytes] = {}
+
+    # -------------------------------------------------------------- helpers
+    def _expect(self, phase: str, msg, cls) -> None:
+        if not isinstance(msg, cls):
+            raise ProtocolError(f"site {self.id}: expected {cls.NAME}, got {type(msg).__name__}")
+        if self.phase != phase:
+            raise ProtocolError(f"site {self.id}: {cls.NAME} received in phase {self.phase!r}")
+        if msg.config_digest != self.cfg.digest:
+            raise ProtocolError(f"site {self.id}: {cls.NAME} is for another round or configuration")
+        if msg.receiver != self.id:
+            raise ProtocolError(f"site {self.id}: {cls.NAME} addressed to site {msg.receiver}")
+
+    def _reject(self, err: ProtocolError) -> None:
+        self.rejected.append(err)
+
+    # -------------------------------------------------------------- phase 0
+    def advertise_keys(self) -> M.AdvertiseKeys:
+        if self.phase != "advertise_keys":
+            raise ProtocolError(f"site {self.id}: keys already advertised")
+        self._c_sk, c_pk = P.x25519_keypair(self._rand)
+        self._s_sk, s_pk = P.x25519_keypair(self._rand)
+        self._c_key, self._s_key = P.x25519_key(self._c_sk), P.x25519_key(self._s_sk)
+        self._advert = M.AdvertiseKeys(self.cfg.digest, self.id, c_pk, s_pk).signed(self._sk)
+        self.phase = "share_keys"
+        return self._advert
+
+    # -------------------------------------------------------------- phase 1
+    def share_keys(self, bundle: M.KeysBundle) -> M.ShareKeys:
+        self._expect("share_keys", bundle, M.KeysBundle)
+        holders = self.cfg.holders(self.id)
+        keys: dict[int, tuple[bytes, bytes]] = {}
+        own_seen = False
+        for wire in bundle.adverts:
+            try:
+                adv = M.AdvertiseKeys.decode(wire)
+                if adv.config_digest != self.cfg.digest:
+                    raise ProtocolError(f"AdvertiseKeys from site {adv.sender} is for another round")
+                if adv.sender not in holders:
+                    raise ProtocolError(f"AdvertiseKeys from site {adv.sender}, not a neighbour of {self.id}")
+                if adv.sender in keys:
+                    raise ProtocolError(f"duplicate AdvertiseKeys for site {adv.sender}")
+                if adv.sender != self.id:
+                    adv.verify(self.cfg.identity[adv.sender])
+            except ProtocolError as err:
+                self._reject(err)
+                continue
+            if adv.sender == self.id:  # our own: byte comparison instead of a signature check
+                if wire != self._advert.encode():
+                    raise ProtocolError(f"site {self.id}: server altered this site's own advertised keys")
+                own_seen = True
+            keys[adv.sender] = (adv.c_pk, adv.s_pk)
+        if not own_seen:
+            raise ProtocolError(f"site {self.id}: own advertised keys missing from the bundle")
+        pks = [k for pair in keys.values() for k in pair]
+        if len(set(pks)) != len(pks):
+            raise ProtocolError(f"site {self.id}: two advertised public keys are equal (replayed keys)")
+        if len(keys) < self.cfg.threshold:
+            raise BelowThresholdError(
+                f"site {self.id}: {len(keys)} live neighbours incl. itself, threshold is {self.cfg.threshold}"
+            )
+        self._peer_keys = keys
+        self._b = self._rand(32)
+        xs = sorted(keys)
+        t = self.cfg.threshold
+        b_sh = shamir.split(self._b, threshold=t, xs=xs, randbytes=self._rand)
+        s_sh = shamir.split(self._s_sk, threshold=t, xs=xs, randbytes=self._rand)
+        cts = []
+        for v in xs:
+            bs, ss = shamir.share_to_bytes(b_sh[v]), shamir.share_to_bytes(s_sh[v])
+            if v == self.id:
+                self._shares[v] = (bs, ss)
+                continue
+            self._enc_shared[v] = shared = P.x25519(self._c_key, keys[v][0])
+            key = R.enc_key(self.cfg, shared, self.id, v)
+            pt = R.share_plaintext(self.id, v, bs, ss)
+            cts.append((v, P.aead_encrypt(key, R.enc_nonce(self.id, v), pt, R.enc_ad(self.cfg, self.id, v))))
+        self._sent_to = {v for v, _ in cts}
+        commit = R.b_commitment(self.cfg, self.id, self._b)
+        self.phase = "masked_input"
+        return M.ShareKeys(self.cfg.digest, self.id, commit, tuple(cts)).signed(self._sk)
+
+    # -------------------------------------------------------------- phase 2
+    def masked_input(self, bundle: M.CiphertextBundle) -> M.MaskedInput:
+        self._expect("masked_input", bundle, M.CiphertextBundle)
+        pairs: set[int] = set()
+        for v, ct in bundle.ciphertexts:
+            if v not in self._sent_to or v in pairs:
+                self._reject(ProtocolError(f"site {self.id}: unexpected or duplicate ciphertext from site {v}"))
+                continue
+            pairs.add(v)
+            try:
+                key = R.enc_key(self.cfg, self._enc_shared[v], v, self.id)
+                pt = P.aead_decrypt(key, R.enc_nonce(v, self.id), ct, R.enc_ad(self.cfg, v, self.id))
+                if len(pt) != _PT_BYTES or struct.unpack(">II", pt[:8]) != (v, self.id):
+                    raise ProtocolError(f"share plaintext from site {v} has the wrong header or length")
+                shamir.share_from_bytes(pt[8:74]), shamir.share_from_bytes(pt[74:])
+            except ProtocolError as err:
+                self._reject(ProtocolError(f"site {self.id}: ciphertext from site {v}: {err}"))
+                continue
+            self._shares[v] = (pt[8:74], pt[74:])
+        if len(pairs) + 1 < self.cfg.threshold:
+            raise BelowThresholdError(
+                f"site {self.id}: {len(pairs) + 1} sites shared keys with it, threshold is {self.cfg.threshold}"
+            )
+        self._pairs = pairs
+        acc = P.MaskAccumulator(self.cfg.dim)
+        y = acc.start(self._x, self._b)
+        for v in sorted(pairs):
+            seed = R.mask_seed(self.cfg, P.x25519(self._s_key, self._peer_keys[v][1]), self.id, v)
+            if v > self.id:
+                acc.add(y, seed)
+            else:
+                acc.sub(y, seed)
+        P.reduce_bits(y, self.cfg.bits)
+        self.phase = "consistency_check"
+        return M.MaskedInput(self.cfg.digest, self.id, y).signed(self._sk)
+
+    # -------------------------------------------------------------- phase 3
+    def consistency_check(self, req: M.ConsistencyRequest) -> M.ConsistencySig:
+        self._expect("consistency_check", req, M.ConsistencyRequest)
+        survivors = tuple(req.survivors)
+        if self.id not in survivors:
+            raise ProtocolError(f"site {self.id}: survivor set omits this site")
+        if not set(survivors) <= set(self.cfg.site_ids):
+            raise ProtocolError(f"site {self.id}: survivor set names unknown sites")
+        if len(survivors) < self.cfg.threshold:
+            raise BelowThresholdError(f"site {self.id}: {len(survivors)} survivors, threshold is {self.cfg.threshold}")
+        self._survivors = survivors
+        self.phase = "unmasking"
+        self._consistency = M.ConsistencySig(self.cfg.digest, self.id, survivors).signed(self._sk)
+        return self._consistency
+
+    # -------------------------------------------------------------- phase 4
+    def unmask(self, req: M.UnmaskRequest) -> M.UnmaskResponse:
+        self._expect("unmasking", req, M.UnmaskRequest)
+        if tuple(req.survivors) != self._survivors:
+            raise ProtocolError(f"site {self.id}: consistency check failed: survivor set changed after signing")
+        holders = self.cfg.holders(self.id)
+        alive = set(self._survivors)
+        signers: set[int] = set()
+        # t valid signatures over our U3 are what the argument needs (any two sets of t holders
+        # overlap when t > half the holders); extra ones are checked only if they come first, as
+        # the server could have omitted them anyway.
+        for signer, sig in req.signatures:
+            if len(signers) >= self.cfg.threshold:
+                break
+            if signer in signers or signer not in holders or signer not in alive:
+                raise ProtocolError(f"site {self.id}: consistency check failed: bad signer {signer}")
+            body = M.ConsistencySig(self.cfg.digest, signer, self._survivors, sig)
+            try:
+                if signer != self.id:
+                    body.verify(self.cfg.identity[signer])
+                elif sig != self._consistency.signature:  # Ed25519 signatures are deterministic
+                    raise ProtocolError("own consistency signature altered")
+            except ProtocolError:
+                raise ProtocolError(
+                    f"site {self.id}: consistency check failed: site {signer} signed a different survivor set"
+                ) from None
+            signers.add(signer)
+        if len(signers) < self.cfg.threshold:
+            raise BelowThresholdError(
+                f"site {self.id}: {len(signers)} consistency signatures, threshold is {self.cfg.threshold}"
+            )
+        out = []
+        for peer in sorted(self._shares):
+            kind = M.KIND_B if peer in alive else M.KIND_S
+            self.guard.reveal(peer, kind)
+            out.append((peer, kind, self._shares[peer][kind]))
+        self.phase = "done"
+        return M.UnmaskResponse(self.cfg.digest, self.id, tuple(out)).signed(self._sk)

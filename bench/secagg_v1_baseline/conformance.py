@@ -1,0 +1,431 @@
+"""Conformance vectors: known-answer tests for every construction SPEC.md pins.
+
+`generate_vectors(dir)` writes JSON files from fixed seeds; `check_vectors(dir)` recomputes every
+expected output with this implementation and reports one CheckResult per case. Another
+implementation conforms if it reproduces the same bytes from the same inputs (the round vector
+also lists every message, so an implementation of only the site or only the server can be checked
+message by message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from secure_fedrl.errors import ProtocolError, SecureFedRLError
+
+from . import encoding as E
+from . import messages as M
+from . import primitives as P
+from . import protocol as R
+from . import shamir
+from .driver import run_round
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
+FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+def _h(b: bytes) -> str:
+    return bytes(b).hex()
+
+
+def _b(s: str) -> bytes:
+    return bytes.fromhex(s)
+
+
+def _det(tag: str, n: int = 32) -> bytes:
+    """Fixed 'random' bytes for vector inputs."""
+    return P.SeededRandom(b"secure-fedrl/secagg/vectors/" + tag.encode())(n)
+
+
+# ============================================================================ generation
+
+
+def _gen_x25519() -> dict:
+    cases = [{  # RFC 7748 section 6.1
+        "name": "rfc7748-6.1",
+        "sk_a": "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        "sk_b": "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+    }]
+    for i in range(3):
+        cases.append({"name": f"seeded-{i}", "sk_a": _h(_det(f"x25519/a/{i}")), "sk_b": _h(_det(f"x25519/b/{i}"))})
+    for c in cases:
+        a, b = _b(c["sk_a"]), _b(c["sk_b"])
+        c["pk_a"], c["pk_b"] = _h(P.x25519_public(a)), _h(P.x25519_public(b))
+        c["shared"] = _h(P.x25519(a, P.x25519_public(b)))
+    if cases[0]["shared"] != "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742":
+        raise ProtocolError("X25519 does not reproduce RFC 7748 section 6.1")
+    return {"description": "X25519 public keys and shared secret (raw 32-byte encodings)", "cases": cases}
+
+
+def _vector_config(n: int = 5, *, round_id: int = 7, dim: int = 8, threshold: int = 3,
+                   degree: int | None = None, bits: int = 32) -> tuple[R.RoundConfig, list]:
+    sks = [P.ed25519_keypair(P.SeededRandom(b"vectors/identity/%d" % i))[0] for i in range(1, n + 1)]
+    cfg = R.RoundConfig(
+        round_id=round_id, site_ids=tuple(range(1, n + 1)),
+        identity_keys=tuple(P.ed25519_public_bytes(s) for s in sks),
+        threshold=threshold, dim=dim, bits=bits, degree=degree, graph_seed=_det("graph-seed"),
+    )
+    return cfg, sks
+
+
+def _config_json(cfg: R.RoundConfig) -> dict:
+    return {
+        "round_id": cfg.round_id, "site_ids": list(cfg.site_ids),
+        "identity_keys": [_h(k) for k in cfg.identity_keys], "threshold": cfg.threshold,
+        "dim": cfg.dim, "bits": cfg.bits, "degree": cfg.degree, "graph_seed": _h(cfg.graph_seed),
+    }
+
+
+def _config_from_json(c: dict) -> R.RoundConfig:
+    return R.RoundConfig(
+        round_id=c["round_id"], site_ids=tuple(c["site_ids"]),
+        identity_keys=tuple(_b(k) for k in c["identity_keys"]), threshold=c["threshold"],
+        dim=c["dim"], bits=c["bits"], degree=c["degree"], graph_seed=_b(c["graph_seed"]),
+    )
+
+
+def _gen_hkdf() -> dict:
+    raw = []
+    for i in range(3):
+        c = {"ikm": _h(_det(f"hkdf/ikm/{i}")), "salt": _h(_det(f"hkdf/salt/{i}")), "info": _h(b"info-%d" % i)}
+        c["okm"] = _h(P.hkdf_sha256(_b(c["ikm"]), salt=_b(c["salt"]), info=_b(c["info"])))
+        raw.append(c)
+    cfg, _ = _vector_config()
+    shared = _det("hkdf/shared")
+    protocol = {
+        "config": _config_json(cfg),
+        "config_digest": _h(cfg.digest),
+        "shared_secret": _h(shared),
+        "enc_keys": [{"sender": s, "receiver": r, "key": _h(R.enc_key(cfg, shared, s, r)),
+                      "nonce": _h(R.enc_nonce(s, r)), "ad": _h(R.enc_ad(cfg, s, r))}
+                     for s, r in ((1, 2), (2, 1), (3, 5))],
+        "mask_seeds": [{"u": u, "v": v, "seed": _h(R.mask_seed(cfg, shared, u, v))} for u, v in ((1, 2), (2, 1), (4, 5))],
+        "b_commitment": {"site": 2, "b": _h(_det("hkdf/b")), "commitment": _h(R.b_commitment(cfg, 2, _det("hkdf/b")))},
+    }
+    return {"description": "HKDF-SHA256 (32-byte output) and the protocol's derived keys", "raw": raw,
+            "protocol": protocol}
+
+
+def _gen_prg() -> dict:
+    cases = []
+    for i, bits in enumerate((32, 32, 16, 8, 1, 31)):
+        seed = bytes(32) if i == 0 else _det(f"prg/{i}")
+        cases.append({"seed": _h(seed), "bits": bits, "words": [int(w) for w in P.prg(seed, 64, bits)]})
+    return {"description": "PRG = AES-256-CTR(key=seed, counter block 0^16), first 64 little-endian "
+                           "uint32 words mod 2^bits", "cases": cases}
+
+
+def _gen_shamir() -> dict:
+    cases = []
+    for i, (t, xs) in enumerate(((3, [1, 2, 3, 4, 5]), (1, [1, 2]), (4, [2, 5, 7, 11, 13, 17]))):
+        rand = P.SeededRandom(b"shamir/%d" % i)
+        secret = rand(32)
+        coeffs = [shamir.random_field_element(rand) for _ in range(t - 1)]
+        shares = shamir.split_with_coefficients(secret, coeffs, xs)
+        subset = xs[-t:]
+        cases.append({
+            "secret": _h(secret), "threshold": t, "xs": xs,
+            "coefficients": [_h(shamir.share_to_bytes(c)) for c in coeffs],
+            "shares": {str(x): _h(shamir.share_to_bytes(y)) for x, y in shares.items()},
+            "reconstruct_from": subset,
+        })
+    return {"description": "Shamir over GF(2^521-1): secret = big-endian 32 bytes, f(x) = secret + "
+                           "sum c_i x^i, shares as 66-byte big-endian", "prime": "2^521-1", "cases": cases}
+
+
+def _gen_encoding() -> dict:
+    rng = np.random.default_rng(1234)
+    enc = []
+    for i, (clip, scale, bits) in enumerate(((1.0, 2.0**16, 32), (0.5, 1000.0, 24), (3.0, 7.0, 8))):
+        x = rng.normal(size=6) * clip
+        u = rng.random(6)
+        out = E.encode_with_uniforms(x, u, clip=clip, scale=scale, bits=bits)
+        enc.append({"x": [float(v) for v in x], "uniforms": [float(v) for v in u], "clip": clip,
+                    "scale": scale, "bits": bits, "encoded": [int(v) for v in out]})
+    dec = []
+    ring = E.to_ring(np.array([5, -3, 65536, -65536, 0, 12345]), 32)
+    dec.append({"ring_sum": [int(v) for v in ring], "scale": 2.0**16, "bits": 32, "num_sites": 3, "clip": 1.0,
+                "decoded": [float(v) for v in E.decode_sum(ring, scale=2.0**16, bits=32, num_sites=3, clip=1.0)]})
+    bad = E.to_ring(np.array([3 * 2**16 * 4, 0, 0, 0]), 32)
+    dec.append({"ring_sum": [int(v) for v in bad], "scale": 2.0**16, "bits": 32, "num_sites": 3, "clip": 1.0,
+                "error": "ProtocolError"})
+    cap = {"num_sites": 1000, "clip": 10.0, "scale": 2.0**20, "bits": 32, "error": "ConfigError"}
+    return {"description": "encode: L2-clip, clip to [-clip, clip], *scale, round up iff u < frac, mod 2^b; "
+                           "decode: centred lift / scale with norm bound", "encode": enc, "decode": dec,
+            "capacity": [cap]}
+
+
+ROUND_SEED = b"secure-fedrl/secagg/vectors/round"
+ROUND_DROPOUTS = {2: "masked_input", 4: "consistency_check"}
+
+
+def _round_inputs() -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {i: rng.integers(0, 2**32, 8, dtype=np.uint64).astype(np.uint32) for i in range(1, 6)}
+
+
+def _record_round(inputs: dict[int, np.ndarray]) -> tuple[list[dict], object, R.RoundConfig]:
+    log: list[dict] = []
+
+    def up(phase, sid, wire):
+        log.append({"phase": phase, "direction": "site->server", "site": sid, "hex": _h(wire)})
+        return [wire]
+
+    def down(phase, sid, wire):
+        log.append({"phase": phase, "direction": "server->site", "site": sid, "hex": _h(wire)})
+        return wire
+
+    cfg, sks = _vector_config()
+    res = run_round(inputs, threshold=cfg.threshold, neighbors=cfg.degree, bits=cfg.bits,
+                    dropouts=ROUND_DROPOUTS, round_id=cfg.round_id, seed=ROUND_SEED,
+                    identity_keys={i: sks[i - 1] for i in inputs}, graph_seed=cfg.graph_seed,
+                    on_upload=up, on_download=down)
+    return log, res, cfg
+
+
+def _gen_round() -> dict:
+    inputs = _round_inputs()
+    log, res, cfg = _record_round(inputs)
+    return {
+        "description": "complete-graph round, 5 sites, t=3; site 2 drops before its masked input, site 4 "
+                       "after it (before the consistency check). Site randomness: SeededRandom(seed || "
+                       "'/site/' || u32be(id)); identity keys: SeededRandom('vectors/identity/<id>')",
+        "config": _config_json(cfg),
+        "seed": _h(ROUND_SEED),
+        "dropouts": {str(k): v for k, v in ROUND_DROPOUTS.items()},
+        "identity_private_keys": {str(i): _h(_det_identity(i)) for i in inputs},
+        "inputs": {str(i): [int(v) for v in x] for i, x in inputs.items()},
+        "messages": log,
+        "accepted": list(res.accepted_sites),
+        "sum": [int(v) for v in res.sum],
+    }
+
+
+def _det_identity(i: int) -> bytes:
+    return P.SeededRandom(b"vectors/identity/%d" % i)(32)
+
+
+def generate_vectors(directory: str | Path = DEFAULT_DIR) -> list[Path]:
+    """Write every vector file into `directory`; returns the paths written."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    gens: dict[str, Callable[[], dict]] = {
+        "x25519.json": _gen_x25519, "hkdf.json": _gen_hkdf, "prg.json": _gen_prg,
+        "shamir.json": _gen_shamir, "encoding.json": _gen_encoding, "round_5sites.json": _gen_round,
+    }
+    out = []
+    for name, gen in gens.items():
+        path = d / name
+        path.write_text(json.dumps(gen(), indent=1) + "\n")
+        out.append(path)
+    return out
+
+
+# ============================================================================ checking
+
+
+def _check(results: list[CheckResult], name: str, fn: Callable[[], str | None]) -> None:
+    try:
+        problem = fn()
+    except Exception as exc:  # a vector that makes the implementation crash is a failure, not a crash
+        problem = f"{type(exc).__name__}: {exc}"
+    results.append(CheckResult(name, problem is None, problem or "ok"))
+
+
+def _eq(what: str, got, want) -> str | None:
+    return None if got == want else f"{what}: got {str(got)[:48]}, expected {str(want)[:48]}"
+
+
+def _check_x25519(v: dict, results: list[CheckResult]) -> None:
+    for c in v["cases"]:
+        def f(c=c):
+            a, b = _b(c["sk_a"]), _b(c["sk_b"])
+            return (_eq("pk_a", _h(P.x25519_public(a)), c["pk_a"]) or _eq("pk_b", _h(P.x25519_public(b)), c["pk_b"])
+                    or _eq("shared a->b", _h(P.x25519(a, _b(c["pk_b"]))), c["shared"])
+                    or _eq("shared b->a", _h(P.x25519(b, _b(c["pk_a"]))), c["shared"]))
+        _check(results, f"x25519/{c['name']}", f)
+
+
+def _check_hkdf(v: dict, results: list[CheckResult]) -> None:
+    for i, c in enumerate(v["raw"]):
+        _check(results, f"hkdf/raw-{i}", lambda c=c: _eq(
+            "okm", _h(P.hkdf_sha256(_b(c["ikm"]), salt=_b(c["salt"]), info=_b(c["info"]))), c["okm"]))
+    p = v["protocol"]
+
+    def f():
+        cfg = _config_from_json(p["config"])
+        sh = _b(p["shared_secret"])
+        err = _eq("config digest", _h(cfg.digest), p["config_digest"])
+        for e in p["enc_keys"]:
+            s, r = e["sender"], e["receiver"]
+            err = err or _eq(f"enc key {s}->{r}", _h(R.enc_key(cfg, sh, s, r)), e["key"]) \
+                or _eq("nonce", _h(R.enc_nonce(s, r)), e["nonce"]) or _eq("ad", _h(R.enc_ad(cfg, s, r)), e["ad"])
+        for m in p["mask_seeds"]:
+            err = err or _eq(f"mask seed {m['u']},{m['v']}", _h(R.mask_seed(cfg, sh, m["u"], m["v"])), m["seed"])
+        bc = p["b_commitment"]
+        return err or _eq("b commitment", _h(R.b_commitment(cfg, bc["site"], _b(bc["b"]))), bc["commitment"])
+    _check(results, "hkdf/protocol-derivations", f)
+
+
+def _check_prg(v: dict, results: list[CheckResult]) -> None:
+    for i, c in enumerate(v["cases"]):
+        _check(results, f"prg/{i}-b{c['bits']}", lambda c=c: _eq(
+            "words", [int(w) for w in P.prg(_b(c["seed"]), len(c["words"]), c["bits"])], c["words"]))
+
+
+def _check_shamir(v: dict, results: list[CheckResult]) -> None:
+    for i, c in enumerate(v["cases"]):
+        def f(c=c):
+            coeffs = [int(h, 16) for h in c["coefficients"]]
+            shares = shamir.split_with_coefficients(_b(c["secret"]), coeffs, c["xs"])
+            got = {str(x): _h(shamir.share_to_bytes(y)) for x, y in shares.items()}
+            sub = {x: shamir.share_from_bytes(_b(c["shares"][str(x)])) for x in c["reconstruct_from"]}
+            rec = shamir.reconstruct(sub, threshold=c["threshold"])
+            return _eq("shares", got, c["shares"]) or _eq("reconstructed secret", _h(rec), c["secret"])
+        _check(results, f"shamir/{i}-t{c['threshold']}", f)
+
+
+def _check_encoding(v: dict, results: list[CheckResult]) -> None:
+    for i, c in enumerate(v["encode"]):
+        _check(results, f"encoding/encode-{i}", lambda c=c: _eq("encoded", [int(x) for x in E.encode_with_uniforms(
+            np.array(c["x"]), np.array(c["uniforms"]), clip=c["clip"], scale=c["scale"], bits=c["bits"])], c["encoded"]))
+    for i, c in enumerate(v["decode"]):
+        def f(c=c):
+            args = dict(scale=c["scale"], bits=c["bits"], num_sites=c["num_sites"], clip=c["clip"])
+            ring = np.array(c["ring_sum"], dtype=np.uint32)
+            if "error" in c:
+                try:
+                    E.decode_sum(ring, **args)
+                except SecureFedRLError as exc:
+                    return _eq("error", type(exc).__name__, c["error"])
+                return f"expected {c['error']}, decode_sum released a sum"
+            return _eq("decoded", [float(x) for x in E.decode_sum(ring, **args)], c["decoded"])
+        _check(results, f"encoding/decode-{i}", f)
+    for i, c in enumerate(v.get("capacity", [])):
+        def g(c=c):
+            try:
+                E.ring_capacity_check(num_sites=c["num_sites"], clip=c["clip"], scale=c["scale"], bits=c["bits"])
+            except SecureFedRLError as exc:
+                return _eq("error", type(exc).__name__, c["error"])
+            return f"expected {c['error']} for a configuration that can wrap"
+        _check(results, f"encoding/capacity-{i}", g)
+
+
+def _check_round(v: dict, results: list[CheckResult]) -> None:
+    cfg = _config_from_json(v["config"])
+    msgs = v["messages"]
+
+    def signatures():
+        for m in msgs:
+            wire = _b(m["hex"])
+            obj = M.decode(wire)
+            if obj.encode() != wire:
+                return f"{m['phase']} message of site {m['site']} does not re-encode canonically"
+            if m["direction"] == "site->server":
+                if obj.sender != m["site"]:
+                    return f"message claims sender {obj.sender}, logged from site {m['site']}"
+                obj.verify(cfg.identity[obj.sender])
+            elif obj.receiver != m["site"]:
+                return f"server message addressed to {obj.receiver}, logged to site {m['site']}"
+            if obj.config_digest != cfg.digest:
+                return f"{m['phase']} message bound to another configuration"
+        return None
+
+    _check(results, "round/messages-parse-and-verify", signatures)
+
+    def replay():
+        inputs = {int(k): np.array(x, dtype=np.uint32) for k, x in v["inputs"].items()}
+        sks = {int(k): P.ed25519_keypair(lambda n, h=h: _b(h))[0] for k, h in v["identity_private_keys"].items()}
+        log: list[dict] = []
+        res = run_round(
+            inputs, threshold=cfg.threshold, neighbors=cfg.degree, bits=cfg.bits,
+            dropouts={int(k): p for k, p in v["dropouts"].items()}, round_id=cfg.round_id,
+            seed=_b(v["seed"]), identity_keys=sks, graph_seed=cfg.graph_seed,
+            on_upload=lambda ph, s, w: (log.append(_h(w)), [w])[1],
+            on_download=lambda ph, s, w: (log.append(_h(w)), w)[1],
+        )
+        want = [m["hex"] for m in msgs]
+        if len(log) != len(want):
+            return f"{len(log)} messages, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(log, want)):
+            if g != w:
+                m = msgs[i]
+                return f"message {i} ({m['phase']}, {m['direction']}, site {m['site']}) differs"
+        return _eq("accepted", list(res.accepted_sites), v["accepted"]) or _eq(
+            "sum", [int(x) for x in res.sum], v["sum"])
+
+    _check(results, "round/replay-every-message", replay)
+
+    def plain_sum():
+        acc = sum(np.array(v["inputs"][str(i)], dtype=np.uint64) for i in v["accepted"]) % 2**cfg.bits
+        return _eq("sum of accepted inputs", [int(x) for x in acc], v["sum"])
+
+    _check(results, "round/sum-equals-plain-sum", plain_sum)
+
+
+_CHECKERS = {
+    "x25519.json": _check_x25519, "hkdf.json": _check_hkdf, "prg.json": _check_prg,
+    "shamir.json": _check_shamir, "encoding.json": _check_encoding, "round_5sites.json": _check_round,
+}
+
+
+def check_vectors(directory: str | Path = DEFAULT_DIR) -> list[CheckResult]:
+    """Check this implementation against every vector file in `directory` (missing file = failure)."""
+    d = Path(directory)
+    results: list[CheckResult] = []
+    for name, checker in _CHECKERS.items():
+        path = d / name
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            results.append(CheckResult(name, False, f"cannot read vectors: {exc}"))
+            continue
+        try:
+            checker(data, results)
+        except (KeyError, TypeError, ValueError) as exc:
+            results.append(CheckResult(name, False, f"malformed vector file: {type(exc).__name__}: {exc}"))
+    return results
+
+
+def format_table(results: list[CheckResult]) -> str:
+    """Plain-text pass/fail table with a summary line."""
+    width = max([len(r.name) for r in results] + [4])
+    lines = [f"{'check'.ljust(width)}  result  detail", f"{'-' * width}  ------  ------"]
+    for r in results:
+        lines.append(f"{r.name.ljust(width)}  {'PASS' if r.passed else 'FAIL':6}  {r.detail}")
+    failed = sum(not r.passed for r in results)
+    lines.append(f"{len(results) - failed}/{len(results)} passed" + (f", {failed} FAILED" if failed else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m secure_fedrl.secagg.conformance [--vectors DIR] [--generate]`: exit 1 on failure."""
+    p = argparse.ArgumentParser(description="Check (or regenerate) the secure-aggregation vectors.")
+    p.add_argument("--vectors", default=str(DEFAULT_DIR), help="vector directory (default: protocols/vectors)")
+    p.add_argument("--generate", action="store_true", help="write the vectors instead of checking them")
+    a = p.parse_args(argv)
+    if a.generate:
+        for path in generate_vectors(a.vectors):
+            print(path)
+        return 0
+    results = check_vectors(a.vectors)
+    print(format_table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

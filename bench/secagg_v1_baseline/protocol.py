@@ -1,0 +1,129 @@
+"""Round configuration and the key-derivation constants shared by sites and server (SPEC.md)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from secure_fedrl.errors import ConfigError
+
+from . import primitives as P
+from .graph import effective_degree, neighbours
+
+PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+
+_CONFIG_TAG = b"secure-fedrl/secagg/v1/config"
+_ENC_TAG = b"secure-fedrl/secagg/v1/enc"
+_MASK_TAG = b"secure-fedrl/secagg/v1/mask"
+_AD_TAG = b"secure-fedrl/secagg/v1/share"
+_COMMIT_TAG = b"secure-fedrl/secagg/v1/b-commit"
+MAX_ID = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Everything all parties must agree on before a round; its digest is bound into every message.
+
+    site_ids: distinct ids in [1, 2^32-1] (also the Shamir x-coordinates); identity_keys: the
+    enrolled Ed25519 public keys in the same order; degree None = complete graph (SecAgg), an int
+    k = SecAgg+ Harary graph; threshold t: shares needed to reconstruct a secret, at most the
+    smallest holder set (a site and its neighbours).
+    """
+
+    round_id: int
+    site_ids: tuple[int, ...]
+    identity_keys: tuple[bytes, ...]
+    threshold: int
+    dim: int
+    bits: int = 32
+    degree: int | None = None
+    graph_seed: bytes = bytes(32)
+
+    def __post_init__(self) -> None:
+        ids = tuple(int(i) for i in self.site_ids)
+        object.__setattr__(self, "site_ids", ids)
+        object.__setattr__(self, "identity_keys", tuple(bytes(k) for k in self.identity_keys))
+        if not 0 <= self.round_id < 2**64:
+            raise ConfigError(f"round_id must be in [0, 2^64), got {self.round_id}")
+        if len(ids) < 2:
+            raise ConfigError(f"secure aggregation needs at least 2 sites, got {len(ids)}")
+        if list(ids) != sorted(set(ids)) or ids[0] < 1 or ids[-1] > MAX_ID:
+            raise ConfigError("site_ids must be strictly increasing integers in [1, 2^32-1]")
+        if len(self.identity_keys) != len(ids) or any(len(k) != 32 for k in self.identity_keys):
+            raise ConfigError("identity_keys must hold one 32-byte Ed25519 public key per site")
+        try:
+            self.identity
+        except ValueError:
+            raise ConfigError("identity_keys holds an invalid Ed25519 public key") from None
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 32:
+            raise ConfigError(f"bits must be an integer in [1, 32], got {self.bits!r}")
+        if not isinstance(self.dim, int) or not 0 < self.dim < 2**30:
+            raise ConfigError(f"dim must be a positive integer below 2^30, got {self.dim!r}")
+        if self.degree is not None and (not isinstance(self.degree, int) or self.degree < 1):
+            raise ConfigError(f"neighbors (graph degree) must be a positive integer or None, got {self.degree!r}")
+        if len(self.graph_seed) != 32:
+            raise ConfigError("graph_seed must be 32 bytes")
+        smallest = effective_degree(len(ids), self.degree) + 1
+        if not isinstance(self.threshold, int) or not 1 <= self.threshold <= smallest:
+            raise ConfigError(
+                f"threshold must be an integer in [1, {smallest}] (a site plus its neighbours), got {self.threshold!r}"
+            )
+
+    @property
+    def n(self) -> int:
+        return len(self.site_ids)
+
+    @cached_property
+    def digest(self) -> bytes:
+        parts = [
+            _CONFIG_TAG,
+            struct.pack(">QBIII", self.round_id, self.bits, self.dim, self.threshold, self.degree or 0),
+            self.graph_seed,
+            struct.pack(">I", self.n),
+        ]
+        for i, k in zip(self.site_ids, self.identity_keys):
+            parts.append(struct.pack(">I", i) + k)
+        return P.sha256(*parts)
+
+    @cached_property
+    def graph(self) -> dict[int, frozenset[int]]:
+        return neighbours(self.site_ids, degree=self.degree, graph_seed=self.graph_seed)
+
+    def holders(self, u: int) -> frozenset[int]:
+        """The sites holding shares of u's secrets: u and its neighbours."""
+        return self.graph[u] | {u}
+
+    @cached_property
+    def identity(self) -> dict[int, "Ed25519PublicKey"]:
+        """Parsed identity keys by site id (parsed once: verification is the hot path)."""
+        return {i: Ed25519PublicKey.from_public_bytes(k) for i, k in zip(self.site_ids, self.identity_keys)}
+
+
+def enc_key(cfg: RoundConfig, shared: bytes, sender: int, receiver: int) -> bytes:
+    info = _ENC_TAG + struct.pack(">QII", cfg.round_id, sender, receiver)
+    return P.hkdf_sha256(shared, salt=cfg.digest, info=info)
+
+
+def enc_nonce(sender: int, receiver: int) -> bytes:
+    return struct.pack(">II", sender, receiver) + bytes(4)
+
+
+def enc_ad(cfg: RoundConfig, sender: int, receiver: int) -> bytes:
+    return _AD_TAG + cfg.digest + struct.pack(">II", sender, receiver)
+
+
+def mask_seed(cfg: RoundConfig, shared: bytes, u: int, v: int) -> bytes:
+    lo, hi = min(u, v), max(u, v)
+    info = _MASK_TAG + struct.pack(">QII", cfg.round_id, lo, hi)
+    return P.hkdf_sha256(shared, salt=cfg.digest, info=info)
+
+
+def b_commitment(cfg: RoundConfig, u: int, b_seed: bytes) -> bytes:
+    return P.sha256(_COMMIT_TAG, cfg.digest, struct.pack(">I", u), b_seed)
+
+
+def share_plaintext(sender: int, receiver: int, b_share: bytes, s_share: bytes) -> bytes:
+    return struct.pack(">II", sender, receiver) + b_share + s_share
