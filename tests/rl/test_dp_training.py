@@ -37,6 +37,47 @@ def test_per_trajectory_grads_equal_autograd_one_at_a_time(algo, env_id):
             torch.testing.assert_close(g[i], p.grad, rtol=1e-4, atol=1e-5)
 
 
+def _grads_of_one(policy, algo, episode):
+    """Independent reference: the trajectory ALONE, prepared (own targets, own padding) and
+    differentiated by a plain autograd pass: no vmap, no other trajectory anywhere."""
+    b = _prepare(policy, algo, [episode])
+    policy.zero_grad()
+    _TrajectoryLoss(policy, algo)(b.obs, b.actions, b.mask, b.advantages, b.returns, b.old_logp,
+                                  b.old_values).backward()
+    return [p.grad.detach().clone() for p in policy.parameters()]
+
+
+@pytest.mark.parametrize("algo", [ReinforceConfig(), PPOConfig(gamma=0.99, gae_lambda=0.95)])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_per_trajectory_grads_do_not_leak_between_trajectories(algo, env_id):
+    """Each per-sample gradient depends on its own trajectory only: it equals an autograd pass
+    over that trajectory alone, and perturbing one trajectory changes only its own gradient.
+    (Batch-normalised advantages, a batch-mean loss or a shared padding/target computation
+    would each break one of the two checks; slicing one prepared batch would hide them.)"""
+    import dataclasses
+
+    env, policy, gen = _setup(3, num_envs=2, env_id=env_id)
+    eps, _ = collect_episodes(policy, env, min_episodes=4, min_steps=0, generator=gen)
+    eps = eps[:4]
+    assert len({e.length for e in eps}) > 1 or env_id == "Pendulum-v1"  # padding is exercised
+    index = torch.arange(len(eps))
+    grads = per_trajectory_grads(policy, algo, _prepare(policy, algo, eps), index)
+    for i, e in enumerate(eps):
+        for g, ref in zip(grads, _grads_of_one(policy, algo, e)):
+            torch.testing.assert_close(g[i], ref, rtol=1e-4, atol=1e-5)
+    for j in range(len(eps)):
+        perturbed = list(eps)
+        e = eps[j]
+        perturbed[j] = dataclasses.replace(e, rewards=e.rewards * 3.0 + 1.0, obs=e.obs + 0.05)
+        again = per_trajectory_grads(policy, algo, _prepare(policy, algo, perturbed), index)
+        moved = max(float((g1[j] - g2[j]).abs().max()) for g1, g2 in zip(grads, again))
+        assert moved > 1e-4, "the perturbed trajectory's own gradient must change"
+        for i in range(len(eps)):
+            if i != j:
+                for g1, g2 in zip(grads, again):
+                    torch.testing.assert_close(g2[i], g1[i], rtol=1e-6, atol=1e-7)
+
+
 def test_single_trajectory_update_is_bounded_by_lr_times_c():
     # sigma = 0, q = 1, one trajectory, plain SGD: the update is -lr * clip(g, C), so ||update|| <= lr*C,
     # and with a C far below the raw gradient norm it is exactly lr*C (clipping is active).
