@@ -38,7 +38,9 @@ from secure_fedrl.ledger.format import (
     SignedHead,
     _check_text,
     decode_epsilon,
+    decode_v2,
     encode_epsilon,
+    encode_v2,
     head_bytes,
     sign_row,
     verify_chain,
@@ -48,7 +50,7 @@ LEDGER_FILE = "privacy_ledger.sqlite"
 KEY_FILE = "ledger_signing_key.pem"
 PUBLIC_KEY_FILE = "ledger_public_key.hex"
 PASSPHRASE_ENV = "SECURE_FEDRL_LEDGER_PASSPHRASE"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # v2 rows: epsilon_server / epsilon_release (FORMAT.md)
 _PRIVATE_BITS = 0o077  # group/other permission bits: the key and its directory must have none
 
 _SCHEMA = """
@@ -72,7 +74,8 @@ CREATE TABLE rows (
     delta           REAL    NOT NULL,
     config_hash     TEXT    NOT NULL,
     prev_hash       TEXT    NOT NULL,
-    signature       TEXT    NOT NULL
+    signature       TEXT    NOT NULL,
+    privacy         TEXT    NOT NULL
 );
 CREATE TABLE head (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
@@ -100,7 +103,7 @@ CREATE TRIGGER head_advance_only BEFORE UPDATE ON head
 
 _COLUMNS = ("seq, round, time, unit, site, mechanism, clip, sigma_planned, sigma_effective, "
             "sample_rate, steps, sites_planned, sites_survived, accountant, epsilon, delta, "
-            "config_hash, prev_hash, signature")
+            "config_hash, prev_hash, signature, privacy")
 
 
 def _utc_now() -> datetime:
@@ -251,12 +254,12 @@ def _create_key(d: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
 
 def _row_from_sql(r: tuple, *, strict: bool) -> LedgerRow:
     (seq, rnd, time, unit, site, mechanism, clip, sp, se, q, steps, planned, survived, accountant,
-     eps, delta, config_hash, prev_hash, signature) = r
+     eps, delta, config_hash, prev_hash, signature, v2) = r
     try:
         entry = LedgerEntry(round=rnd, unit=unit, site=site, mechanism=mechanism, clip=clip,
                             sigma_planned=sp, sigma_effective=se, sample_rate=q, steps=steps,
                             sites_planned=planned, sites_survived=survived, accountant=accountant,
-                            epsilon=decode_epsilon(eps), delta=delta)
+                            epsilon=decode_epsilon(eps), delta=delta, **decode_v2(v2))
     except (LedgerError, ValueError, TypeError, AttributeError) as exc:
         if strict:
             raise LedgerChainError(seq, "edited", f"row no longer parses: {exc}") from None
@@ -492,11 +495,11 @@ class PrivacyLedger:
                     raise LedgerError(f"privacy ledger {self.path} was changed by another writer "
                                       f"(head {db_head}, expected seq {seq - 1})")
                 conn.execute(
-                    f"INSERT INTO rows ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                    f"INSERT INTO rows ({_COLUMNS}) VALUES ({', '.join('?' * 20)})",
                     (seq, e.round, row.time, e.unit, e.site, e.mechanism, e.clip, e.sigma_planned,
                      e.sigma_effective, e.sample_rate, e.steps, e.sites_planned, e.sites_survived,
                      e.accountant, encode_epsilon(e.epsilon), e.delta, row.config_hash,
-                     row.prev_hash, row.signature))
+                     row.prev_hash, row.signature, encode_v2(e)))
                 conn.execute("UPDATE head SET seq = ?, row_hash = ?, signature = ? WHERE id = 1",
                              (seq, row.hash, head_sig))
                 conn.execute("COMMIT")
