@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from secure_fedrl.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger, canonical_bytes
-from secure_fedrl.ledger.format import LedgerRow, encode_epsilon
+from secure_fedrl.ledger.format import LedgerRow, encode_epsilon, encode_v2
 
 CONFIG = "cfg-sha256:0123abcd"
 
@@ -109,10 +109,10 @@ def _foreign_append(conn: sqlite3.Connection) -> None:
                     signature="", entry=e)
     sig = Ed25519PrivateKey.generate().sign(canonical_bytes(row)).hex()
     conn.execute(
-        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (7, e.round, row.time, e.unit, e.site, e.mechanism, e.clip, e.sigma_planned,
          e.sigma_effective, e.sample_rate, e.steps, e.sites_planned, e.sites_survived, e.accountant,
-         encode_epsilon(e.epsilon), e.delta, row.config_hash, row.prev_hash, sig))
+         encode_epsilon(e.epsilon), e.delta, row.config_hash, row.prev_hash, sig, encode_v2(e)))
 
 
 def _resign(conn: sqlite3.Connection) -> None:
