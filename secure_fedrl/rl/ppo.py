@@ -69,7 +69,8 @@ class PPOConfig:
     """Decay the learning rate linearly to 0 over this call's rollouts (for one long local run;
     in a federation, schedule `learning_rate` per round instead)."""
     optimizer: Literal["adam", "sgd"] = "adam"
-    """Local optimizer, created fresh each call. Adam learns fastest; SCAFFOLD assumes SGD."""
+    """Local optimizer, created fresh each call. Adam learns fastest. SCAFFOLD works with
+    either (option I control variates, see fl.strategies.Scaffold)."""
     sgd_momentum: float = 0.0
     """Momentum when optimizer == 'sgd'."""
 

@@ -50,7 +50,8 @@ class ReinforceConfig:
     norm_adv: bool = True
     """Normalise advantages over the batch (non-DP mode only: it would couple trajectories)."""
     optimizer: Literal["adam", "sgd"] = "adam"
-    """Local optimizer, created fresh each call. SCAFFOLD assumes SGD."""
+    """Local optimizer, created fresh each call. SCAFFOLD works with either (option I control
+    variates, see fl.strategies.Scaffold)."""
     sgd_momentum: float = 0.0
     """Momentum when optimizer == 'sgd'."""
 

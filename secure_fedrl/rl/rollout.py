@@ -258,8 +258,8 @@ def collect_episodes(
 def make_optimizer(
     params: list[Tensor], *, kind: Literal["adam", "sgd"], lr: float, momentum: float = 0.0
 ) -> torch.optim.Optimizer:
-    """A fresh local optimizer. Adam (eps 1e-5, as CleanRL) learns fastest; SGD is what SCAFFOLD's
-    analysis assumes."""
+    """A fresh local optimizer. Adam (eps 1e-5, as CleanRL) learns fastest; SCAFFOLD uses option I
+    control variates, so it is correct with either."""
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, eps=1e-5)
     if kind == "sgd":
