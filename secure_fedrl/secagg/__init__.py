@@ -12,11 +12,11 @@ protocols/SPEC.md for the protocol as implemented.
 
 from .driver import RoundResult, run_round, simulate_round
 from .encoding import decode_sum, encode, ring_capacity_check
-from .graph import default_degree, secure_threshold
+from .graph import default_degree, min_honest_inputs, secagg_plus_parameters, secure_threshold
 from .primitives import prg
 from .protocol import PHASES, RoundConfig
 
 __all__ = [
-    "PHASES", "RoundConfig", "RoundResult", "decode_sum", "default_degree", "encode", "prg",
-    "ring_capacity_check", "run_round", "secure_threshold", "simulate_round",
+    "PHASES", "RoundConfig", "RoundResult", "decode_sum", "default_degree", "encode", "min_honest_inputs", "prg",
+    "ring_capacity_check", "run_round", "secagg_plus_parameters", "secure_threshold", "simulate_round",
 ]

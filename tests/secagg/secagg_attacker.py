@@ -22,6 +22,8 @@ class Outcome:
     recovered: dict = field(default_factory=dict)   # site -> its input, computed by the attacker
     errors: dict = field(default_factory=dict)      # site -> why it refused / aborted
     revealed: dict = field(default_factory=dict)    # site -> UnmaskResponse it sent
+    masked: dict = field(default_factory=dict)      # site -> its masked input y_u
+    self_masks: dict = field(default_factory=dict)  # site -> b_u, where the attacker reconstructed it
 
 
 def make_round(n, *, threshold, degree=None, dim=4, seed=0):
@@ -118,10 +120,11 @@ def attack(cfg, clients, inputs, keys, *, colluders=(), withhold=None, views=Non
         return shamir.reconstruct(got, threshold=cfg.threshold)
 
     for u in masked:
-        if u in colluders:
-            continue
+        out.masked[u] = masked[u].vector
         b = secret(u, M.KIND_B)
-        if b is None:
+        if b is not None:
+            out.self_masks[u] = b
+        if u in colluders or b is None:
             continue
         y = masked[u].vector.copy()
         acc = P.MaskAccumulator(cfg.dim)

@@ -61,3 +61,35 @@ def test_secure_threshold_is_a_strict_majority_of_holders():
             t = secure_threshold(h, max_colluding=c)
             assert 2 * t > h + c and 2 * (t - 1) <= h + c
     assert holders_per_site(9, 3) == 5  # odd degree on an odd number of sites rounds up to 4
+
+
+def test_parameter_table_in_spec_matches_the_function():
+    import re
+    from pathlib import Path
+
+    from secure_fedrl.secagg.graph import secagg_plus_parameters
+
+    spec = (Path(__file__).resolve().parents[2] / "protocols" / "SPEC.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| (.+?) \| (.+?) \| (.+?) \|$", spec, flags=re.M)
+    assert [int(r[0]) for r in rows] == [10, 50, 100, 200, 1000, 2000, 10000]
+    for n, *cells in rows:
+        for cell, kw in zip(cells, (dict(max_colluding=0), dict(max_colluding=1), dict(gamma=0.05))):
+            k, t = secagg_plus_parameters(int(n), dropout=0.05, sigma=40, eta=20, **kw)
+            assert cell == f"{'complete' if k is None else k}, {t}", (n, kw)
+
+
+def test_parameters_meet_their_bounds():
+    from secure_fedrl.secagg.graph import secagg_plus_parameters_detail, secure_threshold
+
+    for n in (50, 100, 1000):
+        for kw in (dict(max_colluding=0), dict(max_colluding=2), dict(gamma=0.05)):
+            p = secagg_plus_parameters_detail(n, dropout=0.05, **kw)
+            assert p.log2_privacy_failure <= -40 and p.log2_robustness_failure <= -20
+            h = effective_degree(n, p.k) + 1
+            c = kw.get("max_colluding", 0)
+            assert p.t >= secure_threshold(h, max_colluding=c) and p.t <= h
+            assert p.k is None or p.k < n - 1
+    with pytest.raises(ValueError):
+        secagg_plus_parameters_detail(1)
+    with pytest.raises(ValueError):
+        secagg_plus_parameters_detail(10, max_colluding=1, gamma=0.1)

@@ -91,7 +91,13 @@ def test_min_honest_inputs_is_tight_for_an_isolated_group():
     out = attack(cfg, clients, inputs, keys, colluders={6}, withhold=withhold)
     # each site of the group is masked only with the group: their sum (not one input) leaks
     assert out.recovered == {}
-    assert min_honest_inputs(6, max_colluding=1) == 5
+    total = np.zeros(cfg.dim, np.uint32)
+    for u in group:
+        total += out.masked[u] - P.prg(out.self_masks[u], cfg.dim)
+    honest = sorted(group - {6})
+    want = sum(inputs[u].astype(np.uint64) for u in honest) % 2**32
+    assert np.array_equal(total - inputs[6], want.astype(np.uint32))  # the colluder subtracts its own
+    assert len(honest) == min_honest_inputs(6, max_colluding=1) == 5
 
 
 # --------------------------------------------------------------------------- the holder's checks
