@@ -650,6 +650,11 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
                     flag(seq, "bad ddg parameters", f"params {params}")
                     checks.append(EpsilonCheck(seq, "unchecked", {}))
                     continue
+                survived = int(row["sites_survived"])
+                if 0 < survived and survived - int(v2["max_colluding"]) < m:
+                    flag(seq, "bad ddg parameters", f"noise_shares = {m} but the unmasked sum holds "
+                         f"{survived} inputs of which up to {v2['max_colluding']} collude: it "
+                         f"cannot hold {m} honest shares")
                 if not _close(base.l2_bound, params["l2_bound"]) and abs(base.l2_bound - params["l2_bound"]) > 1e-9 * base.l2_bound:
                     flag(seq, "bad ddg parameters", f"recorded l2_bound {params['l2_bound']!r} is "
                          f"not the conditional-rounding bound {base.l2_bound!r} of the recorded "

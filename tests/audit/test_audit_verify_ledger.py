@@ -140,7 +140,7 @@ def gaussian_entries(rounds: int, *, q: float = 0.2, z: float = 1.0) -> list[Led
     return out
 
 
-ROUNDS = [["a", "b", "c"], ["a", "c", "d"], ["b", "c", "d", "e"], ["a", "b"]]
+ROUNDS = [["a", "b", "c"], ["a", "c", "d"], ["b", "c", "d", "e"], ["a", "b", "e"]]
 
 
 def _ledger_with(tmp_path: Path, entries: list[LedgerEntry]) -> Path:
@@ -401,28 +401,28 @@ PAIRS = [["a", "b"], ["c", "d"], ["a", "c"], ["b", "d"], ["e", "f"], ["e", "f"]]
 
 
 def _two_round_budget() -> float:
-    base = ddg_curve(0.5, DDG, 3)
+    base = ddg_curve(0.5, DDG, 2)
     return (conv(2 * base) + conv(3 * base)) / 2  # every site's guard admits 2 participations
 
 
 def test_ddg_release_with_site_budgets_uses_the_capped_bound(tmp_path: Path) -> None:
     budget = _two_round_budget()
-    entries = ddg_entries(PAIRS, q=0.1, budget=budget)
-    uncapped = ddg_entries(PAIRS, q=0.1)
+    entries = ddg_entries(PAIRS, q=0.1, m=2, budget=budget)
+    uncapped = ddg_entries(PAIRS, q=0.1, m=2)
     assert entries[-1].epsilon_release < uncapped[-1].epsilon_release * 0.95  # the cap matters
     _ledger_with(tmp_path, entries)
     checks, findings = _recheck(tmp_path)
     assert findings == [] and all(c.status == "ok" for c in checks), findings
     other = tmp_path.parent / f"{tmp_path.name}-p1"
     other.mkdir()
-    low = ddg_entries(PAIRS, q=0.1, budget=budget, cap_error=1)  # P one too small
+    low = ddg_entries(PAIRS, q=0.1, m=2, budget=budget, cap_error=1)  # P one too small
     _ledger_with(other, low)
     _, findings = _recheck(other)
     assert findings and findings[0].reason == "epsilon under-count", findings
 
 
 def test_a_site_over_its_budget_is_flagged(tmp_path: Path) -> None:
-    entries = ddg_entries(PAIRS[:3] + [["a", "b"]], q=0.9, budget=_two_round_budget())
+    entries = ddg_entries(PAIRS[:3] + [["a", "b"]], q=0.9, m=2, budget=_two_round_budget())
     _ledger_with(tmp_path, entries)
     _, findings = _recheck(tmp_path)
     assert (4, "budget exceeded") in [(f.seq, f.reason) for f in findings]
@@ -433,6 +433,7 @@ def test_ddg_parameter_and_participant_checks(tmp_path: Path) -> None:
     e = entries[1]
     entries[1] = dataclasses.replace(e, params={**e.params, "l2_bound": e.params["l2_bound"] * 0.9})
     entries[2] = dataclasses.replace(entries[2], noise_shares=0)
+    entries[0] = dataclasses.replace(entries[0], max_colluding=1)  # 3 participants, 1 colludes, m = 3
     site = dict(entries[3].site_epsilon_server)
     site.pop("b")
     entries[3] = dataclasses.replace(entries[3], site_epsilon_server=site)
@@ -440,6 +441,8 @@ def test_ddg_parameter_and_participant_checks(tmp_path: Path) -> None:
     _, findings = _recheck(tmp_path)
     got = [(f.seq, f.reason) for f in findings]
     assert (2, "bad ddg parameters") in got and (3, "bad ddg parameters") in got
+    assert any(f.seq == 1 and "honest shares" in f.detail for f in findings)
+    assert not any(f.seq == 4 and "honest shares" in f.detail for f in findings)
     assert (4, "bad participants") in got
 
 
