@@ -281,13 +281,13 @@ class SecAggClient:
             valid[s] = True
             return True
 
-        evidence = sorted(set(tags) | set(sigs) | {self.id})
+        evidence = set(tags) | set(sigs) | {self.id}
         certified: dict[int, bool] = {}
 
         def certify(x: int) -> bool:  # t holders of x confirmed our U3?
             if x in certified:
                 return certified[x]
-            group = evidence if cfg.complete else [s for s in evidence if s in cfg.holders(x)]
+            group = evidence if cfg.complete else evidence.intersection(cfg.holders(x))
             count = 0
             for s in sorted(group, key=lambda s: (s not in valid, s not in tags, s)):  # cheapest first
                 if count >= t:

@@ -197,7 +197,7 @@ class SecAggServer:
             for r in self.u4:
                 near = self.cfg.holders(r)
                 tags = tuple((v, conf[v][1][r]) for v in sorted(near & u4set) if r in conf[v][1])
-                far = sorted((self.cfg.within(r, 3) - near) & u4set)
+                far = sorted(self._far_signers(r, near, u4set))
                 atts = tuple((u, self._attest[u][0], self._attest[u][1][r])
                              for u in sorted(self._pairs[r] & self._u3set) if r in self._attest[u][1])
                 out[r] = M.UnmaskRequest(self.cfg.digest, r, self.u3, tags,
@@ -209,6 +209,19 @@ class SecAggServer:
             self.phase = "done"
             return {}
         raise ProtocolError(f"no phase to finish (state {self.phase!r})")
+
+    def _far_signers(self, r: int, near: frozenset[int], u4set: frozenset[int]) -> set[int]:
+        """Signers beyond r's holders whose signatures r may need to certify a site within two
+        hops (SPEC section 4, phase 4 (3)): only for sites its neighbours' tags cannot certify."""
+        if self.cfg.complete:
+            return set()
+        far: set[int] = set()
+        t = self.cfg.threshold
+        for v in self.cfg.within(r, 2):
+            hv = self.cfg.holders(v) & u4set
+            if len(hv & near) < t:
+                far |= hv - near
+        return far
 
     def _recover(self, shares: dict[int, int], what: str, valid) -> bytes:
         """Reconstruct from the t smallest holder ids; if the result fails its check (commitment
