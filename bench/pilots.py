@@ -121,28 +121,35 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raw["sites"][0]["count"] = args.sites
     if args.steps:
         raw["local"]["steps"] = args.steps
+    if args.fraction:
+        raw["sampling"]["fraction"] = args.fraction
     raw["evaluation"] = {"every": 10_000, "episodes": 1, "max_sites": 1}  # the bench evaluates itself
     specs = expand_sites(config_from_dict(raw).sites)
     print(f"healthcare: {len(specs)} patients, {raw['federation']['rounds']} rounds", flush=True)
     results: dict[str, Any] = {"config": {"sites": len(specs), "rounds": raw["federation"]["rounds"],
-                                          "steps": raw["local"]["steps"], "episodes": args.episodes}}
+                                          "steps": raw["local"]["steps"], "episodes": args.episodes,
+                                          "fraction": raw["sampling"]["fraction"]}}
+    arms = args.arms.split(",")
     t = time.perf_counter()
-    results["basal_bolus"] = evaluate_sites(ZeroPolicy(2), specs, args.episodes)
-    print(f"  basal-bolus evaluated in {time.perf_counter() - t:.0f}s", flush=True)
-
-    policy, results["federated_dp_info"] = train(raw, work / "hc-dp")
-    results["federated_dp"] = evaluate_sites(policy, specs, args.episodes)
-    policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
-    results["federated_plain"] = evaluate_sites(policy, specs, args.episodes)
-
-    results["alone"] = {}
-    for spec in specs[: args.alone]:
-        site = {"name": spec.name, "env": spec.env_id, "num_envs": spec.num_envs, "seed": spec.seed,
-                "overrides": dict(spec.overrides)}
-        policy, _ = train(alone(raw, site, spec.name, private=False), work / f"hc-alone-{spec.name}")
-        results["alone"].update(evaluate_sites(policy, [spec], args.episodes))
-    results["summary"] = healthcare_summary(results)
-    plot_healthcare(results)
+    if "basal_bolus" in arms:
+        results["basal_bolus"] = evaluate_sites(ZeroPolicy(2), specs, args.episodes)
+        print(f"  basal-bolus evaluated in {time.perf_counter() - t:.0f}s", flush=True)
+    if "federated_dp" in arms:
+        policy, results["federated_dp_info"] = train(raw, work / "hc-dp")
+        results["federated_dp"] = evaluate_sites(policy, specs, args.episodes)
+    if "federated_plain" in arms:
+        policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
+        results["federated_plain"] = evaluate_sites(policy, specs, args.episodes)
+    if "alone" in arms:
+        results["alone"] = {}
+        for spec in specs[: args.alone]:
+            site = {"name": spec.name, "env": spec.env_id, "num_envs": spec.num_envs, "seed": spec.seed,
+                    "overrides": dict(spec.overrides)}
+            policy, _ = train(alone(raw, site, spec.name, private=False), work / f"hc-alone-{spec.name}")
+            results["alone"].update(evaluate_sites(policy, [spec], args.episodes))
+    if all(a in results for a in ("basal_bolus", "federated_dp", "federated_plain", "alone")):
+        results["summary"] = healthcare_summary(results)
+        plot_healthcare(results)
     return results
 
 
@@ -310,8 +317,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="healthcare: local env steps per round")
     p.add_argument("--alone", type=int, default=20, help="healthcare: patients also trained alone")
     p.add_argument("--episodes", type=int, default=4, help="healthcare: evaluation days per patient")
+    p.add_argument("--fraction", type=float, default=0.0, help="healthcare: override sampling.fraction")
+    p.add_argument("--arms", default="basal_bolus,federated_dp,federated_plain,alone",
+                   help="healthcare: which arms to run (run arms in parallel processes, then --merge)")
+    p.add_argument("--merge", type=Path, nargs="*", default=None,
+                   help="healthcare: combine the JSON files of separately run arms, then summarize and plot")
     p.add_argument("--work", type=Path, default=None, help="run directories (default: a temp dir)")
     args = p.parse_args(argv)
+    if args.merge:
+        merged: dict[str, Any] = {}
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            merged.update({k: v for k, v in part.items() if k not in ("config", "wall_seconds", "summary")})
+            merged.setdefault("config", part["config"])
+            merged.setdefault("wall_seconds_per_part", []).append(part.get("wall_seconds"))
+        merged["summary"] = healthcare_summary(merged)
+        plot_healthcare(merged)
+        (RESULTS / "pilots-healthcare.json").write_text(json.dumps(merged, indent=1, default=float))
+        print(json.dumps(merged["summary"], indent=1))
+        return 0
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="pilots-"))
     os.environ.setdefault("XDG_CONFIG_HOME", str(work / "keys"))  # bench ledger keys, apart from the runs
@@ -319,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     res = healthcare(args, work) if args.pilot == "healthcare" else finance(args, work)
     res["wall_seconds"] = time.perf_counter() - t
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"pilots-{args.pilot}.json").write_text(json.dumps(res, indent=1, default=float))
-    print(json.dumps(res["summary"], indent=1))
+    suffix = "" if args.pilot == "finance" or "summary" in res else "-" + args.arms.replace(",", "+")
+    (RESULTS / f"pilots-{args.pilot}{suffix}.json").write_text(json.dumps(res, indent=1, default=float))
+    print(json.dumps(res.get("summary", {}), indent=1))
     return 0
 
 
