@@ -6,7 +6,8 @@
 
 Accuracy criteria (issue 4): "rdp" is never above Opacus's RDP (orders <= 63) and never below
 the PRV lower bound; "prv" is within max(2%, 0.02) of the PLD value and never below the PRV lower
-bound. Reference: ../shared/reference/dp_epsilons.json (Opacus 1.6.0, dp-accounting 0.6.0).
+bound. Reference: tests/privacy/data/dp_epsilons.json (Opacus 1.6.0, dp-accounting 0.6.0;
+regenerate with bench/make_reference_epsilons.py).
 Speed targets: epsilon for 10,000 rounds < 1 s (rdp) and < 5 s (prv); median of --repeats runs.
 """
 
@@ -28,11 +29,9 @@ from secure_fedrl.privacy import epsilon  # noqa: E402
 
 
 def _reference() -> tuple[Path, list[dict]]:
-    for base in (REPO.parent / "shared", REPO / "shared"):
-        path = base / "reference" / "dp_epsilons.json"
-        if path.is_file():
-            return path, json.loads(path.read_text())["rows"]
-    raise SystemExit("reference file shared/reference/dp_epsilons.json not found")
+    """The reference epsilons shipped in the repo (bench/make_reference_epsilons.py regenerates them)."""
+    path = REPO / "tests" / "privacy" / "data" / "dp_epsilons.json"
+    return path, json.loads(path.read_text())["rows"]
 
 
 def _num(x) -> float:

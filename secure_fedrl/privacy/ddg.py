@@ -80,7 +80,11 @@ __all__ = [
     "DDGEncoder",
     "DDGParams",
     "DDGPrivacy",
+    "attestation_bytes",
     "attestation_for",
+    "conditional_round_with_uniforms",
+    "sign_attestation",
+    "verify_signed_attestation",
     "ddg_parameters",
     "ddg_round_privacy",
     "conditional_round",
@@ -433,6 +437,37 @@ def attestation_for(params: DDGParams, *, rotation_seed: bytes) -> DDGAttestatio
     )
 
 
+_ATTEST_DOMAIN = b"secure-fedrl/ddg/attestation/v1"
+
+
+def attestation_bytes(att: DDGAttestation, *, round_id: int) -> bytes:
+    """Canonical encoding of what a site attests (SPEC 7.1): the domain tag, u64(round_id), then
+    f64 (IEEE-754 big-endian) clip, local_stddev, gamma, beta, u8 bits, u32 dim, u32 padded_dim,
+    and the 32-byte rotation commitment."""
+    import struct
+
+    if att.mechanism != "ddg":
+        raise PrivacyError(f"attestation mechanism must be 'ddg', got {att.mechanism!r}")
+    return (_ATTEST_DOMAIN + struct.pack(">Q", int(round_id))
+            + struct.pack(">dddd", att.clip_norm, att.local_stddev, att.gamma, att.beta)
+            + struct.pack(">BII", att.bits, att.dim, att.padded_dim) + bytes.fromhex(att.rotation_commitment))
+
+
+def sign_attestation(att: DDGAttestation, *, round_id: int, key) -> bytes:
+    """The signed wire field: Ed25519 (site identity key) over SHA-256(attestation_bytes)."""
+    return key.sign(hashlib.sha256(attestation_bytes(att, round_id=round_id)).digest())
+
+
+def verify_signed_attestation(att: DDGAttestation, signature: bytes, *, round_id: int, public_key) -> None:
+    """PrivacyError unless `signature` is the site's signature over this round's attestation."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public_key.verify(bytes(signature), hashlib.sha256(attestation_bytes(att, round_id=round_id)).digest())
+    except (InvalidSignature, ValueError, TypeError):
+        raise PrivacyError("DP attestation signature invalid (wrong site, round or parameters)") from None
+
+
 def verify_attestation(received: DDGAttestation, expected: DDGAttestation) -> None:
     """PrivacyError naming the first field where a site's attestation differs from the federation's.
 
@@ -486,6 +521,26 @@ class DDGEncoder:
         return to_ring(rounded + noise, p.bits)
 
 
+def _within(r: np.ndarray, bound: float) -> bool:
+    """||r||_2 <= bound, conservative against float64 summation error (SPEC 7.1)."""
+    rf = r.astype(np.float64)
+    return float(np.dot(rf, rf)) * (1.0 + (r.size + 2) * 2.0**-52) <= bound * bound
+
+
+def conditional_round_with_uniforms(z: np.ndarray, bound: float, tries) -> tuple[np.ndarray, int]:
+    """SPEC 7.1 step 3 with the uniforms given (conformance vectors): try k rounds coordinate i up
+    iff tries[k][i] < frac(z_i); the first try within `bound` is returned with its index."""
+    z = np.asarray(z, dtype=np.float64)
+    floor = np.floor(z)
+    frac = z - floor
+    base = floor.astype(np.int64)
+    for k, u in enumerate(tries):
+        r = base + (np.asarray(u, dtype=np.float64) < frac)
+        if _within(r, bound):
+            return r, k
+    raise PrivacyError("conditional rounding: no given try is within the bound")
+
+
 def conditional_round(z: np.ndarray, bound: float, *, rng: np.random.Generator) -> np.ndarray:
     """Unbiased randomized rounding to Z^d, redrawn until ||result||_2 <= bound (int64 result).
 
@@ -496,12 +551,9 @@ def conditional_round(z: np.ndarray, bound: float, *, rng: np.random.Generator) 
     floor = np.floor(z)
     frac = z - floor
     base = floor.astype(np.int64)
-    slack = 1.0 + (z.size + 2) * 2.0**-52
-    limit = bound * bound
     for _ in range(_MAX_ROUNDING_TRIES):
         r = base + (rng.random(z.shape) < frac)
-        rf = r.astype(np.float64)
-        if float(np.dot(rf, rf)) * slack <= limit:
+        if _within(r, bound):
             return r
     raise PrivacyError(
         f"conditional rounding failed {_MAX_ROUNDING_TRIES} times: the input norm exceeds the bound"

@@ -271,6 +271,8 @@ class PrivacyPlan:
             self._last_round_metrics["sites_cut"] = len(taking_part) - len(kept)
             taking_part = [s for s in taking_part if s in set(kept)]
         self._last_round_metrics["sites_refused"] = sorted(refused)
+        # What was drawn (secret from outsiders, known to the server): recorded, never re-derived.
+        self._last_round_metrics["sampled"] = sorted(taking_part)
         if refused:
             log.info("round %d: %d site(s) refused (own budget against the server)", round_id, len(refused))
         if self.threat_model == "release":

@@ -30,14 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _reference_rows() -> list[dict]:
-    for base in (REPO.parent / "shared", REPO / "shared"):
-        path = base / "reference" / "dp_epsilons.json"
-        if path.is_file():
-            return json.loads(path.read_text())["rows"]
-    raise FileNotFoundError(
-        f"reference file shared/reference/dp_epsilons.json not found next to {REPO}; "
-        "the accuracy tests need it"
-    )
+    """The reference epsilons shipped in the repo (regenerate: bench/make_reference_epsilons.py)."""
+    path = Path(__file__).parent / "data" / "dp_epsilons.json"
+    return json.loads(path.read_text())["rows"]
 
 
 ROWS = _reference_rows()

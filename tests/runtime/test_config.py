@@ -98,3 +98,46 @@ def test_overrides_apply(tmp_path):
     # fingerprints ignore rounds (resume may extend a run) but nothing else
     assert cfg.fingerprint() == load_config(path).fingerprint()
     assert cfg.fingerprint() != load_config(path, overrides={"federation.seed": 9}).fingerprint()
+
+
+def dp_base(**sections):
+    return base(strategy={"name": "fedavg", "weighting": "uniform"}, **sections)
+
+
+def test_threat_model_server_with_central_gaussian_is_refused():
+    central = {"unit": "client", "mechanism": "gaussian", "threat_model": "server"}
+    with pytest.raises(ConfigError, match=r"^privacy\.threat_model: 'server' with central Gaussian"):
+        config_from_dict(dp_base(privacy=central, sampling={"fraction": 1.0}))
+    auto = {"unit": "client", "threat_model": "server"}  # auto mechanism without SecAgg = central
+    with pytest.raises(ConfigError, match="threat_model"):
+        config_from_dict(dp_base(privacy=auto))
+    ok = config_from_dict(dp_base(privacy={"unit": "client", "threat_model": "server"},
+                               secure_aggregation={"enabled": True}))
+    from secure_fedrl.config import resolved_threat_model
+
+    assert resolved_threat_model(ok) == "server"
+    assert resolved_threat_model(config_from_dict(dp_base(privacy={"unit": "client"}))) == "release"
+    assert resolved_threat_model(config_from_dict(dp_base(privacy={"unit": "trajectory"},
+                                                       local={"algorithm": "ppo", "steps": 0, "episodes": 4}))) == "server"
+
+
+@pytest.mark.parametrize("sections, key", [
+    ({"secure_aggregation": {"max_colluding_sites": -1}}, "secure_aggregation.max_colluding_sites"),
+    ({"privacy": {"unit": "client", "max_participations": -2}}, "privacy.max_participations"),
+    ({"privacy": {"unit": "client", "threat_model": "everyone"}}, "privacy.threat_model"),
+])
+def test_new_privacy_keys_are_validated(sections, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_dict(dp_base(**sections))
+
+
+def test_max_participations_rule():
+    from secure_fedrl.config import max_participations
+
+    c = config_from_dict(dp_base(privacy={"unit": "client"}, sampling={"fraction": 0.1, "poisson": True},
+                              federation={"rounds": 60, "seed": 1}))
+    assert max_participations(c) == 13  # ceil(6 + 3 sqrt(5.4))
+    c = config_from_dict(dp_base(privacy={"unit": "client", "max_participations": 4}, federation={"rounds": 60, "seed": 1}))
+    assert max_participations(c) == 4
+    c = config_from_dict(dp_base(privacy={"unit": "client", "max_participations": 400}, federation={"rounds": 6, "seed": 1}))
+    assert max_participations(c) == 6
