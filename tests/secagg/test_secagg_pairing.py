@@ -266,3 +266,57 @@ def test_min_honest_inputs_and_secure_threshold_interface():
         min_honest_inputs(0)
     with pytest.raises(ValueError):
         secure_threshold(5, max_colluding=-1)
+
+
+def test_confirmation_from_a_holder_outside_the_survivor_set_aborts():
+    cfg, clients, inputs, keys = make_round(8, threshold=5)
+    server = SecAggServer(config=cfg)
+    out = {i: None for i in cfg.site_ids}
+    steps = [lambda c, m: c.advertise_keys(), lambda c, m: c.share_keys(m), lambda c, m: c.masked_input(m),
+             lambda c, m: c.consistency_check(m)]
+    for step in steps:
+        for i, c in clients.items():
+            if i in out and not (i == 8 and step is steps[2]):  # site 8 drops before its masked input
+                server.receive(step(c, out[i]).encode())
+        out = server.finish_phase()
+    req = out[3]
+    assert 8 not in req.survivors
+    tag8 = R.confirm_tag(clients[8]._confirm_key(3), M.consistency_core(cfg.digest, 8, req.survivors), 3)
+    with pytest.raises(ProtocolError, match="bad signer 8"):
+        clients[3].unmask(replace(req, tags=tuple(sorted(req.tags + ((8, tag8),)))))
+
+
+def test_a_tag_from_a_holder_without_a_shared_key_does_not_count(five_sites):
+    """Site 1 dropped site 4 (forged advert): 4's tag cannot be checked by 1, so it is no
+    confirmation; with only 4 and 5 offered, 1 has 2 < t = 3 confirmations and refuses."""
+    inputs, keys = five_sites
+    cfg = R.RoundConfig(round_id=3, site_ids=tuple(inputs), threshold=3, dim=6,
+                        identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in inputs))
+    from secure_fedrl.secagg.client import SecAggClient
+
+    clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=inputs[i]) for i in inputs}
+    server = SecAggServer(config=cfg)
+    out = {i: None for i in inputs}
+    for i, c in clients.items():
+        server.receive(c.advertise_keys().encode())
+    out = server.finish_phase()
+    forged = M.AdvertiseKeys(cfg.digest, 4, P.x25519_keypair()[1], P.x25519_keypair()[1]).signed(P.ed25519_keypair()[0])
+    out[1] = replace(out[1], adverts=tuple(forged.encode() if M.AdvertiseKeys.decode(a).sender == 4 else a
+                                           for a in out[1].adverts))
+    for step in (lambda c, m: c.share_keys(m), lambda c, m: c.masked_input(m), lambda c, m: c.consistency_check(m)):
+        for i, c in clients.items():
+            server.receive(step(c, out[i]).encode())
+        out = server.finish_phase()
+    assert 4 not in clients[1]._enc_shared
+    req = out[1]
+    fake4 = (4, bytes(32))
+    with pytest.raises(BelowThresholdError, match="fewer than 3 holders"):
+        clients[1].unmask(replace(req, tags=tuple(sorted([fake4] + [g for g in req.tags if g[0] == 5]))))
+
+
+def test_a_neighbour_may_confirm_with_its_signature_instead_of_a_tag():
+    cfg, clients, server, reqs = _honest_until_unmask()
+    req = reqs[3]
+    sig2 = clients[2]._consistency.signature
+    resp = clients[3].unmask(replace(req, tags=tuple(g for g in req.tags if g[0] != 2), signatures=((2, sig2),)))
+    assert resp.shares
