@@ -294,3 +294,58 @@ def test_any_valid_entry_round_trips_bit_exactly(tmp_path_factory: pytest.TempPa
     with open_ledger(d, config_hash=CONFIG) as led:
         (back,) = led.rows()
     assert canonical_bytes(back) == canonical_bytes(row) and back.entry == e
+
+
+# -- v2 members (FORMAT.md, "Privacy semantics (v2)"): what an entry refuses and normalises ------
+@pytest.mark.parametrize("kw, message", [
+    ({"threat_model": "everyone"}, r"'threat_model' must be one of \('server', 'release'\), got 'everyone'"),
+    ({"sampling": "seeded"}, r"'sampling' must be one of \('secret', 'reproducible'\), got 'seeded'"),
+    ({"epsilon_server": -1.0}, r"'epsilon_server' must be >= 0, got -1.0"),
+    ({"epsilon_release": -0.5}, r"'epsilon_release' must be >= 0, got -0.5"),
+    ({"epsilon_server": "1"}, r"'epsilon_server' must be a number"),
+    ({"epsilon_release": math.nan}, r"'epsilon_release' is NaN"),
+    ({"site_budget": 0.0}, r"'site_budget' must be > 0 \(\+inf allowed\), got 0.0"),
+    ({"site_budget": -1.0}, r"'site_budget' must be > 0"),
+    ({"site_budget": "8"}, r"'site_budget' must be a number"),
+    ({"noise_shares": -1}, r"'noise_shares' must be in \[0, 2\^53\)"),
+    ({"noise_shares": 1.0}, r"'noise_shares' must be an int"),
+    ({"max_colluding": -1}, r"'max_colluding' must be in \[0, 2\^53\)"),
+    ({"max_colluding": True}, r"'max_colluding' must be an int"),
+    ({"params": [("a", 1.0)]}, r"'params' must be a mapping name -> number$"),
+    ({"params": {"": 1.0}}, r"'params key' must be a non-empty string"),
+    ({"params": {"gamma": "x"}}, r"'params\[gamma\]' must be a number"),
+    ({"params": {"gamma": math.inf}}, r"'params\[gamma\]' must be finite$"),
+    ({"params": {"gamma": math.nan}}, r"'params\[gamma\]' is NaN"),
+    ({"participants": "ab"}, r"'participants' must be a sequence of site ids$"),
+    ({"participants": 3}, r"'participants' must be a sequence of site ids$"),
+    ({"participants": ("a", "")}, r"'participants' must be a non-empty string"),
+    ({"participants": ("a", "b", "a")}, r"'participants' lists a site twice$"),
+    ({"site_epsilon_server": [("a", 1.0)]}, r"'site_epsilon_server' must be a mapping site -> epsilon$"),
+    ({"participants": ("a",), "site_epsilon_server": {"": 1.0}}, r"'site_epsilon_server key' must be"),
+    ({"participants": ("a",), "site_epsilon_server": {"a": "1"}}, r"'site_epsilon_server\[a\]' must be a number"),
+    ({"participants": ("a",), "site_epsilon_server": {"a": -1.0}}, r"'site_epsilon_server\[a\]' must be >= 0$"),
+    ({"participants": ("a",), "site_epsilon_server": {"b": 1.0}},
+     r"'site_epsilon_server' names a site that is not a participant$"),
+])
+def test_bad_v2_members_are_refused(kw: dict, message: str) -> None:
+    with pytest.raises(LedgerError, match=message):
+        _entry(**kw)
+
+
+def test_v2_members_are_normalised() -> None:
+    e = _entry(participants=["b", "a"], params={"padded_dim": 64, "gamma": 1},
+               site_epsilon_server={"b": 2, "a": 1}, site_budget=8, epsilon_server=None,
+               epsilon_release=0.25)
+    assert e.participants == ("a", "b") and isinstance(e.participants, tuple)
+    assert list(e.params) == ["gamma", "padded_dim"] and type(e.params) is dict
+    assert all(type(v) is float for v in e.params.values())
+    assert list(e.site_epsilon_server) == ["a", "b"] and type(e.site_epsilon_server) is dict
+    assert all(type(v) is float for v in e.site_epsilon_server.values())
+    assert e.site_budget == 8.0 and type(e.site_budget) is float
+    assert e.epsilon_server == 0.5 and e.epsilon_release == 0.25  # None: the enforced epsilon
+    assert type(e.epsilon_release) is float
+    d = _entry()
+    assert d.site_budget == math.inf and d.participants == () and d.params == {}
+    assert d.epsilon_server == d.epsilon_release == 0.5
+    assert _entry(site_budget=1e-300).site_budget == 1e-300  # > 0 is enough
+    assert _entry(epsilon_server=0.0, epsilon_release=0.0).epsilon_server == 0.0
