@@ -40,12 +40,12 @@ from secure_fedrl.secagg.server import SecAggServer  # noqa: E402
 from secure_fedrl.secagg.protocol import RoundConfig  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int, clock=time.perf_counter) -> float:
     ts = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return statistics.median(ts)
 
 
@@ -65,28 +65,34 @@ def _table(title: str, header: list[str], rows: list[list]) -> None:
 
 def bench_prg(d: int, ks: list[int], repeats: int) -> None:
     seeds = [bytes([i]) * 32 for i in range(1, max(ks) + 2)]
-    raw = _median_time(
-        lambda: Cipher(algorithms.AES(seeds[0]), modes.CTR(b"\0" * 16)).encryptor().update(bytes(4 * d)),
-        repeats,
-    )
     x = np.zeros(d, np.uint32)
     acc = P.MaskAccumulator(d)
-    raw_into = _median_time(lambda: acc.keystream_only(seeds[0]), repeats)
     rows = []
-    for k in ks:
-        def mask(k=k):
-            y = acc.start(x, seeds[0])  # x + self mask, as the site does
-            for i in range(1, k + 1):
-                (acc.add if i % 2 else acc.sub)(y, seeds[i])
-            return y
-        t = _median_time(mask, repeats)
-        rows.append([k, f"{raw * 1e3:.2f}", f"{raw_into * 1e3:.2f}", f"{t * 1e3:.2f}",
-                     f"{t / ((k + 1) * raw):.2f}", "yes" if t <= 1.5 * (k + 1) * raw else "NO",
-                     f"{t / ((k + 1) * raw_into):.2f}"])
-    _table(f"PRG: d={d:,} words ({4 * d / 1e6:.1f} MB keystream), median of {repeats}; raw = "
-           "encryptor().update(bytes(4d)), raw-into = the same in 256 KiB chunks into a reused buffer",
-           ["k", "raw ms", "raw-into ms", "masking ms", "masking/((k+1)raw)", "<= 1.5",
-            "masking/((k+1)raw-into)"], rows)
+    for clock, label in ((time.perf_counter, "wall"), (time.process_time, "cpu")):
+        raw = _median_time(
+            lambda: Cipher(algorithms.AES(seeds[0]), modes.CTR(b"\0" * 16)).encryptor().update(bytes(4 * d)),
+            repeats, clock)
+        # the fastest honest baseline: AES-256-CTR keystream written into one reused buffer
+        buf = bytearray(4 * d + 15)
+        zeros = bytes(4 * d)
+        raw_into = _median_time(
+            lambda: Cipher(algorithms.AES(seeds[0]), modes.CTR(b"\0" * 16)).encryptor().update_into(zeros, buf),
+            repeats, clock)
+        for k in ks:
+            def mask(k=k):
+                y = acc.start(x, seeds[0])  # x + self mask, as the site does
+                for i in range(1, k + 1):
+                    (acc.add if i % 2 else acc.sub)(y, seeds[i])
+                return y
+            t = _median_time(mask, repeats, clock)
+            rows.append([label, k, f"{raw * 1e3:.2f}", f"{raw_into * 1e3:.2f}", f"{t * 1e3:.2f}",
+                         f"{t / ((k + 1) * raw):.2f}", "yes" if t <= 1.5 * (k + 1) * raw else "NO",
+                         f"{t / ((k + 1) * raw_into):.2f}", "yes" if t <= 1.2 * (k + 1) * raw_into else "NO"])
+    _table(f"PRG: d={d:,} words ({4 * d / 1e6:.1f} MB keystream), median of {repeats}, wall and CPU clocks; "
+           "raw = encryptor().update(bytes(4d)) (allocating), raw-into = encryptor().update_into(zeros, "
+           "reused buffer); masking = x + (k+1) streams as a site does",
+           ["clock", "k", "raw ms", "raw-into ms", "masking ms", "masking/((k+1)raw)", "<= 1.5",
+            "masking/((k+1)raw-into)", "<= 1.2"], rows)
 
 
 # ----------------------------------------------------------------------------- 2. rounds

