@@ -41,6 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     can.add_argument("--mode", choices=("fast", "run"), default="fast",
                      help="fast: canary sites through the real aggregator, no training (default); "
                           "run: a real simulate run with canary sites added")
+    can.add_argument("--level", choices=("client", "trajectory"), default=None,
+                     help="canary unit (default: the config's privacy.unit; needed when DP is off)")
     can.add_argument("--canaries", type=int, default=256, help="number of canaries m (default 256)")
     can.add_argument("--dim", type=int, default=2048, help="fast mode: update dimension (default 2048)")
     can.add_argument("--rounds", type=int, help="override federation.rounds")

@@ -23,15 +23,20 @@ UNIT_WORDS = {
 }
 
 
+def _exp(x: float) -> float:
+    """e^x that saturates at +inf instead of raising (epsilon can exceed 709 with DP off-ish noise)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def odds_after(eps: float, prior: float = 0.5) -> float:
     """Largest posterior probability an observer can reach from `prior` (ignoring delta)."""
-    odds = prior / (1 - prior) * math.exp(eps)
-    return odds / (1 + odds)
+    odds = prior / (1 - prior) * _exp(eps)
+    return 1.0 if math.isinf(odds) else odds / (1 + odds)
 
 
 def max_tpr(eps: float, delta: float, fpr: float) -> float:
     """Best detection rate of any membership test with false-positive rate `fpr` under (eps, delta)."""
-    return min(1.0, math.exp(eps) * fpr + delta, 1.0 - math.exp(-eps) * (1.0 - delta - fpr))
+    return min(1.0, _exp(eps) * fpr + delta, 1.0 - math.exp(-eps) * (1.0 - delta - fpr))
 
 
 def _pct(p: float) -> str:
@@ -41,6 +46,8 @@ def _pct(p: float) -> str:
 
 
 def _fmt_factor(x: float) -> str:
+    if math.isinf(x) or x >= 1e12:
+        return "more than a trillion (no meaningful protection)"
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
@@ -90,7 +97,7 @@ def plain_language(doc: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     if eps is None:
         meaning = ["No privacy spend is recorded in the ledger yet (no round was charged)."]
     else:
-        factor = math.exp(eps)
+        factor = _exp(eps)
         low_prior = 0.01
         meaning = [
             f"This run spent epsilon = {eps:.4g}{scope} at delta = {delta:.3g}"

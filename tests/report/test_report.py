@@ -243,3 +243,12 @@ def test_reproducible_noise_is_flagged_as_no_guarantee(tmp_path):
     assert doc["plain_language"]["sections"][0]["title"] == "WARNING: not a privacy guarantee"
     assert "NOT a privacy guarantee" in render(doc, "html").decode()
     assert validate(make_report(run))["epsilon"]["reproducible_rounds"] == []
+
+
+def test_plain_language_survives_a_huge_epsilon():
+    """epsilon above ~709 overflowed math.exp and silently dropped the report."""
+    from secure_fedrl.report import plain
+
+    assert plain.odds_after(5000.0) == 1.0
+    assert plain.max_tpr(5000.0, 1e-5, 0.01) == 1.0
+    assert "trillion" in plain._fmt_factor(plain._exp(5000.0))
