@@ -71,6 +71,9 @@ class RunResult:
     final_worst: float | None
     last3_mean: float | None  # mean of the last 3 evaluations' mean return: less luck than one
     epsilon: float | None
+    epsilon_server: float | None  # worst site, against the server (docs/privacy-model.md)
+    epsilon_release: float | None  # against release-only observers
+    threat_model: str | None
     target_epsilon: float | None
     wall_s: float
     curve: list[dict[str, Any]]  # eval rows: round, env_steps, epsilon, mean, worst
@@ -91,7 +94,8 @@ def run_one(exp: Experiment, *, private: bool, rounds: int | None, seed: int | N
     summary = run_simulation(config, out, progress=False)
     wall = time.perf_counter() - started
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    curve = [{"round": r["round"], "env_steps": r["env_steps"], "epsilon": r.get("epsilon"),
+    curve = [{"round": r["round"], "env_steps": r.get("env_steps"), "epsilon": r.get("epsilon"),
+              "epsilon_server": r.get("epsilon_server"), "epsilon_release": r.get("epsilon_release"),
               "mean": r["eval_return_mean"], "worst": r["eval_return_worst"]}
              for r in rows if r.get("eval_return_mean") is not None]
     last = curve[-1] if curve else {}
@@ -105,6 +109,9 @@ def run_one(exp: Experiment, *, private: bool, rounds: int | None, seed: int | N
         final_worst=last.get("worst"),
         last3_mean=sum(c["mean"] for c in curve[-3:]) / len(curve[-3:]) if curve else None,
         epsilon=summary.epsilon if private else None,
+        epsilon_server=summary.epsilon_server if private else None,
+        epsilon_release=summary.epsilon_release if private else None,
+        threat_model=summary.threat_model if private else None,
         target_epsilon=config.privacy.target_epsilon if private else None,
         wall_s=wall,
         curve=curve,
@@ -117,23 +124,26 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def print_table(results: list[RunResult]) -> None:
     header = (f"{'run':<24} {'config':<38} {'rounds':>6} {'env steps':>10} {'final mean':>10} "
-              f"{'final worst':>11} {'last-3 mean':>11} {'epsilon':>8} {'wall s':>7}")
+              f"{'final worst':>11} {'last-3 mean':>11} {'eps srv':>8} {'eps rel':>8} {'wall s':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
-        eps = "-" if r.epsilon is None else f"{r.epsilon:.3f}"
+        srv = "-" if r.epsilon_server is None else f"{r.epsilon_server:.3f}"
+        rel = "-" if r.epsilon_release is None else f"{r.epsilon_release:.3f}"
         print(f"{r.label:<24} {r.config:<38} {r.rounds:>6} {r.env_steps:>10} {_fmt(r.final_mean):>10} "
-              f"{_fmt(r.final_worst):>11} {_fmt(r.last3_mean):>11} {eps:>8} {r.wall_s:>7.0f}")
+              f"{_fmt(r.final_worst):>11} {_fmt(r.last3_mean):>11} {srv:>8} {rel:>8} {r.wall_s:>7.0f}")
 
 
 def verdict(exp: Experiment, private: RunResult | None, public: RunResult | None) -> str:
     if private is None or private.final_mean is None:
         return f"{exp.key}: no private result"
     eps_ok = private.epsilon is not None and private.epsilon <= (private.target_epsilon or 0) + 1e-9
+    both = (f" (budget on {private.threat_model}; against the server {private.epsilon_server:.3f}, against "
+            f"release-only observers {private.epsilon_release:.3f})" if private.epsilon_server is not None else "")
     if exp.key == "trajectory":
         ok = private.final_mean >= 400
         return (f"{exp.key}: final mean eval return {private.final_mean:.1f} (goal >= 400: "
-                f"{'met' if ok else 'NOT met'}), epsilon {private.epsilon:.3f} <= {private.target_epsilon:g}: {eps_ok}")
+                f"{'met' if ok else 'NOT met'}), epsilon {private.epsilon:.3f} <= {private.target_epsilon:g}: {eps_ok}{both}")
     if public is None or not public.final_mean:
         return f"{exp.key}: final mean eval return {private.final_mean:.1f} (no non-private twin to compare)"
     ratio = private.final_mean / public.final_mean
@@ -143,7 +153,7 @@ def verdict(exp: Experiment, private: RunResult | None, public: RunResult | None
                  f"{100 * private.last3_mean / public.last3_mean:.0f}%")
     return (f"{exp.key}: DP/non-private final return {private.final_mean:.1f}/{public.final_mean:.1f} = "
             f"{100 * ratio:.0f}% (goal >= 80%: {'met' if ratio >= 0.8 else 'NOT met'}){last3}, "
-            f"epsilon {private.epsilon:.3f} <= {private.target_epsilon:g}: {eps_ok}")
+            f"epsilon {private.epsilon:.3f} <= {private.target_epsilon:g}: {eps_ok}{both}")
 
 
 def plot(exp: Experiment, private: RunResult | None, public: RunResult | None, path: Path) -> None:

@@ -426,7 +426,15 @@ _CHECKERS = {
     "x25519.json": _check_x25519, "hkdf.json": _check_hkdf, "prg.json": _check_prg,
     "shamir.json": _check_shamir, "encoding.json": _check_encoding,
     **{name: (lambda v, r, name=name: _check_round(v, r, name.removesuffix(".json"))) for name in ROUNDS},
+    "ddg_encoding.json": lambda v, r: _check_ddg(v, r),
 }
+
+
+def _check_ddg(v: dict, results: list[CheckResult]) -> None:
+    """SPEC 7.1 (distributed DP encoding); generator and checks live in privacy/ddg_conformance.py."""
+    from secure_fedrl.privacy.ddg_conformance import check
+
+    check(v, results, _check)
 
 
 def check_vectors(directory: str | Path = DEFAULT_DIR) -> list[CheckResult]:
