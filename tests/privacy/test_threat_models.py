@@ -326,3 +326,46 @@ def test_the_subsampled_gaussian_bound_under_counts_when_inclusion_adds_a_share(
     gaussian = opacus_rdp.compute_rdp(q=q, noise_multiplier=math.sqrt(k + 1) / mu, steps=1, orders=[alpha])[0]
     assert exact > gaussian * 1.1
     assert exact <= bernoulli_mixture([alpha * mu**2 / (2 * (k + 1))], [alpha], q)[0]
+
+
+# ----------------------------------------------------------------------------- mutation-driven edges
+
+def test_guard_and_release_account_edges() -> None:
+    from secure_fedrl.privacy.budget import PrivacyBudget
+
+    step = GaussianStep(2.0, 1.0)
+    guard = SiteGuard("s", target_epsilon=50.0, delta=1e-5)
+    for _ in range(3):
+        guard.charge(step)
+    assert guard.budget.rounds_committed == guard.participations == 3
+    assert guard.budget.accountant.name == "rdp" and "site s" in guard.budget.label
+    with pytest.raises(PrivacyError):
+        PrivacyBudget(True, 1e-5)
+    cost = gaussian_rdp(2.0, 1.0)
+    one = ReleaseAccount(0.1, delta=1e-5, cap_target=rdp_to_epsilon(cost * 1, 1e-5))
+    one.apply(cost)
+    assert one.cap() == 1  # boundary: exactly at the budget is admitted; one round suffices to cap
+    many = ReleaseAccount(0.1, delta=1e-5, cap_target=1e6)
+    for _ in range(3):
+        many.apply(cost)
+    assert many.cap() == 3  # never more participations than rounds
+    np.testing.assert_allclose(many.curve(), 3 * bernoulli_mixture_rdp(cost, 0.1), rtol=1e-12)
+    tight = ReleaseAccount(0.1, delta=1e-5, cap_target=rdp_to_epsilon(cost * 2, 1e-5))
+    for _ in range(20):
+        tight.apply(cost)
+    after = tight.epsilon_after(cost, 1e-5)
+    tight.apply(cost)
+    assert after == pytest.approx(tight.get_epsilon(1e-5), rel=1e-12)  # the trial keeps the cap
+    assert np.isinf(capped_binomial_rdp(np.where(np.arange(len(cost)) == 5, np.inf, cost), 0.1, 4, 2)[5])
+
+
+def test_randomness_edges() -> None:
+    assert randomness.secret_bernoulli_mask(0, 0.5).shape == (0,)
+    names = ["a", "b", "c"]
+    assert randomness.secret_sample(names, 0) == [] and randomness.secret_sample(names, 3) == names
+    with pytest.raises(PrivacyError):
+        randomness.secret_sample(names, -1)
+    with pytest.raises(PrivacyError, match="probability"):
+        randomness._threshold("0.5")
+    assert randomness._threshold(0.0) == 0 and randomness._threshold(1.0) == 2**53
+    assert randomness.secret_seed(8) < 256
