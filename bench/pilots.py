@@ -259,6 +259,10 @@ def finance(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         res["alone"][s.name] = held_out_path(s.overrides, policy_actor(policy))
     res["summary"] = finance_summary(res)
     plot_finance(res)
+    for arm in ("buy_and_hold", "equal_weight", "federated_dp", "federated_plain", "alone"):
+        for desk in res[arm].values():  # the curves are in the plot; keep the results file small
+            desk.pop("equity", None)
+            desk.pop("dates", None)
     return res
 
 
@@ -309,9 +313,67 @@ def plot_finance(r: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def markdown_healthcare(r: dict[str, Any]) -> str:
+    s = r["summary"]
+    lines = ["| arm | TIR 70-180 (mean) | worst patient TIR | below 70 | below 54 | above 180 | mean risk |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, label in (("basal_bolus", "basal-bolus rule"), ("federated_plain", "federated, no privacy"),
+                       ("federated_dp", "federated, client-level DP")):
+        a = s[arm]
+        lines.append(f"| {label} | {100 * a['time_in_range']:.1f} % | {100 * a['worst_time_in_range']:.1f} % | "
+                     f"{100 * a['time_below_70']:.2f} % | {100 * a['time_below_54']:.2f} % | "
+                     f"{100 * a['time_above_180']:.1f} % | {a['mean_risk']:.2f} |")
+    if "alone_subset" in s:
+        a = s["alone_subset"]
+        lines += ["", f"On the {a['sites']} patients also trained alone: TIR alone {100 * a['alone_tir']:.1f} %, "
+                      f"federated DP {100 * a['federated_dp_tir']:.1f} %, federated no privacy "
+                      f"{100 * a['federated_plain_tir']:.1f} %, basal-bolus {100 * a['basal_bolus_tir']:.1f} %."]
+    lines += ["", f"Federated DP TIR >= basal-bolus on {100 * s['dp_ge_baseline_fraction']:.0f} % of patients "
+                  f"(non-private federation: {100 * s['plain_ge_baseline_fraction']:.0f} %).",
+              "Goals: " + ", ".join(f"{k} {'MET' if v else 'NOT met'}" for k, v in s["goals"].items())]
+    return "\n".join(lines)
+
+
+def markdown_finance(r: dict[str, Any]) -> str:
+    names = list(r["buy_and_hold"])
+    arms = (("buy_and_hold", "buy-and-hold"), ("equal_weight", "equal weight"), ("alone", "desk alone (DP)"),
+            ("federated_plain", "federated, no privacy"), ("federated_dp", "federated, trajectory DP"))
+    lines = ["| desk | " + " | ".join(label for _, label in arms) + " |", "|---|" + "---|" * len(arms)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{r[a][n]['sharpe']:.2f}" for a, _ in arms) + " |")
+    s = r["summary"]
+    lines.append("| **mean** | " + " | ".join(f"**{s[a]['sharpe']:.2f}**" for a, _ in arms) + " |")
+    lines += ["", "| arm (mean over desks) | annual return | Sharpe | max drawdown | turnover / year |", "|---|---|---|---|---|"]
+    for a, label in arms:
+        m = s[a]
+        lines.append(f"| {label} | {100 * m['annual_return']:.1f} % | {m['sharpe']:.2f} | "
+                     f"{100 * m['max_drawdown']:.1f} % | {m['turnover']:.2f} |")
+    lines += ["", f"Federated DP Sharpe >= buy-and-hold on {s['dp_ge_buy_and_hold_desks']} of {len(names)} desks.",
+              "Goals: " + ", ".join(f"{k} {'MET' if v else 'NOT met'}" for k, v in s["goals"].items())]
+    return "\n".join(lines)
+
+
+def env_speed(seconds: float = 3.0) -> dict[str, float]:
+    """Raw env steps per second (one env, fixed action, episodes reset as they end)."""
+    from secure_fedrl.rl.pilots.hovorka import HovorkaEnv
+
+    out = {}
+    for name, env, action in (("hovorka", HovorkaEnv(patient_seed=1.0), np.zeros(2, dtype=np.float32)),
+                              ("portfolio", PortfolioEnv(desk=0.0), np.zeros(6, dtype=np.float32))):
+        env.reset(seed=0)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            *_, term, trunc, _ = env.step(action)
+            n += 1
+            if term or trunc:
+                env.reset()
+        out[name] = n / (time.perf_counter() - t0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pilot", choices=("healthcare", "finance"), required=True)
+    p.add_argument("--pilot", choices=("healthcare", "finance", "speed"), required=True)
     p.add_argument("--rounds", type=int, default=0, help="override federation.rounds")
     p.add_argument("--sites", type=int, default=0, help="healthcare: number of patients (default: the config's)")
     p.add_argument("--steps", type=int, default=0, help="healthcare: local env steps per round")
@@ -324,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="healthcare: combine the JSON files of separately run arms, then summarize and plot")
     p.add_argument("--work", type=Path, default=None, help="run directories (default: a temp dir)")
     args = p.parse_args(argv)
+    if args.pilot == "speed":
+        print(json.dumps({k: round(v) for k, v in env_speed().items()}), "env steps/s")
+        return 0
     if args.merge:
         merged: dict[str, Any] = {}
         for path in args.merge:
@@ -335,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_healthcare(merged)
         (RESULTS / "pilots-healthcare.json").write_text(json.dumps(merged, indent=1, default=float))
         print(json.dumps(merged["summary"], indent=1))
+        print(markdown_healthcare(merged))
         return 0
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="pilots-"))
@@ -346,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.pilot == "finance" or "summary" in res else "-" + args.arms.replace(",", "+")
     (RESULTS / f"pilots-{args.pilot}{suffix}.json").write_text(json.dumps(res, indent=1, default=float))
     print(json.dumps(res.get("summary", {}), indent=1))
+    if "summary" in res:
+        print(markdown_healthcare(res) if args.pilot == "healthcare" else markdown_finance(res))
     return 0
 
 
