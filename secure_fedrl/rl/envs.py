@@ -265,7 +265,11 @@ def make_site_env(
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
     env = SiteVectorEnv(vec, env_id=env_id, site=site, seed=int(seed))
-    env.reset(seed=int(seed))
+    try:
+        env.reset(seed=int(seed))
+    except (ValueError, gym.error.DependencyNotInstalled) as exc:  # rejected parameters / missing data (pilots)
+        env.close()
+        raise ConfigError(f"{_env_label(env_id, site)}: {exc}") from None
     env.action_space.seed(int(seed))
     return env
 

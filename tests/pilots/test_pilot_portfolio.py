@@ -127,3 +127,11 @@ def test_performance_metrics():
     assert m["turnover"] == pytest.approx(0.75)
     r = np.array([0.1, -0.1, 1.21 / 0.99 - 1])
     assert m["sharpe"] == pytest.approx(r.mean() / r.std() * math.sqrt(252))
+
+
+def test_unknown_desk_is_a_config_error():
+    from secure_fedrl.errors import ConfigError
+    from secure_fedrl.rl.envs import make_site_env
+
+    with pytest.raises(ConfigError, match="desk must be in"):
+        make_site_env(PORTFOLIO_ID, overrides={"desk": 9}, num_envs=1, seed=0, site="desk-x")
