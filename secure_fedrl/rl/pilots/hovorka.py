@@ -5,7 +5,7 @@ is one patient: its own physiological parameters (a heterogeneous MDP), drawn fr
 published inter-patient distributions by its `patient_seed`.
 
 Model (Hovorka et al., "Nonlinear model predictive control of glucose concentration in subjects
-with type 1 diabetes", Physiol. Meas. 25:905-920, 2004; eqs. 1-11 there), time in minutes:
+with type 1 diabetes", Physiol. Meas. 25:905-920, 2004, section 2), time in minutes:
 
   insulin absorption   dS1 = u - S1/tmaxI,  dS2 = (S1 - S2)/tmaxI,  dI = S2/(tmaxI VI) - ke I
   insulin action       dx1 = -ka1 x1 + ka1 SIT I,  dx2 = -ka2 x2 + ka2 SID I,  dx3 = -ka3 x3 + ka3 SIE I
@@ -23,21 +23,22 @@ Am. J. Physiol. Endocrinol. Metab. 282:E992-E1007):
 
 Inter-patient variability (`sample_patient`): the virtual-population distributions of
 Wilinska et al., "Simulation environment to evaluate closed-loop insulin delivery systems in
-type 1 diabetes", J. Diabetes Sci. Technol. 4(1):132-144, 2010, Table 1, and the population SDs
-of Hovorka et al. 2002 (Table 3 there) for the insulin sensitivities:
+type 1 diabetes", J. Diabetes Sci. Technol. 4(1):132-144, 2010 (its parameter table), and the
+population SDs of Hovorka et al. 2002 (its results table) for the insulin sensitivities:
   SIT, SID, SIE   log-normal with the nominal means and SDs 32.09e-4, 7.84e-4, 306.2e-4
                   (Hovorka 2002)
   EGP0 ~ N(0.0161, 0.0039), F01 ~ N(0.0097, 0.0022) mmol/kg/min   (Hovorka 2002 / Wilinska 2010)
   k12 ~ N(0.066, 0.0335) /min;  ka1, ka2, ka3 log-normal, CV 50 %   (Wilinska 2010 uses CV ~50 %)
   exp(VG) ~ N(1.16, 0.23) (VG in L/kg);  VI ~ N(0.12, 0.012) L/kg;  ke ~ N(0.14, 0.035) /min;
   1/tmaxI ~ N(0.018, 0.0045) /min;  AG ~ U(0.7, 1.2) capped at 1;  1/tmaxG: ln ~ N(-3.689, 0.25)
-                                                                     (Wilinska 2010, Table 1)
+                                                                     (Wilinska 2010)
   body weight ~ U(50, 100) kg (assumption: the adult range; the papers report mean ~70 kg).
-The SDs above were transcribed from the papers' tables by the authors of this module without
-the papers at hand; `tests/pilots` checks the consequences (plausible basal needs), not the
-digits: re-check them against the tables before a clinical claim. Draws are rejected and redrawn
-(as Wilinska et al. did) unless the patient's fasting basal need is 0.2-2.5 U/h and the carb
-ratio 3-30 g/U. No UVA/Padova (simglucose) parameter is used anywhere.
+The nominal values are Hovorka 2004's. The SDs, distribution shapes and table locations above
+were transcribed by the authors of this module WITHOUT the papers at hand (the ka CVs of 50 % in
+particular are an approximation): `tests/pilots` checks the consequences (plausible basal needs
+and carb ratios, a heterogeneous population), not the digits. Re-check them against the papers
+before any clinical claim. Draws are rejected and redrawn (a plausibility filter of ours)
+unless the patient's fasting basal need is 0.2-2.5 U/h and the carb ratio 3-30 g/U. No UVA/Padova (simglucose) parameter is used anywhere.
 
 Interstitial glucose: dC = (G - C)/tau_ig with tau_ig = 10 min (assumption within the 5-15 min
 blood-to-interstitium lag reported by Rebrin et al., Am. J. Physiol. 277:E561, 1999).
@@ -50,8 +51,8 @@ gamma = -0.5444 (mg/dL); readings clipped to the sensor range 40-400 mg/dL.
 
 Reward: minus the Magni risk index, Magni et al., "Model predictive control of type 1 diabetes:
 an in silico trial", J. Diabetes Sci. Technol. 1(6):804-812, 2007:
-  risk(G) = 10 (c0 (ln(G)^c1 - c2))^2, c0 = 3.35506, c1 = 0.8353, c2 = 3.7932, G in mg/dL,
-scaled by 1/100, minus `hypo_penalty` per step below 70 mg/dL (three times that below 54), and
+  risk(G) = 10 (c0 (ln(G)^c1 - c2))^2, c0 = 3.35506, c1 = 0.8353, c2 = 3.7932, G in mg/dL
+  (zero at ~139 mg/dL, 22 at 70, 16 at 250), scaled by 1/100, minus `hypo_penalty` per step below 70 mg/dL (three times that below 54), and
 minus `termination_penalty` when the episode ends on severe hypo- (< 40 mg/dL) or
 hyperglycaemia (> 500 mg/dL).
 
