@@ -320,3 +320,21 @@ def test_a_neighbour_may_confirm_with_its_signature_instead_of_a_tag():
     sig2 = clients[2]._consistency.signature
     resp = clients[3].unmask(replace(req, tags=tuple(g for g in req.tags if g[0] != 2), signatures=((2, sig2),)))
     assert resp.shares
+
+
+def test_attestation_of_a_site_outside_the_survivor_set_aborts():
+    cfg, clients, inputs, keys = make_round(8, threshold=5)
+    server = SecAggServer(config=cfg)
+    out = {i: None for i in cfg.site_ids}
+    steps = [lambda c, m: c.advertise_keys(), lambda c, m: c.share_keys(m), lambda c, m: c.masked_input(m),
+             lambda c, m: c.consistency_check(m)]
+    for step in steps:
+        for i, c in clients.items():
+            if i in out and not (i == 8 and step is steps[2]):  # site 8 drops before its masked input
+                server.receive(step(c, out[i]).encode())
+        out = server.finish_phase()
+    req = out[3]
+    paired = tuple(v for v in cfg.site_ids if v != 8)
+    tag = R.confirm_tag(clients[8]._confirm_key(3), M.attestation_core(cfg.digest, 8, paired), 3)
+    with pytest.raises(ProtocolError, match="pairing attestation of site 8"):
+        clients[3].unmask(replace(req, attestations=req.attestations + ((8, paired, tag),)))
