@@ -338,3 +338,12 @@ def test_attestation_of_a_site_outside_the_survivor_set_aborts():
     tag = R.confirm_tag(clients[8]._confirm_key(3), M.attestation_core(cfg.digest, 8, paired), 3)
     with pytest.raises(ProtocolError, match="pairing attestation of site 8"):
         clients[3].unmask(replace(req, attestations=req.attestations + ((8, paired, tag),)))
+
+
+def test_pairing_survivor_rule_boundary():
+    """t-2 paired survivors: refused by the count rule itself (t-1 would pass it)."""
+    cfg, clients, inputs, keys = make_round(8, threshold=5)
+    out = attack(cfg, clients, inputs, keys, withhold={1: {2, 3, 4, 5}},
+                 views=lambda u: (1, 2, 3, 4, 6, 7, 8))
+    assert out.recovered == {}
+    assert "site 1 paired with 3 survivors, fewer than threshold - 1 = 4" in out.errors[2]
