@@ -123,6 +123,8 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raw["local"]["steps"] = args.steps
     if args.fraction:
         raw["sampling"]["fraction"] = args.fraction
+    if args.hypo_penalty is not None:
+        raw["sites"][0].setdefault("overrides", {})["hypo_penalty"] = args.hypo_penalty
     raw["evaluation"] = {"every": 10_000, "episodes": 1, "max_sites": 1}  # the bench evaluates itself
     specs = expand_sites(config_from_dict(raw).sites)
     print(f"healthcare: {len(specs)} patients, {raw['federation']['rounds']} rounds", flush=True)
@@ -380,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alone", type=int, default=20, help="healthcare: patients also trained alone")
     p.add_argument("--episodes", type=int, default=4, help="healthcare: evaluation days per patient")
     p.add_argument("--fraction", type=float, default=0.0, help="healthcare: override sampling.fraction")
+    p.add_argument("--hypo-penalty", type=float, default=None, help="healthcare: override the env's hypo_penalty")
     p.add_argument("--arms", default="basal_bolus,federated_dp,federated_plain,alone",
                    help="healthcare: which arms to run (run arms in parallel processes, then --merge)")
     p.add_argument("--merge", type=Path, nargs="*", default=None,
@@ -410,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     res["wall_seconds"] = time.perf_counter() - t
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.pilot == "finance" or "summary" in res else "-" + args.arms.replace(",", "+")
+    if args.hypo_penalty is not None:
+        suffix += f"-hypo{args.hypo_penalty:g}"
     (RESULTS / f"pilots-{args.pilot}{suffix}.json").write_text(json.dumps(res, indent=1, default=float))
     print(json.dumps(res.get("summary", {}), indent=1))
     if "summary" in res:
