@@ -415,3 +415,29 @@ def test_plugs_into_the_federation_rdp_accountant() -> None:
         acct.apply(RDPCurveStep(tuple(pr.release_rdp(np.asarray(RDP_ORDERS), 0.1)), 100))
         eps.append(acct.get_epsilon(1e-5))
     assert 0 < eps[0] < eps[1] < eps[2] < math.inf
+
+
+@pytest.mark.parametrize("s, n, dim", [(0.55, 40, 64), (0.7, 3, 16), (2.0, 10, 100)])
+def test_rdp_curve_equals_the_theorem_term_by_term(s: float, n: int, dim: int) -> None:
+    """Kairouz et al. Thm 1 / Prop 14 written out independently: every term, tau, D1 and rho."""
+    p = params_with_stddev(scaled_stddev=s, n=n, dim=dim)
+    pr = ddg_round_privacy(p, num_survivors=n)
+    d = p.padded_dim
+    tau = 10 * sum(math.exp(-2 * math.pi**2 * s**2 * k / (k + 1)) for k in range(1, n))
+    assert pr.tau == pytest.approx(tau, rel=1e-12, abs=1e-300)
+    d2 = p.l2_bound_scaled
+    d1 = d2 * min(math.sqrt(d), d2)
+    assert pr.l1_sensitivity == pytest.approx(d1, rel=1e-12) and pr.l2_sensitivity == d2
+    l2, l1 = d2 / (math.sqrt(n) * s), d1 / (math.sqrt(n) * s)
+    for a in (1.5, 2.0, 7.0, 64.0):
+        want = min(a / 2 * l2**2 + tau * d, a / 2 * (l2**2 + 2 * l1 * tau + tau**2 * d),
+                   a / 2 * (l2 + math.sqrt(d) * tau) ** 2)
+        assert pr.rdp([a])[0] == pytest.approx(want, rel=1e-12)
+        q = 0.3
+        y = (a - 1) * want  # log(1 - q + q e^y) without overflow
+        rel = (y + math.log(q + (1 - q) * math.exp(-y))) / (a - 1)
+        assert pr.release_rdp([a], q)[0] == pytest.approx(rel, rel=1e-9)
+    rho = 0.5 * min(l2**2 + 2 * l1 * tau + tau**2 * d, (l2 + math.sqrt(d) * tau) ** 2)
+    assert pr.rho == pytest.approx(rho, rel=1e-12)
+    assert pr.effective_noise_multiplier == pytest.approx(1 / math.sqrt(2 * rho), rel=1e-12)
+    assert pr.num_noise_shares == n and pr.dim == d and pr.scaled_stddev == pytest.approx(s)
