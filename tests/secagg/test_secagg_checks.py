@@ -288,3 +288,33 @@ def test_masking_key_check_catches_a_bad_s_share(five_sites, plain_sum):
     with pytest.raises(ProtocolError, match="bad shares"):
         run_round(inputs, threshold=4, identity_keys=keys, seed=42, dropouts={5: "masked_input"},
                   on_upload=_swap("unmasking", 2, corrupt))
+
+
+def test_site_input_must_be_a_uint32_vector_of_the_round_length(five_sites):
+    from secure_fedrl.errors import UpdateRejected
+
+    cfg, clients, server = _manual(five_sites)
+    inputs, keys = five_sites
+    for bad in (np.zeros(5, np.uint32), np.zeros(6, np.int64)):
+        with pytest.raises(UpdateRejected, match="uint32 vector of length 6"):
+            SecAggClient(config=cfg, site_id=1, identity_key=keys[1], vector=bad)
+
+
+def test_site_ids_up_to_2_to_the_32_minus_1_work(plain_sum):
+    """Ids are u32 everywhere (share headers, nonces, Shamir x): the largest ones must round-trip."""
+    ids = (2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1)
+    keys = {i: P.ed25519_keypair()[0] for i in ids}
+    rng = np.random.default_rng(0)
+    inputs = {i: rng.integers(0, 2**32, 3, dtype=np.uint64).astype(np.uint32) for i in ids}
+    cfg = R.RoundConfig(round_id=1, site_ids=ids, threshold=3, dim=3,
+                        identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in ids))
+    clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=inputs[i]) for i in ids}
+    server = SecAggServer(config=cfg)
+    out = {i: None for i in ids}
+    for step in (lambda c, m: c.advertise_keys(), lambda c, m: c.share_keys(m), lambda c, m: c.masked_input(m),
+                 lambda c, m: c.consistency_check(m), lambda c, m: c.unmask(m)):
+        for i, c in clients.items():
+            server.receive(step(c, out[i]).encode())
+        out = server.finish_phase()
+    assert all(not c.rejected for c in clients.values())
+    assert np.array_equal(server.outcome.sum, plain_sum(inputs, ids))
