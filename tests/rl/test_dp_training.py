@@ -160,7 +160,8 @@ def test_dp_is_deterministic_given_the_generator():
     outs = []
     for _ in range(2):
         env, policy, gen = _setup(5, num_envs=2)
-        dp = TrajectoryDP(max_grad_norm=1.0, noise_multiplier=1.1, sample_rate=0.5, steps=3)
+        dp = TrajectoryDP(max_grad_norm=1.0, noise_multiplier=1.1, sample_rate=0.5, steps=3,
+                          secret_sampling=False)  # reproducible_noise mode
         train_local(policy, env, PPOConfig(), episodes=6, generator=gen, dp=dp)
         outs.append(get_flat(policy.parameters()))
     assert np.array_equal(outs[0], outs[1])

@@ -16,7 +16,7 @@ import torch
 from secure_fedrl.cli import main
 from secure_fedrl.config import config_from_dict
 from secure_fedrl.errors import ConfigError, PrivacyError
-from secure_fedrl.ledger import PrivacyLedger
+from secure_fedrl.ledger import PUBLIC_KEY_FILE, PrivacyLedger, default_key_dir
 from secure_fedrl.runtime.simulate import run_simulation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,13 +72,16 @@ def test_client_level_ddg_writes_a_verifiable_ledger(tmp_path):
     run_simulation(c, run, progress=False)
     rows = metrics(run)
     assert rows[0]["epsilon"] < rows[1]["epsilon"] <= 50.0
-    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
     entries = ledger.rows()
     ledger.close()
     assert [e.round for e in entries] == [1, 2]
     assert entries[-1].epsilon["rdp"] == pytest.approx(rows[-1]["epsilon"])
     assert entries[0].mechanism == "ddg" and entries[0].sites_survived == 5
-    audit = subprocess.run([sys.executable, str(REPO / "audit" / "verify_ledger.py"), str(run)],
+    pinned = default_key_dir(c.federation.name) / PUBLIC_KEY_FILE  # obtained out of band
+    audit = subprocess.run([sys.executable, str(REPO / "audit" / "verify_ledger.py"), str(run),
+                            "--public-key-file", str(pinned)],
                            capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
@@ -95,14 +98,18 @@ def test_budget_refuses_the_round_that_would_exceed_it(tmp_path):
 def test_resume_keeps_every_ledger_row_counted(tmp_path):
     private = {"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 50.0}
     run = tmp_path / "run"
-    run_simulation(cfg(privacy=private, federation={"rounds": 2, "seed": 1}), run, progress=False)
+    run_simulation(cfg(privacy=private, federation={"rounds": 1, "seed": 1}), run, progress=False)
+    saved = {f: (run / f).read_bytes() for f in ("state.pkl", "state.json")}
+    run_simulation(cfg(privacy=private, federation={"rounds": 2, "seed": 1}), run, resume=True,
+                   progress=False)
     # Simulate a crash after round 2's ledger row was fsynced but before its checkpoint: put back
-    # the resumable state of round 1 (taken from an identical one-round run).
-    run_simulation(cfg(privacy=private, federation={"rounds": 1, "seed": 1}), tmp_path / "one", progress=False)
-    (run / "state.pkl").write_bytes((tmp_path / "one" / "state.pkl").read_bytes())
+    # this run's resumable state of round 1.
+    for f, data in saved.items():
+        (run / f).write_bytes(data)
     c = cfg(privacy=private, federation={"rounds": 3, "seed": 1})
     run_simulation(c, run, resume=True, progress=False)
-    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
     entries = ledger.rows()
     ledger.close()
     # ledger ids: 1, 2 (round 2's first try, still counted), 3 (round 2 re-run), 4 (round 3)
@@ -120,7 +127,8 @@ def test_trajectory_level_rows_per_site(tmp_path):
             secure_aggregation={"enabled": True, "threshold": 3})
     run = tmp_path / "run"
     run_simulation(c, run, progress=False)
-    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
     entries = ledger.rows()
     ledger.close()
     assert {e.site for e in entries} == {f"s-{i}" for i in range(5)}
@@ -218,7 +226,8 @@ def test_adaptive_clipping_tracks_the_update_norms(tmp_path):
     clips = [r["clip"] for r in metrics(run)]
     assert clips[0] == 5.0 and len(set(clips)) == len(clips)  # C moves every round
     assert clips[-1] < clips[0]  # PPO updates here are far shorter than 5: C shrinks toward their median
-    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
     assert [e.clip for e in ledger.rows()] == clips
     ledger.close()
 
@@ -233,8 +242,9 @@ def test_adaptive_clipping_with_too_few_sites_is_refused(tmp_path):
 
 def test_resume_with_more_rounds_replays_ddg_rows_at_their_own_sigma(tmp_path):
     # sigma is calibrated over federation.rounds, so extending a run changes it; the rows already
-    # in the ledger must still be priced at the sigma they were charged with (else the replay
-    # consistency check refuses to continue).
+    # in the ledger must still be priced from what they record (else the replay consistency check
+    # refuses to continue). Against the server every site took part in both rounds, calibrated to
+    # spend the whole budget in 2 participations: the extended run resumes and stops at once.
     private = {"unit": "client", "clip": 0.5, "target_epsilon": 20.0}
     sa = {"enabled": True, "threshold": 3}
     run = tmp_path / "run"
@@ -243,11 +253,10 @@ def test_resume_with_more_rounds_replays_ddg_rows_at_their_own_sigma(tmp_path):
     longer = cfg(privacy=private, secure_aggregation=sa, federation={"rounds": 6, "seed": 1})
     summary = run_simulation(longer, run, resume=True, progress=False)
     rows = metrics(run)
-    # The first two rounds spent more per round than a 6-round plan would: the budget may end it early.
-    assert [r["round"] for r in rows] == list(range(1, summary.rounds_done + 1)) and summary.rounds_done >= 3
-    assert rows[2]["noise_multiplier"] > rows[1]["noise_multiplier"]  # recalibrated for 6 rounds
-    eps = [r["epsilon"] for r in rows]
-    assert eps == sorted(eps) and eps[-1] <= 20.0
+    assert [r["round"] for r in rows] == [1, 2] and summary.rounds_done == 2
+    assert "every site has spent its privacy budget against the server" in summary.stopped_reason
+    assert rows[-1]["epsilon_server"] == pytest.approx(20.0, rel=1e-3)
+    assert summary.epsilon_server == pytest.approx(rows[-1]["epsilon_server"])
 
 
 def test_every_client_level_round_is_charged_even_with_nobody_sampled(tmp_path):
@@ -255,7 +264,8 @@ def test_every_client_level_round_is_charged_even_with_nobody_sampled(tmp_path):
             sampling={"fraction": 0.05, "poisson": True}, federation={"rounds": 6, "seed": 0})
     run = tmp_path / "run"
     run_simulation(c, run, progress=False)
-    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
     entries = ledger.rows()
     ledger.close()
     assert len(entries) == 6
@@ -271,7 +281,8 @@ def test_trajectory_spend_is_recorded_even_when_the_round_aborts(tmp_path):
     run_simulation(c, run, progress=False)
     rows = metrics(run)
     assert any(r["sites_aggregated"] == 0 for r in rows)  # 5 of 5 must survive: rounds abort
-    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint())
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
     entries = ledger.rows()
     ledger.close()
     assert len(entries) == 5 * len(rows)  # every site, every round
@@ -297,3 +308,128 @@ def test_secagg_plus_with_dropouts_is_deterministic(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "timing"} for r in rows]  # noqa: E731
     assert strip(metrics(tmp_path / "a")) == strip(metrics(tmp_path / "b"))
     assert np.array_equal(params(tmp_path / "a", 2), params(tmp_path / "b", 2))
+
+
+# -- issue 7: secret sampling and the two guarantees -------------------------------------------------
+
+def _ledger_rows(run: Path, c):
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
+    try:
+        return ledger.rows()
+    finally:
+        ledger.close()
+
+
+def _central(**privacy):
+    return cfg(privacy={"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 1e4, **privacy},
+               sampling={"fraction": 0.5, "poisson": True}, federation={"rounds": 3, "seed": 4},
+               sites=[{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 8}],
+               local={"algorithm": "ppo", "steps": 32, "ppo": {"num_steps": 16, "update_epochs": 1}})
+
+
+def test_sampled_sets_are_not_predictable_from_the_config(tmp_path):
+    """Two runs of one config (same federation seed) draw different samples: nothing about who
+    takes part is derivable from the config. With reproducible_noise they coincide, and say so."""
+    samples = []
+    for name in ("a", "b"):
+        run_simulation(_central(), tmp_path / name, progress=False)
+        samples.append([r["sampled"] for r in metrics(tmp_path / name)])
+        assert all(r["sampling"] == "secret" for r in metrics(tmp_path / name))
+    assert samples[0] != samples[1]  # 2^-24 to fail by chance
+    rows = _ledger_rows(tmp_path / "a", _central())
+    assert [list(r.participants) for r in rows] == samples[0]  # recorded, not re-derived
+    repro = []
+    for name in ("c", "d"):
+        run_simulation(_central(reproducible_noise=True), tmp_path / name, progress=False)
+        repro.append([r["sampled"] for r in metrics(tmp_path / name)])
+        assert all(r["sampling"] == "reproducible" for r in metrics(tmp_path / name))
+    assert repro[0] == repro[1]
+    assert {r.sampling for r in _ledger_rows(tmp_path / "c", _central(reproducible_noise=True))} == {"reproducible"}
+
+
+def test_central_gaussian_reports_no_guarantee_against_the_server(tmp_path, capsys):
+    c = _central()
+    summary = run_simulation(c, tmp_path / "run", progress=False)
+    rows = metrics(tmp_path / "run")
+    assert all(r["epsilon_server"] == float("inf") and r["threat_model"] == "release" for r in rows)
+    assert 0 < rows[-1]["epsilon_release"] == pytest.approx(rows[-1]["epsilon"])
+    ledger = _ledger_rows(tmp_path / "run", c)
+    assert all(r.epsilon_server == float("inf") and r.site_epsilon_server == {} for r in ledger)
+    assert "against the server inf" in summary.describe()
+
+
+def test_client_level_ddg_charges_the_server_more_than_release_only_observers(tmp_path):
+    # Budget 7.5 at z = 1 (4.73 per participation, 7.08 for two): each site may take part twice,
+    # then refuses; 6 rounds at q = 0.5.
+    c = cfg(secure_aggregation={"enabled": True, "threshold": 0.5, "neighbors": -1},
+            privacy={"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 7.5},
+            sampling={"fraction": 0.5, "poisson": True}, federation={"rounds": 6, "seed": 2},
+            sites=[{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 8}],
+            local={"algorithm": "ppo", "steps": 32, "ppo": {"num_steps": 16, "update_epochs": 1}})
+    summary = run_simulation(c, tmp_path / "run", progress=False)
+    rows = metrics(tmp_path / "run")
+    charged = [r for r in rows if r["participants"]]
+    assert charged, "no round ran (all draws too small?)"
+    last = rows[-1]
+    assert last["threat_model"] == "server" and last["epsilon"] == pytest.approx(last["epsilon_server"])
+    assert last["epsilon_server"] > last["epsilon_release"] > 0
+    ledger = _ledger_rows(tmp_path / "run", c)
+    assert all(r.mechanism == "ddg" and r.noise_shares >= 1 and set(r.site_epsilon_server) == set(r.participants)
+               for r in ledger)
+    assert ledger[-1].epsilon_server == pytest.approx(last["epsilon_server"])
+    assert ledger[-1].epsilon_release == pytest.approx(last["epsilon_release"])
+    # individual accounting: a site's epsilon grows only with the rounds it took part in
+    counts: dict[str, int] = {}
+    for r in ledger:
+        for site in r.participants:
+            counts[site] = counts.get(site, 0) + 1
+    worst = max(counts, key=counts.get)
+    assert ledger[-1].epsilon_server == pytest.approx(max(
+        next(r.site_epsilon_server[s] for r in reversed(ledger) if s in r.participants) for s in counts))
+    assert "against the server" in summary.describe() and summary.epsilon_server > summary.epsilon_release
+    assert counts[worst] == 2 and max(counts.values()) <= 2  # the sites' own guards stopped them
+    assert any(r["sites_refused"] for r in rows) and last["epsilon_server"] <= 7.5
+
+
+def test_resume_rebuilds_each_sites_account_from_the_ledger(tmp_path):
+    c = cfg(secure_aggregation={"enabled": True, "threshold": 3, "neighbors": -1},
+            privacy={"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 1e4},
+            federation={"rounds": 2, "seed": 2})
+    run = tmp_path / "run"
+    run_simulation(c, run, progress=False)
+    longer = cfg(secure_aggregation={"enabled": True, "threshold": 3, "neighbors": -1},
+                 privacy={"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 1e4},
+                 federation={"rounds": 3, "seed": 2})
+    run_simulation(longer, run, resume=True, progress=False)
+    ledger = _ledger_rows(run, longer)
+    assert [r.round for r in ledger] == [1, 2, 3]
+    # q = 1: every site in every round; round 3 continues each site's account (3 participations)
+    one = ledger[0].site_epsilon_server["s-0"]
+    assert ledger[2].site_epsilon_server["s-0"] > ledger[1].site_epsilon_server["s-0"] > one
+    from secure_fedrl.privacy.accountants import RDPCurveStep, make_accountant
+    from secure_fedrl.runtime.privacy_plan import row_cost
+
+    cost = row_cost(ledger[0]).server
+    assert isinstance(cost, RDPCurveStep)
+    three = make_accountant("rdp").epsilon_after(RDPCurveStep(cost.rdp, 3), 1e-5)
+    assert ledger[2].site_epsilon_server["s-0"] == pytest.approx(three, rel=1e-9)
+
+
+def test_threat_model_server_with_central_noise_is_a_one_line_cli_error(tmp_path, capsys):
+    path = tmp_path / "f.toml"
+    path.write_text(textwrap.dedent("""
+        [local]
+        steps = 64
+        [strategy]
+        weighting = "uniform"
+        [privacy]
+        unit = "client"
+        threat_model = "server"
+        [[sites]]
+        name = "a"
+        env = "CartPole-v1"
+    """))
+    assert main(["simulate", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "privacy.threat_model" in err
