@@ -318,3 +318,90 @@ def test_site_ids_up_to_2_to_the_32_minus_1_work(plain_sum):
         out = server.finish_phase()
     assert all(not c.rejected for c in clients.values())
     assert np.array_equal(server.outcome.sum, plain_sum(inputs, ids))
+
+
+def _sparse(n=8, degree=2, t=2):
+    ids = tuple(range(1, n + 1))
+    keys = {i: P.ed25519_keypair()[0] for i in ids}
+    xs = {i: np.full(2, i, np.uint32) for i in ids}
+    from secure_fedrl.secagg.graph import neighbours
+
+    g = neighbours(list(ids), degree=degree, graph_seed=bytes(32))
+    return xs, keys, g
+
+
+def test_server_rejects_share_keys_for_a_non_neighbour_or_too_few_holders():
+    xs, keys, g = _sparse()
+    far = next(i for i in range(2, 9) if i not in g[1])
+
+    def extra(wire):  # site 1 (malicious) also sends a "share" to a site that is not its neighbour
+        msg = M.ShareKeys.decode(wire)
+        cts = tuple(sorted(msg.ciphertexts + ((far, b"\0" * 156),)))
+        return [replace(msg, ciphertexts=cts).signed(keys[1]).encode()]
+
+    res = run_round(xs, threshold=2, neighbors=2, identity_keys=keys, seed=1, graph_seed=bytes(32),
+                    on_upload=_swap("share_keys", 1, extra))
+    assert any(s == 1 and "not a live neighbour" in why for s, _, why in res.rejected)
+
+    # site 2 shares with t-2 = 1 holder only (t = 3, holder sets of 3)
+    ids = tuple(range(1, 9))
+    cfg = R.RoundConfig(round_id=1, site_ids=ids, threshold=3, dim=2, degree=2,
+                        identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in ids))
+    clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=xs[i]) for i in ids}
+    server = SecAggServer(config=cfg)
+    out = _phase(cfg, clients, server, {i: None for i in ids}, lambda c, m: c.advertise_keys())
+    msg = clients[2].share_keys(out[2])
+    short = replace(msg, ciphertexts=msg.ciphertexts[:1]).signed(keys[2])
+    with pytest.raises(ProtocolError, match="fewer than threshold share holders"):
+        server.receive(short.encode())
+    server.receive(replace(msg, ciphertexts=msg.ciphertexts[:2]).signed(keys[2]).encode())  # t-1: accepted
+
+
+def test_server_rejects_confirmation_tags_for_non_neighbours():
+    xs, keys, g = _sparse()
+    far = next(i for i in range(2, 9) if i not in g[1])
+
+    def extra(wire):
+        msg = M.ConsistencySig.decode(wire)
+        tags = tuple(sorted(msg.tags + ((far, b"\0" * 32),)))
+        return [replace(msg, tags=tags).signed(keys[1]).encode()]
+
+    res = run_round(xs, threshold=2, neighbors=2, identity_keys=keys, seed=1, graph_seed=bytes(32),
+                    on_upload=_swap("consistency_check", 1, extra))
+    assert any(s == 1 and "not a live neighbour" in why for s, _, why in res.rejected)
+
+
+def test_server_rejects_a_share_of_a_site_that_never_shared(five_sites):
+    inputs, keys = five_sites
+
+    def extra(wire):  # site 1 reveals a "share" of site 5, which dropped before sharing keys
+        msg = M.UnmaskResponse.decode(wire)
+        return [replace(msg, shares=tuple(sorted(msg.shares + ((5, M.KIND_S, bytes(66)),)))).signed(keys[1]).encode()]
+
+    res = run_round(inputs, threshold=3, identity_keys=keys, seed=2, dropouts={5: "share_keys"},
+                    on_upload=_swap("unmasking", 1, extra))
+    assert any(s == 1 and "site 5" in why for s, _, why in res.rejected)
+
+
+def test_server_zeroes_its_running_sum_after_an_abort_and_after_release(five_sites):
+    inputs, keys = five_sites
+    servers = []
+    orig = SecAggServer.__init__
+
+    def keep(self, **kw):
+        orig(self, **kw)
+        servers.append(self)
+
+    import unittest.mock as um
+
+    def lie(wire):
+        msg = M.UnmaskResponse.decode(wire)
+        shares = tuple((p, k, (b"\x00" * 65 + b"\x01") if p == 1 else s) for p, k, s in msg.shares)
+        return [replace(msg, shares=shares).signed(keys[2]).encode()]
+
+    with um.patch.object(SecAggServer, "__init__", keep):
+        run_round(inputs, threshold=3, identity_keys=keys, seed=2)
+        with pytest.raises(ProtocolError):
+            run_round(inputs, threshold=5, identity_keys=keys, seed=2, on_upload=_swap("unmasking", 2, lie))
+    assert len(servers) == 2 and all(not s._sum.any() for s in servers)
+    assert servers[1].phase == "aborted" and servers[0].phase == "done"
