@@ -302,7 +302,7 @@ class HovorkaEnv(gym.Env):
         self.patient_seed = float(patient_seed)
         self.episode_days = float(episode_days)
         self.action_mode = float(action_mode)
-        self.hypo_penalty = 2.0
+        self.hypo_penalty = 3.0
         self.correction_basals = 2.0
         self.termination_penalty = 50.0
         self.carb_error = 0.1
