@@ -96,3 +96,13 @@ def test_lagrange_coefficients_are_reused_for_the_same_x_set():
         shamir.reconstruct(sh, threshold=3)
     info = shamir.lagrange_at_zero.cache_info()
     assert info.misses == 1 and info.hits == 19
+
+
+def test_result_just_above_32_bytes_is_rejected_and_x_must_be_below_p():
+    shares = shamir.split(b"\x01" * 32, threshold=2, xs=[1, 2])
+    lam2 = shamir.lagrange_at_zero((1, 2))[1]
+    shifted = (shares[2] + 2**260 * pow(lam2, -1, shamir.PRIME)) % shamir.PRIME  # secret + 2^260
+    with pytest.raises(ProtocolError, match="not a 32-byte secret"):
+        shamir.reconstruct({1: shares[1], 2: shifted}, threshold=2)
+    with pytest.raises(ValueError):
+        shamir.split(b"a" * 32, threshold=1, xs=[shamir.PRIME])
