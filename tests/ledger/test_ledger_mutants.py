@@ -258,3 +258,25 @@ def test_a_foreign_key_directory_is_refused_with_the_public_keys(tmp_path: Path)
         PrivacyLedger.open(tmp_path, config_hash=CONFIG, key_dir=other)
     assert key_dir_for(tmp_path).is_dir()
     assert math.isfinite(read_ledger(tmp_path)[-1].epsilon["rdp"])
+
+
+def test_an_existing_key_directory_others_can_access_gets_no_new_key(tmp_path: Path) -> None:
+    keys, run = tmp_path / "keys", tmp_path / "run"
+    keys.mkdir(mode=0o755)
+    os.chmod(keys, 0o755)
+    run.mkdir()
+    with pytest.raises(LedgerError, match=r"ledger key directory .*keys is accessible by group/others "
+                                          r"\(mode 0755\); chmod 700 .*keys$"):
+        PrivacyLedger.open(run, config_hash=CONFIG, key_dir=keys)
+    assert not any(keys.iterdir())
+
+
+def test_the_ledger_knows_its_path_and_normalises_epsilon(tmp_path: Path) -> None:
+    with open_ledger(tmp_path, config_hash=CONFIG) as led:
+        assert led.path == tmp_path / LEDGER_FILE
+    e = LedgerEntry(round=0, unit="client", mechanism="gaussian", clip=1, sigma_planned=1,
+                    sigma_effective=1, sample_rate=1, sites_planned=1, sites_survived=1,
+                    accountant="rdp", epsilon={"rdp": 2, "prv": 1}, delta=1e-5)
+    assert list(e.epsilon) == ["prv", "rdp"] and type(e.epsilon) is dict
+    assert all(type(v) is float for v in e.epsilon.values())
+    assert all(type(getattr(e, f)) is float for f in ("clip", "sigma_planned", "sample_rate", "delta"))
