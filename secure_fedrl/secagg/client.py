@@ -21,6 +21,7 @@ from . import messages as M
 from . import primitives as P
 from . import protocol as R
 from . import shamir
+from .graph import effective_degree
 from .primitives import RandBytes
 
 _PT_BYTES = 8 + 2 * shamir.SHARE_BYTES
@@ -43,8 +44,54 @@ class RevealGuard:
         self.revealed[peer] = kind
 
 
+class RoundHistory:
+    """The config digests D this site has advertised keys under; it never takes part twice under one D.
+
+    Signatures bind D, not one execution of the round: a server that runs the same RoundConfig
+    twice could certify one survivor set with the first execution's consistency signatures and
+    another with the second's, so an honest site would in effect confirm two views (SPEC section 8,
+    step (i); found by review, `tests/secagg/test_secagg_replay.py`). Keeping one history per
+    site across rounds restores "one view per honest site per D". A deployment must persist
+    `state_dict()` durably before the advert leaves the site (the guard is pure: no I/O here).
+    """
+
+    def __init__(self, digests: "list[str] | tuple[str, ...]" = ()) -> None:
+        self._seen: set[bytes] = {bytes.fromhex(d) for d in digests}
+
+    def claim(self, digest: bytes) -> None:
+        if digest in self._seen:
+            raise ProtocolError("this site already took part in a round with this configuration digest "
+                                "(a repeated round is refused: its signatures could certify two views)")
+        self._seen.add(bytes(digest))
+
+    def __contains__(self, digest: bytes) -> bool:
+        return bytes(digest) in self._seen
+
+    def state_dict(self) -> list[str]:
+        return sorted(d.hex() for d in self._seen)
+
+
+def check_threshold_policy(config: R.RoundConfig, max_colluding: int) -> None:
+    """Refuse a round whose threshold is below what the site's own collusion bound needs.
+
+    The server announces t; the SPEC section 8 bound holds only when 2t > h + c for the holder-set
+    size h, so a site checks it against ITS configured c instead of trusting the server's choice.
+    """
+    if not isinstance(max_colluding, int) or max_colluding < 0:
+        raise ValueError(f"max_colluding must be a non-negative integer, got {max_colluding!r}")
+    h = effective_degree(len(config.site_ids), config.degree) + 1
+    if 2 * config.threshold <= h + max_colluding:
+        raise ProtocolError(f"round {config.round_id}: threshold {config.threshold} is too low for holder sets of "
+                            f"{h} with up to {max_colluding} colluding sites (needs 2t > {h + max_colluding})")
+
+
 class SecAggClient:
-    """Site u of one round. Call the phase methods in order; each returns the message to upload."""
+    """Site u of one round. Call the phase methods in order; each returns the message to upload.
+
+    `history` (one per site, kept across rounds) makes the site refuse a repeated configuration;
+    `max_colluding` makes it refuse a threshold too low for that many colluders. Both default to
+    off for conformance vectors and unit tests; every runtime passes them.
+    """
 
     def __init__(
         self,
@@ -54,7 +101,11 @@ class SecAggClient:
         identity_key: Ed25519PrivateKey,
         vector: np.ndarray,
         randbytes: RandBytes = os.urandom,
+        history: RoundHistory | None = None,
+        max_colluding: int | None = None,
     ) -> None:
+        if max_colluding is not None:
+            check_threshold_policy(config, max_colluding)
         if site_id not in config.identity:
             raise ProtocolError(f"site {site_id} is not part of round {config.round_id}")
         if P.ed25519_public_bytes(identity_key) != config.identity_keys[config.site_ids.index(site_id)]:
@@ -69,6 +120,7 @@ class SecAggClient:
         self._sk = identity_key
         self._x = vec
         self._rand = randbytes
+        self._history = history
         self.phase = "advertise_keys"
         self.rejected: list[ProtocolError] = []
         self.guard = RevealGuard()
@@ -97,6 +149,8 @@ class SecAggClient:
     def advertise_keys(self) -> M.AdvertiseKeys:
         if self.phase != "advertise_keys":
             raise ProtocolError(f"site {self.id}: keys already advertised")
+        if self._history is not None:
+            self._history.claim(self.cfg.digest)
         self._c_sk, c_pk = P.x25519_keypair(self._rand)
         self._s_sk, s_pk = P.x25519_keypair(self._rand)
         self._c_key, self._s_key = P.x25519_key(self._c_sk), P.x25519_key(self._s_sk)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secure_fedrl.errors import BelowThresholdError, ProtocolError, SecureFedRLError
 from secure_fedrl.secagg import messages as M
-from secure_fedrl.secagg.client import SecAggClient
+from secure_fedrl.secagg.client import RoundHistory, SecAggClient
 from secure_fedrl.secagg.protocol import PHASES, RoundConfig
 from secure_fedrl.secagg.server import SecAggServer, ServerOutcome
 
@@ -97,18 +97,21 @@ _HANDLERS = {
 
 def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, identity_key: Ed25519PrivateKey,
                    vector: np.ndarray, trust: TrustStore | None, timeout: float = 60.0,
-                   randbytes=os.urandom) -> str:
+                   randbytes=os.urandom, history: RoundHistory | None = None,
+                   max_colluding: int | None = None) -> str:
     """Take part in one round; returns "done" or why the site stopped ("dropped: ...", "refused: ...").
 
     The site checks the roster against the CA before it sends anything: its keys go only to a
-    round whose every member the CA vouches for.
+    round whose every member the CA vouches for. `history` (the site's, kept across rounds)
+    refuses a repeated configuration and `max_colluding` a threshold too low for the site's own
+    collusion bound (SecAggClient).
     """
     rid = ann.round_id
     try:
         if trust is not None:
             verify_roster(ann, trust)
         client = SecAggClient(config=ann.config, site_id=number, identity_key=identity_key, vector=vector,
-                              randbytes=randbytes)
+                              randbytes=randbytes, history=history, max_colluding=max_colluding)
         site.upload(rid, "advertise_keys", client.advertise_keys().encode())
         for prev, phase in zip(PHASES, PHASES[1:]):
             msg = M.decode(site.download(rid, prev, timeout))
