@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--device", help="torch device for local training, e.g. cpu or cuda")
     sim.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sim.add_argument("--ledger-key", type=Path, metavar="KEYDIR",
+                     help="directory holding the privacy ledger's Ed25519 signing key (created there, "
+                          "0600 in a 0700 directory, on first use); must be outside --out. Default: "
+                          "$XDG_CONFIG_HOME/secure-fedrl/ledger-keys/<federation.name> "
+                          "(~/.config without XDG_CONFIG_HOME)")
+    sim.add_argument("--ledger-passphrase-file", type=Path, metavar="FILE",
+                     help="encrypt/decrypt the ledger key with the passphrase on this file's first line "
+                          "(mode 0600); default: $SECURE_FEDRL_LEDGER_PASSPHRASE if set, else no passphrase")
 
     conf = sub.add_parser("conformance", help="check this implementation against protocol test vectors")
     conf.add_argument("--vectors", type=Path, default=None, help="directory of vector files (default: protocols/vectors)")
@@ -57,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     from secure_fedrl.transport.pki_cli import add_pki_parser
 
     add_pki_parser(sub)
+
+    from secure_fedrl.report.cli import add_parsers as add_report_parsers
+
+    add_report_parsers(sub)  # report, audit verify, audit canary
     return parser
 
 
@@ -73,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from secure_fedrl.transport.pki_cli import run_pki
 
             return run_pki(args)
+        if args.command in ("report", "audit"):
+            from secure_fedrl.report.cli import run as run_report
+
+            return run_report(args)
     except SecureFedRLError as exc:
         print(f"secure-fedrl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -94,7 +110,11 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides["federation.device"] = args.device
     config = load_config(args.config, overrides=overrides)
-    summary = run_simulation(config, args.out, resume=args.resume, progress=not args.no_progress)
+    from secure_fedrl.ledger import read_passphrase
+
+    passphrase = read_passphrase(args.ledger_passphrase_file)
+    summary = run_simulation(config, args.out, resume=args.resume, progress=not args.no_progress,
+                             ledger_key=args.ledger_key, ledger_passphrase=passphrase)
     print(summary.describe())
     return 0
 

@@ -465,9 +465,6 @@ def _check_ranges(c: Config) -> None:
     need(not (c.strategy.name == "scaffold" and c.strategy.weighting == "steps"), "strategy.weighting",
          "scaffold keeps the server's c equal to the mean of the sites' c_i, which needs the control-variate "
          "deltas averaged uniformly; set weighting = 'uniform'")
-    need(not (c.strategy.name == "scaffold" and c.strategy.weighting == "steps"), "strategy.weighting",
-         "scaffold keeps the server's c equal to the mean of the sites' c_i, which needs the control-variate "
-         "deltas averaged uniformly; set weighting = 'uniform'")
     p = c.privacy
     if p.unit != "none":
         need(p.clip > 0, "privacy.clip", f"must be > 0, got {p.clip}")
@@ -498,9 +495,6 @@ def _check_ranges(c: Config) -> None:
         need(s.poisson or s.fraction == 1.0 and not s.clients_per_round, "sampling.poisson",
              "client-level DP accounting assumes Poisson client sampling: set poisson = true (or sample every site)")
         need(c.strategy.name != "fedasync", "strategy.name", "client-level DP needs synchronous rounds")
-        need(c.strategy.name != "scaffold", "strategy.name",
-             "scaffold with privacy.unit = 'client' is not supported: clipping and noise on the control-variate "
-             "deltas would pull the server's c away from the mean of the sites' c_i for good")
         need(c.strategy.name != "scaffold", "strategy.name",
              "scaffold with privacy.unit = 'client' is not supported: clipping and noise on the control-variate "
              "deltas would pull the server's c away from the mean of the sites' c_i for good")

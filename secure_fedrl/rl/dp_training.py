@@ -4,8 +4,9 @@ The protected unit is one complete episode. Each round therefore resets the env 
 complete episodes only (an episode is never split across rounds; episodes still running when
 collection stops are discarded). Then, for every noisy step:
 
-1. Poisson-sample the round's N trajectories, each independently with rate q (from the caller's
-   ``torch.Generator``), so the subsampled-Gaussian accountant applies;
+1. Poisson-sample the round's N trajectories, each independently with rate q, from the OS
+   CSPRNG (``TrajectoryDP.secret_sampling``; the caller's ``torch.Generator`` only under
+   ``reproducible_noise``), so the subsampled-Gaussian accountant applies, against the server too;
    N is exactly the ``episodes`` local budget (public), never a data-dependent count;
 2. per-trajectory gradient of the trajectory's loss (the sum of its per-step losses) over ALL
    trained parameters, actor and critic, via ``torch.func.vmap(grad(...))`` on padded, masked
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from secure_fedrl.errors import ConfigError, PrivacyError
+from secure_fedrl.privacy.randomness import secret_bernoulli_mask
 from secure_fedrl.rl.envs import SiteVectorEnv
 from secure_fedrl.rl.gae import compute_gae
 from secure_fedrl.rl.policies import ActorCritic
@@ -45,7 +48,7 @@ from secure_fedrl.rl.ppo import PPOConfig, ppo_losses
 from secure_fedrl.rl.reinforce import ReinforceConfig, reinforce_losses
 from secure_fedrl.rl.rollout import Corrections, Episode, LocalResult, Timer, collect_episodes, make_optimizer
 
-__all__ = ["TrajectoryDP", "per_trajectory_grads", "train_dp"]
+__all__ = ["TrajectoryDP", "dp_sgd_steps", "per_trajectory_grads", "train_dp"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class TrajectoryDP:
     """Expected passes over the round's trajectories: steps = ceil(epochs / q). Default 1."""
     allow_zero_noise: bool = False
     """Permit sigma == 0 (clipping only, NO privacy guarantee): for tests and ablations."""
+    secret_sampling: bool = True
+    """Draw the Poisson episode sample from the OS CSPRNG (`secrets`), not from ``generator``:
+    amplification by sampling, against the server too, needs a sample nobody can predict.
+    False only under ``privacy.reproducible_noise`` (experiments)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_grad_norm, (int, float)) and math.isfinite(self.max_grad_norm)) or self.max_grad_norm <= 0:
@@ -191,6 +198,63 @@ def per_trajectory_grads(
     return [g[f"policy.{n}"] for n in names]
 
 
+AUDIT_CANARY_HOOK: Callable[[list[Tensor]], list[Tensor] | None] | None = None
+"""Audit-only injection point (audit/canary.py, trajectory level); None (off) outside the audit.
+Called with the trained parameters at each `train_dp`; returns per parameter ``[k, *p.shape]``
+per-sample gradients (gradient canaries) that join the round's N episodes in the pool: sampled,
+clipped, summed and noised exactly like episodes (q*N stays at the real N)."""
+
+
+def dp_sgd_steps(
+    params: list[Tensor],
+    base: torch.optim.Optimizer,
+    dp: TrajectoryDP,
+    n_traj: int,
+    sample_grads: Callable[[Tensor], list[Tensor]],
+    *,
+    generator: torch.Generator,
+    corrections: Corrections,
+    canaries: list[Tensor] | None = None,
+) -> list[int]:
+    """``dp.noisy_steps`` DP-SGD steps over a pool of ``n_traj`` trajectories (+ audit canaries).
+
+    ``sample_grads(index)`` gives the chosen trajectories' per-sample gradients. Separate from
+    `train_dp` so the canary audit's fast mode runs this very mechanism. Returns the batch sizes.
+    """
+    q = float(dp.sample_rate)
+    k = 0 if canaries is None else int(canaries[0].shape[0])
+    optimizer = DPOptimizer(
+        base,
+        noise_multiplier=float(dp.noise_multiplier),
+        max_grad_norm=float(dp.max_grad_norm),
+        expected_batch_size=q * n_traj,
+        loss_reduction="mean",
+        generator=generator,
+    )
+    sizes: list[int] = []
+    for _ in range(dp.noisy_steps):
+        if dp.secret_sampling:
+            chosen = torch.from_numpy(np.flatnonzero(secret_bernoulli_mask(n_traj + k, q))).to(torch.long)
+        else:
+            chosen = torch.nonzero(torch.rand(n_traj + k, generator=generator) < q).reshape(-1)
+        sizes.append(int(chosen.numel()))
+        optimizer.zero_grad(set_to_none=True)
+        grads = sample_grads(chosen[chosen < n_traj])
+        if canaries is not None:  # audit only: the sampled canaries' rows after the episodes'
+            grads = [torch.cat([g, c[chosen[chosen >= n_traj] - n_traj].to(g.dtype)]) for g, c in zip(grads, canaries)]
+        for p, gs in zip(params, grads):
+            p.grad_sample = gs
+        if optimizer.pre_step():  # clip each trajectory to C, sum, + N(0, sigma^2 C^2), / (q N)
+            corrections.apply()  # FedProx / SCAFFOLD terms: post-processing, no privacy cost
+            base.step()
+    optimizer.zero_grad(set_to_none=True)
+    for p in params:  # leave the parameters plain (no Opacus attributes)
+        for attr in ("grad_sample", "summed_grad", "_processed"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+    return sizes
+
+
 def train_dp(
     policy: ActorCritic,
     env: SiteVectorEnv,
@@ -223,29 +287,9 @@ def train_dp(
 
     params = list(policy.parameters())
     base = make_optimizer(params, kind=algo.optimizer, lr=algo.learning_rate, momentum=algo.sgd_momentum)
-    optimizer = DPOptimizer(
-        base,
-        noise_multiplier=float(dp.noise_multiplier),
-        max_grad_norm=float(dp.max_grad_norm),
-        expected_batch_size=q * n_traj,
-        loss_reduction="mean",
-        generator=generator,
-    )
-    sizes: list[int] = []
-    for _ in range(dp.noisy_steps):
-        chosen = torch.nonzero(torch.rand(n_traj, generator=generator) < q).reshape(-1)
-        sizes.append(int(chosen.numel()))
-        optimizer.zero_grad(set_to_none=True)
-        for p, gs in zip(params, per_trajectory_grads(policy, algo, batch, chosen)):
-            p.grad_sample = gs
-        if optimizer.pre_step():  # clip each trajectory to C, sum, + N(0, sigma^2 C^2), / (q N)
-            corrections.apply()  # FedProx / SCAFFOLD terms: post-processing, no privacy cost
-            base.step()
-    optimizer.zero_grad(set_to_none=True)
-    for p in params:  # leave the policy as a plain module (no Opacus attributes)
-        for attr in ("grad_sample", "summed_grad", "_processed"):
-            if hasattr(p, attr):
-                delattr(p, attr)
+    canaries = None if AUDIT_CANARY_HOOK is None else AUDIT_CANARY_HOOK(params)
+    sizes = dp_sgd_steps(params, base, dp, n_traj, lambda idx: per_trajectory_grads(policy, algo, batch, idx),
+                         generator=generator, corrections=corrections, canaries=canaries)
 
     with torch.no_grad():
         if isinstance(algo, PPOConfig):

@@ -5,8 +5,11 @@ on its own environment and hands over only a flat update vector -> (privacy + se
 see `aggregation.py`) -> the ledger records the round's privacy spend -> the strategy turns the
 mean update into the next global policy -> evaluation, metrics, checkpoint.
 
-Every random choice of round r derives from (federation seed, r, site index), never from state
-carried in memory, so a run resumed from its checkpoint continues bit-for-bit as if never stopped.
+Without privacy (or with `privacy.reproducible_noise`), every random choice of round r derives
+from (federation seed, r, site index), so a resumed run continues bit-for-bit. Under privacy the
+draws the analysis treats as random (who takes part, episode samples, rounding, noise, the round
+seed) come from the OS CSPRNG and are recorded, not re-derived (ledger `participants`); a resumed
+run rebuilds what it needs (every site's spend) from the ledger (docs/privacy-model.md).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from secure_fedrl.fl.site import PendingCommit, commit_accepted
 from secure_fedrl.fl.strategies import FedAsync, Scaffold, ScaffoldClient, make_strategy
 from secure_fedrl.fl.updates import check_update
 from secure_fedrl.rl.envs import make_site_env
-from secure_fedrl.rl.evaluate import evaluate
+from secure_fedrl.rl.evaluate import evaluate_with_metrics, summarize_domain
 from secure_fedrl.rl.local import FirstGradient, train_local
 from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
 from secure_fedrl.runtime.aggregation import RoundAggregate, SiteUpload, build_aggregator
@@ -56,6 +59,13 @@ class RunSummary:
     last_eval_worst: float | None
     epsilon: float | None
     stopped_reason: str | None = None
+    ledger_public_key: str | None = None
+    """Hex Ed25519 key that signs the privacy ledger: pin it (audit/verify_ledger.py --public-key)."""
+    epsilon_server: float | None = None
+    """Worst site's epsilon against the server (inf for central noise); docs/privacy-model.md."""
+    epsilon_release: float | None = None
+    """Epsilon against observers of the released models only."""
+    threat_model: str | None = None
 
     def describe(self) -> str:
         parts = [f"run {self.out}: {self.rounds_done} rounds, {self.env_steps} env steps"]
@@ -63,8 +73,13 @@ class RunSummary:
             parts.append(f"eval return mean {self.last_eval_mean:.1f} / worst site {self.last_eval_worst:.1f}")
         if self.epsilon is not None:
             parts.append(f"epsilon spent {self.epsilon:.3f}")
+        if self.epsilon_server is not None:
+            parts.append(f"epsilon against the server {self.epsilon_server:.3f}, against release-only "
+                         f"observers {self.epsilon_release:.3f} (budget on: {self.threat_model})")
         if self.stopped_reason:
             parts.append(f"stopped early: {self.stopped_reason}")
+        if self.ledger_public_key:
+            parts.append(f"ledger public key {self.ledger_public_key}")
         return "; ".join(parts)
 
 
@@ -80,7 +95,8 @@ class SiteState:
 
 
 class Simulation:
-    def __init__(self, config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, config: Config, out: Path, *, resume: bool = False, progress: bool = True,
+                 ledger_key: Path | None = None, ledger_passphrase: bytes | None = None) -> None:
         self.config = config
         self.run_dir = RunDirectory(out)
         self.progress = progress
@@ -134,11 +150,20 @@ class Simulation:
         self._pending: dict[str, PendingCommit] = {}  # this round's proposals, by site (fl/site.py)
         self.env_steps = 0
         self.last_eval: dict[str, float] | None = None
+        self._resumed_ledger_head = None
         if resume:
             self._resume()
         else:
             self.run_dir.create(config.to_toml(), config.fingerprint())
-        self.privacy.open(config_hash=config.fingerprint(), resume_after_round=self.round)
+        # The ledger's signing key lives outside the run directory (default: per-user, per federation).
+        from secure_fedrl.ledger import default_key_dir
+
+        self.ledger_key_dir = Path(ledger_key) if ledger_key is not None else default_key_dir(fed.name)
+        self.privacy.open(config_hash=config.fingerprint(), resume_after_round=self.round,
+                          key_dir=self.ledger_key_dir, passphrase=ledger_passphrase,
+                          expected_head=self._resumed_ledger_head)
+        if self.privacy.ledger_public_key:
+            self.run_dir.write_public_key(self.privacy.ledger_public_key)
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -149,6 +174,7 @@ class Simulation:
     def _resume(self) -> None:
         self.run_dir.check_resume(self.config.fingerprint())
         state = self.run_dir.load_state()
+        self._resumed_ledger_head = None if state is None else state.get("ledger_head")
         if state is None:
             self.run_dir.truncate_metrics(0)
             return
@@ -179,6 +205,7 @@ class Simulation:
                        "compressor": s.compressor.state_dict(),
                        "env": capture_env_state(self.envs[s.spec.name])} for s in self.sites],
             "aggregator": self.aggregator.state_dict(),
+            "ledger_head": self.privacy.ledger_head(),  # a resume refuses a ledger without this row
         }
         set_flat(self.federated_params, self.global_params)
         torch.save({"round": self.round, "global_params": torch.from_numpy(self.global_params.copy()),
@@ -214,10 +241,15 @@ class Simulation:
                 bar.close()
             self.privacy.close()
         eps = self.privacy.epsilon_spent()
+        from secure_fedrl.report import write_run_reports  # privacy_report.{html,json}; never raises
+
+        write_run_reports(self.run_dir.root, key_dir=getattr(self, "ledger_key_dir", None))
         return RunSummary(out=self.run_dir.root, rounds_done=self.round, env_steps=self.env_steps,
                           last_eval_mean=None if self.last_eval is None else self.last_eval["mean"],
                           last_eval_worst=None if self.last_eval is None else self.last_eval["worst"],
-                          epsilon=eps, stopped_reason=stopped)
+                          epsilon=eps, stopped_reason=stopped,
+                          **_both_epsilons(self.privacy),
+                          ledger_public_key=self.privacy.ledger_public_key)
 
     def _postfix(self, row: dict[str, Any]) -> str:
         parts = []
@@ -235,29 +267,30 @@ class Simulation:
         rng = np.random.default_rng(derive_seed(cfg.federation.seed, r, 1))
         eligible = self.privacy.eligible_sites([s.spec.name for s in self.sites])
         sampled_names = self._sample(eligible, rng)
-        self.privacy.check_round(r, planned_sites=len(sampled_names))  # raises PrivacyBudgetExceeded
+        # Each sampled site checks its own budget; may raise PrivacyBudgetExceeded (run stops).
+        sampled_names = self.privacy.admit_round(r, sampled_names)
 
         by_name = {s.spec.name: s for s in self.sites}
         self._pending = {}  # filled by _site_round, committed after aggregation
         uploads: list[SiteUpload] = []
         rejected: dict[str, str] = {}
-        train_returns: list[float] = []
-        diagnostics: list[dict[str, float]] = []
+        site_rows: dict[str, dict[str, Any]] = {}  # site-local: sites/<site>/metrics.jsonl
         round_steps = 0
         train_seconds = 0.0
         for name in sampled_names:
             site = by_name[name]
             t0 = time.perf_counter()
             upload, result = self._site_round(site, r)
-            train_seconds += time.perf_counter() - t0
+            site_seconds = time.perf_counter() - t0
+            train_seconds += site_seconds
             round_steps += result.steps
-            train_returns.extend(result.episode_returns)
-            diagnostics.append({k: v for k, v in result.diagnostics.items() if k != "sps"})
+            site_rows[name] = _site_row(r, name, result, site_seconds)
             try:
                 check_update(upload.vector, dim=self.upload_dim, site=name)
             except UpdateRejected as exc:
                 log.warning("round %d: %s", r, exc)
                 rejected[name] = str(exc)
+                site_rows[name]["upload_rejected"] = str(exc)
                 continue
             uploads.append(upload)
         self.env_steps += round_steps
@@ -283,36 +316,58 @@ class Simulation:
         if r % cfg.evaluation.every == 0 or r == cfg.federation.rounds:
             evaluated = self._evaluate(r)
         self.round = r
+        # The server's file holds only what a coordinating server sees (README, "Run directory");
+        # training returns, env steps, losses and per-site evaluation stay in the site files.
+        head = self.privacy.ledger_head()
         row = {
             "round": r,
-            "env_steps": self.env_steps,
-            "round_env_steps": round_steps,
             "sites_sampled": len(sampled_names),
             "sites_aggregated": len(agg.included),
             "sites_rejected": rejected,
             "sites_dropped": sorted(agg.dropped),
-            "train_return_mean": float(np.mean(train_returns)) if train_returns else None,
             "bytes_per_site": agg.bytes_per_site,
             "update_norm": float(np.linalg.norm(agg.mean_update)) if agg.mean_update is not None else None,
             "epsilon": self.privacy.epsilon_spent(),
-            "diagnostics": _mean_dicts(diagnostics),
-            "timing": {"round_s": time.perf_counter() - started, "train_s": train_seconds,
-                       "aggregate_s": agg_seconds,
-                       "env_steps_per_s": round_steps / train_seconds if train_seconds > 0 else None},
+            "round_seed": self._round_seed(r),
+            "ledger_head": None if head is None else {"seq": head[0], "row_hash": head[1]},
+            "timing": {"round_s": time.perf_counter() - started, "aggregate_s": agg_seconds},
         }
         row.update(self.privacy.round_metrics())
         if evaluated is not None:
+            # Aggregates of the returns the evaluated sites report (each site's own value stays
+            # in its file); a deployed server knows only what the sites choose to report.
             row["eval_return_mean"] = evaluated["mean"]
             row["eval_return_worst"] = evaluated["worst"]
-            row["eval_return_per_site"] = evaluated["per_site"]
+            row["eval_reported_by_sites"] = len(evaluated["per_site"])
+            for name, value in evaluated["per_site"].items():
+                site_rows.setdefault(name, {"round": r, "site": name})["eval_return"] = value
+            domain = evaluated["domain"]  # pilots: time in range, Sharpe, ... (rl/pilots)
+            if domain:
+                row["eval_domain_mean"], row["eval_domain_worst"] = domain["mean"], domain["worst"]
+                for name, metrics in domain["per_site"].items():
+                    site_rows.setdefault(name, {"round": r, "site": name})["eval_domain"] = metrics
+        for name in sorted(site_rows):
+            self.run_dir.append_site_metrics(name, site_rows[name])
         self.run_dir.append_metrics(row)
         self._save()
         return row
 
     def _sample(self, eligible: list[str], rng: np.random.Generator) -> list[str]:
+        """Who takes part: from the OS CSPRNG under privacy (never derivable from the config, so
+        amplification by sampling can hold against release-only observers), else seeded."""
         s = self.config.sampling
         if not eligible:
             raise PrivacyBudgetExceeded("every site has spent its privacy budget")
+        if self.config.privacy.unit != "none" and not self.config.privacy.reproducible_noise:
+            from secure_fedrl.privacy.randomness import secret_poisson_sample, secret_sample
+
+            if s.clients_per_round:
+                return secret_sample(eligible, min(s.clients_per_round, len(eligible)))
+            if s.poisson:
+                return secret_poisson_sample(eligible, s.fraction)
+            from secure_fedrl.fl.sampling import fixed_sample_size
+
+            return secret_sample(eligible, fixed_sample_size(len(eligible), s.fraction))
         if s.clients_per_round:
             return sample_clients(eligible, rng=rng, count=min(s.clients_per_round, len(eligible)))
         return sample_clients(eligible, rng=rng, fraction=s.fraction, poisson=s.poisson)
@@ -376,6 +431,18 @@ class Simulation:
         return np.random.default_rng(self._noise_seed(*parts))
 
     def _round_seed(self, r: int) -> int:
+        """The round's public seed (DDG rotation, shared mask; SPEC 7.1): drawn by the server from
+        the OS CSPRNG once per round under privacy (never derivable from the config), and
+        broadcast with the round (metrics `round_seed`)."""
+        if self.config.privacy.unit == "none" or self.config.privacy.reproducible_noise:
+            return self._derived_round_seed(r)
+        seeds = self.__dict__.setdefault("_round_seeds", {})
+        if r not in seeds:
+            seeds.clear()
+            seeds[r] = secrets.randbits(63)
+        return seeds[r]
+
+    def _derived_round_seed(self, r: int) -> int:
         """Public per-round seed the server broadcasts (shared compression mask)."""
         return derive_seed(self.config.federation.seed, r, 5)
 
@@ -409,16 +476,17 @@ class Simulation:
     def _evaluate(self, r: int) -> dict[str, Any]:
         cfg = self.config
         set_flat(self.federated_params, self.global_params)
-        per_site = {}
+        per_site, domain = {}, {}
         for site in self.eval_sites:
             if site.local_critic is not None:
                 set_flat(list(self.policy.critic_parameters()), site.local_critic)
-            returns = evaluate(self.policy, site.spec.env_id, site.spec.overrides, episodes=cfg.evaluation.episodes,
-                               seed=derive_seed(site.spec.seed, r, 6))
-            per_site[site.spec.name] = float(np.mean(returns))
+            result = evaluate_with_metrics(self.policy, site.spec.env_id, site.spec.overrides,
+                                           episodes=cfg.evaluation.episodes, seed=derive_seed(site.spec.seed, r, 6))
+            per_site[site.spec.name] = float(np.mean(result.returns))
+            domain[site.spec.name] = result
         values = list(per_site.values())
         self.last_eval = {"mean": float(np.mean(values)), "worst": float(np.min(values))}
-        return {**self.last_eval, "per_site": per_site}
+        return {**self.last_eval, "per_site": per_site, "domain": summarize_domain(domain)}
 
 
 def _build_compressor(section: Any) -> Compressor:
@@ -430,6 +498,13 @@ def _build_compressor(section: Any) -> Compressor:
     return make_compressor(method, ratio=section.ratio, error_feedback=section.error_feedback)
 
 
+def _both_epsilons(privacy: PrivacyPlan) -> dict[str, Any]:
+    both = privacy.epsilons()
+    if both is None:
+        return {}
+    return {"epsilon_server": both[0], "epsilon_release": both[1], "threat_model": privacy.threat_model}
+
+
 def _split_like(vec: np.ndarray, params: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     out, offset = [], 0
     for p in params:
@@ -437,6 +512,21 @@ def _split_like(vec: np.ndarray, params: list[torch.Tensor], device: torch.devic
         out.append(torch.as_tensor(vec[offset:offset + n], device=device).view_as(p))
         offset += n
     return out
+
+
+def _site_row(r: int, site: str, result: Any, seconds: float) -> dict[str, Any]:
+    """One site's own diagnostics of round r (site-local data: never in the server's file)."""
+    returns = list(result.episode_returns)
+    return {
+        "round": r,
+        "site": site,
+        "env_steps": int(result.steps),
+        "episodes": len(returns),
+        "train_return_mean": float(np.mean(returns)) if returns else None,
+        "diagnostics": _mean_dicts([{k: v for k, v in result.diagnostics.items() if k != "sps"}]),
+        "train_s": seconds,
+        "env_steps_per_s": result.steps / seconds if seconds > 0 else None,
+    }
 
 
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
@@ -449,5 +539,9 @@ def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def run_simulation(config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> RunSummary:
-    return Simulation(config, Path(out), resume=resume, progress=progress).run()
+def run_simulation(config: Config, out: Path, *, resume: bool = False, progress: bool = True,
+                   ledger_key: Path | None = None, ledger_passphrase: bytes | None = None) -> RunSummary:
+    """Run (or resume) a federation; the ledger key is read from / created in `ledger_key`
+    (default `secure_fedrl.ledger.default_key_dir(federation.name)`, never the run directory)."""
+    return Simulation(config, Path(out), resume=resume, progress=progress, ledger_key=ledger_key,
+                      ledger_passphrase=ledger_passphrase).run()

@@ -373,7 +373,9 @@ def test_client_level_ddg_charges_the_server_more_than_release_only_observers(tm
     assert charged, "no round ran (all draws too small?)"
     last = rows[-1]
     assert last["threat_model"] == "server" and last["epsilon"] == pytest.approx(last["epsilon_server"])
-    assert last["epsilon_server"] > last["epsilon_release"] > 0
+    # Release-only observers never get more than the server (post-processing); with q = 0.5 the
+    # first-order mixture bound can reach the worst site's server number, so ">=" not ">".
+    assert last["epsilon_server"] >= last["epsilon_release"] > 0
     ledger = _ledger_rows(tmp_path / "run", c)
     assert all(r.mechanism == "ddg" and r.noise_shares >= 1 and set(r.site_epsilon_server) == set(r.participants)
                for r in ledger)
@@ -387,7 +389,7 @@ def test_client_level_ddg_charges_the_server_more_than_release_only_observers(tm
     worst = max(counts, key=counts.get)
     assert ledger[-1].epsilon_server == pytest.approx(max(
         next(r.site_epsilon_server[s] for r in reversed(ledger) if s in r.participants) for s in counts))
-    assert "against the server" in summary.describe() and summary.epsilon_server > summary.epsilon_release
+    assert "against the server" in summary.describe() and summary.epsilon_server >= summary.epsilon_release
     assert counts[worst] == 2 and max(counts.values()) <= 2  # the sites' own guards stopped them
     assert any(r["sites_refused"] for r in rows) and last["epsilon_server"] <= 7.5
 

@@ -76,11 +76,24 @@ def test_simulate_writes_run_directory(tmp_path):
     run = tmp_path / "run"
     rows = metrics(run)
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert rows[-1]["env_steps"] == 3 * 3 * 256
     for key in ("eval_return_mean", "eval_return_worst", "bytes_per_site", "sites_aggregated"):
         assert key in rows[1] and key in rows[2]
     assert rows[1]["eval_return_worst"] <= rows[1]["eval_return_mean"]
-    assert set(rows[1]["eval_return_per_site"]) == {"short", "long-0", "long-1"}
+    # Site-local data stays in the sites' files, never in the server's metrics.
+    site_keys = {"env_steps", "round_env_steps", "train_return_mean", "diagnostics",
+                 "eval_return_per_site", "eval_return"}
+    assert not any(site_keys & set(r) for r in rows)
+    assert not any({"train_s", "env_steps_per_s"} & set(r["timing"]) for r in rows)
+    sites = {"short", "long-0", "long-1"}
+    assert {p.name for p in (run / "sites").iterdir()} == sites
+    per_site = {s: [json.loads(x) for x in (run / "sites" / s / "metrics.jsonl").read_text().splitlines()]
+                for s in sites}
+    assert sum(r["env_steps"] for rs in per_site.values() for r in rs) == 3 * 3 * 256
+    evals = {s: next(r["eval_return"] for r in rs if r["round"] == 2) for s, rs in per_site.items()}
+    assert rows[1]["eval_return_worst"] == min(evals.values())
+    assert rows[1]["eval_return_mean"] == pytest.approx(sum(evals.values()) / 3)
+    assert all("diagnostics" in r and "train_return_mean" in r for rs in per_site.values()
+               for r in rs if "env_steps" in r)
     assert (run / "config.resolved.toml").exists()
     ckpt = torch.load(run / "checkpoints" / "round-00003.pt", weights_only=False)
     assert ckpt["round"] == 3 and ckpt["global_params"].dtype == torch.float32
