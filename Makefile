@@ -35,7 +35,7 @@ bench: $(STAMP)
 # Headless Chromium (Debian) for the privacy report's browser tests and PDF output; ~30 s here.
 # Without it those tests skip and `report --format pdf` says so.
 browser:
-	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	command -v chromium >/dev/null 2>&1 || { timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
