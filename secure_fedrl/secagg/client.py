@@ -71,26 +71,35 @@ class RoundHistory:
         return sorted(d.hex() for d in self._seen)
 
 
-def check_threshold_policy(config: R.RoundConfig, max_colluding: int) -> None:
-    """Refuse a round whose threshold is below what the site's own collusion bound needs.
+def check_threshold_policy(config: R.RoundConfig, max_colluding: int, *, min_honest: int = 1) -> None:
+    """Refuse a round whose threshold is below what the site's own policy needs.
 
-    The server announces t; the SPEC section 8 bound holds only when 2t > h + c for the holder-set
-    size h, so a site checks it against ITS configured c instead of trusting the server's choice.
+    The server announces t and the degree; the SPEC section 8 bound (every unmaskable sum holds
+    t - c honest inputs) needs 2t > h + c for the holder-set size h, so a site checks that against
+    ITS configured c. That alone is not enough: a server may announce a tiny degree with
+    t = c + 1 (2t > h + c holds, yet t - c = 1), so the site also requires t - c >= its own
+    `min_honest` (the number of honest inputs, and noise shares, its deployment plans for).
     """
-    if not isinstance(max_colluding, int) or max_colluding < 0:
-        raise ValueError(f"max_colluding must be a non-negative integer, got {max_colluding!r}")
+    for name, value, low in (("max_colluding", max_colluding, 0), ("min_honest", min_honest, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     h = effective_degree(len(config.site_ids), config.degree) + 1
     if 2 * config.threshold <= h + max_colluding:
         raise ProtocolError(f"round {config.round_id}: threshold {config.threshold} is too low for holder sets of "
                             f"{h} with up to {max_colluding} colluding sites (needs 2t > {h + max_colluding})")
+    if config.threshold - max_colluding < min_honest:
+        raise ProtocolError(f"round {config.round_id}: threshold {config.threshold} guarantees only "
+                            f"{config.threshold - max_colluding} honest inputs per unmaskable sum with up to "
+                            f"{max_colluding} colluding sites; this site requires {min_honest} (threshold too low)")
 
 
 class SecAggClient:
     """Site u of one round. Call the phase methods in order; each returns the message to upload.
 
     `history` (one per site, kept across rounds) makes the site refuse a repeated configuration;
-    `max_colluding` makes it refuse a threshold too low for that many colluders. Both default to
-    off for conformance vectors and unit tests; every runtime passes them.
+    `max_colluding` / `min_honest_inputs` make it refuse a threshold (or degree) too low for its
+    own policy (`check_threshold_policy`). They default to off for conformance vectors and unit
+    tests; a deployment's site runtime must pass them (issue 8: not wired yet).
     """
 
     def __init__(
@@ -103,9 +112,10 @@ class SecAggClient:
         randbytes: RandBytes = os.urandom,
         history: RoundHistory | None = None,
         max_colluding: int | None = None,
+        min_honest_inputs: int | None = None,
     ) -> None:
-        if max_colluding is not None:
-            check_threshold_policy(config, max_colluding)
+        if max_colluding is not None or min_honest_inputs is not None:
+            check_threshold_policy(config, max_colluding or 0, min_honest=min_honest_inputs or 1)
         if site_id not in config.identity:
             raise ProtocolError(f"site {site_id} is not part of round {config.round_id}")
         if P.ed25519_public_bytes(identity_key) != config.identity_keys[config.site_ids.index(site_id)]:

@@ -98,20 +98,21 @@ _HANDLERS = {
 def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, identity_key: Ed25519PrivateKey,
                    vector: np.ndarray, trust: TrustStore | None, timeout: float = 60.0,
                    randbytes=os.urandom, history: RoundHistory | None = None,
-                   max_colluding: int | None = None) -> str:
+                   max_colluding: int | None = None, min_honest_inputs: int | None = None) -> str:
     """Take part in one round; returns "done" or why the site stopped ("dropped: ...", "refused: ...").
 
     The site checks the roster against the CA before it sends anything: its keys go only to a
     round whose every member the CA vouches for. `history` (the site's, kept across rounds)
-    refuses a repeated configuration and `max_colluding` a threshold too low for the site's own
-    collusion bound (SecAggClient).
+    refuses a repeated configuration, `max_colluding` / `min_honest_inputs` a threshold or degree
+    too low for the site's own policy (SecAggClient).
     """
     rid = ann.round_id
     try:
         if trust is not None:
             verify_roster(ann, trust)
         client = SecAggClient(config=ann.config, site_id=number, identity_key=identity_key, vector=vector,
-                              randbytes=randbytes, history=history, max_colluding=max_colluding)
+                              randbytes=randbytes, history=history, max_colluding=max_colluding,
+                              min_honest_inputs=min_honest_inputs)
         site.upload(rid, "advertise_keys", client.advertise_keys().encode())
         for prev, phase in zip(PHASES, PHASES[1:]):
             msg = M.decode(site.download(rid, prev, timeout))

@@ -162,3 +162,25 @@ def test_site_refuses_a_threshold_below_its_collusion_bound(n, degree, t, c, ok)
     else:
         with pytest.raises(ProtocolError, match="too low"):
             SecAggClient(config=cfg, site_id=1, identity_key=keys[1], vector=vec, max_colluding=c)
+
+
+@pytest.mark.parametrize("n,degree,t,c,m,ok", [
+    (40, 1, 2, 1, 1, True),    # 2t > h + c holds (4 > 3) and t - c = 1 >= 1
+    (40, 1, 2, 1, 8, False),   # review: degree = c, t = c + 1 leaves ONE honest input: refused
+    (40, 2, 3, 2, 8, False),
+    (40, 1, 2, 0, 8, False),   # c = 0: a sum of 2 honest inputs where 8 were planned
+    (40, 12, 8, 1, 7, True),   # h = 13: 16 > 14 and 8 - 1 = 7
+    (40, 12, 8, 1, 8, False),
+])
+def test_site_refuses_a_degree_and_threshold_below_its_planned_honest_inputs(n, degree, t, c, m, ok):
+    keys = {i: P.ed25519_keypair(P.SeededRandom(b"id-%d" % i))[0] for i in range(1, n + 1)}
+    cfg = R.RoundConfig(round_id=1, site_ids=tuple(keys), threshold=t, dim=2, degree=degree,
+                        identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in keys),
+                        graph_seed=bytes(32))
+    make = lambda: SecAggClient(config=cfg, site_id=1, identity_key=keys[1], vector=np.zeros(2, np.uint32),  # noqa: E731
+                                max_colluding=c, min_honest_inputs=m)
+    if ok:
+        make()
+    else:
+        with pytest.raises(ProtocolError, match="too low"):
+            make()
