@@ -9,8 +9,9 @@
 3. Side by side with Flower's SecAgg+ on the same vectors (bench/flower_secagg.py drives Flower's
    real server workflow and client mod in its own venv); ratio = Flower time / our time.
 4. Overhead of the issue 7 defence (pairing attestations, certified survivor sets): whole-round
-   time of today's protocol against the frozen pre-defence copy in bench/secagg_v1_baseline/,
-   same inputs, alternating runs in one process (goal <= 1.15x).
+   time of today's protocol against the pre-defence protocol (secure_fedrl/secagg at commit
+   cc1c9df, extracted from git history into a temporary package), same inputs, alternating runs
+   in one process (goal <= 1.15x).
 
     .venv/bin/python bench/secagg.py                 # default, a few minutes on a busy 2-core box
     .venv/bin/python bench/secagg.py --quick         # smaller sizes, for development
@@ -208,9 +209,32 @@ def bench_flower(configs: list[tuple[int, int, int | None, int]], repeats: int) 
 # ----------------------------------------------------------------------------- 4. defence overhead
 
 
+BASELINE_COMMIT = "cc1c9df"  # secure_fedrl/secagg before the issue 7 pairing defence
+
+
+def _load_baseline():
+    """Import secure_fedrl/secagg as of BASELINE_COMMIT from git history (no copy kept in the tree)."""
+    import importlib  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from io import BytesIO  # noqa: PLC0415
+
+    try:
+        blob = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE_COMMIT, "secure_fedrl/secagg"],
+                              check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"bench/secagg.py --only overhead needs the git history (commit {BASELINE_COMMIT}): {exc}")
+    root = Path(tempfile.mkdtemp(prefix="secagg-baseline-"))
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(root, filter="data")
+    (root / "secure_fedrl" / "secagg").rename(root / "secagg_v1_baseline")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("secagg_v1_baseline")
+
+
 def bench_overhead(configs: list[tuple[int, int, int | None, int]], repeats: int) -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    import secagg_v1_baseline as old  # noqa: PLC0415
+    old = _load_baseline()
 
     _warm_up()
     old.run_round(_inputs(200, 20_000), threshold=5, neighbors=8)
