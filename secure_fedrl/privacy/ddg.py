@@ -149,6 +149,12 @@ def _check_seed(seed: bytes) -> bytes:
     return bytes(seed)
 
 
+def round_rotation_seed(round_id: int, round_seed: int) -> bytes:
+    """SPEC 7.1: SHA-256("secure-fedrl/ddg-rotation" || u64(round_id) || u64(round_seed))."""
+    return hashlib.sha256(b"secure-fedrl/ddg-rotation" + round_id.to_bytes(8, "big")
+                          + round_seed.to_bytes(8, "big")).digest()
+
+
 def rotation_signs(seed: bytes, d: int) -> np.ndarray:
     """The random diagonal D (+1/-1, float64) derived from the round's shared rotation seed.
 

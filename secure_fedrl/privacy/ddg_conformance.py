@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -24,14 +23,9 @@ import numpy as np
 from secure_fedrl.privacy import ddg as D
 from secure_fedrl.secagg.encoding import to_ring
 
-VECTOR = Path(__file__).resolve().parents[2] / "protocols" / "vectors" / "ddg_encoding.json"
 FILE = "ddg_encoding.json"
-_ROT_DOMAIN = b"secure-fedrl/ddg-rotation"
-
-
-def rotation_seed(round_id: int, round_seed: int) -> bytes:
-    """SPEC 7.1: SHA-256("secure-fedrl/ddg-rotation" || u64(round_id) || u64(round_seed))."""
-    return hashlib.sha256(_ROT_DOMAIN + struct.pack(">QQ", round_id, round_seed)).digest()
+VECTOR = Path(__file__).resolve().parents[2] / "protocols" / "vectors" / FILE
+rotation_seed = D.round_rotation_seed  # the runtime's derivation, checked by the vector
 
 
 def _signing_key():

@@ -237,8 +237,9 @@ class SecureAggregator(Aggregator):
                             "nothing leaves the sites, nothing released", round_id, len(uploads),
                             self.noise_shares(), need)
                 return aborted
-        rotation_seed = hashlib.sha256(b"secure-fedrl/ddg-rotation" + round_id.to_bytes(8, "big")
-                                       + round_seed.to_bytes(8, "big")).digest()
+        from secure_fedrl.privacy.ddg import round_rotation_seed
+
+        rotation_seed = round_rotation_seed(round_id, round_seed)
         kept = None if self.mask_ratio is None else shared_mask_indices(self.dim, self.mask_ratio, round_seed)
         vectors = {u.site: u.vector if kept is None else u.vector[kept] for u in uploads}
         encoded = {}
