@@ -187,6 +187,24 @@ class PrivacyPlan:
             raise ConfigError(f"privacy ledger row {seq} names site {site!r}, unknown to this config")
         return guard
 
+    def _charge_client_round(self, cost: Any, participants: Any, *, seq: int | None = None) -> dict[str, float]:
+        """Charge one client-level round: the release account, and each participant's own guard.
+
+        Returns each participant's epsilon against the server (none when the mechanism gives no
+        guarantee against it: participations are still counted). Shared by recording and replay,
+        so a resumed run charges exactly what the live run did.
+        """
+        self._release_apply(cost)
+        site_eps: dict[str, float] = {}
+        for site in participants:
+            guard = self.guards[site] if seq is None else self._guard(site, seq)
+            if cost.server is not None:
+                site_eps[site] = guard.charge(cost.server)
+                self._worst_server = max(self._worst_server, site_eps[site])
+            else:
+                guard.participations += 1
+        return site_eps
+
     def _replay(self, row: Any) -> None:
         """Charge one ledger row again from what it records, and refuse an under-count."""
         if row.unit == "trajectory":
@@ -197,16 +215,8 @@ class PrivacyPlan:
         if self.release is None:
             raise ConfigError(f"privacy ledger row {row.seq} is client-level; this config is not")
         cost = row_cost(row)
-        self._release_apply(cost)
-        for site in row.participants:
-            guard = self._guard(site, row.seq)
-            if cost.server is not None:
-                eps = guard.charge(cost.server)
-                self._worst_server = max(self._worst_server, eps)
-                self._check_replayed(row, f"site_epsilon_server[{site}]",
-                                     row.site_epsilon_server.get(site, 0.0), eps)
-            else:
-                guard.participations += 1
+        for site, eps in self._charge_client_round(cost, row.participants, seq=row.seq).items():
+            self._check_replayed(row, f"site_epsilon_server[{site}]", row.site_epsilon_server.get(site, 0.0), eps)
         server, release = self._epsilons(cost)
         self._check_replayed(row, "epsilon_server", row.epsilon_server, server)
         self._check_replayed(row, "epsilon_release", row.epsilon_release, release)
@@ -375,14 +385,7 @@ class PrivacyPlan:
         planned = int(info.get("sites_planned", len(aggregate.included)))
         cost = info.get("cost") or self.round_cost(planned)
         participants = sorted(info.get("participants", aggregate.included))
-        self._release_apply(cost)
-        site_eps: dict[str, float] = {}
-        for site in participants:
-            if cost.server is not None:
-                site_eps[site] = self.guards[site].charge(cost.server)
-                self._worst_server = max(self._worst_server, site_eps[site])
-            else:
-                self.guards[site].participations += 1
+        site_eps = self._charge_client_round(cost, participants)
         server, release = self._epsilons(cost)
         enforced = server if self.threat_model == "server" else release
         survivors = int(info.get("survivors", len(aggregate.included)))
