@@ -24,6 +24,13 @@ from secure_fedrl.ledger.store import (
     load_signing_key,
     read_ledger,
     read_passphrase,
+    read_witnesses,
+)
+from secure_fedrl.ledger.witness import (
+    WITNESS_DOMAIN,
+    sign_witness,
+    verify_witness,
+    witness_message,
 )
 
 __all__ = [
@@ -44,5 +51,10 @@ __all__ = [
     "head_bytes",
     "read_ledger",
     "row_hash",
+    "read_witnesses",
+    "sign_witness",
     "verify_chain",
+    "verify_witness",
+    "WITNESS_DOMAIN",
+    "witness_message",
 ]

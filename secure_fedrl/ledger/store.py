@@ -45,6 +45,7 @@ from secure_fedrl.ledger.format import (
     sign_row,
     verify_chain,
 )
+from secure_fedrl.ledger.witness import verify_witness
 
 LEDGER_FILE = "privacy_ledger.sqlite"
 KEY_FILE = "ledger_signing_key.pem"
@@ -100,6 +101,30 @@ CREATE TRIGGER head_advance_only BEFORE UPDATE ON head
     WHEN NEW.seq IS NOT OLD.seq + 1
     BEGIN SELECT RAISE(ABORT, 'privacy ledger head only advances by one row'); END;
 """
+
+_WITNESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS witnesses (
+    seq        INTEGER NOT NULL,
+    site       TEXT    NOT NULL,
+    public_key TEXT    NOT NULL,
+    signature  TEXT    NOT NULL,
+    row_hash   TEXT    NOT NULL,
+    PRIMARY KEY (seq, site)
+);
+CREATE TRIGGER IF NOT EXISTS witnesses_no_update BEFORE UPDATE ON witnesses
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger witnesses are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS witnesses_no_delete BEFORE DELETE ON witnesses
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger witnesses are append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS witnesses_known_seq BEFORE INSERT ON witnesses
+    WHEN NEW.seq < 1 OR NEW.seq > (SELECT seq FROM head WHERE id = 1)
+    BEGIN SELECT RAISE(ABORT, 'privacy ledger witnesses must countersign a row the ledger holds'); END;
+"""
+"""Witness countersignatures of ledger heads (FORMAT.md, "Witnesses"). Added without a schema
+version bump: a ledger written before it has no such table, and `PrivacyLedger.open` creates
+it; readers treat a missing table as no witnesses."""
+
+Witness = tuple[int, str, str, str]
+"""(seq, site, public key hex, signature hex), as `PrivacyLedger.witnesses()` returns them."""
 
 _COLUMNS = ("seq, round, time, unit, site, mechanism, clip, sigma_planned, sigma_effective, "
             "sample_rate, steps, sites_planned, sites_survived, accountant, epsilon, delta, "
@@ -268,6 +293,53 @@ def _row_from_sql(r: tuple, *, strict: bool) -> LedgerRow:
                      signature=signature, entry=entry)
 
 
+def _read_witness_rows(conn: sqlite3.Connection) -> list[tuple[int, str, str, str, str]]:
+    """(seq, site, public_key, signature, row_hash) rows; none when the table is absent (a
+    ledger written before witnesses existed)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'witnesses'"
+                    ).fetchone() is None:
+        return []
+    return [tuple(r) for r in conn.execute(
+        "SELECT seq, site, public_key, signature, row_hash FROM witnesses ORDER BY seq, site")]
+
+
+def _check_witnesses(p: Path, stored: list[tuple[int, str, str, str, str]], rows: list[LedgerRow],
+                     *, federation: str, config_hash: str) -> None:
+    """Every stored witness countersigns the row the ledger holds at its seq (LedgerError if not)."""
+    for seq, site, pub, sig, signed_hash in stored:
+        try:
+            ok = (isinstance(seq, int) and 1 <= seq <= len(rows) and verify_witness(
+                bytes.fromhex(pub), bytes.fromhex(sig), federation=federation, seq=seq,
+                row_hash=rows[seq - 1].hash, config_hash=config_hash))
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            what = ("the row was rewritten after the site countersigned it"
+                    if isinstance(seq, int) and 1 <= seq <= len(rows)
+                    and signed_hash != rows[seq - 1].hash else "the witness was altered or forged")
+            raise LedgerError(f"privacy ledger {p}: witness of site {site!r} for row {seq} does "
+                              f"not verify: {what}")
+
+
+def read_witnesses(path: str | os.PathLike[str]) -> list[Witness]:
+    """A ledger's witness countersignatures (seq, site, public key hex, signature hex), read-only
+    and NOT verified (verification needs the federation name: `PrivacyLedger.open(federation=)`
+    or audit/verify_ledger.py with the sites' pinned keys)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / LEDGER_FILE
+    if not p.is_file():
+        raise LedgerError(f"privacy ledger {p} is missing")
+    try:
+        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            return [r[:4] for r in _read_witness_rows(conn)]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(f"privacy ledger {p} is unreadable: {exc}") from None
+
+
 def read_ledger(path: str | os.PathLike[str], *, config_hash: str | None = None,
                 public_key: str | None = None) -> list[LedgerRow]:
     """Verify and return a ledger's rows without its signing key, writing nothing (reports,
@@ -308,8 +380,12 @@ class PrivacyLedger:
     """Append-only privacy ledger; open with `PrivacyLedger.open`, never construct directly."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, key: Ed25519PrivateKey,
-                 config_hash: str, rows: list[LedgerRow], clock: Callable[[], datetime]) -> None:
+                 config_hash: str, rows: list[LedgerRow], clock: Callable[[], datetime], *,
+                 federation: str | None = None,
+                 witnesses: list[tuple[int, str, str, str, str]] | None = None) -> None:
         self._conn: sqlite3.Connection | None = conn
+        self.federation = federation
+        self._witnesses = list(witnesses or [])
         self.path = path
         self._key = key
         self.config_hash = config_hash
@@ -323,7 +399,8 @@ class PrivacyLedger:
     def open(cls, path: str | os.PathLike[str], *, signing_key: Ed25519PrivateKey | None = None,
              key_dir: str | os.PathLike[str] | None = None, passphrase: bytes | None = None,
              config_hash: str, create: bool = True,
-             clock: Callable[[], datetime] = _utc_now) -> "PrivacyLedger":
+             clock: Callable[[], datetime] = _utc_now,
+             federation: str | None = None) -> "PrivacyLedger":
         """Open (or create) the ledger at `path` (a file, or a run directory holding
         privacy_ledger.sqlite) and verify the whole chain; raise LedgerError naming the first bad row.
 
@@ -331,8 +408,14 @@ class PrivacyLedger:
         ledger; see `load_signing_key`): never from the run directory, so that whoever holds the
         run directory cannot re-sign a rewritten or rolled-back ledger. Pass create=False when
         resuming: a missing ledger (or key) is then an error rather than a fresh, zero-spend one.
+
+        `federation` (the federation name) is what witness countersignatures bind besides the
+        config hash: given, the stored witnesses are verified too, and `add_witness` needs it
+        (here or in the call).
         """
         _check_text("config_hash", config_hash)
+        if federation is not None and (not isinstance(federation, str) or not federation):
+            raise LedgerError(f"federation must be a non-empty string, got {federation!r}")
         p = Path(path)
         if p.is_dir():
             p = p / LEDGER_FILE
@@ -354,7 +437,8 @@ class PrivacyLedger:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open privacy ledger {p}: {exc}") from None
         try:
-            return cls._init(conn, p, signing_key, config_hash, clock, allow_create=create)
+            return cls._init(conn, p, signing_key, config_hash, clock, allow_create=create,
+                             federation=federation)
         except BaseException:
             conn.close()
             raise
@@ -362,7 +446,7 @@ class PrivacyLedger:
     @classmethod
     def _init(cls, conn: sqlite3.Connection, p: Path, key: Ed25519PrivateKey,
               config_hash: str, clock: Callable[[], datetime], *,
-              allow_create: bool) -> "PrivacyLedger":
+              allow_create: bool, federation: str | None = None) -> "PrivacyLedger":
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
@@ -378,7 +462,7 @@ class PrivacyLedger:
             if create:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for stmt in _SCHEMA.split(";\n"):
+                    for stmt in (_SCHEMA + _WITNESS_SCHEMA).split(";\n"):
                         if stmt.strip():
                             conn.execute(stmt)
                     meta = {"format": "secure-fedrl-ledger", "schema_version": SCHEMA_VERSION,
@@ -397,6 +481,7 @@ class PrivacyLedger:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             raw_rows = conn.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY seq").fetchall()
             head_row = conn.execute("SELECT seq, row_hash, signature FROM head WHERE id = 1").fetchone()
+            stored_witnesses = _read_witness_rows(conn)
         except sqlite3.Error as exc:
             raise LedgerError(f"privacy ledger {p} is unreadable: {exc}") from None
         if meta.get("format") != "secure-fedrl-ledger" or meta.get("schema_version") != SCHEMA_VERSION:
@@ -414,7 +499,30 @@ class PrivacyLedger:
             raise LedgerChainError(None, "deleted", f"{p}: the signed head is missing")
         rows = [_row_from_sql(r, strict=True) for r in raw_rows]
         verify_chain(rows, pub, config_hash=config_hash, head=SignedHead(*head_row))
-        return cls(conn, p, key, config_hash, rows, clock)
+        if federation is not None:
+            _check_witnesses(p, stored_witnesses, rows, federation=federation,
+                             config_hash=config_hash)
+        if not create and "witnesses" not in tables:
+            try:
+                cls._add_witness_table(conn)  # a ledger written before witnesses existed
+            except sqlite3.Error as exc:
+                raise LedgerError(f"privacy ledger {p}: cannot add the witnesses table: "
+                                  f"{exc}") from None
+        return cls(conn, p, key, config_hash, rows, clock, federation=federation,
+                   witnesses=stored_witnesses)
+
+    @staticmethod
+    def _add_witness_table(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _WITNESS_SCHEMA.split(";\n"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     # -- reading ---------------------------------------------------------------------------------
     def rows(self) -> list[LedgerRow]:
@@ -444,6 +552,11 @@ class PrivacyLedger:
         if seq < 1 or self._rows[seq - 1].hash != row_hash:
             raise LedgerError(f"privacy ledger {self.path} row {seq} is not the row {what} "
                               f"recorded: the ledger was rewritten")
+
+    def witnesses(self) -> list[Witness]:
+        """Stored witness countersignatures, (seq, site, public key hex, signature hex), by
+        (seq, site)."""
+        return [w[:4] for w in sorted(self._witnesses, key=lambda w: (w[0], w[1]))]
 
     def last_round(self) -> int | None:
         """Highest round id with a row, or None for an empty ledger; resume at last_round() + 1."""
@@ -512,6 +625,59 @@ class PrivacyLedger:
                               f"{exc}") from None
         self._rows.append(row)
         return row
+
+    def add_witness(self, *, seq: int, site: str, public_key: bytes, signature: bytes,
+                    federation: str | None = None) -> None:
+        """Store site `site`'s countersignature (`sign_witness`) of the ledger head at row `seq`,
+        durably (its own fsynced transaction, like `append`), after checking it against the row
+        hash THIS ledger holds at `seq`. Refuses (LedgerError) an unknown seq, a malformed key or
+        signature, one that does not verify, and a second witness of the same seq by the same
+        site. `federation` defaults to the one given to `open`."""
+        fed = federation if federation is not None else self.federation
+        if not isinstance(fed, str) or not fed:
+            raise LedgerError("add_witness: the federation name is unknown (pass federation= to "
+                              "PrivacyLedger.open or to add_witness)")
+        _check_text("site", site)
+        if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != 32:
+            raise LedgerError(f"witness of site {site!r}: public key must be 32 raw bytes")
+        if not isinstance(signature, (bytes, bytearray)) or len(signature) != 64:
+            raise LedgerError(f"witness of site {site!r}: signature must be 64 bytes")
+        with self._lock:
+            conn = self._require_open()
+            n = len(self._rows)
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= n:
+                raise LedgerError(f"witness of site {site!r}: unknown ledger row {seq!r} (the "
+                                  f"ledger holds rows 1..{n})")
+            if any(w[0] == seq and w[1] == site for w in self._witnesses):
+                raise LedgerError(f"witness of site {site!r} for ledger row {seq} is already stored")
+            row_hash = self._rows[seq - 1].hash
+            if not verify_witness(bytes(public_key), bytes(signature), federation=fed, seq=seq,
+                                  row_hash=row_hash, config_hash=self.config_hash):
+                raise LedgerError(f"witness of site {site!r} for ledger row {seq} does not verify "
+                                  f"over this ledger's row hash (wrong key, federation or config, "
+                                  f"or the site countersigned another head)")
+            record = (seq, site, bytes(public_key).hex(), bytes(signature).hex(), row_hash)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    db_head = conn.execute("SELECT seq, row_hash FROM head WHERE id = 1").fetchone()
+                    if db_head != self.head():
+                        raise LedgerError(f"privacy ledger {self.path} was changed by another "
+                                          f"writer (head {db_head}, expected {self.head()})")
+                    conn.execute("INSERT INTO witnesses (seq, site, public_key, signature, "
+                                 "row_hash) VALUES (?, ?, ?, ?, ?)", record)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError:
+                raise LedgerError(f"witness of site {site!r} for ledger row {seq} is already "
+                                  f"stored") from None
+            except sqlite3.Error as exc:
+                raise LedgerError(f"privacy ledger {self.path}: storing the witness of site "
+                                  f"{site!r} for row {seq} failed: {exc}") from None
+            self._witnesses.append(record)
 
     def _check_order(self, e: LedgerEntry) -> None:
         """Rounds only move forward and cumulative epsilon never shrinks: a ledger that went
