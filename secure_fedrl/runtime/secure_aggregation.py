@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +25,18 @@ from secure_fedrl.secagg.graph import (holders_per_site, min_honest_inputs, seca
                                       secure_threshold)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SecAggPlan:
+    """One secure-aggregation round's public parameters (`SecureAggregator.plan`)."""
+
+    round_id: int
+    planned: int
+    round_seed: int
+    threshold: int  # Shamir threshold t the protocol enforces
+    release: int  # fewest survivors whose sum the server releases
+    degree: int | None  # None: complete graph; k: SecAgg+
 
 #: L2 bound of the fixed-point encoding when no privacy clip sets one. Updates are clipped to it,
 #: so it sits far above the norms local RL updates have, while leaving ~1e-6 resolution at n=8.
@@ -215,99 +228,133 @@ class SecureAggregator(Aggregator):
         """The round's cost against release-only observers (what a membership canary measures)."""
         return self.round_cost(sampled, sigma=sigma).release
 
-    # -- the round -----------------------------------------------------------------------------------
-    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
-                  noise_rng: np.random.Generator, planned: int, round_seed: int = 0) -> RoundAggregate:
-        """`rng` drives the simulation (dropouts); `noise_rng` the sites' rounding and noise."""
-        info: dict[str, Any] = {"sites_planned": planned, "participants": []}
+    # -- the round, split at the trust boundary ----------------------------------------------------
+    def plan(self, round_id: int, *, planned: int, round_seed: int) -> SecAggPlan:
+        """The round's public parameters, computed alike by the server and by every site from the
+        config, the round number, the planned size and the broadcast round seed."""
+        n = max(planned, 2)
+        protocol_t = self.ddg_threshold(n) if self.ddg else self.protocol_threshold(n)
+        return SecAggPlan(round_id=round_id, planned=planned, round_seed=round_seed, threshold=protocol_t,
+                          release=max(self.release_threshold(n), protocol_t), degree=self.degree(n))
+
+    def round_info(self, plan: SecAggPlan) -> dict[str, Any]:
+        """What the ledger records of a round whatever becomes of it."""
+        info: dict[str, Any] = {"sites_planned": plan.planned, "participants": []}
         if self.ddg:  # m honest shares: what every round is charged, released or not
-            info["cost"] = self.round_cost(planned)
+            info["cost"] = self.round_cost(plan.planned)
             info["mechanism_step"] = info["cost"].release
             info["sigma_effective"] = info["cost"].sigma_effective
-        aborted = RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
-        if len(uploads) < 2:
-            log.warning("round %d: %d site(s) left, secure aggregation needs 2: nothing released",
-                        round_id, len(uploads))
-            return aborted
-        n_planned = max(planned, 2)
-        if self.ddg:
-            need = self.ddg_threshold(n_planned)
-            if need > holders_per_site(n_planned, self.degree(n_planned)) or len(uploads) < need:
-                log.warning("round %d: %d site(s) cannot guarantee %d honest noise shares (threshold %d): "
-                            "nothing leaves the sites, nothing released", round_id, len(uploads),
-                            self.noise_shares(), need)
-                return aborted
+        return info
+
+    def cannot_run(self, plan: SecAggPlan, count: int) -> str | None:
+        """Why a round of `count` sites must not start (nothing leaves the sites), or None."""
+        if count < 2:
+            return f"{count} site(s) left, secure aggregation needs 2"
+        n = max(plan.planned, 2)
+        if self.ddg and (plan.threshold > holders_per_site(n, plan.degree) or count < plan.threshold):
+            return (f"{count} site(s) cannot guarantee {self.noise_shares()} honest noise shares "
+                    f"(threshold {plan.threshold})")
+        if count < plan.release:
+            return f"{count} of {plan.planned} sites left, fewer than the release threshold {plan.release}"
+        return None
+
+    def kept_indices(self, plan: SecAggPlan) -> np.ndarray | None:
+        """Coordinates a shared random mask keeps this round (the same at every site)."""
+        return None if self.mask_ratio is None else shared_mask_indices(self.dim, self.mask_ratio, plan.round_seed)
+
+    def site_encode(self, plan: SecAggPlan, vector: np.ndarray, *, rng: np.random.Generator,
+                    signing_key: Any) -> np.ndarray:
+        """At the site: clip and encode to the ring; under DDG also rotate, round and add this
+        site's noise share. The DDG parameters come from the site's own config, never from the
+        server; the site signs the attestation of what it applied (SPEC 7.1) with its identity
+        key and refuses (PrivacyError) parameters other than the ones the config fixes."""
         from secure_fedrl.privacy.ddg import round_rotation_seed
 
-        rotation_seed = round_rotation_seed(round_id, round_seed)
-        kept = None if self.mask_ratio is None else shared_mask_indices(self.dim, self.mask_ratio, round_seed)
-        vectors = {u.site: u.vector if kept is None else u.vector[kept] for u in uploads}
-        encoded = {}
-        if self.ddg:
-            from secure_fedrl.privacy.ddg import (DDGEncoder, attestation_for, sign_attestation, verify_attestation,
-                                                  verify_signed_attestation)
-
-            params = self.ddg_params(n_planned)
-            expected = attestation_for(params, rotation_seed=rotation_seed)
-            for site, vec in vectors.items():
-                encoder = DDGEncoder(params, rotation_seed=rotation_seed)  # at the site
-                key = self._attestation_key(site)  # in-process stand-in for the site's identity key
-                signed = sign_attestation(encoder.attestation(), round_id=round_id, key=key)  # the wire field
-                try:
-                    verify_signed_attestation(encoder.attestation(), signed, round_id=round_id,
-                                              public_key=key.public_key())
-                    verify_attestation(encoder.attestation(), expected)
-                except PrivacyError as exc:
-                    log.warning("round %d: site %s refused: %s", round_id, site, exc)
-                    continue
-                encoded[site] = encoder.encode(vec, rng=noise_rng)
-            info["participants"] = sorted(encoded)  # their masked inputs leave them: charged from here
-        else:
+        kept = self.kept_indices(plan)
+        vec = vector if kept is None else vector[kept]
+        if not self.ddg:
             from secure_fedrl.secagg.encoding import encode
 
-            scale = self._scale(n_planned)
-            for site, vec in vectors.items():
-                encoded[site] = encode(vec, clip=self.clip, scale=scale, bits=self.sa.bits, rng=noise_rng,
-                                       num_sites=n_planned)
+            n = max(plan.planned, 2)
+            return encode(vec, clip=self.clip, scale=self._scale(n), bits=self.sa.bits, rng=rng, num_sites=n)
+        from secure_fedrl.privacy.ddg import (DDGEncoder, attestation_for, sign_attestation, verify_attestation,
+                                              verify_signed_attestation)
 
-        drop_sites = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
-        dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
-        protocol_t = self.ddg_threshold(n_planned) if self.ddg else self.protocol_threshold(n_planned)
-        release = max(self.release_threshold(n_planned), protocol_t)
-        try:
-            if len(encoded) < release:
-                raise BelowThresholdError(f"{len(encoded)} of {planned} sites left, fewer than the release "
-                                          f"threshold {release}")
-            graph_seed = hashlib.sha256(b"secure-fedrl/graph" + round_seed.to_bytes(8, "big")).digest()
-            result = run_round(encoded, threshold=protocol_t, neighbors=self.degree(n_planned),
-                               bits=self.sa.bits, dropouts=dropouts, round_id=round_id, graph_seed=graph_seed)
-            survivors = len(result.accepted_sites)
-            info["survivors"] = survivors
-            if survivors < release:
-                raise BelowThresholdError(f"{survivors} of {planned} sites survived, fewer than the release "
-                                          f"threshold {release}")
-            included = sorted(result.accepted_sites)
-            if self.ddg:
-                from secure_fedrl.privacy.ddg import decode_sum
+        rotation_seed = round_rotation_seed(plan.round_id, plan.round_seed)
+        params = self.ddg_params(plan.planned)
+        encoder = DDGEncoder(params, rotation_seed=rotation_seed)
+        signed = sign_attestation(encoder.attestation(), round_id=plan.round_id, key=signing_key)
+        verify_signed_attestation(encoder.attestation(), signed, round_id=plan.round_id,
+                                  public_key=signing_key.public_key())
+        verify_attestation(encoder.attestation(), attestation_for(params, rotation_seed=rotation_seed))
+        return encoder.encode(vec, rng=rng)
 
-                total = decode_sum(result.sum, num_survivors=survivors, params=params, rotation_seed=rotation_seed)
-                mean = total / self.expected_sites
-            else:
-                from secure_fedrl.secagg.encoding import decode_sum as decode_plain
+    def server_decode(self, plan: SecAggPlan, total: np.ndarray, *, survivors: int) -> np.ndarray:
+        """At the server: the mean update (full length) from the unmasked sum of `survivors`."""
+        if self.ddg:
+            from secure_fedrl.privacy.ddg import decode_sum, round_rotation_seed
 
-                total = decode_plain(result.sum, scale=self._scale(n_planned), bits=self.sa.bits,
-                                     num_sites=survivors, clip=self.clip)
-                mean = total / survivors
-        except (BelowThresholdError, ProtocolError, UpdateRejected) as exc:
-            log.warning("round %d aborted, nothing released: %s", round_id, exc)
-            return aborted
+            mean = decode_sum(total, num_survivors=survivors, params=self.ddg_params(plan.planned),
+                              rotation_seed=round_rotation_seed(plan.round_id, plan.round_seed)) / self.expected_sites
+        else:
+            from secure_fedrl.secagg.encoding import decode_sum as decode_plain
+
+            mean = decode_plain(total, scale=self._scale(max(plan.planned, 2)), bits=self.sa.bits,
+                                num_sites=survivors, clip=self.clip) / survivors
+        kept = self.kept_indices(plan)
         if kept is not None:
             full = np.zeros(self.dim, dtype=np.float64)
             full[kept] = mean
             mean = full
-        dropped = sorted(set(vectors) - set(included))
+        return np.asarray(mean, dtype=np.float32)
+
+    @staticmethod
+    def graph_seed(round_seed: int) -> bytes:
+        """SecAgg+ graph seed material from the round seed (issue 7 item 3: still server-chosen)."""
+        return hashlib.sha256(b"secure-fedrl/graph" + round_seed.to_bytes(8, "big")).digest()
+
+    def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
+                  noise_rng: np.random.Generator, planned: int, round_seed: int = 0) -> RoundAggregate:
+        """Both halves in one process over the pure in-memory driver (unit tests, canaries,
+        benchmarks). The runtimes run the same halves across the transport (runtime/round.py).
+        `rng` drives simulated dropouts; `noise_rng` the sites' rounding and noise."""
+        plan = self.plan(round_id, planned=planned, round_seed=round_seed)
+        info = self.round_info(plan)
+        aborted = RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
+        reason = self.cannot_run(plan, len(uploads)) if len(uploads) < 2 or self.ddg else None
+        if reason:
+            log.warning("round %d: %s: nothing leaves the sites, nothing released", round_id, reason)
+            return aborted
+        encoded = {}
+        for u in uploads:
+            try:
+                encoded[u.site] = self.site_encode(plan, u.vector, rng=noise_rng,
+                                                   signing_key=self._attestation_key(u.site))
+            except PrivacyError as exc:
+                log.warning("round %d: site %s refused: %s", round_id, u.site, exc)
+        if self.ddg:
+            info["participants"] = sorted(encoded)  # their masked inputs leave them: charged from here
+        drop_sites = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
+        dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
+        try:
+            if len(encoded) < plan.release:
+                raise BelowThresholdError(f"{len(encoded)} of {planned} sites left, fewer than the release "
+                                          f"threshold {plan.release}")
+            result = run_round(encoded, threshold=plan.threshold, neighbors=plan.degree, bits=self.sa.bits,
+                               dropouts=dropouts, round_id=round_id, graph_seed=self.graph_seed(round_seed))
+            survivors = len(result.accepted_sites)
+            info["survivors"] = survivors
+            if survivors < plan.release:
+                raise BelowThresholdError(f"{survivors} of {planned} sites survived, fewer than the release "
+                                          f"threshold {plan.release}")
+            mean = self.server_decode(plan, result.sum, survivors=survivors)
+        except (BelowThresholdError, ProtocolError, UpdateRejected) as exc:
+            log.warning("round %d aborted, nothing released: %s", round_id, exc)
+            return aborted
+        included = sorted(result.accepted_sites)
+        dropped = sorted(set(u.site for u in uploads) - set(included))
         bytes_per_site = float(np.mean(list(result.bytes_per_site.values()))) if result.bytes_per_site else 0.0
-        return RoundAggregate(np.asarray(mean, dtype=np.float32), included, dropped, bytes_per_site, privacy=info)
+        return RoundAggregate(mean, included, dropped, bytes_per_site, privacy=info)
 
     def _attestation_key(self, site: str):
         """Per-site Ed25519 key that signs the DP attestation (SPEC 7.1) in-process."""
