@@ -80,6 +80,8 @@ class Broadcast:
     finished: bool = False
     round_id: int = 0
     announcement: RoundAnnouncement | None = None
+    notice: bytes = b""
+    """The previous round's outcome (runtime-defined JSON): who was included, the ledger head."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class SiteTransport(Protocol):
     def await_round(self, after_round: int, timeout: float) -> Broadcast: ...
     def upload(self, round_id: int, phase: str, payload: bytes) -> None: ...
     def download(self, round_id: int, phase: str, timeout: float) -> bytes: ...
+    def leave(self, round_id: int) -> None: ...
+    def witness(self, seq: int, row_hash: str, signature: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class _Site:
     fingerprint: bytes
     session: bytes
     last_seen: float
+    certificate: bytes = b""  # DER, as the TLS handshake presented it (the roster entry)
+    protocol_key: bytes = b""  # the Ed25519 key the certificate binds
 
 
 @dataclass
@@ -174,12 +180,15 @@ class Hub:
         self._rounds: dict[int, _Round] = {}
         self._current: int | None = None
         self._finished = False
+        self._notice = b""
+        self._witnesses: list[tuple[str, int, str, bytes]] = []
 
     # ================================================================ site-facing
     def _live(self, s: _Site) -> bool:
         return self.clock() - s.last_seen < self.liveness_s
 
-    def join(self, name: str, number: int, fingerprint: bytes = b"") -> JoinInfo:
+    def join(self, name: str, number: int, fingerprint: bytes = b"", *, certificate: bytes = b"",
+             protocol_key: bytes = b"") -> JoinInfo:
         with self._cv:
             cur = self._sites.get(name)
             if cur is not None and self._live(cur):
@@ -192,7 +201,7 @@ class Hub:
             if cur is not None and cur.number != number:
                 raise TransportError("PERMISSION_DENIED", f"site {name!r} joined before with number {cur.number}")
             session = os.urandom(16)
-            self._sites[name] = _Site(name, number, fingerprint, session, self.clock())
+            self._sites[name] = _Site(name, number, fingerprint, session, self.clock(), certificate, protocol_key)
             log_event("site_joined", site=name, number=number, level="info")
             self._cv.notify_all()
             return JoinInfo(session, number, self.federation, self.heartbeat_interval_s)
@@ -216,9 +225,9 @@ class Hub:
                 self._session(name, session)
                 if self._current is not None and self._current > after_round:
                     ann = self._rounds[self._current].announcements.get(name)
-                    return Broadcast(round_id=self._current, announcement=ann)
+                    return Broadcast(round_id=self._current, announcement=ann, notice=self._notice)
                 if self._finished:
-                    return Broadcast(finished=True)
+                    return Broadcast(finished=True, notice=self._notice)
                 left = end - self.clock()
                 if left <= 0:
                     raise TransportError("DEADLINE_EXCEEDED", "no new round before the deadline")
@@ -314,7 +323,40 @@ class Hub:
         if self.trace is not None:
             self.trace.append((round_id, phase, direction, site, hashlib.sha256(payload).hexdigest()))
 
+    def leave(self, name: str, session: bytes, round_id: int) -> None:
+        """The site stops taking part in `round_id` (it says so instead of going silent), so the
+        server need not wait for its deadline; it counts as a dropout from the open phase on."""
+        with self._cv:
+            self._session(name, session)
+            r = self._round_for(name, round_id)
+            opened = r.phase in PHASES
+            for phase in PHASES[PHASES.index(r.phase) if opened else len(PHASES):]:
+                r.seen[phase].add(name)
+            self._cv.notify_all()
+
+    def witness(self, name: str, session: bytes, seq: int, row_hash: str, signature: bytes) -> None:
+        """A site's countersignature of a ledger head; the server runtime verifies and stores it."""
+        with self._cv:
+            self._session(name, session)
+            if len(signature) != 64 or len(row_hash) != 64:
+                raise TransportError("INVALID_ARGUMENT", "witness: signature must be 64 bytes, row hash 64 hex digits")
+            if len(self._witnesses) >= 4 * self.max_sites:
+                raise TransportError("RESOURCE_EXHAUSTED", "too many witness signatures pending")
+            self._witnesses.append((name, int(seq), str(row_hash), bytes(signature)))
+
     # ================================================================ server-facing
+    def take_witnesses(self) -> list[tuple[str, int, str, bytes]]:
+        """(site, seq, row hash, signature) received since the last call."""
+        with self._cv:
+            out, self._witnesses = self._witnesses, []
+            return out
+
+    def site_credentials(self, name: str) -> tuple[int, bytes, bytes]:
+        """(site number, protocol key, certificate DER) of a joined site."""
+        with self._cv:
+            s = self._sites[name]
+            return s.number, s.protocol_key, s.certificate
+
     def live_sites(self) -> dict[str, int]:
         with self._cv:
             return {n: s.number for n, s in self._sites.items() if self._live(s)}
@@ -328,11 +370,14 @@ class Hub:
                     return live
                 self._cv.wait(min(end - self.clock(), 1.0))
 
-    def open_round(self, announcements: dict[str, RoundAnnouncement]) -> None:
+    def open_round(self, announcements: dict[str, RoundAnnouncement], *, notice: bytes | None = None) -> None:
+        """Start a round; `notice` (if given) replaces what every site's next broadcast carries."""
         if not announcements:
             raise ProtocolError("a round needs at least one site")
         round_id = next(iter(announcements.values())).round_id
         with self._cv:
+            if notice is not None:
+                self._notice = bytes(notice)
             if self._current is not None and round_id <= self._current:
                 raise ProtocolError(f"round {round_id} is not after round {self._current}")
             for old in [k for k in self._rounds if k < round_id - 1]:
@@ -376,8 +421,10 @@ class Hub:
             self._rounds[round_id].phase = "aborted"
             self._cv.notify_all()
 
-    def finish(self) -> None:
+    def finish(self, *, notice: bytes | None = None) -> None:
         with self._cv:
+            if notice is not None:
+                self._notice = bytes(notice)
             self._finished = True
             self._cv.notify_all()
 
@@ -389,12 +436,13 @@ class Hub:
 class InMemorySite:
     """A site's transport that calls the hub in-process: same checks, no wire."""
 
-    def __init__(self, hub: Hub, name: str, number: int) -> None:
+    def __init__(self, hub: Hub, name: str, number: int, *, protocol_key: bytes = b"") -> None:
         self.hub, self.name, self.number = hub, name, number
+        self.protocol_key = protocol_key
         self._session = b""
 
     def join(self) -> JoinInfo:
-        info = self.hub.join(self.name, self.number)
+        info = self.hub.join(self.name, self.number, protocol_key=self.protocol_key)
         self._session = info.session
         return info
 
@@ -409,3 +457,9 @@ class InMemorySite:
 
     def download(self, round_id: int, phase: str, timeout: float) -> bytes:
         return self.hub.download(self.name, self._session, round_id, phase, timeout)
+
+    def leave(self, round_id: int) -> None:
+        self.hub.leave(self.name, self._session, round_id)
+
+    def witness(self, seq: int, row_hash: str, signature: bytes) -> None:
+        self.hub.witness(self.name, self._session, seq, row_hash, signature)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 
 from secure_fedrl.secagg.protocol import PHASES, RoundConfig
@@ -258,7 +260,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"protocol version {request.protocol_version} unsupported (server speaks {PROTOCOL_VERSION})")
         try:
-            info = self.hub.join(peer.name, peer.site_number, peer.fingerprint)
+            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+            der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+            info = self.hub.join(peer.name, peer.site_number, peer.fingerprint, certificate=der,
+                                 protocol_key=peer.protocol_key or b"")
         except TransportError as err:
             self._fail(context, err, "Join", peer.name)
         crl = self.trust.crl.public_bytes(_pem()) if self.trust.crl is not None else b""
@@ -281,15 +286,16 @@ class FederationServicer(pb_grpc.FederationServicer):
         except TransportError as err:
             self._fail(context, err, "AwaitRound", peer.name)
         if b.finished:
-            return pb.RoundBroadcast(finished=True)
+            return pb.RoundBroadcast(finished=True, notice=b.notice)
         ann = b.announcement
         if ann is None:
-            return pb.RoundBroadcast(sampled=False, config=pb.RoundConfig(round_id=b.round_id))
+            return pb.RoundBroadcast(sampled=False, config=pb.RoundConfig(round_id=b.round_id), notice=b.notice)
         pol = np.ascontiguousarray(ann.policy, dtype="<f4").tobytes()
         return pb.RoundBroadcast(
             sampled=True, config=config_to_pb(ann.config),
             roster=[pb.RosterEntry(site_id=e.site_id, site=e.name, certificate=e.certificate) for e in ann.roster],
-            policy_length=ann.policy.size, policy_sha256=hashlib.sha256(pol).digest(), extras=ann.extras)
+            policy_length=ann.policy.size, policy_sha256=hashlib.sha256(pol).digest(), extras=ann.extras,
+            notice=b.notice)
 
     def DownloadPolicy(self, request, context):
         peer = self._peer(request.site, context, "DownloadPolicy")
@@ -323,6 +329,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         except TransportError as err:
             self._fail(context, err, "Upload", peer.name)
         return pb.UploadAck(round_id=header.round_id, phase=header.phase)
+
+    def Witness(self, request, context):
+        peer = self._peer(request.site, context, "Witness")
+        try:
+            self.hub.witness(peer.name, request.session, request.seq, request.row_hash, request.signature)
+        except TransportError as err:
+            self._fail(context, err, "Witness", peer.name)
+        return pb.WitnessAck(seq=request.seq)
 
     def Download(self, request, context):
         peer = self._peer(request.site, context, "Download")
@@ -451,9 +465,9 @@ class GrpcSite:
         req = pb.AwaitRoundRequest(site=self.name, session=self._session, after_round=after_round)
         r = self._call("AwaitRound", self.stub.AwaitRound, req, timeout=timeout)
         if r.finished:
-            return Broadcast(finished=True)
+            return Broadcast(finished=True, notice=bytes(r.notice))
         if not r.sampled:
-            return Broadcast(round_id=r.config.round_id)
+            return Broadcast(round_id=r.config.round_id, notice=bytes(r.notice))
         try:
             cfg = config_from_pb(r.config)
         except Exception as exc:
@@ -469,7 +483,8 @@ class GrpcSite:
                 raise TransportError("INVALID_ARGUMENT", "policy does not match the broadcast's length and hash")
             policy = np.frombuffer(data, dtype="<f4").astype(np.float32)
         roster = tuple(RosterEntry(e.site_id, e.site, bytes(e.certificate)) for e in r.roster)
-        return Broadcast(round_id=cfg.round_id, announcement=RoundAnnouncement(cfg, roster, policy, bytes(r.extras)))
+        return Broadcast(round_id=cfg.round_id, announcement=RoundAnnouncement(cfg, roster, policy, bytes(r.extras)),
+                         notice=bytes(r.notice))
 
     def _stream(self, what: str, fn, req, timeout: float | None = None):
         try:
@@ -492,3 +507,10 @@ class GrpcSite:
         if header.round_id != round_id or header.phase != _PHASE_TO_PB[phase] or header.site != self.name:
             raise TransportError("INVALID_ARGUMENT", "download header is for another round, phase or site")
         return data
+
+    def leave(self, round_id: int) -> None:
+        """Nothing to send: over the wire a site that stops is a dropout at the phase deadline."""
+
+    def witness(self, seq: int, row_hash: str, signature: bytes) -> None:
+        self._call("Witness", self.stub.Witness, pb.WitnessRequest(site=self.name, session=self._session, seq=seq,
+                                                                   row_hash=row_hash, signature=signature))

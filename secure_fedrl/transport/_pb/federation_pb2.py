@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n secure_fedrl/v1/federation.proto\x12\x0fsecure_fedrl.v1\"5\n\x0bJoinRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\"\x8b\x01\n\x0cJoinResponse\x12\x0f\n\x07session\x18\x01 \x01(\x0c\x12\x12\n\nfederation\x18\x02 \x01(\t\x12\x13\n\x0bsite_number\x18\x03 \x01(\r\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\x01\x12\x16\n\x0e\x63\x61_certificate\x18\x05 \x01(\x0c\x12\x0b\n\x03\x63rl\x18\x06 \x01(\x0c\"1\n\x10HeartbeatRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\"<\n\x11HeartbeatResponse\x12\x15\n\rcurrent_round\x18\x01 \x01(\x04\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\"G\n\x11\x41waitRoundRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x13\n\x0b\x61\x66ter_round\x18\x03 \x01(\x04\"A\n\x0bRosterEntry\x12\x0f\n\x07site_id\x18\x01 \x01(\r\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"\x9a\x01\n\x0bRoundConfig\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x10\n\x08site_ids\x18\x02 \x03(\r\x12\x15\n\ridentity_keys\x18\x03 \x03(\x0c\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x07 \x01(\r\x12\x12\n\ngraph_seed\x18\x08 \x01(\x0c\"\xcd\x01\n\x0eRoundBroadcast\x12\x10\n\x08\x66inished\x18\x01 \x01(\x08\x12\x0f\n\x07sampled\x18\x02 \x01(\x08\x12,\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1c.secure_fedrl.v1.RoundConfig\x12,\n\x06roster\x18\x04 \x03(\x0b\x32\x1c.secure_fedrl.v1.RosterEntry\x12\x15\n\rpolicy_length\x18\x05 \x01(\x04\x12\x15\n\rpolicy_sha256\x18\x06 \x01(\x0c\x12\x0e\n\x06\x65xtras\x18\x07 \x01(\x0c\"@\n\rPolicyRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\"\x87\x01\n\rPayloadHeader\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12%\n\x05phase\x18\x04 \x01(\x0e\x32\x16.secure_fedrl.v1.Phase\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"Q\n\x05\x43hunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.secure_fedrl.v1.PayloadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"D\n\tUploadAck\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12%\n\x05phase\x18\x02 \x01(\x0e\x32\x16.secure_fedrl.v1.Phase\"i\n\x0f\x44ownloadRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12%\n\x05phase\x18\x04 \x01(\x0e\x32\x16.secure_fedrl.v1.Phase*z\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x44VERTISE_KEYS\x10\x01\x12\x0e\n\nSHARE_KEYS\x10\x02\x12\x10\n\x0cMASKED_INPUT\x10\x03\x12\x15\n\x11\x43ONSISTENCY_CHECK\x10\x04\x12\r\n\tUNMASKING\x10\x05\x32\xcc\x03\n\nFederation\x12\x43\n\x04Join\x12\x1c.secure_fedrl.v1.JoinRequest\x1a\x1d.secure_fedrl.v1.JoinResponse\x12R\n\tHeartbeat\x12!.secure_fedrl.v1.HeartbeatRequest\x1a\".secure_fedrl.v1.HeartbeatResponse\x12Q\n\nAwaitRound\x12\".secure_fedrl.v1.AwaitRoundRequest\x1a\x1f.secure_fedrl.v1.RoundBroadcast\x12J\n\x0e\x44ownloadPolicy\x12\x1e.secure_fedrl.v1.PolicyRequest\x1a\x16.secure_fedrl.v1.Chunk0\x01\x12>\n\x06Upload\x12\x16.secure_fedrl.v1.Chunk\x1a\x1a.secure_fedrl.v1.UploadAck(\x01\x12\x46\n\x08\x44ownload\x12 .secure_fedrl.v1.DownloadRequest\x1a\x16.secure_fedrl.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n secure_fedrl/v1/federation.proto\x12\x0fsecure_fedrl.v1\"5\n\x0bJoinRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\"\x8b\x01\n\x0cJoinResponse\x12\x0f\n\x07session\x18\x01 \x01(\x0c\x12\x12\n\nfederation\x18\x02 \x01(\t\x12\x13\n\x0bsite_number\x18\x03 \x01(\r\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\x01\x12\x16\n\x0e\x63\x61_certificate\x18\x05 \x01(\x0c\x12\x0b\n\x03\x63rl\x18\x06 \x01(\x0c\"1\n\x10HeartbeatRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\"<\n\x11HeartbeatResponse\x12\x15\n\rcurrent_round\x18\x01 \x01(\x04\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\"G\n\x11\x41waitRoundRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x13\n\x0b\x61\x66ter_round\x18\x03 \x01(\x04\"A\n\x0bRosterEntry\x12\x0f\n\x07site_id\x18\x01 \x01(\r\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"\x9a\x01\n\x0bRoundConfig\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x10\n\x08site_ids\x18\x02 \x03(\r\x12\x15\n\ridentity_keys\x18\x03 \x03(\x0c\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x07 \x01(\r\x12\x12\n\ngraph_seed\x18\x08 \x01(\x0c\"\xdd\x01\n\x0eRoundBroadcast\x12\x10\n\x08\x66inished\x18\x01 \x01(\x08\x12\x0f\n\x07sampled\x18\x02 \x01(\x08\x12,\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1c.secure_fedrl.v1.RoundConfig\x12,\n\x06roster\x18\x04 \x03(\x0b\x32\x1c.secure_fedrl.v1.RosterEntry\x12\x15\n\rpolicy_length\x18\x05 \x01(\x04\x12\x15\n\rpolicy_sha256\x18\x06 \x01(\x0c\x12\x0e\n\x06\x65xtras\x18\x07 \x01(\x0c\x12\x0e\n\x06notice\x18\x08 \x01(\x0c\"@\n\rPolicyRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\"\x87\x01\n\rPayloadHeader\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12%\n\x05phase\x18\x04 \x01(\x0e\x32\x16.secure_fedrl.v1.Phase\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"Q\n\x05\x43hunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.secure_fedrl.v1.PayloadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"D\n\tUploadAck\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12%\n\x05phase\x18\x02 \x01(\x0e\x32\x16.secure_fedrl.v1.Phase\"a\n\x0eWitnessRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08row_hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\x19\n\nWitnessAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"i\n\x0f\x44ownloadRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12%\n\x05phase\x18\x04 \x01(\x0e\x32\x16.secure_fedrl.v1.Phase*z\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x44VERTISE_KEYS\x10\x01\x12\x0e\n\nSHARE_KEYS\x10\x02\x12\x10\n\x0cMASKED_INPUT\x10\x03\x12\x15\n\x11\x43ONSISTENCY_CHECK\x10\x04\x12\r\n\tUNMASKING\x10\x05\x32\x95\x04\n\nFederation\x12\x43\n\x04Join\x12\x1c.secure_fedrl.v1.JoinRequest\x1a\x1d.secure_fedrl.v1.JoinResponse\x12R\n\tHeartbeat\x12!.secure_fedrl.v1.HeartbeatRequest\x1a\".secure_fedrl.v1.HeartbeatResponse\x12Q\n\nAwaitRound\x12\".secure_fedrl.v1.AwaitRoundRequest\x1a\x1f.secure_fedrl.v1.RoundBroadcast\x12J\n\x0e\x44ownloadPolicy\x12\x1e.secure_fedrl.v1.PolicyRequest\x1a\x16.secure_fedrl.v1.Chunk0\x01\x12>\n\x06Upload\x12\x16.secure_fedrl.v1.Chunk\x1a\x1a.secure_fedrl.v1.UploadAck(\x01\x12\x46\n\x08\x44ownload\x12 .secure_fedrl.v1.DownloadRequest\x1a\x16.secure_fedrl.v1.Chunk0\x01\x12G\n\x07Witness\x12\x1f.secure_fedrl.v1.WitnessRequest\x1a\x1b.secure_fedrl.v1.WitnessAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'secure_fedrl.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=1332
-  _globals['_PHASE']._serialized_end=1454
+  _globals['_PHASE']._serialized_start=1474
+  _globals['_PHASE']._serialized_end=1596
   _globals['_JOINREQUEST']._serialized_start=53
   _globals['_JOINREQUEST']._serialized_end=106
   _globals['_JOINRESPONSE']._serialized_start=109
@@ -49,17 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDCONFIG']._serialized_start=504
   _globals['_ROUNDCONFIG']._serialized_end=658
   _globals['_ROUNDBROADCAST']._serialized_start=661
-  _globals['_ROUNDBROADCAST']._serialized_end=866
-  _globals['_POLICYREQUEST']._serialized_start=868
-  _globals['_POLICYREQUEST']._serialized_end=932
-  _globals['_PAYLOADHEADER']._serialized_start=935
-  _globals['_PAYLOADHEADER']._serialized_end=1070
-  _globals['_CHUNK']._serialized_start=1072
-  _globals['_CHUNK']._serialized_end=1153
-  _globals['_UPLOADACK']._serialized_start=1155
-  _globals['_UPLOADACK']._serialized_end=1223
-  _globals['_DOWNLOADREQUEST']._serialized_start=1225
-  _globals['_DOWNLOADREQUEST']._serialized_end=1330
-  _globals['_FEDERATION']._serialized_start=1457
-  _globals['_FEDERATION']._serialized_end=1917
+  _globals['_ROUNDBROADCAST']._serialized_end=882
+  _globals['_POLICYREQUEST']._serialized_start=884
+  _globals['_POLICYREQUEST']._serialized_end=948
+  _globals['_PAYLOADHEADER']._serialized_start=951
+  _globals['_PAYLOADHEADER']._serialized_end=1086
+  _globals['_CHUNK']._serialized_start=1088
+  _globals['_CHUNK']._serialized_end=1169
+  _globals['_UPLOADACK']._serialized_start=1171
+  _globals['_UPLOADACK']._serialized_end=1239
+  _globals['_WITNESSREQUEST']._serialized_start=1241
+  _globals['_WITNESSREQUEST']._serialized_end=1338
+  _globals['_WITNESSACK']._serialized_start=1340
+  _globals['_WITNESSACK']._serialized_end=1365
+  _globals['_DOWNLOADREQUEST']._serialized_start=1367
+  _globals['_DOWNLOADREQUEST']._serialized_end=1472
+  _globals['_FEDERATION']._serialized_start=1599
+  _globals['_FEDERATION']._serialized_end=2132
 # @@protoc_insertion_point(module_scope)

@@ -104,7 +104,7 @@ class RoundConfig(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., site_ids: _Optional[_Iterable[int]] = ..., identity_keys: _Optional[_Iterable[bytes]] = ..., threshold: _Optional[int] = ..., dim: _Optional[int] = ..., bits: _Optional[int] = ..., degree: _Optional[int] = ..., graph_seed: _Optional[bytes] = ...) -> None: ...
 
 class RoundBroadcast(_message.Message):
-    __slots__ = ("finished", "sampled", "config", "roster", "policy_length", "policy_sha256", "extras")
+    __slots__ = ("finished", "sampled", "config", "roster", "policy_length", "policy_sha256", "extras", "notice")
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class RoundBroadcast(_message.Message):
     POLICY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     POLICY_SHA256_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     finished: bool
     sampled: bool
     config: RoundConfig
@@ -119,7 +120,8 @@ class RoundBroadcast(_message.Message):
     policy_length: int
     policy_sha256: bytes
     extras: bytes
-    def __init__(self, finished: _Optional[bool] = ..., sampled: _Optional[bool] = ..., config: _Optional[_Union[RoundConfig, _Mapping]] = ..., roster: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., policy_length: _Optional[int] = ..., policy_sha256: _Optional[bytes] = ..., extras: _Optional[bytes] = ...) -> None: ...
+    notice: bytes
+    def __init__(self, finished: _Optional[bool] = ..., sampled: _Optional[bool] = ..., config: _Optional[_Union[RoundConfig, _Mapping]] = ..., roster: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., policy_length: _Optional[int] = ..., policy_sha256: _Optional[bytes] = ..., extras: _Optional[bytes] = ..., notice: _Optional[bytes] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ("site", "session", "round_id")
@@ -162,6 +164,26 @@ class UploadAck(_message.Message):
     round_id: int
     phase: Phase
     def __init__(self, round_id: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
+
+class WitnessRequest(_message.Message):
+    __slots__ = ("site", "session", "seq", "row_hash", "signature")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROW_HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    session: bytes
+    seq: int
+    row_hash: str
+    signature: bytes
+    def __init__(self, site: _Optional[str] = ..., session: _Optional[bytes] = ..., seq: _Optional[int] = ..., row_hash: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class WitnessAck(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("site", "session", "round_id", "phase")

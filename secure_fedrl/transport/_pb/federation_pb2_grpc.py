@@ -65,6 +65,11 @@ class FederationStub:
                 request_serializer=secure__fedrl_dot_v1_dot_federation__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.Witness = channel.unary_unary(
+                '/secure_fedrl.v1.Federation/Witness',
+                request_serializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessRequest.SerializeToString,
+                response_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -109,6 +114,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Witness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +152,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.DownloadRequest.FromString,
                     response_serializer=secure__fedrl_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
+            ),
+            'Witness': grpc.unary_unary_rpc_method_handler(
+                    servicer.Witness,
+                    request_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessRequest.FromString,
+                    response_serializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +321,33 @@ class Federation:
             '/secure_fedrl.v1.Federation/Download',
             secure__fedrl_dot_v1_dot_federation__pb2.DownloadRequest.SerializeToString,
             secure__fedrl_dot_v1_dot_federation__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Witness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secure_fedrl.v1.Federation/Witness',
+            secure__fedrl_dot_v1_dot_federation__pb2.WitnessRequest.SerializeToString,
+            secure__fedrl_dot_v1_dot_federation__pb2.WitnessAck.FromString,
             options,
             channel_credentials,
             insecure,
