@@ -3,7 +3,8 @@
 
     python audit/verify_ledger.py RUN_DIR_OR_LEDGER (--public-key HEX | --public-key-file FILE)
                                   [--config-hash H] [--ledger-only] [--allow-reproducible]
-                                  [--no-epsilon] [--quiet]
+                                  [--no-epsilon] [--quiet] [--witness-keys FILE]
+                                  [--federation NAME] [--require-witnesses N]
 
 Re-implements, from secure_fedrl/ledger/FORMAT.md alone, the canonical row encoding, the hash
 chain, the Ed25519 signatures and the signed head (sqlite3, hashlib, json, cryptography). It
@@ -23,13 +24,17 @@ papers, so that it shares no code with the accountant the server charged with:
 It also checks the run directory against the ledger: a ledger rolled back to an older, validly
 signed copy (the attacker may hold the signing key) no longer contains the ledger head that
 metrics.jsonl, state.json and the checkpoints recorded, or ends before their last round; and the
-recorded mechanism parameters against config.resolved.toml.
+recorded mechanism parameters against config.resolved.toml. And the witnesses (FORMAT.md,
+"Witnesses"): every site countersignature of a ledger head verifies under that site's pinned key
+(--witness-keys) over the ledger's own row hash, and every site metrics.jsonl expected to
+witness a head did: a server holding its ledger key still cannot rewrite a witnessed history.
 
 Output: optionally a table, then one line per finding, "FAIL: row seq K: <reason>: <detail>"
 (first disagreeing row first), or "OK: ...". Exit 0 only when everything agrees AND the public
 key was pinned (--public-key / --public-key-file) AND the run directory was checked (or
 --ledger-only was given); 2 on any finding; 3 when the ledger is internally consistent but the
-key was not pinned or the run files were absent (only internal consistency was checked).
+key was not pinned, the run files were absent, or witnesses were checked against the run
+directory's own witness_keys.json instead of --witness-keys (only internal consistency was checked).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ SCHEMA_VERSION = "2"
 ROW_FORMAT = "secure-fedrl/ledger-row/v2"
 HEAD_FORMAT = "secure-fedrl/ledger-head/v1"
 GENESIS = "0" * 64
+WITNESS_DOMAIN = b"secure-fedrl/ledger-witness/v1\x00"
+WITNESS_KEYS_FILE = "witness_keys.json"
 COLUMNS = ("seq", "round", "time", "unit", "site", "mechanism", "clip", "sigma_planned",
            "sigma_effective", "sample_rate", "steps", "sites_planned", "sites_survived",
            "accountant", "epsilon", "delta", "config_hash", "prev_hash", "signature", "privacy")
@@ -89,6 +96,7 @@ class Ledger:
     rows: list[dict[str, Any]]
     head: tuple[int, str, str] | None
     path: Path = field(default_factory=Path)
+    witnesses: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -108,11 +116,20 @@ def load(target: str | Path) -> Ledger:
             cur = conn.execute(f"SELECT {', '.join(cols)} FROM rows ORDER BY seq")
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
             head = conn.execute("SELECT seq, row_hash, signature FROM head WHERE id = 1").fetchone()
+            witnesses: list[dict[str, Any]] = []
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
+                            "'witnesses'").fetchone():  # absent in ledgers written before it
+                wcols = ("seq", "site", "public_key", "signature", "row_hash")
+                have = {r[1] for r in conn.execute("PRAGMA table_info(witnesses)").fetchall()}
+                sel = ", ".join(c if c in have else "NULL" for c in wcols)
+                witnesses = [dict(zip(wcols, r)) for r in
+                             conn.execute(f"SELECT {sel} FROM witnesses ORDER BY seq, site")]
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise AuditFailure(None, "unreadable", f"{path}: {exc}") from None
-    return Ledger(meta=meta, rows=rows, head=tuple(head) if head else None, path=path)
+    return Ledger(meta=meta, rows=rows, head=tuple(head) if head else None, path=path,
+                  witnesses=witnesses)
 
 
 # -- the encoding of FORMAT.md ---------------------------------------------------------------------
@@ -840,6 +857,178 @@ def check_run(ledger: Ledger, run: Path) -> tuple[list[Finding], list[str]]:
     return findings, checked
 
 
+# -- witnesses (FORMAT.md, "Witnesses") ------------------------------------------------------------
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+
+
+def _len_prefixed(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if not raw or len(raw) > 256:
+        raise ValueError(f"not 1..256 bytes: {text!r}")
+    return struct.pack(">I", len(raw)) + raw
+
+
+def witness_message(federation: str, seq: int, row_hash: str, config_hash: str) -> bytes:
+    """"secure-fedrl/ledger-witness/v1" 0x00 || u32 len || F || u32 len || C || u64 seq || H."""
+    if not _HEX64.fullmatch(row_hash) or not 0 <= seq < 2**63:
+        raise ValueError("malformed head")
+    return (WITNESS_DOMAIN + _len_prefixed(federation) + _len_prefixed(config_hash)
+            + struct.pack(">Q", seq) + bytes.fromhex(row_hash))
+
+
+def parse_witness_keys(text: str) -> dict[str, str]:
+    """{site: 64 lowercase hex digits}; ValueError otherwise."""
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError("not a non-empty JSON object {site: public key hex}")
+    out = {}
+    for site, key in obj.items():
+        if not isinstance(site, str) or not isinstance(key, str) or \
+                not _HEX64.fullmatch(key.strip().lower()):
+            raise ValueError(f"site {site!r}: public key {key!r} is not 64 hex digits")
+        out[site] = key.strip().lower()
+    return out
+
+
+@dataclass
+class WitnessReport:
+    in_play: bool = False          # the run claims or requires witnesses
+    valid: int = 0                 # countersignatures that verify
+    heads: int = 0                 # distinct seqs with a valid countersignature
+    sites: int = 0                 # distinct sites among them
+    expected: int = 0              # (seq, site) pairs metrics.jsonl expects
+    covered_to: int = 0            # highest seq with enough valid countersignatures
+
+
+def check_witnesses(ledger: Ledger, keys: dict[str, str] | None, *, federation: str | None,
+                    metrics: Sequence[dict[str, Any]] = (), require: int = 0
+                    ) -> tuple[list[Finding], WitnessReport]:
+    """Witness rows against the sites' keys and the ledger's own row hashes; metrics.jsonl's
+    `witness_expected` against the witness rows; with `require` >= 1, every head of a round but
+    the last countersigned by at least `require` sites (through the hash chain a witnessed head
+    covers every row up to it). Call after `verify` (the chain is intact)."""
+    findings: list[Finding] = []
+    rep = WitnessReport()
+    rows = ledger.rows
+    n = len(rows)
+    hashes = {r["seq"]: r.get("_hash") or sha256_hex(canonical(r)) for r in rows}
+    cfg = ledger.meta.get("config_hash", "")
+    expected: list[tuple[int, dict[str, Any], Any]] = []
+    for m in metrics:
+        we = m.get("witness_expected") if isinstance(m, dict) else None
+        if we is None:
+            continue
+        what = f"metrics.jsonl round {m.get('round')}"
+        try:
+            seq, sites = we["seq"], we["sites"]
+            if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or \
+                    not isinstance(sites, dict) or any(not isinstance(k, str) for k in sites):
+                raise TypeError
+        except (TypeError, KeyError):
+            findings.append(Finding(None, "bad run file", f"{what}: witness_expected is malformed"))
+            continue
+        if seq > 0:  # seq 0 is the empty ledger: nothing to countersign
+            expected.append((seq, sites, what))
+    rep.in_play = bool(ledger.witnesses or expected or require)
+    if not rep.in_play:
+        return findings, rep
+    if keys is None:
+        findings.append(Finding(None, "missing run file", f"{WITNESS_KEYS_FILE}: the run records "
+                                "witnesses but there are no site keys to check them against "
+                                "(pass --witness-keys FILE)"))
+        return findings, rep
+    if federation is None:
+        findings.append(Finding(None, "missing run file", "the federation name the witnesses "
+                                "signed is unknown (no config.resolved.toml [federation] name; "
+                                "pass --federation NAME)"))
+        return findings, rep
+    good: dict[int, set[str]] = {}
+    stored: set[tuple[int, str]] = set()
+    for w in ledger.witnesses:
+        seq, site = w.get("seq"), w.get("site")
+        stored.add((seq, site))
+        where = seq if isinstance(seq, int) and 1 <= seq <= n else None
+        who = f"witness of site {site!r} for row {seq}"
+        if not isinstance(site, str) or site not in keys:
+            findings.append(Finding(where, "unknown witness", f"{who}: the site has no pinned key"))
+            continue
+        if not (isinstance(seq, int) and 1 <= seq):
+            findings.append(Finding(None, "bad witness", f"{who}: seq is not a row number"))
+            continue
+        if seq > n:
+            findings.append(Finding(None, "rolled back", f"{who}: the ledger ends at row {n} (an "
+                                    f"older copy of the ledger, or rows deleted)"))
+            continue
+        pub = w.get("public_key")
+        if not isinstance(pub, str) or pub.lower() != keys[site]:
+            findings.append(Finding(seq, "wrong witness key", f"{who}: stored key {pub!r} is not "
+                                    f"the site's pinned key {keys[site]}"))
+            continue
+        sig = w.get("signature")
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(keys[site]))
+        if not isinstance(sig, str) or not _HEX128.fullmatch(sig):
+            findings.append(Finding(seq, "bad witness signature", f"{who}: not 128 hex digits"))
+            continue
+        try:
+            msg = witness_message(federation, seq, hashes[seq], cfg)
+        except ValueError as exc:
+            findings.append(Finding(seq, "bad witness", f"{who}: {exc}"))
+            continue
+        if _verifies(key, sig, msg):
+            good.setdefault(seq, set()).add(site)
+            continue
+        signed = w.get("row_hash")
+        try:
+            genuine_elsewhere = (isinstance(signed, str) and signed != hashes[seq]
+                                 and _verifies(key, sig, witness_message(federation, seq, signed, cfg)))
+        except ValueError:
+            genuine_elsewhere = False
+        if genuine_elsewhere:
+            findings.append(Finding(seq, "rewritten", f"{who}: the site countersigned row {seq} "
+                                    f"with hash {signed[:16]}..., the ledger's row {seq} differs "
+                                    f"(history rewritten after it was witnessed)"))
+        else:
+            findings.append(Finding(seq, "bad witness signature", f"{who}: the signature does not "
+                                    f"verify under the site's key over the ledger's row {seq} "
+                                    f"(history rewritten, or the witness altered or forged)"))
+    for seq, sites, what in expected:
+        if seq > n:
+            findings.append(Finding(None, "rolled back", f"{what} expected witnesses of ledger row "
+                                    f"{seq}, the ledger ends at row {n}"))
+            continue
+        if require and len(sites) < require:
+            findings.append(Finding(seq, "under-witnessed", f"{what} expected {len(sites)} "
+                                    f"witnesses of row {seq}, --require-witnesses {require}"))
+        for site in sorted(sites):
+            rep.expected += 1
+            listed = sites[site]
+            if site not in keys:
+                findings.append(Finding(seq, "unknown witness", f"{what} expected site {site!r} "
+                                        f"to witness row {seq}; the site has no pinned key"))
+            elif not isinstance(listed, str) or listed.lower() != keys[site]:
+                findings.append(Finding(seq, "wrong witness key", f"{what} lists key {listed!r} "
+                                        f"for site {site!r}, its pinned key is {keys[site]}"))
+            elif (seq, site) not in stored:
+                findings.append(Finding(seq, "missing witness", f"site {site!r} was expected "
+                                        f"({what}) to countersign row {seq}; the ledger has no "
+                                        f"witness of it"))
+    rep.valid = sum(len(v) for v in good.values())
+    rep.heads = len(good)
+    rep.sites = len(set().union(*good.values())) if good else 0
+    need = max(require, 1)
+    rep.covered_to = max((s for s, v in good.items() if len(v) >= need), default=0)
+    if require and rows:
+        last_round = max(r["round"] for r in rows)
+        early = [r["seq"] for r in rows if r["round"] < last_round and r["seq"] > rep.covered_to]
+        if early:
+            findings.append(Finding(early[0], "unwitnessed", f"rows {early[0]}..{early[-1]} "
+                                    f"(rounds before the last, {last_round}) are under no head "
+                                    f"countersigned by >= {require} sites: the server's key alone "
+                                    f"could have rewritten them"))
+    return findings, rep
+
+
 def _load_config(run: Path, findings: list[Finding]) -> dict[str, Any] | None:
     path = run / "config.resolved.toml"
     if not path.is_file():
@@ -959,6 +1148,42 @@ def _pinned_key(args: argparse.Namespace) -> str | None:
     return key
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _witness_keys(args: argparse.Namespace, run: Path,
+                  findings: list[Finding]) -> tuple[dict[str, str] | None, bool]:
+    """(site keys, pinned): --witness-keys, else the run directory's copy (not a pin)."""
+    if args.witness_keys:
+        try:
+            return parse_witness_keys(Path(args.witness_keys).read_text(encoding="utf-8")), True
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise AuditFailure(None, "bad pin", f"--witness-keys {args.witness_keys}: {exc}") from None
+    path = run / WITNESS_KEYS_FILE
+    if not path.is_file():
+        return None, False
+    try:
+        return parse_witness_keys(path.read_text(encoding="utf-8")), False
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        findings.append(Finding(None, "bad run file", f"{path}: {exc}"))
+        return None, False
+
+
+def _federation(args: argparse.Namespace, run: Path) -> str | None:
+    if args.federation:
+        return args.federation
+    config = _load_config(run, [])
+    name = ((config or {}).get("federation") or {}).get("name")
+    return name if isinstance(name, str) and name else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Verify a secure-fedrl privacy ledger independently.")
     ap.add_argument("target", help="run directory or privacy_ledger.sqlite")
@@ -973,6 +1198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "sampling = reproducible (experiments: not a privacy guarantee)")
     ap.add_argument("--no-epsilon", action="store_true", help="skip the epsilon re-check")
     ap.add_argument("--quiet", action="store_true", help="print only the verdict")
+    ap.add_argument("--witness-keys", help="pin the sites' Ed25519 public keys (JSON {site: 64 "
+                    "hex digits}, e.g. their CA-certified protocol keys), obtained out of band; "
+                    f"without it the run directory's {WITNESS_KEYS_FILE} is used (NOT PINNED)")
+    ap.add_argument("--federation", help="the federation name the witnesses signed (default: "
+                    "config.resolved.toml [federation] name)")
+    ap.add_argument("--require-witnesses", type=_count, default=0, metavar="N",
+                    help="require every ledger head of a round but the last to be countersigned "
+                    "by at least N sites (and every witness_expected to list at least N)")
     args = ap.parse_args(argv)
     try:
         return _main(args)
@@ -1005,6 +1238,12 @@ def _main(args: argparse.Namespace) -> int:
     if run_files:
         run_findings, checked = check_run(ledger, run)
         findings += run_findings
+    wkeys, wpinned = _witness_keys(args, run, findings)
+    metrics_path = run / "metrics.jsonl"
+    metrics = _jsonl(metrics_path) if metrics_path.is_file() else []
+    wfindings, wrep = check_witnesses(ledger, wkeys, federation=_federation(args, run),
+                                      metrics=metrics, require=args.require_witnesses)
+    findings += wfindings
     if not args.quiet:
         print_table(ledger.rows, {c.seq: c for c in checks})
     findings.sort(key=lambda f: (f.seq is None, f.seq or 0))
@@ -1020,7 +1259,20 @@ def _main(args: argparse.Namespace) -> int:
               f"independent RDP accountant, orders to {ORDERS[-1]:g}), no under-count")
     if checked:
         print(f"run directory: ledger head and last round agree with {', '.join(checked)}")
+    if wrep.in_play:
+        print(f"witnesses: {wrep.valid} countersignatures of {wrep.heads} heads by {wrep.sites} "
+              f"sites verify over the ledger's row hashes, {wrep.expected} expected by "
+              f"metrics.jsonl all present; rows 1..{wrep.covered_to} are witnessed (rewriting "
+              f"them needs the sites' keys)")
+    else:
+        print("witnesses: none recorded (the server's key alone vouches for this history; "
+              "--require-witnesses N demands them)")
     unpinned = pinned is None
+    witnesses_unpinned = wrep.in_play and not wpinned
+    if witnesses_unpinned:
+        print(f"NOT PINNED (witnesses): the sites' keys came from the run directory's "
+              f"{WITNESS_KEYS_FILE}, which the server writes (it could forge witnesses with keys "
+              f"of its own): pin them with --witness-keys FILE")
     if unpinned:
         print("NOT PINNED: no --public-key / --public-key-file: only the ledger's internal "
               "consistency was checked (anyone can sign a consistent ledger with a new key)")
@@ -1028,7 +1280,7 @@ def _main(args: argparse.Namespace) -> int:
         print("NOT CHECKED: no run directory files beside the ledger: a rolled-back ledger would "
               "pass (pass --ledger-only to accept)")
         return 3
-    return 3 if unpinned else 0
+    return 3 if unpinned or witnesses_unpinned else 0
 
 
 if __name__ == "__main__":
