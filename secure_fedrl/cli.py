@@ -59,6 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="encrypt/decrypt the ledger key with the passphrase on this file's first line "
                           "(mode 0600); default: $SECURE_FEDRL_LEDGER_PASSPHRASE if set, else no passphrase")
 
+    srv = sub.add_parser("serve", help="run the federation's server (sites connect with `join`, gRPC + mutual TLS)")
+    srv.add_argument("config", type=Path, help="federation config (TOML); the sites run the same file")
+    srv.add_argument("--out", type=Path, required=True,
+                     help="run directory; an existing one is resumed from its last complete round")
+    srv.add_argument("--pki", type=Path, required=True, help="PKI directory with ca.crt, crl.pem and server/")
+    srv.add_argument("--address", default="0.0.0.0:50051", metavar="HOST:PORT",
+                     help="where to listen (default 0.0.0.0:50051; port 0 picks a free one)")
+    srv.add_argument("--rounds", type=_positive_int, help="number of rounds (overrides federation.rounds)")
+    srv.add_argument("--wait", type=float, default=300.0, metavar="SECONDS",
+                     help="before the first round, wait this long for the sites to join (default 300)")
+    srv.add_argument("--min-sites", type=_positive_int, metavar="N",
+                     help="start once N sites have joined (default: every site of the config)")
+    srv.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # port + pid once listening (tests)
+    for p in (srv,):
+        p.add_argument("--ledger-key", type=Path, metavar="KEYDIR", help="as for simulate")
+        p.add_argument("--ledger-passphrase-file", type=Path, metavar="FILE", help="as for simulate")
+
+    jn = sub.add_parser("join", help="run one site (or several, for load tests) of a served federation")
+    jn.add_argument("config", type=Path, help="the federation config the server runs")
+    jn.add_argument("--site", action="append", required=True, metavar="NAME",
+                    help="this site's name (its certificate in --pki); repeat to host several sites")
+    jn.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's address")
+    jn.add_argument("--pki", type=Path, required=True, help="directory with ca.crt, crl.pem and sites/NAME/")
+    jn.add_argument("--state", type=Path, metavar="DIR",
+                    help="the site's state directory, kept across restarts (default ./site-state/NAME; "
+                         "with several --site, DIR/NAME each)")
+
     conf = sub.add_parser("conformance", help="check this implementation against protocol test vectors")
     conf.add_argument("--vectors", type=Path, default=None, help="directory of vector files (default: protocols/vectors)")
 
@@ -79,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "join":
+            return _join(args)
         if args.command == "conformance":
             return _conformance(args)
         if args.command == "pki":
@@ -117,6 +148,36 @@ def _simulate(args: argparse.Namespace) -> int:
                              ledger_key=args.ledger_key, ledger_passphrase=passphrase)
     print(summary.describe())
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from secure_fedrl.config import load_config
+    from secure_fedrl.ledger import read_passphrase
+    from secure_fedrl.runtime.deploy import serve
+    from secure_fedrl.transport.logs import configure_json_logging
+
+    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    overrides = {} if args.rounds is None else {"federation.rounds": args.rounds}
+    config = load_config(args.config, overrides=overrides)
+    if args.wait < 0:
+        raise ConfigError(f"--wait: must be >= 0 seconds, got {args.wait}")
+    summary = serve(config, args.out, pki=args.pki, address=args.address, wait_s=args.wait,
+                    min_sites=args.min_sites, ledger_key=args.ledger_key,
+                    ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file)
+    print(summary.describe())
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from secure_fedrl.config import load_config
+    from secure_fedrl.runtime.deploy import join
+    from secure_fedrl.transport.logs import configure_json_logging
+
+    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if len(set(args.site)) != len(args.site):
+        raise ConfigError("--site: a site name is given twice")
+    config = load_config(args.config)
+    return join(config, args.site, server=args.server, pki=args.pki, state=args.state)
 
 
 def _conformance(args: argparse.Namespace) -> int:

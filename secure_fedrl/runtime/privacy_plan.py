@@ -311,6 +311,13 @@ class PrivacyPlan:
         if self.unit == "trajectory":
             self._pending_sites[site] = (int(result.dp_steps), float(result.dp_sample_rate))
 
+    def after_planned_training(self, site: str) -> None:
+        """Trajectory level, the server's record of a site it handed a round: the configured
+        DP-SGD steps and sample rate (what a site trains with; the site's own guard keeps the
+        authoritative account)."""
+        if self.unit == "trajectory":
+            self._pending_sites[site] = (int(self.p.noisy_steps), float(self.sample_rate))
+
     # -- recording ------------------------------------------------------------------------------
     def _ledger_round(self, round_id: int) -> int:
         """A round re-run after a crash keeps its first rows (still counted) and takes the next id."""

@@ -258,6 +258,10 @@ class SecureAggregator(Aggregator):
             return f"{count} of {plan.planned} sites left, fewer than the release threshold {plan.release}"
         return None
 
+    def wire_dim(self, plan: SecAggPlan) -> int:
+        """Length of the ring vector a site masks (DDG pads to a power of two for the rotation)."""
+        return self.ddg_params(plan.planned).padded_dim if self.ddg else self.masked_dim
+
     def kept_indices(self, plan: SecAggPlan) -> np.ndarray | None:
         """Coordinates a shared random mask keeps this round (the same at every site)."""
         return None if self.mask_ratio is None else shared_mask_indices(self.dim, self.mask_ratio, plan.round_seed)

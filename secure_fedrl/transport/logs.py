@@ -17,7 +17,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def log_event(event: str, *, level: str = "warning", logger: logging.Logger = LOGGER, **fields) -> None:
     """Refusals are warnings by default: each one is something an operator may need to see."""
-    logger.log(_LEVELS[level], event, extra={"event": event, "fields": fields})
+    text = " ".join(f"{k}={v}" for k, v in fields.items())  # the plain-text rendering (JSON: JsonFormatter)
+    logger.log(_LEVELS[level], "%s %s", event, text, extra={"event": event, "fields": fields})
 
 
 class JsonFormatter(logging.Formatter):

@@ -50,23 +50,32 @@ class ServerRoundResult:
     outcome: ServerOutcome | None
     rejected: list[tuple[str, str, str]]  # (site, phase, reason)
     aborted: str | None = None
+    bytes_per_site: dict[str, int] | None = None  # SecAgg payload bytes up + down, per site
 
 
 def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
-                     deadlines: PhaseDeadlines = PhaseDeadlines()) -> ServerRoundResult:
-    """Open the round, then per phase: collect until the deadline, feed SecAggServer, deliver."""
+                     deadlines: PhaseDeadlines = PhaseDeadlines(), notice: bytes | None = None,
+                     on_open=None) -> ServerRoundResult:
+    """Open the round, then per phase: collect until the deadline, feed SecAggServer, deliver.
+
+    `notice` goes to every site with the broadcast (the previous round's outcome); `on_open()`
+    runs once the round is open (the in-memory federation starts its site threads there)."""
     cfg = next(iter(announcements.values())).config
     names = {e.site_id: e.name for e in next(iter(announcements.values())).roster}
     number = {v: k for k, v in names.items()}
     server = SecAggServer(config=cfg)
-    hub.open_round(announcements)
+    hub.open_round(announcements, notice=notice)
+    if on_open is not None:
+        on_open()
     live = set(announcements)
+    nbytes = {name: 0 for name in announcements}
     rejected: list[tuple[str, str, str]] = []
     try:
         for phase in PHASES:
             got = set()
             for name, wire in hub.collect(cfg.round_id, phase, live, hub.clock() + deadlines.seconds(phase)):
                 got.add(name)
+                nbytes[name] += len(wire)
                 try:
                     if server.receive(wire) != number[name]:  # the hub checked the header already
                         raise ProtocolError(f"message from {name!r} signed as another site")
@@ -78,13 +87,15 @@ def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
                 log_event("site_dropped", round=cfg.round_id, phase=phase, site=name, reason="no upload by the deadline")
             out = server.finish_phase()
             msgs = {names[u]: m.encode() for u, m in out.items()}
+            for name, msg in msgs.items():
+                nbytes[name] += len(msg)
             live = set(msgs)
             hub.deliver(cfg.round_id, phase, msgs)
     except BelowThresholdError as err:
         hub.abort_round(cfg.round_id, str(err))
         log_event("round_aborted", round=cfg.round_id, reason=str(err))
-        return ServerRoundResult(None, rejected, str(err))
-    return ServerRoundResult(server.outcome, rejected)
+        return ServerRoundResult(None, rejected, str(err), nbytes)
+    return ServerRoundResult(server.outcome, rejected, None, nbytes)
 
 
 _HANDLERS = {
@@ -98,7 +109,8 @@ _HANDLERS = {
 def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, identity_key: Ed25519PrivateKey,
                    vector: np.ndarray, trust: TrustStore | None, timeout: float = 60.0,
                    randbytes=os.urandom, history: RoundHistory | None = None,
-                   max_colluding: int | None = None, min_honest_inputs: int | None = None) -> str:
+                   max_colluding: int | None = None, min_honest_inputs: int | None = None,
+                   before_advert=None) -> str:
     """Take part in one round; returns "done" or why the site stopped ("dropped: ...", "refused: ...").
 
     The site checks the roster against the CA before it sends anything: its keys go only to a
@@ -113,7 +125,10 @@ def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, 
         client = SecAggClient(config=ann.config, site_id=number, identity_key=identity_key, vector=vector,
                               randbytes=randbytes, history=history, max_colluding=max_colluding,
                               min_honest_inputs=min_honest_inputs)
-        site.upload(rid, "advertise_keys", client.advertise_keys().encode())
+        advert = client.advertise_keys().encode()  # claims the digest in `history`
+        if before_advert is not None:
+            before_advert()  # a deployment persists the history here, before the advert leaves
+        site.upload(rid, "advertise_keys", advert)
         for prev, phase in zip(PHASES, PHASES[1:]):
             msg = M.decode(site.download(rid, prev, timeout))
             site.upload(rid, phase, _HANDLERS[phase](client, msg).encode())

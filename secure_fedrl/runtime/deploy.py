@@ -1,0 +1,302 @@
+"""`secure-fedrl serve` and `secure-fedrl join`: the server and the sites as separate processes.
+
+The same runtimes as `simulate` (`ServerRuntime`, `SiteRuntime` + `runtime.round.take_part`),
+connected by gRPC with mutual TLS (`transport.grpc_transport`) instead of the in-memory hub.
+The server holds the global model, protocol state and the ledger; a site's environment,
+trajectories and plaintext update never leave its `join` process.
+
+Crash safety: the server checkpoints after every round by atomic replace (RunDirectory); the
+same `serve` command on an existing run directory resumes from the last complete round, the
+ledger replayed (epsilon never lower). A site keeps its state (critic, control variate,
+residual, its own budget, its SecAgg replay history) in `--state DIR`, saved by atomic replace
+before its advert leaves and after every round, so a SIGKILLed site restarted with the same
+command rejoins with it intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secure_fedrl.config import Config
+from secure_fedrl.errors import ConfigError
+from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
+from secure_fedrl.fsutil import atomic_write
+from secure_fedrl.rl.envs import make_site_env
+from secure_fedrl.runtime.round import take_part
+from secure_fedrl.runtime.server import RunSummary, ServerRuntime
+from secure_fedrl.runtime.site import SiteRuntime, derive_seed, site_row
+from secure_fedrl.runtime.sites import expand_sites
+from secure_fedrl.transport.backoff import Backoff, Heartbeater, retry
+from secure_fedrl.transport.base import Hub, PhaseDeadlines, TransportError
+from secure_fedrl.transport.logs import log_event
+
+log = logging.getLogger(__name__)
+
+#: Phase deadlines of a deployment: the first phase includes every site's local training.
+DEPLOY_DEADLINES = PhaseDeadlines(advertise_keys=600.0, share_keys=60.0, masked_input=120.0,
+                                  consistency_check=60.0, unmasking=60.0)
+
+
+def check_deployable(config: Config) -> None:
+    """A deployment sends masked updates only: refuse what would need plaintext at the server."""
+    if not config.secure_aggregation.enabled:
+        raise ConfigError("secure_aggregation.enabled: serve/join run with secure aggregation only (no site sends "
+                          "a plaintext update); run plaintext baselines with `secure-fedrl simulate`")
+    if isinstance(make_strategy(config.strategy.name, **dict(config.strategy.params)), FedAsync):
+        raise ConfigError("strategy.name: fedasync applies each plaintext update on arrival; it has no "
+                          "secure-aggregation deployment (use a synchronous strategy)")
+
+
+def env_spaces(config: Config) -> tuple[Any, Any]:
+    """Observation and action space of the federation's policy, from the config's first site."""
+    spec = expand_sites(config.sites)[0]
+    env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=1, seed=spec.seed, site=spec.name)
+    try:
+        return env.single_observation_space, env.single_action_space
+    finally:
+        env.close()
+
+
+# ================================================================================ server
+class DeployedServer(ServerRuntime):
+    """The server over gRPC: sites are remote; only the live ones can be sampled."""
+
+    def __init__(self, config: Config, out: Path, *, hub: Hub, wait_s: float, min_sites: int, **kw: Any) -> None:
+        check_deployable(config)
+        super().__init__(config, out, spaces=env_spaces(config), hub=hub, **kw)
+        self.wait_s, self.min_sites = wait_s, min_sites
+        self.witnessed: dict[int, dict[str, str]] = {}
+
+    def _sample(self, eligible: list[str], rng: np.random.Generator) -> list[str]:
+        # Before the first round of this process: wait for the sites; later only briefly for restarts.
+        first = not self.__dict__.get("_waited")
+        self._waited = True
+        live = self.hub.wait_for_sites(self.min_sites if first else len(self.site_names),
+                                       self.wait_s if first else min(self.wait_s, 5.0))
+        unknown = sorted(set(live) - set(self.site_names))
+        if unknown:
+            log_event("unknown_sites_ignored", sites=",".join(unknown))
+        return super()._sample([n for n in eligible if n in live], rng)
+
+    witnesses = True
+
+    def await_final_witnesses(self, timeout: float = 15.0) -> None:
+        """The closing notice's head: wait (briefly) for the last round's sites to countersign."""
+        want = set(self._notice.get("included", [])) & set(self.hub.live_sites())
+        got: list = []
+        end = time.monotonic() + timeout
+        while want - {w[0] for w in got} and time.monotonic() < end:
+            time.sleep(0.2)
+            got.extend(self.hub.take_witnesses())
+        self.ingest_witnesses(got)
+
+    def _round_seed(self, r: int) -> int:
+        """Always fresh: a round re-run after a crash must not repeat a configuration digest
+        (sites refuse a repeated D: their replay history)."""
+        import secrets
+
+        seeds = self.__dict__.setdefault("_round_seeds", {})
+        if r not in seeds:
+            seeds.clear()
+            seeds[r] = secrets.randbits(63)
+        return seeds[r]
+
+
+def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051", wait_s: float = 300.0,
+          min_sites: int | None = None, ledger_key: Path | None = None, ledger_passphrase: bytes | None = None,
+          deadlines: PhaseDeadlines = DEPLOY_DEADLINES, ready_file: Path | None = None) -> RunSummary:
+    from secure_fedrl.transport.grpc_transport import GrpcServer, Limits
+    from secure_fedrl.transport.pki import load_server_identity
+
+    identity = load_server_identity(pki)
+    n = config.num_sites
+    hub = Hub(federation=config.federation.name, max_sites=n, liveness_s=60.0)
+    resume = (Path(out) / "config.toml").exists()
+    runtime = DeployedServer(config, Path(out), hub=hub, wait_s=wait_s, min_sites=n if min_sites is None else min_sites,
+                             resume=resume, progress=False, ledger_key=ledger_key, ledger_passphrase=ledger_passphrase,
+                             deadlines=deadlines)
+    server = GrpcServer(hub, identity, address=address, limits=Limits(max_sites=n, max_workers=max(64, 3 * n + 16)))
+    port = server.start()
+    log_event("serve_started", address=address, port=port, resumed_at_round=runtime.round, level="info")
+    if ready_file is not None:
+        atomic_write(Path(ready_file), json.dumps({"port": port, "pid": os.getpid()}).encode())
+    try:
+        summary = runtime.run()
+        time.sleep(min(5.0, hub.heartbeat_interval_s + 1.0))  # let the sites read the final notice
+    finally:
+        server.stop(grace=2.0)
+    return summary
+
+
+# ================================================================================ site
+class SiteProcess:
+    """One site of a `join` process: its runtime, its channel, its state directory."""
+
+    def __init__(self, config: Config, name: str, *, server: str, pki: Path, state: Path) -> None:
+        from secure_fedrl.rl.policies import ActorCritic
+        from secure_fedrl.runtime.aggregation import build_aggregator
+        from secure_fedrl.runtime.privacy_plan import PrivacyPlan
+        from secure_fedrl.transport.grpc_transport import GrpcSite
+        from secure_fedrl.transport.pki import load_site_identity
+
+        import torch
+
+        check_deployable(config)
+        specs = {s.name: (i, s) for i, s in enumerate(expand_sites(config.sites))}
+        if name not in specs:
+            raise ConfigError(f"--site {name!r}: not a site of this federation's config "
+                              f"(sites: {', '.join(sorted(specs)[:5])}{', ...' if len(specs) > 5 else ''})")
+        index, spec = specs[name]
+        self.identity = load_site_identity(pki, name)
+        self.config = config
+        self.state_dir = Path(state)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        torch.set_num_threads(config.federation.torch_threads)
+        env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=name)
+        torch.manual_seed(derive_seed(config.federation.seed, 0xC0FFEE))  # the server's initial policy
+        policy = ActorCritic(env.single_observation_space, env.single_action_space,
+                             hidden_sizes=config.local.hidden_sizes)
+        federated = list(policy.shared_parameters(config.local.federate_critic))
+        strategy = make_strategy(config.strategy.name, **dict(config.strategy.params))
+        dim = sum(p.numel() for p in federated)
+        # The run's public mechanism, derived from the config at the site (never the server's word).
+        mechanism = PrivacyPlan(config, list(specs), ledger_path=None)
+        aggregator = build_aggregator(config, dim=2 * dim if isinstance(strategy, Scaffold) else dim,
+                                      privacy=mechanism)
+        mechanism.bind(aggregator)
+        self.site = SiteRuntime(config, spec, index, env=env, policy=policy, federated_params=federated,
+                                mechanism=mechanism, aggregator=aggregator, scaffold=isinstance(strategy, Scaffold),
+                                prox_mu=float(getattr(strategy, "client_prox_mu", 0.0)),
+                                identity_key=self.identity.identity_key)
+        self.transport = GrpcSite(self.identity, server)
+        self.load()
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "site_state.pkl"
+
+    def save(self) -> None:
+        state = self.site.state_dict()
+        state["config_fingerprint"] = self.config.fingerprint()
+        atomic_write(self.state_file, pickle.dumps(state))
+
+    def load(self) -> None:
+        if not self.state_file.exists():
+            return
+        try:
+            state = pickle.loads(self.state_file.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - a corrupt state file is a user-visible error
+            raise ConfigError(f"--state {self.state_dir}: unreadable site state ({exc})") from None
+        if state.get("name") != self.site.name or state.get("config_fingerprint") != self.config.fingerprint():
+            raise ConfigError(f"--state {self.state_dir}: holds the state of another site or federation config")
+        self.site.load_state_dict(state)
+        log_event("site_state_restored", site=self.site.name, last_round=self.site.last_round, level="info")
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.state_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, *, give_up_after: float = 600.0) -> int:
+        name = self.site.name
+        backoff = Backoff()
+        info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: join")
+        log_event("site_joined_server", site=name, number=info.site_number, level="info")
+        while True:
+            try:
+                b = self.transport.await_round(self.site.last_round, timeout=60.0)
+            except TransportError as err:
+                if err.status == "DEADLINE_EXCEEDED":
+                    continue
+                if err.status == "PERMISSION_DENIED":  # session superseded (server restarted): join again
+                    retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: rejoin")
+                    continue
+                if err.status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+                    time.sleep(backoff.delay(3))
+                    retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: rejoin")
+                    continue
+                raise
+            self.read_notice(b.notice)
+            if b.finished:
+                self.save()
+                log_event("federation_finished", site=name, level="info")
+                return 0
+            ann = b.announcement
+            if ann is not None:
+                with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
+                    report = take_part(self.site, self.transport, ann, trust=self.identity.trust, persist=self.save,
+                                       timeout=DEPLOY_DEADLINES.advertise_keys)
+                row = {"round": ann.round_id, "site": name, "round_status": report.status}
+                if report.result is not None:
+                    row.update(site_row(ann.round_id, name, report.result, report.train_seconds))
+                    row["round_status"] = report.status
+                self.append_metrics(row)
+            self.site.last_round = max(self.site.last_round, b.round_id)
+            self.save()
+
+    def read_notice(self, notice: bytes) -> None:
+        """The previous round's outcome: keep our proposals if included; countersign the head."""
+        if not notice:
+            return
+        try:
+            data = json.loads(notice.decode())
+        except (ValueError, UnicodeDecodeError):
+            log_event("notice_malformed", site=self.site.name)
+            return
+        if not isinstance(data, dict) or "round" not in data:
+            return
+        r = int(data["round"])
+        if self.site.pending is not None and self.site.pending_round == r:
+            self.site.settle(r, self.site.name in set(data.get("included", [])))
+        head = data.get("ledger_head")
+        if head and self.site.pending_round == r and r not in self.site.witnessed:
+            self.witness(r, int(head["seq"]), str(head["row_hash"]))
+
+    def witness(self, r: int, seq: int, row_hash: str) -> None:
+        try:
+            from secure_fedrl.ledger.witness import sign_witness
+        except ImportError:  # pragma: no cover - the witnessed ledger ships with the ledger package
+            return
+        sig = sign_witness(self.site.identity_key, federation=self.config.federation.name, seq=seq,
+                           row_hash=row_hash, config_hash=self.config.fingerprint())
+        try:
+            self.transport.witness(seq, row_hash, sig)
+            self.site.witnessed.add(r)
+        except TransportError as err:
+            log_event("witness_failed", site=self.site.name, seq=seq, status=err.status, reason=str(err))
+
+
+def join(config: Config, names: list[str], *, server: str, pki: Path, state: Path | None) -> int:
+    """Run one or more sites (one channel and state directory each) until the federation ends."""
+    base = Path(state) if state is not None else Path("site-state")
+    procs = [SiteProcess(config, n, server=server, pki=pki, state=base / n if len(names) > 1 or state is None else base)
+             for n in names]
+    if len(procs) == 1:
+        return procs[0].run()
+    codes: dict[str, int] = {}
+
+    def run(p: SiteProcess) -> None:
+        try:
+            codes[p.site.name] = p.run()
+        except Exception as exc:  # noqa: BLE001 - one site's failure is reported, the others go on
+            log_event("site_failed", site=p.site.name, reason=str(exc), level="error")
+            codes[p.site.name] = 1
+
+    threads = [threading.Thread(target=run, args=(p,), name=f"join-{p.site.name}") for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return max(codes.values(), default=1)

@@ -1,0 +1,119 @@
+"""One site's part in a secure-aggregation round, over any transport (simulate and join alike).
+
+The server's part is `ServerRuntime.run_round` (runtime/server.py) around
+`transport.rounds.run_server_round`; this is the site's: read the broadcast, check it against
+the site's own config and budget, train, encode and add noise at home, then run the SecAgg
+client phase by phase through the transport. Nothing here knows whether the transport is a
+function call or a TLS channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from secure_fedrl.errors import PrivacyError, SecureFedRLError, UpdateRejected
+from secure_fedrl.fl.updates import check_update
+from secure_fedrl.runtime.site import RoundOrder, SiteRuntime
+from secure_fedrl.transport.base import Dropped, RoundAnnouncement, SiteTransport, TransportError
+from secure_fedrl.transport.logs import log_event
+from secure_fedrl.transport.rounds import run_site_round
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteRoundReport:
+    """What a site knows of its round (stays at the site: sites/<site>/metrics.jsonl)."""
+
+    status: str  # "done", "dropped: ...", "refused: ...", "rejected: ..."
+    result: Any = None  # the local training result, if it trained
+    train_seconds: float = 0.0
+
+
+class _Outbox:
+    """The site's transport, watched: which phases left the site; an optional planned stop
+    (simulated dropouts: the site goes silent from `stop_at` on, as a killed process would)."""
+
+    def __init__(self, inner: SiteTransport, stop_at: str | None) -> None:
+        self.inner, self.stop_at, self.sent = inner, stop_at, []
+        self.name = inner.name
+
+    def upload(self, round_id: int, phase: str, payload: bytes) -> None:
+        if phase == self.stop_at:
+            raise Dropped(f"site {self.name!r} stops before {phase!r}")
+        self.inner.upload(round_id, phase, payload)
+        self.sent.append(phase)
+
+    def download(self, round_id: int, phase: str, timeout: float) -> bytes:
+        return self.inner.download(round_id, phase, timeout)
+
+
+def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncement, *, trust: Any = None,
+              stop_at: str | None = None, timeout: float = 600.0, persist=None) -> SiteRoundReport:
+    """Train on the broadcast policy and send only the masked, noised update.
+
+    `trust` (a PKI TrustStore) makes the site refuse a roster the CA does not vouch for;
+    `persist()` saves the site's state (its replay history) before its advert leaves.
+    """
+    rid = ann.round_id
+    try:
+        order = RoundOrder.decode(ann.extras)
+        if order.round != rid or order.dim != site.dim:
+            raise PrivacyError(f"round broadcast names round {order.round} / dim {order.dim}, "
+                               f"expected round {rid} / dim {site.dim}")
+        plan = site.aggregator.plan(rid, planned=order.planned, round_seed=order.round_seed)
+        if not site.admits(plan):
+            raise PrivacyError(f"site {site.name!r}: its own budget against the server is spent")
+        width = site.dim * (2 if site.scaffold is not None else 1)
+        if ann.policy.shape != (width,):
+            raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
+        number = _number(ann, site)
+    except SecureFedRLError as exc:
+        log_event("site_round_refused", site=site.name, round=rid, reason=str(exc))
+        _leave(transport, rid)
+        return SiteRoundReport(f"refused: {exc}")
+    policy = np.asarray(ann.policy, dtype=np.float32)
+    t0 = time.perf_counter()
+    upload, result = site.train(policy[:site.dim], rid, round_seed=order.round_seed,
+                                control=policy[site.dim:] if site.scaffold is not None else None)
+    seconds = time.perf_counter() - t0
+    if site.config.privacy.unit == "trajectory":
+        site.charge(plan)  # DP-SGD ran at the site: spent, whatever becomes of the update
+    try:
+        check_update(upload.vector, dim=width, site=site.name)
+        encoded = site.encode(plan, upload.vector)
+    except (UpdateRejected, PrivacyError) as exc:
+        log.warning("round %d: %s", rid, exc)
+        _leave(transport, rid)
+        return SiteRoundReport(f"rejected: {exc}", result, seconds)
+    out = _Outbox(transport, stop_at)
+    sa = site.config.secure_aggregation
+    status = run_site_round(out, ann, number=number, identity_key=site.identity_key, vector=encoded,
+                            trust=trust, timeout=timeout, history=site.history, max_colluding=sa.max_colluding_sites,
+                            min_honest_inputs=site.aggregator.noise_shares() if site.aggregator.ddg else 1,
+                            before_advert=persist)
+    if site.config.privacy.unit == "client" and "masked_input" in out.sent:
+        site.charge(plan)  # our noised input left the site
+    if status != "done":
+        _leave(transport, rid)
+    return SiteRoundReport(status, result, seconds)
+
+
+def _number(ann: RoundAnnouncement, site: SiteRuntime) -> int:
+    """Our SecAgg id: the roster entry under our name (the config lists our key there)."""
+    for e in ann.roster:
+        if e.name == site.name:
+            return e.site_id
+    raise PrivacyError(f"round {ann.round_id}: site {site.name!r} is not on the roster")
+
+
+def _leave(transport: SiteTransport, round_id: int) -> None:
+    try:
+        transport.leave(round_id)
+    except TransportError:
+        pass  # the round is gone already: nothing to withdraw from
