@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    root = logging.getLogger("secure_fedrl")  # serve/join switch it to JSON lines; every command starts plain
+    root.handlers[:], root.propagate = [], True
+    root.setLevel(logging.NOTSET)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 LOGGER = logging.getLogger("secure_fedrl.transport")
@@ -36,9 +37,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, sort_keys=False)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a CLI called in-process keeps working
+    after its caller swaps stderr back)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_json_logging(level: int = logging.INFO) -> None:
     """Route every `secure_fedrl` logger to stderr as JSON lines (services call this at start)."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("secure_fedrl")
     root.handlers[:] = [handler]
