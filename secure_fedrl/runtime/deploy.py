@@ -120,7 +120,9 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
     identity = load_server_identity(pki)
     n = config.num_sites
     hub = Hub(federation=config.federation.name, max_sites=n, liveness_s=60.0)
-    resume = (Path(out) / "config.toml").exists()
+    from secure_fedrl.runtime.rundir import FINGERPRINT_FILE
+
+    resume = (Path(out) / FINGERPRINT_FILE).exists()  # the same command resumes a killed server
     runtime = DeployedServer(config, Path(out), hub=hub, wait_s=wait_s, min_sites=n if min_sites is None else min_sites,
                              resume=resume, progress=False, ledger_key=ledger_key, ledger_passphrase=ledger_passphrase,
                              deadlines=deadlines)
@@ -178,6 +180,7 @@ class SiteProcess:
                                 prox_mu=float(getattr(strategy, "client_prox_mu", 0.0)),
                                 identity_key=self.identity.identity_key)
         self.transport = GrpcSite(self.identity, server)
+        self.took_part: set[int] = set()  # recent rounds this site was handed (it countersigns their heads)
         self.load()
 
     # -- state ----------------------------------------------------------------------------------
@@ -214,18 +217,24 @@ class SiteProcess:
         backoff = Backoff()
         info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: join")
         log_event("site_joined_server", site=name, number=info.site_number, level="info")
+        # `after`: the last round this site has seen. After a reconnect it falls back to the last
+        # round whose outcome the server announced: a restarted server re-runs an unfinished round
+        # (with a fresh configuration digest, so the replay history lets the site take part again).
+        after = self.site.last_round
         while True:
             try:
-                b = self.transport.await_round(self.site.last_round, timeout=60.0)
+                b = self.transport.await_round(after, timeout=60.0)
             except TransportError as err:
                 if err.status == "DEADLINE_EXCEEDED":
                     continue
-                if err.status == "PERMISSION_DENIED":  # session superseded (server restarted): join again
-                    retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: rejoin")
-                    continue
-                if err.status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
-                    time.sleep(backoff.delay(3))
-                    retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: rejoin")
+                if err.status in ("PERMISSION_DENIED", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"):
+                    # Session gone (server restarted) or server unreachable: join again, with backoff.
+                    time.sleep(backoff.delay(2))
+                    info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after,
+                                 what=f"{name}: rejoin")
+                    after = self.site.last_round
+                    self.site.witnessed.clear()  # a restarted server may have lost them: sign again
+                    log_event("site_rejoined", site=name, after_round=after, level="info")
                     continue
                 raise
             self.read_notice(b.notice)
@@ -235,6 +244,7 @@ class SiteProcess:
                 return 0
             ann = b.announcement
             if ann is not None:
+                self.took_part = {x for x in self.took_part if x > ann.round_id - 8} | {ann.round_id}
                 with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
                     report = take_part(self.site, self.transport, ann, trust=self.identity.trust, persist=self.save,
                                        timeout=DEPLOY_DEADLINES.advertise_keys)
@@ -243,7 +253,7 @@ class SiteProcess:
                     row.update(site_row(ann.round_id, name, report.result, report.train_seconds))
                     row["round_status"] = report.status
                 self.append_metrics(row)
-            self.site.last_round = max(self.site.last_round, b.round_id)
+            after = max(after, b.round_id)
             self.save()
 
     def read_notice(self, notice: bytes) -> None:
@@ -258,10 +268,11 @@ class SiteProcess:
         if not isinstance(data, dict) or "round" not in data:
             return
         r = int(data["round"])
+        self.site.last_round = max(self.site.last_round, r)  # the server closed round r
         if self.site.pending is not None and self.site.pending_round == r:
             self.site.settle(r, self.site.name in set(data.get("included", [])))
         head = data.get("ledger_head")
-        if head and self.site.pending_round == r and r not in self.site.witnessed:
+        if head and r in self.took_part and r not in self.site.witnessed:
             self.witness(r, int(head["seq"]), str(head["row_hash"]))
 
     def witness(self, r: int, seq: int, row_hash: str) -> None:

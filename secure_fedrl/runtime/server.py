@@ -386,12 +386,16 @@ class ServerRuntime:
         from secure_fedrl.transport.logs import log_event
 
         keys: dict[str, str] = {}
+        have = {(seq, site) for seq, site, _, _ in ledger.witnesses()}
         for site, seq, row_hash, signature in (self.hub.take_witnesses() if received is None else received):
+            if (seq, site) in have:
+                continue  # signed again after a reconnect: stored already
             try:
                 key = self.site_credentials(site)[1]
                 ledger.add_witness(seq=seq, site=site, public_key=key, signature=signature,
                                    federation=self.config.federation.name)
                 keys[site] = key.hex()
+                have.add((seq, site))
                 log_event("witness_stored", site=site, seq=seq, level="info")
             except (LedgerError, KeyError) as exc:
                 log_event("witness_rejected", site=site, seq=seq, reason=str(exc))

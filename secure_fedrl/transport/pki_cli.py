@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from secure_fedrl.errors import ConfigError
@@ -24,6 +25,9 @@ def add_pki_parser(sub) -> None:
     revoke = cmds.add_parser("revoke", help="revoke a site's certificates and publish a new CRL")
     revoke.add_argument("dir", type=Path, help="PKI directory made by `pki init`")
     revoke.add_argument("--site", metavar="NAME", required=True)
+    keys = cmds.add_parser("keys", help="print the sites' CA-certified protocol keys as JSON (pin them for "
+                                        "`audit verify --witness-keys`)")
+    keys.add_argument("dir", type=Path, help="PKI directory (needs ca.crt, crl.pem and sites/NAME/tls.crt)")
 
 
 def run_pki(args: argparse.Namespace) -> int:
@@ -32,6 +36,9 @@ def run_pki(args: argparse.Namespace) -> int:
     if args.pki_command == "init":
         ca = CertificateAuthority.init(args.dir, name=args.name)
         print(f"CA created in {ca.dir} (ca.key is 0600: keep it offline; give sites ca.crt and crl.pem)")
+        return 0
+    if args.pki_command == "keys":
+        print(json.dumps(certified_site_keys(args.dir), indent=1, sort_keys=True))
         return 0
     ca = CertificateAuthority(args.dir)
     if args.pki_command == "issue":
@@ -48,3 +55,22 @@ def run_pki(args: argparse.Namespace) -> int:
     number = ca.revoke_site(args.site)
     print(f"site {args.site!r} revoked; {ca.dir / 'crl.pem'} is CRL number {number}: copy it to the server")
     return 0
+
+
+def certified_site_keys(pki_dir: Path) -> dict[str, str]:
+    """{site: Ed25519 protocol key hex} of every site certificate the CA vouches for now
+    (valid, not revoked): the keys the sites countersign ledger heads with."""
+    from .pki import CertificateRejected, TrustStore
+
+    d = Path(pki_dir)
+    trust = TrustStore.from_dir(d)
+    out = {}
+    for cert in sorted((d / "sites").glob("*/tls.crt")):
+        try:
+            info = trust.verify(cert.read_bytes(), expect="site")
+        except CertificateRejected:
+            continue
+        out[info.name] = info.protocol_key.hex()
+    if not out:
+        raise ConfigError(f"{d}: no valid site certificate under sites/*/tls.crt")
+    return out

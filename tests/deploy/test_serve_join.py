@@ -154,3 +154,83 @@ def test_join_refuses_a_site_not_in_the_config(tmp_path: Path, pki: Path, capsys
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nobody" in err[0]
+
+
+PRIVATE = FED.replace("rounds = 2", "rounds = 3") + textwrap.dedent("""
+    [privacy]
+    unit = "client"
+    clip = 0.5
+    noise_multiplier = 1.0
+    target_epsilon = 50.0
+
+    [sampling]
+    fraction = 1.0
+""").replace("[secure_aggregation]\nenabled = true", "[secure_aggregation]\nenabled = true\nthreshold = 3")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_sigkilled_mid_run_resumes_and_the_witnessed_ledger_audits(tmp_path: Path, pki: Path) -> None:
+    config = tmp_path / "fed.toml"
+    assert "threshold = 3" in PRIVATE
+    config.write_text(PRIVATE)
+    out, ready, keys = tmp_path / "run", tmp_path / "ready.json", tmp_path / "ledger-key"
+    address = f"127.0.0.1:{free_port()}"
+    serve_args = ["serve", str(config), "--out", str(out), "--pki", str(pki), "--address", address,
+                  "--ready-file", str(ready), "--wait", "60", "--ledger-key", str(keys)]
+    server = cli(*serve_args, stderr=open(tmp_path / "serve.log", "wb"))
+    wait_ready(ready, server)
+    join = cli("join", str(config), *sum((["--site", n] for n in SITES), []), "--server", address,
+               "--pki", str(pki), "--state", str(tmp_path / "state"), stderr=open(tmp_path / "join.log", "wb"))
+    try:
+        metrics = out / "metrics.jsonl"
+        end = time.monotonic() + 180
+        while time.monotonic() < end and (not metrics.exists() or len(metrics.read_text().splitlines()) < 1):
+            time.sleep(0.05)
+        time.sleep(0.5)  # into round 2
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        eps_before = json.loads(metrics.read_text().splitlines()[-1])["epsilon"]
+        ready.unlink()
+        server = cli(*serve_args, stderr=open(tmp_path / "serve2.log", "wb"))
+        assert server.wait(timeout=300) == 0, (tmp_path / "serve2.log").read_text()[-3000:]
+        assert join.wait(timeout=60) == 0, (tmp_path / "join.log").read_text()[-3000:]
+    finally:
+        for p in (server, join):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["epsilon"] >= eps_before
+    assert any(r.get("witness_expected") for r in rows)
+
+    # The auditor pins the sites' keys from the CA, not the server's witness_keys.json.
+    pinned = tmp_path / "site-keys.json"
+    keys_out = subprocess.run([sys.executable, "-m", "secure_fedrl.cli", "pki", "keys", str(pki)],
+                              capture_output=True, text=True, check=True).stdout
+    assert sorted(json.loads(keys_out)) == SITES
+    pinned.write_text(keys_out)
+    audit = [sys.executable, "audit/verify_ledger.py", str(out), "--public-key-file", str(keys / "ledger_public_key.hex"),
+             "--witness-keys", str(pinned), "--require-witnesses", "1"]
+    root = Path(__file__).resolve().parents[2]
+    ok = subprocess.run(audit, cwd=root, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    # A witness signature removed from the ledger is caught by the audit.
+    import sqlite3
+
+    db = sqlite3.connect(out / "privacy_ledger.sqlite")
+    for (name,) in db.execute("select name from sqlite_master where type='trigger'").fetchall():
+        db.execute(f"drop trigger {name}")
+    db.execute("delete from witnesses where rowid = (select min(rowid) from witnesses)")
+    db.commit()
+    db.close()
+    bad = subprocess.run(audit, cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "witness" in bad.stdout, bad.stdout
