@@ -156,7 +156,7 @@ def test_join_refuses_a_site_not_in_the_config(tmp_path: Path, pki: Path, capsys
     assert len(err) == 1 and "nobody" in err[0]
 
 
-PRIVATE = FED.replace("rounds = 2", "rounds = 3") + textwrap.dedent("""
+PRIVATE = (FED.replace("rounds = 2", "rounds = 3") + textwrap.dedent("""
     [privacy]
     unit = "client"
     clip = 0.5
@@ -165,7 +165,7 @@ PRIVATE = FED.replace("rounds = 2", "rounds = 3") + textwrap.dedent("""
 
     [sampling]
     fraction = 1.0
-""").replace("[secure_aggregation]\nenabled = true", "[secure_aggregation]\nenabled = true\nthreshold = 3")
+""")).replace("[secure_aggregation]\nenabled = true", "[secure_aggregation]\nenabled = true\nthreshold = 3")
 
 
 def free_port() -> int:
