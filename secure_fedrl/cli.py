@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ledger-passphrase-file", type=Path, metavar="FILE",
                      help="encrypt/decrypt the ledger key with the passphrase on this file's first line "
                           "(mode 0600); default: $SECURE_FEDRL_LEDGER_PASSPHRASE if set, else no passphrase")
+    sim.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="local: every site in this process (default); ray: the sites as Ray actors, the "
+                          "server in this process (pip install -e '.[ray]')")
+    sim.add_argument("--ray-address", metavar="ADDR",
+                     help="with --backend ray: the Ray cluster to use (default: start a local Ray)")
+    sim.add_argument("--cpus-per-site", type=float, metavar="X",
+                     help="with --backend ray: CPUs each site actor reserves; the sites are spread over "
+                          "floor(cluster CPUs / X) actors, each training one site at a time (default 1)")
 
     srv = sub.add_parser("serve", help="run the federation's server (sites connect with `join`, gRPC + mutual TLS)")
     srv.add_argument("config", type=Path, help="federation config (TOML); the sites run the same file")
@@ -71,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="before the first round, wait this long for the sites to join (default 300)")
     srv.add_argument("--min-sites", type=_positive_int, metavar="N",
                      help="start once N sites have joined (default: every site of the config)")
+    srv.add_argument("--liveness", type=float, default=15.0, metavar="SECONDS",
+                     help="a site not heard from for this long (sites heartbeat every third of it) "
+                          "is a dropout of the open phase (default 15)")
     srv.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # port + pid once listening (tests)
     for p in (srv,):
         p.add_argument("--ledger-key", type=Path, metavar="KEYDIR", help="as for simulate")
@@ -147,6 +158,20 @@ def _simulate(args: argparse.Namespace) -> int:
     from secure_fedrl.ledger import read_passphrase
 
     passphrase = read_passphrase(args.ledger_passphrase_file)
+    if args.backend == "ray":
+        from secure_fedrl.runtime.ray_backend import require_ray, run_ray_simulation
+
+        require_ray()
+        cpus = 1.0 if args.cpus_per_site is None else args.cpus_per_site
+        if not cpus > 0:
+            raise ConfigError(f"--cpus-per-site: must be > 0, got {args.cpus_per_site}")
+        summary = run_ray_simulation(config, args.out, resume=args.resume, progress=not args.no_progress,
+                                     ledger_key=args.ledger_key, ledger_passphrase=passphrase,
+                                     address=args.ray_address, cpus_per_site=cpus)
+        print(summary.describe())
+        return 0
+    if args.ray_address is not None or args.cpus_per_site is not None:
+        raise ConfigError("--ray-address / --cpus-per-site: only with --backend ray")
     summary = run_simulation(config, args.out, resume=args.resume, progress=not args.no_progress,
                              ledger_key=args.ledger_key, ledger_passphrase=passphrase)
     print(summary.describe())
@@ -164,9 +189,12 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=overrides)
     if args.wait < 0:
         raise ConfigError(f"--wait: must be >= 0 seconds, got {args.wait}")
+    if not args.liveness > 0:
+        raise ConfigError(f"--liveness: must be > 0 seconds, got {args.liveness}")
     summary = serve(config, args.out, pki=args.pki, address=args.address, wait_s=args.wait,
                     min_sites=args.min_sites, ledger_key=args.ledger_key,
-                    ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file)
+                    ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file,
+                    liveness_s=args.liveness)
     print(summary.describe())
     return 0
 
