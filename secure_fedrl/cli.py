@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="before the first round, wait this long for the sites to join (default 300)")
     srv.add_argument("--min-sites", type=_positive_int, metavar="N",
                      help="start once N sites have joined (default: every site of the config)")
+    srv.add_argument("--liveness", type=float, default=15.0, metavar="SECONDS",
+                     help="a site not heard from for this long (sites heartbeat every third of it) "
+                          "is a dropout of the open phase (default 15)")
     srv.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # port + pid once listening (tests)
     for p in (srv,):
         p.add_argument("--ledger-key", type=Path, metavar="KEYDIR", help="as for simulate")
@@ -186,9 +189,12 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=overrides)
     if args.wait < 0:
         raise ConfigError(f"--wait: must be >= 0 seconds, got {args.wait}")
+    if not args.liveness > 0:
+        raise ConfigError(f"--liveness: must be > 0 seconds, got {args.liveness}")
     summary = serve(config, args.out, pki=args.pki, address=args.address, wait_s=args.wait,
                     min_sites=args.min_sites, ledger_key=args.ledger_key,
-                    ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file)
+                    ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file,
+                    liveness_s=args.liveness)
     print(summary.describe())
     return 0
 

@@ -113,13 +113,17 @@ class DeployedServer(ServerRuntime):
 
 def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051", wait_s: float = 300.0,
           min_sites: int | None = None, ledger_key: Path | None = None, ledger_passphrase: bytes | None = None,
-          deadlines: PhaseDeadlines = DEPLOY_DEADLINES, ready_file: Path | None = None) -> RunSummary:
+          deadlines: PhaseDeadlines = DEPLOY_DEADLINES, ready_file: Path | None = None,
+          liveness_s: float = 15.0) -> RunSummary:
+    """Serve the federation until its last round. A site not heard from for `liveness_s`
+    (it heartbeats every third of that while it trains) is a dropout of the open phase."""
     from secure_fedrl.transport.grpc_transport import GrpcServer, Limits
     from secure_fedrl.transport.pki import load_server_identity
 
     identity = load_server_identity(pki)
     n = config.num_sites
-    hub = Hub(federation=config.federation.name, max_sites=n, liveness_s=60.0)
+    hub = Hub(federation=config.federation.name, max_sites=n, liveness_s=liveness_s,
+              heartbeat_interval_s=min(5.0, liveness_s / 3))
     from secure_fedrl.runtime.rundir import FINGERPRINT_FILE
 
     resume = (Path(out) / FINGERPRINT_FILE).exists()  # the same command resumes a killed server

@@ -17,6 +17,7 @@ run rebuilds what it needs (every site's spend) from the ledger (docs/privacy-mo
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from secure_fedrl.runtime.round import SiteRoundReport, take_part
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
 from secure_fedrl.runtime.site import SiteRuntime, derive_seed, site_row
 from secure_fedrl.runtime.sites import expand_sites
-from secure_fedrl.transport.base import InMemorySite, PhaseDeadlines
+from secure_fedrl.transport.base import Hub, InMemorySite, PhaseDeadlines
 
 __all__ = ["RunSummary", "Simulation", "derive_seed", "run_simulation"]
 
@@ -68,7 +69,9 @@ class Simulation(ServerRuntime):
         self._train_lock = threading.Lock()
         self._threads: dict[str, tuple[threading.Thread, list]] = {}
         self._pending: dict[str, Any] = {}  # kept for subclasses (audit canaries)
-        super().__init__(config, out, spaces=(obs_space, act_space), resume=resume, progress=progress,
+        # In process no site dies unannounced: liveness never expires (a site waiting its turn to train is alive).
+        hub = Hub(federation=config.federation.name, liveness_s=math.inf)
+        super().__init__(config, out, spaces=(obs_space, act_space), hub=hub, resume=resume, progress=progress,
                          ledger_key=ledger_key, ledger_passphrase=ledger_passphrase, deadlines=IN_MEMORY_DEADLINES)
         k = config.evaluation.max_sites
         chosen = np.random.default_rng(derive_seed(config.federation.seed, 0xE7A1)).permutation(len(self.sites))[:k] \

@@ -395,7 +395,8 @@ class Hub:
             raise ProtocolError(f"round {round_id}: collecting {phase!r} while {r.phase!r} is open")
         while True:
             with self._cv:
-                while not r.uploads[phase] and not expected <= r.seen[phase] and self.clock() < deadline:
+                while not r.uploads[phase] and not expected <= r.seen[phase] | self._gone(expected) and \
+                        self.clock() < deadline:
                     self._cv.wait(min(max(deadline - self.clock(), 0.0), 1.0))
                 if not r.uploads[phase]:
                     r.phase = f"{phase} (closed)"  # from here on an upload is late: a dropout
@@ -403,6 +404,11 @@ class Hub:
                 name = min(r.uploads[phase])
                 payload = r.uploads[phase].pop(name)
             yield name, payload
+
+    def _gone(self, names: set[str]) -> set[str]:
+        """Expected sites no longer live (not heard from within liveness_s: no heartbeat, no
+        call): a dead site's phase need not be waited for until the deadline."""
+        return {n for n in names if n in self._sites and not self._live(self._sites[n])}
 
     def deliver(self, round_id: int, phase: str, messages: dict[str, bytes]) -> None:
         """Close `phase`: these are the server messages that follow it; everyone else is dropped."""

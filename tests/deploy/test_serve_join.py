@@ -234,3 +234,48 @@ def test_server_sigkilled_mid_run_resumes_and_the_witnessed_ledger_audits(tmp_pa
     db.close()
     bad = subprocess.run(audit, cwd=root, capture_output=True, text=True)
     assert bad.returncode == 2 and "witness" in bad.stdout, bad.stdout
+
+
+def test_a_sigkilled_site_restarts_with_its_state_and_takes_part_again(tmp_path: Path, pki: Path) -> None:
+    import pickle
+
+    config = tmp_path / "fed.toml"
+    config.write_text(PRIVATE.replace("rounds = 3", "rounds = 8"))
+    out, ready = tmp_path / "run", tmp_path / "ready.json"
+    server = cli("serve", str(config), "--out", str(out), "--pki", str(pki), "--address", "127.0.0.1:0",
+                 "--ready-file", str(ready), "--wait", "60", "--liveness", "3", "--ledger-key", str(tmp_path / "k"),
+                 stderr=open(tmp_path / "serve.log", "wb"))
+    address = f"127.0.0.1:{wait_ready(ready, server)}"
+
+    def join(name: str, log: str) -> subprocess.Popen:
+        return cli("join", str(config), "--site", name, "--server", address, "--pki", str(pki),
+                   "--state", str(tmp_path / "state" / name), stderr=open(tmp_path / log, "wb"))
+
+    procs = {n: join(n, f"{n}.log") for n in SITES}
+    victim_state = tmp_path / "state" / "clinic-0"
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not (victim_state / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        procs["clinic-0"].send_signal(signal.SIGKILL)
+        procs["clinic-0"].wait()
+        before = pickle.loads((victim_state / "site_state.pkl").read_bytes())
+        rows_before = len((victim_state / "metrics.jsonl").read_text().splitlines())
+        procs["clinic-0"] = join("clinic-0", "clinic-0.restart.log")
+        assert server.wait(timeout=300) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        for n, p in procs.items():
+            assert p.wait(timeout=60) == 0, n
+    finally:
+        for p in [server, *procs.values()]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    after = pickle.loads((victim_state / "site_state.pkl").read_bytes())
+    rows = [json.loads(x) for x in (victim_state / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) > rows_before, "the restarted site took part again"
+    # Its own budget was restored, not reset: participations only grow.
+    assert after["guard"]["participations"] > before["guard"]["participations"] >= 1
+    assert set(before["history"]) <= set(after["history"])
+    server_rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in server_rows] == list(range(1, 9))
+    assert all(r["sites_aggregated"] >= 3 for r in server_rows if r["sites_aggregated"])
