@@ -76,7 +76,7 @@ class SiteHostService:
         register_serializers()
         torch.set_num_threads(config.federation.torch_threads)
         self.config = config
-        builder = SiteBuilder(config, secure=secure)
+        builder = SiteBuilder(config, secure=secure, share_policy=True)  # one trains at a time: the lock
         self.sites = {}
         self.transports = {}
         self.error: str | None = None

@@ -20,9 +20,14 @@ from secure_fedrl.runtime.sites import expand_sites
 
 class SiteBuilder:
     """Builds sites of one federation config; `secure`: whether the sites run secure
-    aggregation (else they train and hand over plaintext updates: simulate's baselines)."""
+    aggregation (else they train and hand over plaintext updates: simulate's baselines).
 
-    def __init__(self, config: Config, *, secure: bool | None = None) -> None:
+    share_policy: the sites built here lend one torch module to each other, as `simulate`'s
+    sites do (the caller must let only one of them train or evaluate at a time); each site still
+    keeps its own critic, control variate, residual, budget and keys. Saves a module per site
+    (memory, and ~20 ms of orthogonal initialisation each)."""
+
+    def __init__(self, config: Config, *, secure: bool | None = None, share_policy: bool = False) -> None:
         from secure_fedrl.runtime.aggregation import build_aggregator
         from secure_fedrl.runtime.privacy_plan import PrivacyPlan
 
@@ -35,6 +40,8 @@ class SiteBuilder:
         self._mechanism: Any = None
         self._aggregator: Any = None
         self._plan_cls, self._build_aggregator = PrivacyPlan, build_aggregator
+        self.share_policy = share_policy
+        self._shared: tuple[Any, list, Any] | None = None  # (module, federated params, initial critic)
 
     def _public(self, dim: int) -> tuple[Any, Any]:
         """The run's public mechanism and aggregator (config-derived; one per builder)."""
@@ -51,23 +58,29 @@ class SiteBuilder:
         import torch
 
         from secure_fedrl.rl.envs import make_site_env
-        from secure_fedrl.rl.policies import ActorCritic
+        from secure_fedrl.rl.policies import ActorCritic, get_flat
 
         cfg = self.config
         spec = self.specs[index]
         if env is None:
             env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed,
                                 site=spec.name)
-        torch.manual_seed(derive_seed(cfg.federation.seed, 0xC0FFEE))  # the server's initial policy
-        policy = ActorCritic(env.single_observation_space, env.single_action_space,
-                             hidden_sizes=cfg.local.hidden_sizes).to(torch.device(cfg.federation.device))
-        federated = list(policy.shared_parameters(cfg.local.federate_critic))
+        if self._shared is not None:
+            policy, federated, initial_critic = self._shared
+        else:
+            torch.manual_seed(derive_seed(cfg.federation.seed, 0xC0FFEE))  # the server's initial policy
+            policy = ActorCritic(env.single_observation_space, env.single_action_space,
+                                 hidden_sizes=cfg.local.hidden_sizes).to(torch.device(cfg.federation.device))
+            federated = list(policy.shared_parameters(cfg.local.federate_critic))
+            initial_critic = get_flat(list(policy.critic_parameters()))  # before any site trains in it
+            if self.share_policy:
+                self._shared = (policy, federated, initial_critic)
         mechanism, aggregator = self._public(sum(p.numel() for p in federated))
         return SiteRuntime(cfg, spec, index, env=env, policy=policy, federated_params=federated,
                            mechanism=mechanism, aggregator=aggregator if self.secure else None,
                            scaffold=isinstance(self.strategy, Scaffold),
                            prox_mu=float(getattr(self.strategy, "client_prox_mu", 0.0)),
-                           identity_key=identity_key)
+                           identity_key=identity_key, initial_critic=initial_critic)
 
     @staticmethod
     def spaces_key_of(obs_space: Any, act_space: Any) -> tuple:
