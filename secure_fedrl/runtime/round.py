@@ -46,8 +46,8 @@ class _Outbox:
     def upload(self, round_id: int, phase: str, payload: bytes) -> None:
         if phase == self.stop_at:
             raise Dropped(f"site {self.name!r} stops before {phase!r}")
+        self.sent.append(phase)  # before the call: an upload the server stored, then failed, was sent
         self.inner.upload(round_id, phase, payload)
-        self.sent.append(phase)
 
     def download(self, round_id: int, phase: str, timeout: float) -> bytes:
         return self.inner.download(round_id, phase, timeout)
