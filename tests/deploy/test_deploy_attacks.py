@@ -32,9 +32,7 @@ from secure_fedrl.runtime.privacy_plan import PrivacyPlan
 from secure_fedrl.runtime.round import take_part
 from secure_fedrl.runtime.site import RoundOrder, SiteRuntime
 from secure_fedrl.runtime.sites import expand_sites
-from secure_fedrl.secagg import messages as M
-from secure_fedrl.secagg.client import SecAggClient
-from secure_fedrl.secagg.protocol import PHASES, RoundConfig
+from secure_fedrl.secagg.protocol import RoundConfig
 from secure_fedrl.transport.base import (Hub, InMemorySite, PhaseDeadlines, RosterEntry, RoundAnnouncement,
                                          TransportError)
 from secure_fedrl.transport.rounds import run_server_round
