@@ -166,6 +166,7 @@ class SiteProcess:
         self.config = config
         self.state_dir = Path(state)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(self.state_dir)
         torch.set_num_threads(config.federation.torch_threads)
         env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=name)
         torch.manual_seed(derive_seed(config.federation.seed, 0xC0FFEE))  # the server's initial policy
@@ -192,16 +193,38 @@ class SiteProcess:
     def state_file(self) -> Path:
         return self.state_dir / "site_state.pkl"
 
+    def _state_mac(self, blob: bytes) -> bytes:
+        """HMAC-SHA256 of the state under a key derived from the site's identity key: a state file
+        written by anyone else (it is a pickle: loading it runs code) is refused before it is read."""
+        import hmac
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        raw = self.site.identity_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                   serialization.NoEncryption())
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=b"secure-fedrl/site-state/v1\0" + self.site.name.encode()).derive(raw)
+        return hmac.new(key, blob, "sha256").digest()
+
     def save(self) -> None:
         state = self.site.state_dict()
         state["config_fingerprint"] = self.config.fingerprint()
-        atomic_write(self.state_file, pickle.dumps(state))
+        blob = pickle.dumps(state)
+        atomic_write(self.state_file, STATE_MAGIC + self._state_mac(blob) + blob, mode=0o600)
 
     def load(self) -> None:
         if not self.state_file.exists():
             return
+        import hmac
+
+        data = self.state_file.read_bytes()
+        head, mac, blob = data[:len(STATE_MAGIC)], data[len(STATE_MAGIC):len(STATE_MAGIC) + 32], data[len(STATE_MAGIC) + 32:]
+        if head != STATE_MAGIC or not hmac.compare_digest(mac, self._state_mac(blob)):
+            raise ConfigError(f"--state {self.state_dir}: site_state.pkl was not written by site {self.site.name!r} "
+                              "(bad authentication tag); refusing to load it")
         try:
-            state = pickle.loads(self.state_file.read_bytes())
+            state = pickle.loads(blob)
         except Exception as exc:  # noqa: BLE001 - a corrupt state file is a user-visible error
             raise ConfigError(f"--state {self.state_dir}: unreadable site state ({exc})") from None
         if state.get("name") != self.site.name or state.get("config_fingerprint") != self.config.fingerprint():
@@ -264,26 +287,33 @@ class SiteProcess:
         """The previous round's outcome: keep our proposals if included; countersign the head."""
         if not notice:
             return
-        try:
-            data = json.loads(notice.decode())
-        except (ValueError, UnicodeDecodeError):
+        parsed = parse_notice(notice)
+        if parsed is None:
             log_event("notice_malformed", site=self.site.name)
             return
-        if not isinstance(data, dict) or "round" not in data:
-            return
-        r = int(data["round"])
+        r, included, head = parsed
         self.site.last_round = max(self.site.last_round, r)  # the server closed round r
         if self.site.pending is not None and self.site.pending_round == r:
-            self.site.settle(r, self.site.name in set(data.get("included", [])))
-        head = data.get("ledger_head")
-        if head and r in self.took_part and r not in self.site.witnessed:
-            self.witness(r, int(head["seq"]), str(head["row_hash"]))
+            self.site.settle(r, self.site.name in included)
+        if head is not None and r in self.took_part and r not in self.site.witnessed:
+            self.witness(r, *head)
 
     def witness(self, r: int, seq: int, row_hash: str) -> None:
-        try:
-            from secure_fedrl.ledger.witness import sign_witness
-        except ImportError:  # pragma: no cover - the witnessed ledger ships with the ledger package
+        """Countersign one ledger head, never two histories: a seq signed before is re-signed only
+        with the same hash, and never a seq below the highest signed (the log is in the state,
+        saved before the signature leaves)."""
+        from secure_fedrl.ledger.witness import sign_witness
+
+        signed = self.site.signed_heads
+        if signed.get(seq, row_hash) != row_hash or (seq not in signed and signed and seq < max(signed)):
+            log_event("witness_refused", site=self.site.name, seq=seq,
+                      reason="the server shows a head that contradicts one this site countersigned")
             return
+        if seq not in signed:
+            signed[seq] = row_hash
+            while len(signed) > 64:
+                del signed[min(signed)]
+            self.save()
         sig = sign_witness(self.site.identity_key, federation=self.config.federation.name, seq=seq,
                            row_hash=row_hash, config_hash=self.config.fingerprint())
         try:
@@ -291,6 +321,38 @@ class SiteProcess:
             self.site.witnessed.add(r)
         except TransportError as err:
             log_event("witness_failed", site=self.site.name, seq=seq, status=err.status, reason=str(err))
+
+
+STATE_MAGIC = b"secure-fedrl site state v1\n"
+
+
+def check_private_dir(d: Path) -> None:
+    """A site's state directory must be its own: no group/other access (its state holds the
+    site's budget account, replay history and update residuals)."""
+    st = d.stat()
+    if st.st_mode & 0o077 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        raise ConfigError(f"--state {d}: must be a directory only this user can access (chmod 700 {d})")
+
+
+def parse_notice(notice: bytes) -> tuple[int, set[str], tuple[int, str] | None] | None:
+    """(round, included sites, (seq, row hash) or None) of a notice, or None when malformed."""
+    try:
+        data = json.loads(notice.decode())
+        r = data["round"]
+        included = data.get("included", [])
+        head = data.get("ledger_head")
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0 or not isinstance(included, list) or \
+                not all(isinstance(n, str) for n in included):
+            return None
+        if head is not None:
+            seq, row_hash = head["seq"], head["row_hash"]
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(row_hash, str) or \
+                    len(row_hash) != 64 or any(c not in "0123456789abcdef" for c in row_hash):
+                return None
+            head = (seq, row_hash)
+        return r, set(included), head
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def join(config: Config, names: list[str], *, server: str, pki: Path, state: Path | None) -> int:

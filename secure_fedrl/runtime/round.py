@@ -39,13 +39,16 @@ class _Outbox:
     """The site's transport, watched: which phases left the site; an optional planned stop
     (simulated dropouts: the site goes silent from `stop_at` on, as a killed process would)."""
 
-    def __init__(self, inner: SiteTransport, stop_at: str | None) -> None:
+    def __init__(self, inner: SiteTransport, stop_at: str | None, before_masked_input=None) -> None:
         self.inner, self.stop_at, self.sent = inner, stop_at, []
+        self.before_masked_input = before_masked_input
         self.name = inner.name
 
     def upload(self, round_id: int, phase: str, payload: bytes) -> None:
         if phase == self.stop_at:
             raise Dropped(f"site {self.name!r} stops before {phase!r}")
+        if phase == "masked_input" and self.before_masked_input is not None:
+            self.before_masked_input()  # charged and saved before the input can leave (never under-counted)
         self.sent.append(phase)  # before the call: an upload the server stored, then failed, was sent
         self.inner.upload(round_id, phase, payload)
 
@@ -91,14 +94,16 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         log.warning("round %d: %s", rid, exc)
         _leave(transport, rid)
         return SiteRoundReport(f"rejected: {exc}", result, seconds)
-    out = _Outbox(transport, stop_at)
+    def charge_then_persist() -> None:
+        site.charge(plan)  # our noised input is about to leave the site
+        if persist is not None:
+            persist()
+
+    out = _Outbox(transport, stop_at, charge_then_persist if site.config.privacy.unit == "client" else None)
     sa = site.config.secure_aggregation
     status = run_site_round(out, ann, number=number, identity_key=site.identity_key, vector=encoded,
                             trust=trust, timeout=timeout, history=site.history, max_colluding=sa.max_colluding_sites,
-                            min_honest_inputs=site.aggregator.noise_shares() if site.aggregator.ddg else 1,
-                            before_advert=persist)
-    if site.config.privacy.unit == "client" and "masked_input" in out.sent:
-        site.charge(plan)  # our noised input left the site
+                            min_honest_inputs=site.aggregator.min_honest(), before_advert=persist)
     if status != "done":
         _leave(transport, rid)
     return SiteRoundReport(status, result, seconds)

@@ -144,6 +144,10 @@ class SecureAggregator(Aggregator):
             self.plan_sites = max(2, round(q * self.num_sites))
             spread = math.ceil(q * self.num_sites + 4.0 * math.sqrt(q * self.num_sites * (1.0 - q)))
             self.max_round_sites = min(self.num_sites, max(self.plan_sites, spread))
+        else:  # the round size the config plans for: what a site expects its sums to hold (min_honest)
+            s = config.sampling
+            self.plan_sites = max(2, min(s.clients_per_round, self.num_sites) if s.clients_per_round
+                                  else round(s.fraction * self.num_sites))
         self.clip = self.sa.clip or (config.privacy.clip if privacy.unit == "client" else DEFAULT_SECAGG_CLIP)
         # A shared random mask keeps the same coordinates at every site: only those are masked and sent.
         self.mask_ratio = config.compression.ratio if config.compression.method == "shared_mask" else None
@@ -188,8 +192,15 @@ class SecureAggregator(Aggregator):
                               f"leave no honest input guaranteed in a sum of {n} sampled sites")
         return m
 
+    def min_honest(self) -> int:
+        """Honest inputs every sum a site joins must hold, from its own config (SPEC 8, t - c): the
+        DDG noise shares, or without DDG what the planned round's threshold promises. A site
+        refuses a round announced below it (`check_threshold_policy`), so a server cannot shrink a
+        round to isolate one input next to its colluders' (attack review F2)."""
+        return self.noise_shares()
+
     def ddg_threshold(self, n: int) -> int:
-        """Shamir threshold of a DDG round of n sites: at least m + max_colluding, so that any
+        """Shamir threshold of a round of n sites: at least m + max_colluding, so that any
         unmaskable sum still holds m honest inputs (min_honest_inputs(t) = t - c >= m)."""
         return max(self.protocol_threshold(n), self.noise_shares() + self.sa.max_colluding_sites)
 
@@ -233,7 +244,7 @@ class SecureAggregator(Aggregator):
         """The round's public parameters, computed alike by the server and by every site from the
         config, the round number, the planned size and the broadcast round seed."""
         n = max(planned, 2)
-        protocol_t = self.ddg_threshold(n) if self.ddg else self.protocol_threshold(n)
+        protocol_t = self.ddg_threshold(n)
         return SecAggPlan(round_id=round_id, planned=planned, round_seed=round_seed, threshold=protocol_t,
                           release=max(self.release_threshold(n), protocol_t), degree=self.degree(n))
 
@@ -251,8 +262,9 @@ class SecureAggregator(Aggregator):
         if count < 2:
             return f"{count} site(s) left, secure aggregation needs 2"
         n = max(plan.planned, 2)
-        if self.ddg and (plan.threshold > holders_per_site(n, plan.degree) or count < plan.threshold):
-            return (f"{count} site(s) cannot guarantee {self.noise_shares()} honest noise shares "
+        if plan.threshold > holders_per_site(n, plan.degree) or count < plan.threshold:
+            what = "noise shares" if self.ddg else "inputs"
+            return (f"{count} site(s) cannot guarantee {self.noise_shares()} honest {what} "
                     f"(threshold {plan.threshold})")
         if count < plan.release:
             return f"{count} of {plan.planned} sites left, fewer than the release threshold {plan.release}"
@@ -325,7 +337,7 @@ class SecureAggregator(Aggregator):
         plan = self.plan(round_id, planned=planned, round_seed=round_seed)
         info = self.round_info(plan)
         aborted = RoundAggregate(None, [], [u.site for u in uploads], 0.0, privacy=info)
-        reason = self.cannot_run(plan, len(uploads)) if len(uploads) < 2 or self.ddg else None
+        reason = self.cannot_run(plan, len(uploads))
         if reason:
             log.warning("round %d: %s: nothing leaves the sites, nothing released", round_id, reason)
             return aborted

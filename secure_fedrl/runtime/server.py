@@ -186,6 +186,8 @@ class ServerRuntime:
             "ledger_head": self.privacy.ledger_head(),  # a resume refuses a ledger without this row
         }
         set_flat(self.federated_params, self.global_params)
+        if not self.config.local.federate_critic:  # the server has no critic: never a site's local one
+            set_flat(list(self.policy.critic_parameters()), self.initial_critic)
         torch.save({"round": self.round, "global_params": torch.from_numpy(self.global_params.copy()),
                     "policy_state_dict": self.policy.state_dict(), "strategy_state": state["strategy"],
                     "federate_critic": self.config.local.federate_critic},

@@ -104,7 +104,8 @@ class SiteRuntime:
         self.pending: PendingCommit | None = None
         self.pending_round = 0
         self.last_round = 0
-        self.witnessed: set[int] = set()  # rounds whose ledger head this site countersigned
+        self.witnessed: set[int] = set()  # rounds whose ledger head this site countersigned (this session)
+        self.signed_heads: dict[int, str] = {}  # seq -> row hash this site ever countersigned (persisted)
 
     @property
     def name(self) -> str:
@@ -197,7 +198,7 @@ class SiteRuntime:
         return {"name": self.name, "last_round": self.last_round, "local_critic": self.local_critic,
                 "control_variate": None if self.scaffold is None else self.scaffold.control_variate,
                 "compressor": self.compressor.state_dict(), "env": capture_env_state(self.env),
-                "history": self.history.state_dict(),
+                "history": self.history.state_dict(), "signed_heads": dict(self.signed_heads),
                 "guard": None if self.guard is None else guard_state(self.guard)}
 
     def load_state_dict(self, state: dict[str, Any], *, env: bool = True) -> None:
@@ -209,6 +210,7 @@ class SiteRuntime:
         if env and state.get("env") is not None:
             restore_env_state(self.env, state["env"])
         self.history = RoundHistory(state.get("history", ()))
+        self.signed_heads = {int(k): str(v) for k, v in state.get("signed_heads", {}).items()}
         if self.guard is not None and state.get("guard") is not None:
             load_guard_state(self.guard, state["guard"])
 

@@ -37,6 +37,10 @@ UPLOAD_TYPES = {
 }
 
 
+#: Witness signatures one site may have pending (a quota per site: no site crowds out the others).
+WITNESSES_PER_SITE = 2
+
+
 class TransportError(ProtocolError):
     """A call refused by the transport; `status` names the gRPC status code it maps to."""
 
@@ -340,8 +344,8 @@ class Hub:
             self._session(name, session)
             if len(signature) != 64 or len(row_hash) != 64:
                 raise TransportError("INVALID_ARGUMENT", "witness: signature must be 64 bytes, row hash 64 hex digits")
-            if len(self._witnesses) >= 4 * self.max_sites:
-                raise TransportError("RESOURCE_EXHAUSTED", "too many witness signatures pending")
+            if sum(w[0] == name for w in self._witnesses) >= WITNESSES_PER_SITE:
+                raise TransportError("RESOURCE_EXHAUSTED", f"site {name!r}: too many witness signatures pending")
             self._witnesses.append((name, int(seq), str(row_hash), bytes(signature)))
 
     # ================================================================ server-facing
