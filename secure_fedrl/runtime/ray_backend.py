@@ -2,18 +2,21 @@
 
 The same two halves as every other backend: the driver runs `ServerRuntime` (sampling, the
 strategy, the SecAgg server, the ledger, checkpoints) unchanged; the sites are `SiteRuntime`
-objects built as a `join` process builds its own (`runtime/site_build.py`: its own env, policy
-module, public privacy mechanism and secure aggregator from the config), and each sampled site
-runs `runtime.round.take_part` over a `SiteTransport`. Only the wire differs:
+objects built from the config alone, as a `join` process builds its own (`runtime/site_build.py`:
+its env, critic, control variate, residual, own budget and identity key; the public privacy
+mechanism and secure aggregator), and each sampled site runs `runtime.round.take_part` over a
+`SiteTransport`. Only the wire differs:
 
     driver: ServerRuntime --HubProxy--> HubActor (a threaded Ray actor holding a `transport.base.Hub`)
     SiteHost actors: SiteRuntime x k --HubSite--> HubActor
 
 A `SiteHost` actor is one Ray worker process holding the `SiteRuntime`s placed on it; it is
 created once and reused for every round (no env is rebuilt per round) and trains its sites one
-at a time, like a `join` process hosting several sites. A federation of n sites on C CPUs uses
+at a time in one torch module they lend each other (as `simulate`'s sites do), like a `join`
+process hosting several sites. A federation of n sites on C CPUs uses
 min(n, floor(C / cpus_per_site)) hosts (sites placed round-robin), so thousands of sites fit in a
-few processes: a Ray worker with torch loaded is ~300 MB, a site ~100 KB (bench/scale.py).
+few processes: a Ray worker with torch loaded is some 300 MB, an idle site tens of KB
+(measured: bench/scale.py).
 
 The hub drops each masked upload once the driver collected it (`Hub.collect`), and the proxy
 moves them in small batches, so the server side never holds more than one round of masked
@@ -59,6 +62,19 @@ def require_ray():
     except ImportError:
         raise ConfigError(RAY_MISSING) from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT head address must accept a connection (Ray itself retries for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray://..., left to Ray
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5.0).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: cannot reach a Ray head there ({exc})") from None
 
 
 # ================================================================ the site hosts
@@ -214,6 +230,7 @@ class RaySimulation(ServerRuntime):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                       "configure_logging": False}
             if address:
+                _check_reachable(address)
                 kwargs["address"] = address
             elif num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus

@@ -66,3 +66,13 @@ def test_hub_errors_keep_their_class_and_status():
     assert exc.value.status == "NOT_FOUND"
     with pytest.raises(KeyError):
         _unwrap(_call_hub(hub, "site_credentials", ("nobody",)))
+
+
+def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    path = tmp_path / "fed.toml"
+    path.write_text(CONFIG)
+    assert main(["simulate", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--backend", "ray",
+                 "--ray-address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ray-address 127.0.0.1:1" in err[0]
