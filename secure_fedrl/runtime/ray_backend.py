@@ -296,6 +296,18 @@ class RaySimulation(ServerRuntime):
     def site_credentials(self, name: str) -> tuple[int, bytes, bytes]:
         return self._creds[name]
 
+    def _gather(self, refs: dict, what: str) -> dict:
+        """host -> result of each call; a host that died (its process killed, out of memory) is
+        left out and logged: its sites are dropouts from here on, as killed site processes are."""
+        out = {}
+        for h, ref in refs.items():
+            try:
+                out[h] = self._ray.get(ref)
+            except self._ray.exceptions.RayError as exc:
+                log.error("site host %d (%d sites) failed during %s: %s", h,
+                          sum(1 for v in self._host_of.values() if v == h), what, str(exc).splitlines()[0])
+        return out
+
     # -- state (kept with the server's checkpoint, as simulate keeps it) --------------------------
     def load_site_states(self, saved: Any) -> None:
         states = {s["name"]: s for s in (saved or [])}
@@ -307,11 +319,11 @@ class RaySimulation(ServerRuntime):
     def site_states(self) -> list[dict[str, Any]]:
         # Only the sites of this round changed: fetch those (all of them the first time).
         want = [n for n in self.site_names if n not in self._site_states or n in self._touched]
-        refs = [self._hosts[h].state_dicts.remote(names) for h, names in self._by_host(want).items()]
-        for part in self._ray.get(refs):
+        refs = {h: self._hosts[h].state_dicts.remote(names) for h, names in self._by_host(want).items()}
+        for part in self._gather(refs, "checkpoint").values():
             self._site_states.update(part)
         self._touched = set()
-        return [self._site_states[n] for n in self.site_names]
+        return [self._site_states[n] for n in self.site_names if n in self._site_states]
 
     # -- rounds -----------------------------------------------------------------------------------
     def start_sites(self, announcements, stops) -> None:
@@ -319,6 +331,27 @@ class RaySimulation(ServerRuntime):
         self._refs = [(names, self._hosts[h].take_part.remote({n: announcements[n] for n in names},
                                                                {n: stops[n] for n in names if n in stops}))
                       for h, names in self._by_host(sorted(announcements)).items()]
+        round_id = next(iter(announcements.values())).round_id
+        self._watchdog = threading.Thread(target=self._watch_hosts, args=(round_id, list(self._refs)),
+                                          name="ray-host-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch_hosts(self, round_id: int, refs: list) -> None:
+        """A host that dies mid-round cannot say so for its sites: withdraw them from the round
+        at the hub (as a site that stops does), so the server does not wait out the deadline."""
+        ray = self._ray
+        pending = {ref: names for names, ref in refs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=None)
+            for ref in ready:
+                names = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError:
+                    try:
+                        ray.get(self._hub_actor.withdraw.remote(round_id, names))
+                    except ray.exceptions.RayError:  # noqa: PERF203 - the hub is gone: the run fails anyway
+                        return
 
     def collect_site_reports(self, r: int) -> None:
         from secure_fedrl.runtime.round import SiteRoundReport
@@ -328,9 +361,12 @@ class RaySimulation(ServerRuntime):
             try:
                 reports.update(self._ray.get(ref))
             except self._ray.exceptions.RayError as exc:  # a host died: its sites failed the round
-                log.error("round %d: site host failed: %s", r, exc)
-                reports.update({n: SiteRoundReport(f"failed: {exc}") for n in names})
+                log.error("round %d: site host failed: %s", r, str(exc).splitlines()[0])
+                reports.update({n: SiteRoundReport("failed: site host died") for n in names})
         self._refs = []
+        if getattr(self, "_watchdog", None) is not None:
+            self._watchdog.join()
+            self._watchdog = None
         for name in sorted(reports):
             report = reports[name]
             if report.result is not None:
@@ -347,9 +383,12 @@ class RaySimulation(ServerRuntime):
         groups = self._by_host(sampled)
         refs = {h: self._hosts[h].train_plain.remote(names, self.global_params, r, seed, control)
                 for h, names in groups.items()}
-        done = {h: dict(zip(groups[h], self._ray.get(ref))) for h, ref in refs.items()}
+        done = {h: dict(zip(groups[h], part)) for h, part in self._gather(refs, f"round {r}").items()}
         uploads, rejected = [], {}
         for name in sampled:
+            if self._host_of[name] not in done:
+                self.site_rows[name] = {"round": r, "site": name, "round_status": "failed: site host died"}
+                continue
             upload, result, seconds = done[self._host_of[name]][name]
             self.env_steps += result.steps
             self.site_rows[name] = site_row(r, name, result, seconds)
@@ -369,17 +408,20 @@ class RaySimulation(ServerRuntime):
         unknown = sorted(inc - set(sampled))
         if unknown:
             raise ProtocolError(f"aggregate includes site(s) {', '.join(unknown)} that made no upload this round")
-        self._ray.get([self._hosts[h].settle.remote(r, {n: n in inc for n in names})
-                       for h, names in self._by_host(sampled).items()])
+        self._gather({h: self._hosts[h].settle.remote(r, {n: n in inc for n in names})
+                      for h, names in self._by_host(sampled).items()}, f"round {r}")
 
     def _evaluate(self, r: int) -> dict[str, Any]:
-        refs = [self._hosts[h].evaluate.remote(names, self.global_params, r)
-                for h, names in self._by_host(self.eval_names).items()]
+        refs = {h: self._hosts[h].evaluate.remote(names, self.global_params, r)
+                for h, names in self._by_host(self.eval_names).items()}
         results: dict[str, Any] = {}
-        for part in self._ray.get(refs):
+        for part in self._gather(refs, f"evaluation {r}").values():
             results.update(part)
-        per_site = {n: float(np.mean(results[n].returns)) for n in self.eval_names}  # simulate's order
-        domain = {n: results[n] for n in self.eval_names}
+        if not results:
+            return None
+        names = [n for n in self.eval_names if n in results]  # simulate's order
+        per_site = {n: float(np.mean(results[n].returns)) for n in names}
+        domain = {n: results[n] for n in names}
         values = list(per_site.values())
         self.last_eval = {"mean": float(np.mean(values)), "worst": float(np.min(values))}
         return {**self.last_eval, "per_site": per_site, "domain": summarize_domain(domain)}

@@ -111,6 +111,18 @@ class HubService:
         except ProtocolError as exc:
             return ("protocol", "", str(exc))
 
+    def withdraw(self, round_id: int, names: list[str]) -> None:
+        """Sites whose host process died leave the round (`Hub.leave`, on their behalf: the
+        hub knows their sessions), so the server does not wait out the phase deadline."""
+        for name in names:
+            site = self.hub._sites.get(name)
+            if site is None:
+                continue
+            try:
+                self.hub.leave(name, site.session, round_id)
+            except TransportError:
+                pass  # not in that round, or the round is gone
+
     def held_uploads(self) -> int:
         """Site uploads the hub holds now, not yet collected by the server (every round it keeps)."""
         with self.hub._cv:

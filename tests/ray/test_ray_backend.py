@@ -159,3 +159,22 @@ def test_driver_sigkilled_mid_run_resumes_to_the_local_result(tmp_path):
     run_ray_simulation(load_config(path), run, resume=True, progress=False)
     assert torch.equal(final_params(tmp_path / "local", 4), final_params(run, 4))
     assert [r["round"] for r in rows(run)] == [1, 2, 3, 4]
+
+
+@pytest.mark.timeout(180)
+def test_a_site_host_that_dies_drops_its_sites_and_the_run_goes_on(tmp_path):
+    cfg = load_config(write(tmp_path, "hostdies", rounds=3))
+    sim = RaySimulation(cfg, tmp_path / "ray", progress=False)
+    try:
+        sim.run_round(1)
+        dead = {n for n, h in sim._host_of.items() if h == 0}
+        ray.kill(sim._hosts[0])  # its process is gone: no site on it can say it leaves
+        t0 = time.monotonic()
+        for r in (2, 3):
+            sim.run_round(r)
+        assert time.monotonic() - t0 < 120  # not the in-memory deadlines (a day for the first phase)
+    finally:
+        sim.privacy.close()
+        sim.close()
+    later = rows(tmp_path / "ray")[1:]
+    assert any(dead & set(row["sites_dropped"]) for row in later)  # 3 of 4 sampled: a dead one each round
