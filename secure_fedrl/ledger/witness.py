@@ -85,3 +85,31 @@ def verify_witness(public_key: bytes, signature: bytes, *, federation: str, seq:
         return True
     except (InvalidSignature, ValueError):
         return False
+
+
+def check_extension(*, signed_seq: int, signed_hash: str, rows: list[str], seq: int, row_hash: str,
+                    config_hash: str) -> list[dict[str, Any]]:
+    """Check that `rows` (canonical row encodings, FORMAT.md) chain from the head a site signed
+    last, (signed_seq, signed_hash), to the head it is asked to sign, (seq, row_hash); return
+    the decoded rows. Raises LedgerError otherwise: a server that rewrote history since the site's
+    last countersignature cannot show it a consistent chain, so the site never signs it."""
+    import hashlib
+    import json
+
+    current, at = signed_hash, signed_seq
+    decoded = []
+    for text in rows:
+        raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            raise LedgerError("witness: a row shown is not canonical JSON") from None
+        if not isinstance(row, dict) or row.get("seq") != at + 1 or row.get("prev_hash") != current or \
+                row.get("config_hash") != config_hash:
+            raise LedgerError(f"witness: row {at + 1} shown does not extend the head this site countersigned "
+                              f"(seq {signed_seq})")
+        current, at = hashlib.sha256(raw).hexdigest(), at + 1
+        decoded.append(row)
+    if at != seq or current != row_hash:
+        raise LedgerError(f"witness: the rows shown end at seq {at}, not at the head {seq} the site is asked to sign")
+    return decoded

@@ -82,6 +82,9 @@ class DeployedServer(ServerRuntime):
         self._waited = True
         live = self.hub.wait_for_sites(self.min_sites if first else len(self.site_names),
                                        self.wait_s if first else min(self.wait_s, 5.0))
+        while len([n for n in live if n in self.site_names]) < 2:  # no round without two sites: keep waiting
+            log_event("waiting_for_sites", live=len(live), level="info")
+            live = self.hub.wait_for_sites(2, max(self.wait_s, 1.0))
         unknown = sorted(set(live) - set(self.site_names))
         if unknown:
             log_event("unknown_sites_ignored", sites=",".join(unknown))
@@ -291,24 +294,35 @@ class SiteProcess:
         if parsed is None:
             log_event("notice_malformed", site=self.site.name)
             return
-        r, included, head = parsed
+        r, included, head, rows = parsed
         self.site.last_round = max(self.site.last_round, r)  # the server closed round r
         if self.site.pending is not None and self.site.pending_round == r:
             self.site.settle(r, self.site.name in included)
         if head is not None and r in self.took_part and r not in self.site.witnessed:
-            self.witness(r, *head)
+            self.witness(r, *head, rows=rows)
 
-    def witness(self, r: int, seq: int, row_hash: str) -> None:
+    def witness(self, r: int, seq: int, row_hash: str, rows: list[str] = ()) -> None:
         """Countersign one ledger head, never two histories: a seq signed before is re-signed only
         with the same hash, and never a seq below the highest signed (the log is in the state,
         saved before the signature leaves)."""
         from secure_fedrl.ledger.witness import sign_witness
+
+        from secure_fedrl.errors import LedgerError
+        from secure_fedrl.ledger.witness import check_extension
 
         signed = self.site.signed_heads
         if signed.get(seq, row_hash) != row_hash or (seq not in signed and signed and seq < max(signed)):
             log_event("witness_refused", site=self.site.name, seq=seq,
                       reason="the server shows a head that contradicts one this site countersigned")
             return
+        if seq not in signed and signed:  # the new head must extend the last one we signed
+            last = max(signed)
+            try:
+                check_extension(signed_seq=last, signed_hash=signed[last], rows=rows_since(rows, last),
+                                seq=seq, row_hash=row_hash, config_hash=self.config.fingerprint())
+            except LedgerError as exc:
+                log_event("witness_refused", site=self.site.name, seq=seq, reason=str(exc))
+                return
         if seq not in signed:
             signed[seq] = row_hash
             while len(signed) > 64:
@@ -334,8 +348,21 @@ def check_private_dir(d: Path) -> None:
         raise ConfigError(f"--state {d}: must be a directory only this user can access (chmod 700 {d})")
 
 
-def parse_notice(notice: bytes) -> tuple[int, set[str], tuple[int, str] | None] | None:
-    """(round, included sites, (seq, row hash) or None) of a notice, or None when malformed."""
+def rows_since(rows: list[str], seq: int) -> list[str]:
+    """The shown rows after `seq` (the notice may start earlier, for sites that signed less)."""
+    out = []
+    for text in rows:
+        try:
+            if json.loads(text).get("seq", 0) > seq:
+                out.append(text)
+        except (ValueError, AttributeError):
+            out.append(text)  # check_extension refuses it
+    return out
+
+
+def parse_notice(notice: bytes) -> tuple[int, set[str], tuple[int, str] | None, list[str]] | None:
+    """(round, included sites, (seq, row hash) or None, canonical rows shown) of a notice, or
+    None when malformed."""
     try:
         data = json.loads(notice.decode())
         r = data["round"]
@@ -350,7 +377,10 @@ def parse_notice(notice: bytes) -> tuple[int, set[str], tuple[int, str] | None] 
                     len(row_hash) != 64 or any(c not in "0123456789abcdef" for c in row_hash):
                 return None
             head = (seq, row_hash)
-        return r, set(included), head
+        rows = data.get("rows", [])
+        if not isinstance(rows, list) or not all(isinstance(x, str) for x in rows):
+            return None
+        return r, set(included), head, rows
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         return None
 

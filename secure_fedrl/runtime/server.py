@@ -287,6 +287,8 @@ class ServerRuntime:
         head = self.privacy.ledger_head()
         self._notice = {"round": r, "included": sorted(agg.included),
                         "ledger_head": None if head is None else {"seq": head[0], "row_hash": head[1]}}
+        if self.witnesses and head is not None:
+            self._notice["rows"] = self._rows_to_show(agg.included, head[0])
         # The server's file holds only what a coordinating server sees (README, "Run directory").
         row = {
             "round": r,
@@ -412,6 +414,17 @@ class ServerRuntime:
             return None
         self._record_witness_keys(sites)
         return {"seq": int(head["seq"]), "sites": sites}
+
+    def _rows_to_show(self, sites: list[str], head_seq: int) -> list[str]:
+        """Canonical rows since the oldest of these sites' last countersigned heads: each checks
+        that the new head extends the one it signed before it signs again (FORMAT.md)."""
+        from secure_fedrl.ledger.format import canonical_bytes
+
+        last: dict[str, int] = {}
+        for seq, site, _, _ in self.privacy.ledger.witnesses():
+            last[site] = max(last.get(site, 0), seq)
+        start = min((last[s] for s in sites if s in last), default=head_seq)
+        return [canonical_bytes(row).decode("ascii") for row in self.privacy.ledger.rows() if start < row.seq <= head_seq]
 
     def _record_witness_keys(self, keys: dict[str, str]) -> None:
         """witness_keys.json: the sites' protocol keys, for reference (an auditor pins the CA's)."""

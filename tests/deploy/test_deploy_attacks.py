@@ -338,6 +338,43 @@ def test_site_never_countersigns_two_histories(tmp_path, how):
     assert seqs == sorted(seqs), f"a rolled-back head countersigned: {seqs}"
 
 
+def _ledger_rows(tmp_path, n, config_hash):
+    """n signed rows of a real ledger: their canonical encodings and hashes."""
+    from secure_fedrl.ledger import LedgerEntry, PrivacyLedger
+    from secure_fedrl.ledger.format import canonical_bytes
+
+    (tmp_path / "run").mkdir()
+    led = PrivacyLedger.open(tmp_path / "run" / "l.sqlite", key_dir=tmp_path / "k", config_hash=config_hash)
+    for r in range(1, n + 1):
+        led.append(LedgerEntry(round=r, unit="client", mechanism="ddg", clip=1.0, sigma_planned=1.0,
+                               sigma_effective=1.0, sample_rate=1.0, sites_planned=4, sites_survived=4,
+                               accountant="rdp", epsilon={"rdp": 0.1 * r}, delta=1e-5))
+    rows = led.rows()
+    led.close()
+    return [canonical_bytes(x).decode() for x in rows], [x.hash for x in rows]
+
+
+def test_site_countersigns_a_new_head_only_if_it_extends_the_one_it_signed(tmp_path):
+    p = site_process(tmp_path)
+    texts, hashes = _ledger_rows(tmp_path, 3, p.config.fingerprint())
+    p.read_notice(notice(5, 1, hashes[0]))
+    assert [s for s, _, _ in p.transport.sent] == [1]
+    # A head whose rows do not chain from the signed one (a rewritten row 2): refused.
+    forged = texts[1].replace('"round":2', '"round":9')
+    bad = json.loads(notice(6, 3, hashes[2]))
+    bad["rows"] = [forged, texts[2]]
+    p.read_notice(json.dumps(bad).encode())
+    assert [s for s, _, _ in p.transport.sent] == [1]
+    # No rows shown at all: nothing proves the extension: refused.
+    p.read_notice(notice(6, 3, hashes[2]))
+    assert [s for s, _, _ in p.transport.sent] == [1]
+    # The real chain 1 -> 3: signed.
+    good = json.loads(notice(7, 3, hashes[2]))
+    good["rows"] = texts  # may start before the signed head
+    p.read_notice(json.dumps(good).encode())
+    assert [s for s, _, _ in p.transport.sent] == [1, 3]
+
+
 @pytest.mark.parametrize("data", [{"round": "x"}, {"round": 5, "ledger_head": {"seq": "x", "row_hash": A}},
                                   {"round": 5, "ledger_head": ["x"]}, {"round": None}])
 def test_malformed_notice_is_ignored(tmp_path, data):

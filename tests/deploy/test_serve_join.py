@@ -236,8 +236,16 @@ def test_server_sigkilled_mid_run_resumes_and_the_witnessed_ledger_audits(tmp_pa
     assert bad.returncode == 2 and "witness" in bad.stdout, bad.stdout
 
 
-def test_a_sigkilled_site_restarts_with_its_state_and_takes_part_again(tmp_path: Path, pki: Path) -> None:
+def read_site_state(path: Path) -> dict:
+    """The site's state (after its magic line and 32-byte authentication tag)."""
     import pickle
+
+    from secure_fedrl.runtime.deploy import STATE_MAGIC
+
+    return pickle.loads(path.read_bytes()[len(STATE_MAGIC) + 32:])
+
+
+def test_a_sigkilled_site_restarts_with_its_state_and_takes_part_again(tmp_path: Path, pki: Path) -> None:
 
     config = tmp_path / "fed.toml"
     config.write_text(PRIVATE.replace("rounds = 3", "rounds = 8"))
@@ -259,7 +267,7 @@ def test_a_sigkilled_site_restarts_with_its_state_and_takes_part_again(tmp_path:
             time.sleep(0.05)
         procs["clinic-0"].send_signal(signal.SIGKILL)
         procs["clinic-0"].wait()
-        before = pickle.loads((victim_state / "site_state.pkl").read_bytes())
+        before = read_site_state(victim_state / "site_state.pkl")
         rows_before = len((victim_state / "metrics.jsonl").read_text().splitlines())
         procs["clinic-0"] = join("clinic-0", "clinic-0.restart.log")
         assert server.wait(timeout=300) == 0, (tmp_path / "serve.log").read_text()[-3000:]
@@ -270,7 +278,7 @@ def test_a_sigkilled_site_restarts_with_its_state_and_takes_part_again(tmp_path:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    after = pickle.loads((victim_state / "site_state.pkl").read_bytes())
+    after = read_site_state(victim_state / "site_state.pkl")
     rows = [json.loads(x) for x in (victim_state / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) > rows_before, "the restarted site took part again"
     # Its own budget was restored, not reset: participations only grow.
