@@ -156,6 +156,7 @@ class _Round:
     seen: dict[str, set[str]] = field(default_factory=lambda: {p: set() for p in PHASES})
     delivered: dict[str, dict[str, bytes]] = field(default_factory=dict)
     aborted: str | None = None
+    sessions: dict[str, bytes] = field(default_factory=dict)  # each site's session when the round opened
 
     @property
     def config(self) -> RoundConfig:
@@ -386,7 +387,8 @@ class Hub:
                 raise ProtocolError(f"round {round_id} is not after round {self._current}")
             for old in [k for k in self._rounds if k < round_id - 1]:
                 del self._rounds[old]  # keep the previous round for late downloads
-            self._rounds[round_id] = _Round(dict(announcements))
+            self._rounds[round_id] = _Round(dict(announcements),
+                                            sessions={n: self._sites[n].session for n in announcements if n in self._sites})
             self._current = round_id
             self._cv.notify_all()
 
@@ -399,7 +401,7 @@ class Hub:
             raise ProtocolError(f"round {round_id}: collecting {phase!r} while {r.phase!r} is open")
         while True:
             with self._cv:
-                while not r.uploads[phase] and not expected <= r.seen[phase] | self._gone(expected) and \
+                while not r.uploads[phase] and not expected <= r.seen[phase] | self._gone(expected, r) and \
                         self.clock() < deadline:
                     self._cv.wait(min(max(deadline - self.clock(), 0.0), 1.0))
                 if not r.uploads[phase]:
@@ -409,10 +411,12 @@ class Hub:
                 payload = r.uploads[phase].pop(name)
             yield name, payload
 
-    def _gone(self, names: set[str]) -> set[str]:
+    def _gone(self, names: set[str], r: _Round) -> set[str]:
         """Expected sites no longer live (not heard from within liveness_s: no heartbeat, no
-        call): a dead site's phase need not be waited for until the deadline."""
-        return {n for n in names if n in self._sites and not self._live(self._sites[n])}
+        call) or joined again since the round opened (a restarted process has lost the round):
+        their phase need not be waited for until the deadline."""
+        return {n for n in names if n in self._sites and (not self._live(self._sites[n]) or
+                                                           r.sessions.get(n, self._sites[n].session) != self._sites[n].session)}
 
     def deliver(self, round_id: int, phase: str, messages: dict[str, bytes]) -> None:
         """Close `phase`: these are the server messages that follow it; everyone else is dropped."""

@@ -196,3 +196,33 @@ def test_collect_streams_uploads_and_closes_the_phase_at_the_deadline(pki):
     with pytest.raises(TransportError, match="is not open") as e:
         sites["s2"].upload(1, "advertise_keys", advert("s2"))  # after the deadline: late, a dropout
     assert e.value.status == "FAILED_PRECONDITION"
+
+
+def test_a_site_that_dies_or_rejoins_mid_round_is_not_waited_for(pki):
+    """A site not heard from within liveness_s, or joined again (a restarted process has lost
+    the round), is a dropout of the open phase at once, not at the phase deadline."""
+    import time
+
+    from secure_fedrl.secagg.client import SecAggClient
+
+    now = [0.0]
+    hub = Hub(liveness_s=5.0, clock=lambda: now[0])
+    anns, ids = announcements(pki.dir, SITES)
+    sites = _joined(hub, ids)
+    hub.open_round(anns)
+    cfg = anns["s1"].config
+    for n in SITES[:-1]:
+        sites[n].upload(1, "advertise_keys", SecAggClient(
+            config=cfg, site_id=ids[n].number, identity_key=ids[n].identity_key,
+            vector=np.zeros(cfg.dim, np.uint32)).advertise_keys().encode())
+    now[0] = 6.0  # the last site went silent past the liveness window ...
+    for n in SITES[:-1]:
+        sites[n].heartbeat()
+    sites[SITES[-1]].join()  # ... and its restarted process joined again: a new session
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(n for n, _ in hub.collect(1, "advertise_keys", set(SITES),
+                                                                              now[0] + 3600)), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the hub waited for a site that rejoined (until the phase deadline)"
+    assert sorted(got) == sorted(SITES[:-1])
