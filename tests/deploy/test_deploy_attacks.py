@@ -368,6 +368,14 @@ def test_site_countersigns_a_new_head_only_if_it_extends_the_one_it_signed(tmp_p
     # No rows shown at all: nothing proves the extension: refused.
     p.read_notice(notice(6, 3, hashes[2]))
     assert [s for s, _, _ in p.transport.sent] == [1]
+    # The right rows but a head hash they do not end at; a row that is not a JSON object: refused.
+    from secure_fedrl.errors import LedgerError
+    from secure_fedrl.ledger.witness import check_extension
+
+    for rows, head in (([texts[1]], (2, hashes[2])), (["[]", texts[2]], (3, hashes[2]))):
+        with pytest.raises(LedgerError):
+            check_extension(signed_seq=1, signed_hash=hashes[0], rows=rows, seq=head[0], row_hash=head[1],
+                            config_hash=p.config.fingerprint())
     # The real chain 1 -> 3: signed.
     good = json.loads(notice(7, 3, hashes[2]))
     good["rows"] = texts  # may start before the signed head
