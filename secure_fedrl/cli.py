@@ -178,6 +178,13 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(flag: str, text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{flag}: expected HOST:PORT (e.g. 127.0.0.1:50051), got {text!r}")
+    return text
+
+
 def _serve(args: argparse.Namespace) -> int:
     from secure_fedrl.config import load_config
     from secure_fedrl.ledger import read_passphrase
@@ -191,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--wait: must be >= 0 seconds, got {args.wait}")
     if not args.liveness > 0:
         raise ConfigError(f"--liveness: must be > 0 seconds, got {args.liveness}")
-    summary = serve(config, args.out, pki=args.pki, address=args.address, wait_s=args.wait,
+    summary = serve(config, args.out, pki=args.pki, address=_host_port("--address", args.address), wait_s=args.wait,
                     min_sites=args.min_sites, ledger_key=args.ledger_key,
                     ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file,
                     liveness_s=args.liveness)
@@ -208,7 +215,7 @@ def _join(args: argparse.Namespace) -> int:
     if len(set(args.site)) != len(args.site):
         raise ConfigError("--site: a site name is given twice")
     config = load_config(args.config)
-    return join(config, args.site, server=args.server, pki=args.pki, state=args.state)
+    return join(config, args.site, server=_host_port("--server", args.server), pki=args.pki, state=args.state)
 
 
 def _conformance(args: argparse.Namespace) -> int:

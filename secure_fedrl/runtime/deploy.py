@@ -130,11 +130,16 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
     from secure_fedrl.runtime.rundir import FINGERPRINT_FILE
 
     resume = (Path(out) / FINGERPRINT_FILE).exists()  # the same command resumes a killed server
-    runtime = DeployedServer(config, Path(out), hub=hub, wait_s=wait_s, min_sites=n if min_sites is None else min_sites,
-                             resume=resume, progress=False, ledger_key=ledger_key, ledger_passphrase=ledger_passphrase,
-                             deadlines=deadlines)
+    check_deployable(config)
     server = GrpcServer(hub, identity, address=address, limits=Limits(max_sites=n, max_workers=max(64, 3 * n + 16)))
-    port = server.start()
+    port = server.start()  # before the run directory is touched: a bad address changes nothing
+    try:
+        runtime = DeployedServer(config, Path(out), hub=hub, wait_s=wait_s,
+                                 min_sites=n if min_sites is None else min_sites, resume=resume, progress=False,
+                                 ledger_key=ledger_key, ledger_passphrase=ledger_passphrase, deadlines=deadlines)
+    except BaseException:
+        server.stop(grace=0)
+        raise
     log_event("serve_started", address=address, port=port, resumed_at_round=runtime.round, level="info")
     if ready_file is not None:
         atomic_write(Path(ready_file), json.dumps({"port": port, "pid": os.getpid()}).encode())

@@ -392,7 +392,10 @@ class GrpcServer:
         self.port: int | None = None
 
     def start(self) -> int:
-        self.port = self.server.add_secure_port(self.address, server_credentials(self.identity))
+        try:
+            self.port = self.server.add_secure_port(self.address, server_credentials(self.identity))
+        except RuntimeError:
+            self.port = 0
         if not self.port:
             raise TransportError("UNAVAILABLE", f"cannot listen on {self.address}")
         self.server.start()

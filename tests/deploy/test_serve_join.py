@@ -287,3 +287,18 @@ def test_a_sigkilled_site_restarts_with_its_state_and_takes_part_again(tmp_path:
     server_rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in server_rows] == list(range(1, 9))
     assert all(r["sites_aggregated"] >= 3 for r in server_rows if r["sites_aggregated"])
+
+
+@pytest.mark.parametrize("args", [["serve", "--address", "bogus"], ["serve", "--address", "nohost.invalid:5"],
+                                  ["join", "--server", "no-port"]])
+def test_bad_addresses_are_one_line_errors(tmp_path: Path, pki: Path, capsys, args) -> None:
+    config = tmp_path / "fed.toml"
+    config.write_text(FED)
+    if args[0] == "serve":
+        argv = ["serve", str(config), "--out", str(tmp_path / "run"), "--pki", str(pki), *args[1:]]
+    else:
+        argv = ["join", str(config), "--site", SITES[0], "--pki", str(pki), *args[1:]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("secure-fedrl: error:"), err
+    assert not (tmp_path / "run").exists()  # nothing written before the address is usable
