@@ -239,15 +239,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    out: list[str] = [f"bench/scale.py: {os.cpu_count()} CPUs, {free_gib():.1f} GiB available, load average "
-                      f"{os.getloadavg()[0]:.2f} at start, ray {ray.__version__}, "
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
+    out: list[str] = []
 
     def emit(text: str) -> None:
         print(text + "\n", flush=True)
         out.append(text)
 
-    emit(out[0])
+    emit(f"bench/scale.py: {os.cpu_count()} CPUs, {free_gib():.1f} GiB available, load average "
+         f"{os.getloadavg()[0]:.2f} at start, ray {ray.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if "throughput" not in args.skip:
         cfg = plain_config(name="tp8", n=8, steps=4096, secagg=True, rounds=100)
         res = case({"backend": "paired", "config": cfg, "rounds": 4}, timeout=900)
