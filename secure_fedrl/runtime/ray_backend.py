@@ -25,7 +25,7 @@ updates, as `simulate` hands them over in process. Evaluation runs at the hosts 
 environment description, with the same seeds as `simulate`, and returns only the numbers.
 
 For the same seed and no privacy noise (or `privacy.reproducible_noise`) a run equals
-`--backend local` bit for bit (tests/ray): every draw derives from (seed, round, site index),
+`--backend local` bit for bit (tests/scaleout): every draw derives from (seed, round, site index),
 each site's policy module starts from the same seed as the server's, sums are exact.
 """
 
@@ -61,6 +61,8 @@ def require_ray():
         import ray
     except ImportError:
         raise ConfigError(RAY_MISSING) from None
+    if not hasattr(ray, "init"):  # a directory named ray on sys.path, not the package
+        raise ConfigError(RAY_MISSING)
     return ray
 
 
