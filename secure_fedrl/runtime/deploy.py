@@ -28,12 +28,12 @@ import numpy as np
 
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError
-from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
+from secure_fedrl.fl.strategies import FedAsync, make_strategy
 from secure_fedrl.fsutil import atomic_write
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.runtime.round import take_part
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
-from secure_fedrl.runtime.site import SiteRuntime, derive_seed, site_row
+from secure_fedrl.runtime.site import site_row
 from secure_fedrl.runtime.sites import expand_sites
 from secure_fedrl.transport.backoff import Backoff, Heartbeater, retry
 from secure_fedrl.transport.base import Hub, PhaseDeadlines, TransportError
@@ -145,7 +145,11 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
         atomic_write(Path(ready_file), json.dumps({"port": port, "pid": os.getpid()}).encode())
     try:
         summary = runtime.run()
-        time.sleep(min(5.0, hub.heartbeat_interval_s + 1.0))  # let the sites read the final notice
+        # Stay up until every site has heard that the federation is over (bounded): a site that
+        # was reconnecting (say after a server restart) would otherwise retry until it gives up.
+        missing = hub.wait_told_finished(set(runtime.site_names), min(max(wait_s, 5.0), 60.0))
+        if missing:
+            log_event("sites_not_told_finished", sites=",".join(sorted(missing)[:20]), count=len(missing))
     finally:
         server.stop(grace=2.0)
     return summary
@@ -156,42 +160,26 @@ class SiteProcess:
     """One site of a `join` process: its runtime, its channel, its state directory."""
 
     def __init__(self, config: Config, name: str, *, server: str, pki: Path, state: Path) -> None:
-        from secure_fedrl.rl.policies import ActorCritic
-        from secure_fedrl.runtime.aggregation import build_aggregator
-        from secure_fedrl.runtime.privacy_plan import PrivacyPlan
+        import torch
+
+        from secure_fedrl.runtime.site_build import SiteBuilder
         from secure_fedrl.transport.grpc_transport import GrpcSite
         from secure_fedrl.transport.pki import load_site_identity
 
-        import torch
-
         check_deployable(config)
-        specs = {s.name: (i, s) for i, s in enumerate(expand_sites(config.sites))}
-        if name not in specs:
+        names = [s.name for s in expand_sites(config.sites)]
+        if name not in names:
             raise ConfigError(f"--site {name!r}: not a site of this federation's config "
-                              f"(sites: {', '.join(sorted(specs)[:5])}{', ...' if len(specs) > 5 else ''})")
-        index, spec = specs[name]
+                              f"(sites: {', '.join(sorted(names)[:5])}{', ...' if len(names) > 5 else ''})")
         self.identity = load_site_identity(pki, name)
         self.config = config
         self.state_dir = Path(state)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_private_dir(self.state_dir)
         torch.set_num_threads(config.federation.torch_threads)
-        env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=name)
-        torch.manual_seed(derive_seed(config.federation.seed, 0xC0FFEE))  # the server's initial policy
-        policy = ActorCritic(env.single_observation_space, env.single_action_space,
-                             hidden_sizes=config.local.hidden_sizes)
-        federated = list(policy.shared_parameters(config.local.federate_critic))
-        strategy = make_strategy(config.strategy.name, **dict(config.strategy.params))
-        dim = sum(p.numel() for p in federated)
-        # The run's public mechanism, derived from the config at the site (never the server's word).
-        mechanism = PrivacyPlan(config, list(specs), ledger_path=None)
-        aggregator = build_aggregator(config, dim=2 * dim if isinstance(strategy, Scaffold) else dim,
-                                      privacy=mechanism)
-        mechanism.bind(aggregator)
-        self.site = SiteRuntime(config, spec, index, env=env, policy=policy, federated_params=federated,
-                                mechanism=mechanism, aggregator=aggregator, scaffold=isinstance(strategy, Scaffold),
-                                prox_mu=float(getattr(strategy, "client_prox_mu", 0.0)),
-                                identity_key=self.identity.identity_key)
+        # Everything from the config alone (env, the server's initial policy, the public mechanism):
+        # the same construction as a Ray site host's (runtime/site_build.py).
+        self.site = SiteBuilder(config, secure=True).build(names.index(name), identity_key=self.identity.identity_key)
         self.transport = GrpcSite(self.identity, server)
         self.took_part: set[int] = set()  # recent rounds this site was handed (it countersigns their heads)
         self.load()

@@ -94,6 +94,7 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         log.warning("round %d: %s", rid, exc)
         _leave(transport, rid)
         return SiteRoundReport(f"rejected: {exc}", result, seconds)
+
     def charge_then_persist() -> None:
         site.charge(plan)  # our noised input is about to leave the site
         if persist is not None:

@@ -247,7 +247,7 @@ class ServerRuntime:
         return " ".join(parts)
 
     def _notice_bytes(self) -> bytes:
-        return json.dumps(self._notice, sort_keys=True).encode()
+        return json.dumps(self._notice, sort_keys=True).encode() if self._notice else b""
 
     # -- one round --------------------------------------------------------------------------------
     def run_round(self, r: int) -> dict[str, Any]:

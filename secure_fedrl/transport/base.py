@@ -187,6 +187,7 @@ class Hub:
         self._finished = False
         self._notice = b""
         self._witnesses: list[tuple[str, int, str, bytes]] = []
+        self._told_finished: set[str] = set()
 
     # ================================================================ site-facing
     def _live(self, s: _Site) -> bool:
@@ -232,6 +233,8 @@ class Hub:
                     ann = self._rounds[self._current].announcements.get(name)
                     return Broadcast(round_id=self._current, announcement=ann, notice=self._notice)
                 if self._finished:
+                    self._told_finished.add(name)
+                    self._cv.notify_all()
                     return Broadcast(finished=True, notice=self._notice)
                 left = end - self.clock()
                 if left <= 0:
@@ -445,6 +448,15 @@ class Hub:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    def wait_told_finished(self, names: set[str], timeout: float) -> set[str]:
+        """After finish(): wait until these sites have heard that the federation is over (a site
+        reconnecting after a server restart learns it on its next AwaitRound); returns who has not."""
+        end = self.clock() + timeout
+        with self._cv:
+            while not set(names) <= self._told_finished and self.clock() < end:
+                self._cv.wait(min(max(end - self.clock(), 0.0), 1.0))
+            return set(names) - self._told_finished
 
 
 class InMemorySite:
