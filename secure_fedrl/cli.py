@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--liveness", type=float, default=15.0, metavar="SECONDS",
                      help="a site not heard from for this long (sites heartbeat every third of it) "
                           "is a dropout of the open phase (default 15)")
+    srv.add_argument("--train-deadline", type=float, default=600.0, metavar="SECONDS",
+                     help="how long the first phase of a round (local training, then key adverts) may take "
+                          "before a silent site is a dropout (default 600)")
     srv.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # port + pid once listening (tests)
     for p in (srv,):
         p.add_argument("--ledger-key", type=Path, metavar="KEYDIR", help="as for simulate")
@@ -188,7 +191,9 @@ def _host_port(flag: str, text: str) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from secure_fedrl.config import load_config
     from secure_fedrl.ledger import read_passphrase
-    from secure_fedrl.runtime.deploy import serve
+    import dataclasses
+
+    from secure_fedrl.runtime.deploy import DEPLOY_DEADLINES, serve
     from secure_fedrl.transport.logs import configure_json_logging
 
     configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
@@ -196,12 +201,15 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=overrides)
     if args.wait < 0:
         raise ConfigError(f"--wait: must be >= 0 seconds, got {args.wait}")
+    if not args.train_deadline > 0:
+        raise ConfigError(f"--train-deadline: must be > 0 seconds, got {args.train_deadline}")
     if not args.liveness > 0:
         raise ConfigError(f"--liveness: must be > 0 seconds, got {args.liveness}")
     summary = serve(config, args.out, pki=args.pki, address=_host_port("--address", args.address), wait_s=args.wait,
                     min_sites=args.min_sites, ledger_key=args.ledger_key,
                     ledger_passphrase=read_passphrase(args.ledger_passphrase_file), ready_file=args.ready_file,
-                    liveness_s=args.liveness)
+                    liveness_s=args.liveness,
+                    deadlines=dataclasses.replace(DEPLOY_DEADLINES, advertise_keys=args.train_deadline))
     print(summary.describe())
     return 0
 

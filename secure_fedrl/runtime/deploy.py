@@ -46,6 +46,11 @@ DEPLOY_DEADLINES = PhaseDeadlines(advertise_keys=600.0, share_keys=60.0, masked_
                                   consistency_check=60.0, unmasking=60.0)
 
 
+#: How long a site waits for a phase to close: longer than any server deadline (waiting is free;
+#: the server decides who is a dropout, and tells the site).
+SITE_PHASE_WAIT_S = 3 * 3600.0
+
+
 def check_deployable(config: Config) -> None:
     """A deployment sends masked updates only: refuse what would need plaintext at the server."""
     if not config.secure_aggregation.enabled:
@@ -270,7 +275,7 @@ class SiteProcess:
                 self.took_part = {x for x in self.took_part if x > ann.round_id - 8} | {ann.round_id}
                 with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
                     report = take_part(self.site, self.transport, ann, trust=self.identity.trust, persist=self.save,
-                                       timeout=DEPLOY_DEADLINES.advertise_keys)
+                                       timeout=SITE_PHASE_WAIT_S)
                 row = {"round": ann.round_id, "site": name, "round_status": report.status}
                 if report.result is not None:
                     row.update(site_row(ann.round_id, name, report.result, report.train_seconds))

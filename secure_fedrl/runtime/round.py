@@ -25,6 +25,9 @@ from secure_fedrl.transport.rounds import run_site_round
 
 log = logging.getLogger(__name__)
 
+#: Longest single wait for a phase to close (the gRPC server ends any call after Limits.call_timeout_s).
+POLL_S = 120.0
+
 
 @dataclass
 class SiteRoundReport:
@@ -53,7 +56,15 @@ class _Outbox:
         self.inner.upload(round_id, phase, payload)
 
     def download(self, round_id: int, phase: str, timeout: float) -> bytes:
-        return self.inner.download(round_id, phase, timeout)
+        """Wait up to `timeout` for the phase to close, in long polls of at most POLL_S (a call
+        the server ends at its own cap is polled again, not taken for a dropout)."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                return self.inner.download(round_id, phase, max(0.0, min(POLL_S, end - time.monotonic())))
+            except TransportError as err:
+                if err.status != "DEADLINE_EXCEEDED" or time.monotonic() >= end:
+                    raise
 
 
 def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncement, *, trust: Any = None,
