@@ -61,7 +61,8 @@ class RunSummary:
     threat_model: str | None = None
 
     def describe(self) -> str:
-        parts = [f"run {self.out}: {self.rounds_done} rounds, {self.env_steps} env steps"]
+        steps = f"{self.env_steps} env steps" if self.env_steps else "env steps counted at the sites"
+        parts = [f"run {self.out}: {self.rounds_done} rounds, {steps}"]
         if self.last_eval_mean is not None:
             parts.append(f"eval return mean {self.last_eval_mean:.1f} / worst site {self.last_eval_worst:.1f}")
         if self.epsilon is not None:
