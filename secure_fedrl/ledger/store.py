@@ -321,17 +321,25 @@ def _check_witnesses(p: Path, stored: list[tuple[int, str, str, str, str]], rows
                               f"not verify: {what}")
 
 
-def read_witnesses(path: str | os.PathLike[str]) -> list[Witness]:
-    """A ledger's witness countersignatures (seq, site, public key hex, signature hex), read-only
-    and NOT verified (verification needs the federation name: `PrivacyLedger.open(federation=)`
-    or audit/verify_ledger.py with the sites' pinned keys)."""
+def _open_read_only(path: str | os.PathLike[str]) -> tuple[Path, sqlite3.Connection]:
+    """(ledger file, read-only connection) for a ledger file or a run directory holding one."""
     p = Path(path)
     if p.is_dir():
         p = p / LEDGER_FILE
     if not p.is_file():
         raise LedgerError(f"privacy ledger {p} is missing")
     try:
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+        return p, sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"privacy ledger {p} is unreadable: {exc}") from None
+
+
+def read_witnesses(path: str | os.PathLike[str]) -> list[Witness]:
+    """A ledger's witness countersignatures (seq, site, public key hex, signature hex), read-only
+    and NOT verified (verification needs the federation name: `PrivacyLedger.open(federation=)`
+    or audit/verify_ledger.py with the sites' pinned keys)."""
+    p, conn = _open_read_only(path)
+    try:
         try:
             return [r[:4] for r in _read_witness_rows(conn)]
         finally:
@@ -344,13 +352,8 @@ def read_ledger(path: str | os.PathLike[str], *, config_hash: str | None = None,
                 public_key: str | None = None) -> list[LedgerRow]:
     """Verify and return a ledger's rows without its signing key, writing nothing (reports,
     `--resume` checks). Pin `public_key` (hex) and `config_hash` where they are known."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / LEDGER_FILE
-    if not p.is_file():
-        raise LedgerError(f"privacy ledger {p} is missing")
+    p, conn = _open_read_only(path)
     try:
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             raw_rows = conn.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY seq").fetchall()

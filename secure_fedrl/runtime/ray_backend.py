@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError, ProtocolError, UpdateRejected
+from secure_fedrl.errors import ConfigError
 from secure_fedrl.fl.strategies import Scaffold
-from secure_fedrl.fl.updates import check_update
 from secure_fedrl.rl.evaluate import summarize_domain
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
 from secure_fedrl.runtime.site import derive_seed, site_row
@@ -395,21 +394,11 @@ class RaySimulation(ServerRuntime):
             self.env_steps += result.steps
             self.site_rows[name] = site_row(r, name, result, seconds)
             self.privacy.after_local_training(name, r, result)
-            try:
-                check_update(upload.vector, dim=self.upload_dim, site=name)
-            except UpdateRejected as exc:
-                log.warning("round %d: %s", r, exc)
-                rejected[name] = str(exc)
-                self.site_rows[name]["upload_rejected"] = str(exc)
-                continue
-            uploads.append(upload)
+            self.accept_upload(r, upload, uploads, rejected)
         return uploads, rejected
 
     def settle(self, r: int, sampled: list[str], included: list[str]) -> None:
-        inc = set(included)
-        unknown = sorted(inc - set(sampled))
-        if unknown:
-            raise ProtocolError(f"aggregate includes site(s) {', '.join(unknown)} that made no upload this round")
+        inc = set(included)  # ServerRuntime.run_round checked it is a subset of `sampled`
         self._gather({h: self._hosts[h].settle.remote(r, {n: n in inc for n in names})
                       for h, names in self._by_host(sampled).items()}, f"round {r}")
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded
+from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, ProtocolError
 from secure_fedrl.fl.sampling import sample_clients
 from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
 from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
@@ -278,6 +278,9 @@ class ServerRuntime:
             # The ledger row is durable before the aggregate touches the global policy.
             self.privacy.record_round(r, agg)
             self._apply(agg)
+        unknown = sorted(set(agg.included) - set(sampled))
+        if unknown:
+            raise ProtocolError(f"aggregate includes site(s) {', '.join(unknown)} that made no upload this round")
         self.settle(r, sampled, agg.included)
         witness_expected = self.ingest_witnesses()
         agg_seconds = time.perf_counter() - t_agg
@@ -452,6 +455,20 @@ class ServerRuntime:
     def plain_uploads(self, r: int, sampled: list[str]):
         raise ConfigError("a deployment runs with secure aggregation only: no site sends a plaintext "
                           "update (set secure_aggregation.enabled = true)")
+
+    def accept_upload(self, r: int, upload: Any, uploads: list, rejected: dict[str, str]) -> None:
+        """Plaintext baselines: keep an update that passes `check_update`, else record why not."""
+        from secure_fedrl.errors import UpdateRejected
+        from secure_fedrl.fl.updates import check_update
+
+        try:
+            check_update(upload.vector, dim=self.upload_dim, site=upload.site)
+        except UpdateRejected as exc:
+            log.warning("round %d: %s", r, exc)
+            rejected[upload.site] = str(exc)
+            self.site_rows.setdefault(upload.site, {"round": r, "site": upload.site})["upload_rejected"] = str(exc)
+            return
+        uploads.append(upload)
 
     def settle(self, r: int, sampled: list[str], included: list[str]) -> None:
         """Remote sites learn the outcome from the next broadcast's notice."""

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError, UpdateRejected
+from secure_fedrl.errors import ConfigError
 from secure_fedrl.fl.strategies import Scaffold
-from secure_fedrl.fl.updates import check_update
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.rl.evaluate import evaluate_with_metrics, summarize_domain
 from secure_fedrl.rl.policies import set_flat
@@ -167,25 +166,13 @@ class Simulation(ServerRuntime):
             self.privacy.after_local_training(name, r, result)
             if self.config.privacy.unit == "trajectory":
                 site.charge(None)  # the site's own account of its DP-SGD spend
-            try:
-                check_update(upload.vector, dim=self.upload_dim, site=name)
-            except UpdateRejected as exc:
-                log.warning("round %d: %s", r, exc)
-                rejected[name] = str(exc)
-                self.site_rows[name]["upload_rejected"] = str(exc)
-                continue
-            uploads.append(upload)
+            self.accept_upload(r, upload, uploads, rejected)
         return uploads, rejected
 
     def settle(self, r: int, sampled: list[str], included: list[str]) -> None:
         # Only sites whose upload is in the aggregate keep their new c_i / residual; dropped and
         # rejected sites keep the old ones, so the server's c stays the mean of the sites' c_i.
-        inc = set(included)
-        unknown = sorted(inc - set(sampled))
-        if unknown:
-            from secure_fedrl.errors import ProtocolError
-
-            raise ProtocolError(f"aggregate includes site(s) {', '.join(unknown)} that made no upload this round")
+        inc = set(included)  # ServerRuntime.run_round checked it is a subset of `sampled`
         for name in sampled:
             self._by_name[name].settle(r, name in inc)
 
