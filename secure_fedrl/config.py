@@ -64,8 +64,8 @@ class LocalSection:
 
 @dataclass(frozen=True)
 class StrategySection:
-    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fedasync"] = "fedavg"
-    """Server strategy."""
+    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fedasync", "fedbuff"] = "fedavg"
+    """Server strategy; "fedbuff" runs buffered asynchronous rounds (docs/deployment.md, "FedBuff")."""
     weighting: Literal["steps", "uniform"] = "steps"
     """Weight of each site's update in the mean: its env steps this round, or uniform."""
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -183,6 +183,10 @@ class SiteSection:
     """Environment attributes set on every copy (e.g. CartPole length, gravity, force_mag)."""
     randomize: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     """Attribute -> [low, high]: drawn once per site from the site seed (Packer et al. 2018)."""
+    pace: float = 1.0
+    """`simulate` with strategy "fedbuff" only: mean time a local round takes at this site, in
+    simulated time units (a site with pace 2 trains half as often); a deployed site trains at
+    its real speed."""
 
 
 @dataclass(frozen=True)
@@ -462,6 +466,13 @@ def _check_ranges(c: Config) -> None:
          "set weighting = 'uniform'")
     need(not (sa.enabled and c.strategy.name == "fedasync"), "strategy.name",
          "fedasync applies updates one by one and cannot run under secure aggregation (only sums are revealed)")
+    if c.strategy.name == "fedbuff":
+        need(sa.enabled, "strategy.name", "fedbuff aggregates each buffer of K arrivals through secure aggregation: "
+             "set secure_aggregation.enabled = true")
+        need(cm.method == "none", "compression.method",
+             "fedbuff sites train before they know the round; compression other than 'none' is not supported")
+        need(c.privacy.unit != "trajectory", "privacy.unit",
+             "fedbuff with trajectory-level DP is not supported yet (use 'client' or 'none')")
     need(not (c.strategy.name == "scaffold" and c.strategy.weighting == "steps"), "strategy.weighting",
          "scaffold keeps the server's c equal to the mean of the sites' c_i, which needs the control-variate "
          "deltas averaged uniformly; set weighting = 'uniform'")
@@ -492,7 +503,8 @@ def _check_ranges(c: Config) -> None:
              "'ddg' (distributed discrete Gaussian) needs [secure_aggregation] enabled = true")
         need(not (mech == "gaussian" and sa.enabled), "privacy.mechanism",
              "'gaussian' is central noise added by the server; under secure aggregation use 'ddg'")
-        need(s.poisson or s.fraction == 1.0 and not s.clients_per_round, "sampling.poisson",
+        need(c.strategy.name == "fedbuff" or s.poisson or s.fraction == 1.0 and not s.clients_per_round,
+             "sampling.poisson",
              "client-level DP accounting assumes Poisson client sampling: set poisson = true (or sample every site)")
         need(c.strategy.name != "fedasync", "strategy.name", "client-level DP needs synchronous rounds")
         need(c.strategy.name != "scaffold", "strategy.name",
@@ -510,6 +522,7 @@ def _check_ranges(c: Config) -> None:
         need(site.num_envs >= 1, f"{where}.num_envs", f"must be >= 1, got {site.num_envs}")
         need(site.count >= 1, f"{where}.count", f"must be >= 1, got {site.count}")
         need(site.seed >= 0, f"{where}.seed", f"must be >= 0, got {site.seed}")
+        need(site.pace > 0, f"{where}.pace", f"must be > 0, got {site.pace}")
         for attr, (low, high) in site.randomize.items():
             need(low <= high, f"{where}.randomize.{attr}", f"low {low} is above high {high}")
             need(attr not in site.overrides, f"{where}.randomize.{attr}", "also given in overrides; pick one")
@@ -544,7 +557,8 @@ def max_participations(c: Config) -> int:
     if p.max_participations:
         return min(p.max_participations, rounds)
     s = c.sampling
-    q = s.fraction if s.poisson else 1.0
+    # FedBuff: who takes part is who finishes first, so a fast site may be in every round.
+    q = s.fraction if s.poisson and c.strategy.name != "fedbuff" else 1.0
     mean = q * rounds
     return max(1, min(rounds, math.ceil(mean + 3.0 * math.sqrt(mean * (1.0 - q)) - 1e-9)))
 

@@ -37,6 +37,7 @@ __all__ = [
     "ScaffoldClient",
     "ControlProposal",
     "FedAsync",
+    "FedBuff",
     "Staleness",
     "ConstantStaleness",
     "PolynomialStaleness",
@@ -697,9 +698,56 @@ class FedAsync(Strategy):
         return self.apply_async(params, mean_update, 0, is_update=True)
 
 
+# --------------------------------------------------------------------------- FedBuff
+class FedBuff(FedAvg):
+    """Buffered asynchronous aggregation (Nguyen et al. 2022, FedBuff, Algorithm 1).
+
+    Sites train at their own pace from whatever version of the global model they fetched; the
+    server aggregates each `buffer_size` arrivals (here: one secure-aggregation round over the K
+    sites that reported ready first) and steps x <- x + eta * (1/K) sum_i s(tau_i) Delta_i, where
+    tau_i = version now - version site i trained from. Under secure aggregation the server sees
+    only the sum, so each SITE scales its own clipped update by s(tau_i) <= 1 before it is
+    masked (`staleness_weight`); the sensitivity of a site's contribution stays the clip norm.
+    `version` counts the applied aggregates.
+    """
+
+    name = "fedbuff"
+
+    def __init__(self, buffer_size: int = 10, *, server_lr: float = 1.0, staleness: str = "polynomial",
+                 a: float | None = 0.5, b: int | None = None, max_staleness: int = 0) -> None:
+        super().__init__(server_lr)
+        self.buffer_size = _count("buffer_size", buffer_size, low=1)
+        self.staleness_fn = make_staleness(staleness, a=a if staleness != "constant" else None, b=b)
+        self.max_staleness = _count("max_staleness", max_staleness, low=0)
+        self.version = 0
+
+    def _hyper(self) -> dict[str, float | int | str]:
+        h: dict[str, float | int | str] = {"server_lr": self.server_lr, "buffer_size": self.buffer_size,
+                                           "staleness": self.staleness_fn.name, "max_staleness": self.max_staleness}
+        h.update(self.staleness_fn.params())
+        return h
+
+    def _state(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+    def _load_state(self, d: Mapping[str, Any]) -> None:
+        self.version = _count("version", d.get("version"), low=0)
+
+    def staleness_weight(self, staleness: int) -> float:
+        """s(tau) in (0, 1]; 0 when `max_staleness` > 0 and tau exceeds it (the site sits it out)."""
+        if self.max_staleness and staleness > self.max_staleness:
+            return 0.0
+        return self.staleness_fn(staleness)
+
+    def apply(self, params: np.ndarray, mean_update: np.ndarray) -> np.ndarray:
+        out = super().apply(params, mean_update)
+        self.version += 1
+        return out
+
+
 # --------------------------------------------------------------------------- factory
 STRATEGIES: dict[str, type[Strategy]] = {
-    c.name: c for c in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold, FedAsync)
+    c.name: c for c in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold, FedAsync, FedBuff)
 }
 
 

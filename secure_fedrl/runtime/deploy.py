@@ -35,7 +35,7 @@ from secure_fedrl.runtime.round import take_part
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
 from secure_fedrl.runtime.site import site_row
 from secure_fedrl.runtime.sites import expand_sites
-from secure_fedrl.transport.backoff import Backoff, Heartbeater, retry
+from secure_fedrl.transport.backoff import RETRYABLE, Backoff, Heartbeater, retry
 from secure_fedrl.transport.base import Hub, PhaseDeadlines, TransportError
 from secure_fedrl.transport.logs import log_event
 
@@ -94,6 +94,12 @@ class DeployedServer(ServerRuntime):
         if unknown:
             log_event("unknown_sites_ignored", sites=",".join(unknown))
         return super()._sample([n for n in eligible if n in live], rng)
+
+    def buffered_arrivals(self, r: int, eligible: list[str]) -> dict[str, int]:
+        if not self.__dict__.get("_waited"):  # before the first round: wait for the sites, as _sample does
+            self._waited = True
+            self.hub.wait_for_sites(self.min_sites, self.wait_s)
+        return super().buffered_arrivals(r, [n for n in eligible if n in self.site_names])
 
     witnesses = True
 
@@ -243,14 +249,22 @@ class SiteProcess:
     def run(self, *, give_up_after: float = 600.0) -> int:
         name = self.site.name
         backoff = Backoff()
-        info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: join")
+        # ALREADY_EXISTS: the session of this site's previous process (killed, restarted) has not
+        # lapsed yet; the server frees the name after its liveness window, so wait for it.
+        info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: join",
+                     retry_on=RETRYABLE | {"ALREADY_EXISTS"})
         log_event("site_joined_server", site=name, number=info.site_number, level="info")
         # `after`: the last round this site has seen. After a reconnect it falls back to the last
         # round whose outcome the server announced: a restarted server re-runs an unfinished round
         # (with a fresh configuration digest, so the replay history lets the site take part again).
         after = self.site.last_round
+        buffered = self.site.fedbuff is not None
+        ahead = None  # FedBuff: the update this site trained from a fetched model, waiting for a round
+        spent = False  # FedBuff: our own budget refused a round; train no more, wait for the end
         while True:
             try:
+                if buffered and ahead is None and not spent:
+                    ahead = self.train_ahead(info)
                 b = self.transport.await_round(after, timeout=60.0)
             except TransportError as err:
                 if err.status == "DEADLINE_EXCEEDED":
@@ -263,7 +277,12 @@ class SiteProcess:
                     after = self.site.last_round
                     self.site.witnessed.clear()  # a restarted server may have lost them: sign again
                     log_event("site_rejoined", site=name, after_round=after, level="info")
+                    if ahead is not None:  # the new session starts with an empty queue: say ready again
+                        self._say_ready(ahead)
                     continue
+                if err.status == "FAILED_PRECONDITION" and buffered:
+                    raise ConfigError(f"site {name!r}: this config runs strategy 'fedbuff' but the server "
+                                      f"does not ({err})") from None
                 raise
             self.read_notice(b.notice)
             if b.finished:
@@ -275,14 +294,33 @@ class SiteProcess:
                 self.took_part = {x for x in self.took_part if x > ann.round_id - 8} | {ann.round_id}
                 with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
                     report = take_part(self.site, self.transport, ann, trust=self.identity.trust, persist=self.save,
-                                       timeout=SITE_PHASE_WAIT_S)
+                                       timeout=SITE_PHASE_WAIT_S, ahead=ahead)
+                ahead = None  # sent, refused or lost with the round: train again from the model now
+                spent = spent or "budget" in report.status and report.status.startswith("refused")
                 row = {"round": ann.round_id, "site": name, "round_status": report.status}
                 if report.result is not None:
                     row.update(site_row(ann.round_id, name, report.result, report.train_seconds))
                     row["round_status"] = report.status
                 self.append_metrics(row)
+            elif ahead is not None:  # a round went without us: still ready (a no-op if still queued)
+                self._say_ready(ahead)
             after = max(after, b.round_id)
             self.save()
+
+    def train_ahead(self, info: Any):
+        """FedBuff: fetch the model now, train on it at this site's pace, report ready."""
+        from secure_fedrl.runtime.round import train_ahead
+
+        version, model = self.transport.fetch_model()
+        with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
+            ahead = train_ahead(self.site, version, model)
+        self.save()  # the local critic moved; the update itself is re-trained after a restart
+        self._say_ready(ahead)
+        log_event("site_ready", site=self.site.name, version=version, level="info")
+        return ahead
+
+    def _say_ready(self, ahead: Any) -> None:
+        self.transport.ready(ahead.version)
 
     def read_notice(self, notice: bytes) -> None:
         """The previous round's outcome: keep our proposals if included; countersign the head."""

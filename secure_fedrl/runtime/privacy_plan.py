@@ -47,6 +47,7 @@ class PrivacyPlan:
         self.mechanism = resolved_mechanism(config)
         self.threat_model = resolved_threat_model(config) if self.unit != "none" else "none"
         self.sampling = "reproducible" if self.p.reproducible_noise else "secret"
+        self.buffered = config.strategy.name == "fedbuff"
         sa = config.secure_aggregation
         self.max_colluding = sa.max_colluding_sites if sa.enabled else 0
         self.max_participations = max_participations(config) if self.unit == "client" else 0
@@ -63,7 +64,8 @@ class PrivacyPlan:
             return
         if self.unit == "client":
             s = config.sampling
-            self.sample_rate = s.fraction if s.poisson else 1.0
+            # FedBuff takes whoever finishes first: no secret sampling, so no amplification.
+            self.sample_rate = s.fraction if s.poisson and not self.buffered else 1.0
             # Sites refuse on their own budget only when it is the one promised (server threat model).
             enforce = self.threat_model == "server"
             if self.mechanism == "ddg":
@@ -109,7 +111,10 @@ class PrivacyPlan:
             source.bind_sigma(self.sigma)
 
     def planned_sites(self) -> int:
-        """Sites a round is planned for (the calibration's n): the expected Poisson sample."""
+        """Sites a round is planned for (the calibration's n): the expected Poisson sample, or
+        FedBuff's buffer size."""
+        if self.buffered:
+            return max(2, min(int(self.config.strategy.params.get("buffer_size", 10)), len(self.site_names)))
         return max(2, round(self.sample_rate * len(self.site_names)))
 
     def _calibrate_with(self, source: Any) -> float:
@@ -249,6 +254,15 @@ class PrivacyPlan:
             return list(names)
         step = GaussianStep(self.sigma, self.sample_rate, self.p.noisy_steps)
         return [n for n in names if self.guards[n].admits(step)]
+
+    def can_afford(self, names: Sequence[str], planned: int) -> list[str]:
+        """Client level (FedBuff): the sites whose own budget still affords a round of `planned`."""
+        if self.unit != "client":
+            return list(names)
+        cost = self.round_cost(planned)
+        if cost.server is None:
+            return list(names)
+        return [n for n in names if self.guards[n].admits(cost.server)]
 
     def admit_round(self, round_id: int, sampled: Sequence[str]) -> list[str]:
         """Client level: the sampled sites that take part, after each site's own budget check.

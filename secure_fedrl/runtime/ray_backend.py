@@ -219,6 +219,9 @@ class RaySimulation(ServerRuntime):
     def __init__(self, config: Config, out: Path, *, resume: bool = False, progress: bool = True,
                  ledger_key: Path | None = None, ledger_passphrase: bytes | None = None,
                  address: str | None = None, cpus_per_site: float = 1.0, num_cpus: int | None = None) -> None:
+        if config.strategy.name == "fedbuff":
+            raise ConfigError("strategy.name: fedbuff runs with --backend local or serve/join; the Ray "
+                              "backend runs synchronous rounds only")
         ray = require_ray()
         if not cpus_per_site > 0:
             raise ConfigError(f"--cpus-per-site: must be > 0, got {cpus_per_site}")

@@ -29,6 +29,37 @@ log = logging.getLogger(__name__)
 POLL_S = 120.0
 
 
+@dataclass(frozen=True)
+class TrainedAhead:
+    """FedBuff: an update a site trained from global model `version` before any round took it."""
+
+    version: int
+    upload: Any  # SiteUpload
+    result: Any
+    seconds: float
+
+
+def train_ahead(site: SiteRuntime, version: int, policy: np.ndarray) -> TrainedAhead:
+    """Local training from a fetched global model, at the site's own pace (FedBuff)."""
+    t0 = time.perf_counter()
+    upload, result = site.train(np.asarray(policy, dtype=np.float32)[:site.dim], version + 1, round_seed=0)
+    return TrainedAhead(version, upload, result, time.perf_counter() - t0)
+
+
+def staleness_scaled(site: SiteRuntime, vector: np.ndarray, weight: float) -> np.ndarray:
+    """s(tau) * update, after the client-level clip so that weighting can only shrink a site's
+    contribution (its sensitivity stays the clip norm C; s <= 1)."""
+    if weight == 1.0:
+        return vector
+    out = np.asarray(vector, dtype=np.float64)
+    if site.config.privacy.unit == "client":
+        norm = float(np.linalg.norm(out))
+        clip = site.config.privacy.clip
+        if norm > clip:
+            out = out * (clip / norm)
+    return (out * weight).astype(np.float32)
+
+
 @dataclass
 class SiteRoundReport:
     """What a site knows of its round (stays at the site: sites/<site>/metrics.jsonl)."""
@@ -68,11 +99,14 @@ class _Outbox:
 
 
 def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncement, *, trust: Any = None,
-              stop_at: str | None = None, timeout: float = 600.0, persist=None) -> SiteRoundReport:
+              stop_at: str | None = None, timeout: float = 600.0, persist=None,
+              ahead: TrainedAhead | None = None) -> SiteRoundReport:
     """Train on the broadcast policy and send only the masked, noised update.
 
     `trust` (a PKI TrustStore) makes the site refuse a roster the CA does not vouch for;
-    `persist()` saves the site's state (its replay history) before its advert leaves.
+    `persist()` saves the site's state (its replay history) before its advert leaves. In a
+    buffered (FedBuff) round the site sends the update it trained `ahead`, scaled by the
+    staleness weight its own config gives (the broadcast names the model version now).
     """
     rid = ann.round_id
     try:
@@ -87,20 +121,25 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         if ann.policy.shape != (width,):
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
         number = _number(ann, site)
+        weight = _staleness_weight(site, order, ahead)
     except SecureFedRLError as exc:
         log_event("site_round_refused", site=site.name, round=rid, reason=str(exc))
         _leave(transport, rid)
         return SiteRoundReport(f"refused: {exc}")
     policy = np.asarray(ann.policy, dtype=np.float32)
-    t0 = time.perf_counter()
-    upload, result = site.train(policy[:site.dim], rid, round_seed=order.round_seed,
-                                control=policy[site.dim:] if site.scaffold is not None else None)
-    seconds = time.perf_counter() - t0
+    if ahead is not None:
+        upload, result, seconds = ahead.upload, ahead.result, ahead.seconds
+        site.pending_round = rid  # the proposals of that training settle with this round
+    else:
+        t0 = time.perf_counter()
+        upload, result = site.train(policy[:site.dim], rid, round_seed=order.round_seed,
+                                    control=policy[site.dim:] if site.scaffold is not None else None)
+        seconds = time.perf_counter() - t0
     if site.config.privacy.unit == "trajectory":
         site.charge(plan)  # DP-SGD ran at the site: spent, whatever becomes of the update
     try:
         check_update(upload.vector, dim=width, site=site.name)
-        encoded = site.encode(plan, upload.vector)
+        encoded = site.encode(plan, staleness_scaled(site, upload.vector, weight))
     except (UpdateRejected, PrivacyError) as exc:
         log.warning("round %d: %s", rid, exc)
         _leave(transport, rid)
@@ -119,6 +158,25 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
     if status != "done":
         _leave(transport, rid)
     return SiteRoundReport(status, result, seconds)
+
+
+def _staleness_weight(site: SiteRuntime, order: RoundOrder, ahead: TrainedAhead | None) -> float:
+    """1 in a synchronous round; FedBuff's s(version now - version trained from) in a buffered one."""
+    if site.fedbuff is None:
+        if order.version is not None or ahead is not None:
+            raise PrivacyError("round broadcast: a buffered round, but this site's config runs synchronous rounds")
+        return 1.0
+    if order.version is None or ahead is None:
+        raise PrivacyError("round broadcast: a synchronous round, but this site's config runs fedbuff")
+    staleness = order.version - ahead.version
+    if staleness < 0:
+        raise PrivacyError(f"round broadcast: model version {order.version} is older than version "
+                           f"{ahead.version}, which this site trained from")
+    weight = site.fedbuff.staleness_weight(staleness)
+    if weight <= 0.0:
+        raise PrivacyError(f"update is {staleness} versions stale, beyond strategy max_staleness "
+                           f"{site.fedbuff.max_staleness}: trained again instead")
+    return weight
 
 
 def _number(ann: RoundAnnouncement, site: SiteRuntime) -> int:

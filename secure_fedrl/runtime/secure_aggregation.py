@@ -144,10 +144,14 @@ class SecureAggregator(Aggregator):
             self.plan_sites = max(2, round(q * self.num_sites))
             spread = math.ceil(q * self.num_sites + 4.0 * math.sqrt(q * self.num_sites * (1.0 - q)))
             self.max_round_sites = min(self.num_sites, max(self.plan_sites, spread))
+            if privacy.buffered:  # FedBuff: every round holds at most the buffer's K sites
+                self.expected_sites = self.plan_sites = self.max_round_sites = privacy.planned_sites()
         else:  # the round size the config plans for: what a site expects its sums to hold (min_honest)
             s = config.sampling
             self.plan_sites = max(2, min(s.clients_per_round, self.num_sites) if s.clients_per_round
                                   else round(s.fraction * self.num_sites))
+            if privacy.buffered:
+                self.plan_sites = privacy.planned_sites()
         self.clip = self.sa.clip or (config.privacy.clip if privacy.unit == "client" else DEFAULT_SECAGG_CLIP)
         # A shared random mask keeps the same coordinates at every site: only those are masked and sent.
         self.mask_ratio = config.compression.ratio if config.compression.method == "shared_mask" else None

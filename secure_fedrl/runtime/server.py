@@ -29,7 +29,7 @@ import torch
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, ProtocolError
 from secure_fedrl.fl.sampling import sample_clients
-from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
+from secure_fedrl.fl.strategies import FedAsync, FedBuff, Scaffold, make_strategy
 from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
 from secure_fedrl.runtime.aggregation import RoundAggregate, build_aggregator, simulated_dropouts
 from secure_fedrl.runtime.privacy_plan import PrivacyPlan
@@ -110,6 +110,7 @@ class ServerRuntime:
         self.aggregator = build_aggregator(config, dim=self.upload_dim, privacy=self.privacy)
         self.privacy.bind(self.aggregator)
         self.secure = config.secure_aggregation.enabled and not isinstance(self.strategy, FedAsync)
+        self.buffered = isinstance(self.strategy, FedBuff)  # FedBuff: rounds of the first K ready sites
         self.make_sites()
         self.round = 0
         self.env_steps = 0
@@ -129,6 +130,8 @@ class ServerRuntime:
                           expected_head=self._resumed_ledger_head)
         if self.privacy.ledger_public_key:
             self.run_dir.write_public_key(self.privacy.ledger_public_key)
+        if self.buffered:
+            self.hub.publish_model(self.strategy.version, self.broadcast_policy())
 
     # -- what the sites see of the run ------------------------------------------------------------
     @property
@@ -162,6 +165,7 @@ class ServerRuntime:
         self._notice = state.get("notice", {})
         self.aggregator.load_state_dict(state.get("aggregator", {}))
         self.load_site_states(state.get("sites"))
+        self.load_buffer_state(state.get("buffer"))
         self.run_dir.truncate_metrics(self.round)
         self.run_dir.update_config(self.config.to_toml())
 
@@ -174,6 +178,13 @@ class ServerRuntime:
     def site_states(self) -> list[dict[str, Any]] | None:
         return None
 
+    def buffer_state(self) -> Any:
+        """FedBuff in simulation: the simulated clock (a deployment's sites say Ready again)."""
+        return None
+
+    def load_buffer_state(self, saved: Any) -> None:
+        """See `buffer_state`."""
+
     def _save(self) -> None:
         state = {
             "round": self.round,
@@ -182,6 +193,7 @@ class ServerRuntime:
             "strategy": self.strategy.state_dict(),
             "last_eval": self.last_eval,
             "sites": self.site_states(),
+            "buffer": self.buffer_state(),
             "aggregator": self.aggregator.state_dict(),
             "notice": self._notice,
             "ledger_head": self.privacy.ledger_head(),  # a resume refuses a ledger without this row
@@ -256,9 +268,15 @@ class ServerRuntime:
         started = time.perf_counter()
         rng = np.random.default_rng(derive_seed(cfg.federation.seed, r, 1))
         eligible = self.privacy.eligible_sites(self.site_names)
-        sampled = self._sample(eligible, rng)
+        arrivals: dict[str, int] = {}
+        if self.buffered:  # FedBuff: not sampled, the first K sites to finish training
+            arrivals = self.buffered_arrivals(r, self._buffer_eligible(eligible))
+            sampled = sorted(arrivals)
+        else:
+            sampled = self._sample(eligible, rng)
         # Each sampled site checks its own budget; may raise PrivacyBudgetExceeded (run stops).
         sampled = self.privacy.admit_round(r, sampled)
+        stale = [self.strategy.version - arrivals[n] for n in sampled] if self.buffered else []
         self.site_rows: dict[str, dict[str, Any]] = {}  # site-local: sites/<site>/metrics.jsonl
         rejected: dict[str, str] = {}
         t_agg = time.perf_counter()
@@ -310,6 +328,9 @@ class ServerRuntime:
         row.update(self.privacy.round_metrics())
         if witness_expected is not None:
             row["witness_expected"] = witness_expected
+        if self.buffered:
+            row["model_version"] = self.strategy.version
+            row["staleness"] = {"mean": float(np.mean(stale)) if stale else None, "max": max(stale, default=None)}
         if evaluated is not None:
             row["eval_return_mean"] = evaluated["mean"]
             row["eval_return_worst"] = evaluated["worst"]
@@ -325,6 +346,8 @@ class ServerRuntime:
             self.run_dir.append_site_metrics(name, self.site_rows[name])
         self.run_dir.append_metrics(row)
         self._save()
+        if self.buffered:  # only a checkpointed model is published: a restart never goes back behind it
+            self.hub.publish_model(self.strategy.version, self.broadcast_policy())
         return row
 
     def _secure_round(self, r: int, sampled: list[str], rng: np.random.Generator) -> RoundAggregate:
@@ -346,7 +369,8 @@ class ServerRuntime:
                              dim=self.aggregator.wire_dim(plan), bits=sa.bits, degree=plan.degree,
                              graph_seed=self.aggregator.graph_seed(round_seed))
         roster = tuple(RosterEntry(creds[n][0], n, creds[n][2]) for n in order)
-        extras = RoundOrder(round=r, round_seed=round_seed, planned=len(sampled), dim=self.dim).encode()
+        extras = RoundOrder(round=r, round_seed=round_seed, planned=len(sampled), dim=self.dim,
+                            version=self.strategy.version if self.buffered else None).encode()
         ann = RoundAnnouncement(config, roster, self.broadcast_policy(), extras)
         anns = {n: ann for n in sampled}
         # Simulated dropouts (secure_aggregation.dropout_rate): drawn as the in-process driver draws them.
@@ -476,6 +500,35 @@ class ServerRuntime:
     def _evaluate(self, r: int) -> dict[str, Any] | None:
         """The server has no environment: evaluation happens at the sites (their own files)."""
         return None
+
+    # -- FedBuff ------------------------------------------------------------------------------------
+    def _buffer_eligible(self, eligible: list[str]) -> list[str]:
+        """Sites that can still afford a full buffer's round against their own budget."""
+        names = self.privacy.can_afford(eligible, self.privacy.planned_sites())
+        if not names:
+            raise PrivacyBudgetExceeded("every site has spent its privacy budget")
+        return names
+
+    def buffered_arrivals(self, r: int, eligible: list[str]) -> dict[str, int]:
+        """The first `buffer_size` eligible sites to report ready -> the model version each trained
+        from (a deployment: their Ready calls; simulate: its simulated clock). Waits, train
+        deadline after train deadline, until enough are ready for a round that can run: a round
+        that could not run would be spent for nothing."""
+        from secure_fedrl.transport.logs import log_event
+
+        least = self._least_runnable()
+        while True:
+            arrivals = self.hub.wait_ready(self.strategy.buffer_size, set(eligible), self.deadlines.advertise_keys,
+                                           least=least)
+            if len(arrivals) >= least or self.hub.finished:
+                return arrivals
+            log_event("waiting_for_ready_sites", round=r, ready=len(arrivals), least=least, level="info")
+
+    def _least_runnable(self) -> int:
+        """Fewest sites a buffered round can run with (secure aggregation's thresholds)."""
+        k = self.privacy.planned_sites()
+        plan = self.aggregator.plan(0, planned=k, round_seed=0)
+        return next((c for c in range(2, k + 1) if self.aggregator.cannot_run(plan, c) is None), k)
 
     # -- sampling, seeds, strategy ----------------------------------------------------------------
     def _sample(self, eligible: list[str], rng: np.random.Generator) -> list[str]:

@@ -31,7 +31,7 @@ from secure_fedrl.fl.strategies import Scaffold
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.rl.evaluate import evaluate_with_metrics, summarize_domain
 from secure_fedrl.rl.policies import set_flat
-from secure_fedrl.runtime.round import SiteRoundReport, take_part
+from secure_fedrl.runtime.round import SiteRoundReport, take_part, train_ahead
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
 from secure_fedrl.runtime.site import SiteRuntime, derive_seed, site_row
 from secure_fedrl.runtime.sites import expand_sites
@@ -68,6 +68,10 @@ class Simulation(ServerRuntime):
         self._train_lock = threading.Lock()
         self._threads: dict[str, tuple[threading.Thread, list]] = {}
         self._pending: dict[str, Any] = {}  # kept for subclasses (audit canaries)
+        # FedBuff: a simulated clock; each site trains from some model version and finishes at a time.
+        self._clock = 0.0
+        self._training: dict[str, tuple[float, int]] = {}  # site -> (finish time, version it trains from)
+        self._models: dict[int, np.ndarray] = {}  # versions some site still trains from
         # In process no site dies unannounced: liveness never expires (a site waiting its turn to train is alive).
         hub = Hub(federation=config.federation.name, liveness_s=math.inf)
         super().__init__(config, out, spaces=(obs_space, act_space), hub=hub, resume=resume, progress=progress,
@@ -123,15 +127,19 @@ class Simulation(ServerRuntime):
         self._threads = {}
         for name, ann in sorted(announcements.items()):
             box: list = []
-            t = threading.Thread(target=self._site_thread, args=(self._by_name[name], ann, stops.get(name), box),
+            version = self._training[name][1] if self.buffered else None
+            t = threading.Thread(target=self._site_thread, args=(self._by_name[name], ann, stops.get(name), box, version),
                                  name=f"site-{name}", daemon=True)
             self._threads[name] = (t, box)
             t.start()
 
-    def _site_thread(self, site: SiteRuntime, ann, stop_at, box: list) -> None:
+    def _site_thread(self, site: SiteRuntime, ann, stop_at, box: list, version: int | None = None) -> None:
         transport = self.transports[site.name]
         try:
-            box.append(take_part(site, transport, ann, stop_at=stop_at, timeout=IN_MEMORY_DEADLINES.advertise_keys))
+            # FedBuff: the site trained from `version` while the clock ran (trained here, lazily: the same update)
+            ahead = None if version is None else train_ahead(site, version, self._models[version])
+            box.append(take_part(site, transport, ann, stop_at=stop_at, timeout=IN_MEMORY_DEADLINES.advertise_keys,
+                                 ahead=ahead))
         except Exception as exc:  # a bug at one site must not stall the round: it leaves
             log.exception("site %s: round %d failed", site.name, ann.round_id)
             box.append(SiteRoundReport(f"failed: {exc}"))
@@ -175,6 +183,42 @@ class Simulation(ServerRuntime):
         inc = set(included)  # ServerRuntime.run_round checked it is a subset of `sampled`
         for name in sampled:
             self._by_name[name].settle(r, name in inc)
+        if self.buffered:  # the round's sites start again from the model version now
+            for name in sampled:
+                self._start_training(name)
+            live = {v for _, v in self._training.values()} | {self.strategy.version}
+            self._models = {v: m for v, m in self._models.items() if v in live}
+
+    # -- FedBuff: the simulated clock ---------------------------------------------------------------
+    def buffered_arrivals(self, r: int, eligible: list[str]) -> dict[str, int]:
+        """The first `buffer_size` sites to finish on the simulated clock: a local round at a site
+        takes pace * U(0.5, 1.5) time units (seeded), so fast sites take part more often and slow
+        ones arrive stale, as in a deployment where sites train at their own speed."""
+        self._models.setdefault(self.strategy.version, self.broadcast_policy().copy())
+        for name in eligible:
+            if name not in self._training:
+                self._start_training(name)
+        allowed = set(eligible)
+        first = sorted((t, n) for n, (t, _) in self._training.items() if n in allowed)[:self.strategy.buffer_size]
+        if first:
+            self._clock = max(self._clock, first[-1][0])
+        return {n: self._training[n][1] for _, n in first}
+
+    def _start_training(self, name: str) -> None:
+        site = self._by_name[name]
+        version = self.strategy.version
+        self._models.setdefault(version, self.broadcast_policy().copy())
+        jitter = np.random.default_rng(derive_seed(self.config.federation.seed, version, site.index, 9)).uniform(0.5, 1.5)
+        self._training[name] = (self._clock + site.spec.pace * float(jitter), version)
+
+    def buffer_state(self) -> Any:
+        if not self.buffered:
+            return None
+        return {"clock": self._clock, "training": dict(self._training), "models": dict(self._models)}
+
+    def load_buffer_state(self, saved: Any) -> None:
+        if saved:
+            self._clock, self._training, self._models = saved["clock"], dict(saved["training"]), dict(saved["models"])
 
     def _evaluate(self, r: int) -> dict[str, Any]:
         cfg = self.config

@@ -52,16 +52,18 @@ class RoundOrder:
     round_seed: int
     planned: int
     dim: int  # federated parameters; the broadcast policy holds dim (+ dim of SCAFFOLD's c)
+    version: int | None = None  # FedBuff: the global model's version now (sites train ahead of rounds)
 
     def encode(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
+        return json.dumps({k: v for k, v in self.__dict__.items() if v is not None}, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "RoundOrder":
         try:
             raw = json.loads(data.decode())
+            version = raw.get("version")
             return cls(round=int(raw["round"]), round_seed=int(raw["round_seed"]), planned=int(raw["planned"]),
-                       dim=int(raw["dim"]))
+                       dim=int(raw["dim"]), version=None if version is None else int(version))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise PrivacyError(f"round broadcast: malformed round order ({exc})") from None
 
@@ -96,6 +98,10 @@ class SiteRuntime:
             identity_key = Ed25519PrivateKey.generate()
         self.identity_key = identity_key
         self.history = RoundHistory()
+        from secure_fedrl.fl.strategies import FedBuff, make_strategy
+
+        strategy = make_strategy(config.strategy.name, **dict(config.strategy.params))
+        self.fedbuff = strategy if isinstance(strategy, FedBuff) else None  # staleness weights, our own config's
         p = config.privacy
         threat = resolved_threat_model(config) if p.unit != "none" else "none"
         self.guard = SiteGuard(spec.name, target_epsilon=p.target_epsilon, delta=p.delta,

@@ -19,6 +19,7 @@ class SiteSpec:
     num_envs: int
     seed: int
     overrides: Mapping[str, float] = field(default_factory=dict)
+    pace: float = 1.0  # simulated FedBuff only: mean duration of a local round
 
 
 def expand_sites(sections: Sequence[SiteSection]) -> list[SiteSpec]:
@@ -39,5 +40,5 @@ def expand_sites(sections: Sequence[SiteSection]) -> list[SiteSpec]:
                 overrides.update(sample_overrides(dict(section.randomize), rng))
             validate_site_env(section.env, overrides, name)
             specs.append(SiteSpec(name=name, env_id=section.env, num_envs=section.num_envs,
-                                  seed=seed, overrides=overrides))
+                                  seed=seed, overrides=overrides, pace=section.pace))
     return specs

@@ -108,6 +108,8 @@ class SiteTransport(Protocol):
     def download(self, round_id: int, phase: str, timeout: float) -> bytes: ...
     def leave(self, round_id: int) -> None: ...
     def witness(self, seq: int, row_hash: str, signature: bytes) -> None: ...
+    def fetch_model(self) -> tuple[int, np.ndarray]: ...
+    def ready(self, version: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,10 @@ class Hub:
         self._notice = b""
         self._witnesses: list[tuple[str, int, str, bytes]] = []
         self._told_finished: set[str] = set()
+        # FedBuff (buffered asynchronous rounds): the current global model, and who is ready.
+        self._model: tuple[int, np.ndarray] | None = None
+        self._ready: dict[str, tuple[int, int]] = {}  # site -> (version it trained from, arrival number)
+        self._arrivals = 0
 
     # ================================================================ site-facing
     def _live(self, s: _Site) -> bool:
@@ -207,6 +213,7 @@ class Hub:
             if cur is not None and cur.number != number:
                 raise TransportError("PERMISSION_DENIED", f"site {name!r} joined before with number {cur.number}")
             session = os.urandom(16)
+            self._ready.pop(name, None)  # a new session has lost any update it trained before
             self._sites[name] = _Site(name, number, fingerprint, session, self.clock(), certificate, protocol_key)
             log_event("site_joined", site=name, number=number, level="info")
             self._cv.notify_all()
@@ -352,7 +359,50 @@ class Hub:
                 raise TransportError("RESOURCE_EXHAUSTED", f"site {name!r}: too many witness signatures pending")
             self._witnesses.append((name, int(seq), str(row_hash), bytes(signature)))
 
+    def fetch_model(self, name: str, session: bytes) -> tuple[int, np.ndarray]:
+        """FedBuff: (version, global model) to train from at the site's own pace."""
+        with self._cv:
+            self._session(name, session)
+            if self._model is None:
+                raise TransportError("FAILED_PRECONDITION", "no model is published (this federation runs "
+                                     "synchronous rounds, or has not started)")
+            return self._model
+
+    def ready(self, name: str, session: bytes, version: int) -> None:
+        """FedBuff: the site holds an update trained from `version` and waits for a round."""
+        with self._cv:
+            self._session(name, session)
+            if self._model is None:
+                raise TransportError("FAILED_PRECONDITION", "not a buffered federation: no model to be ready with")
+            if isinstance(version, bool) or not 0 <= int(version) <= self._model[0]:
+                raise TransportError("INVALID_ARGUMENT", f"site {name!r}: ready with version {version}, which was "
+                                     f"never published (current {self._model[0]})")
+            if name not in self._ready:  # a repeated Ready keeps the site's place in the queue
+                self._arrivals += 1
+                self._ready[name] = (int(version), self._arrivals)
+            self._cv.notify_all()
+
     # ================================================================ server-facing
+    def publish_model(self, version: int, model: np.ndarray) -> None:
+        """FedBuff: the global model sites fetch from now on."""
+        with self._cv:
+            self._model = (int(version), np.asarray(model, dtype=np.float32).copy())
+            self._cv.notify_all()
+
+    def wait_ready(self, count: int, eligible: set[str], timeout: float, *, least: int = 1) -> dict[str, int]:
+        """FedBuff: the first `count` live, eligible sites to report ready -> the version each trained
+        from (they leave the queue when a round opens with them). Returns early with fewer (but at
+        least `least`) when every live eligible site is ready, and with whatever is there at the timeout."""
+        end = self.clock() + timeout
+        with self._cv:
+            while True:
+                live = {n for n, s in self._sites.items() if self._live(s)} & set(eligible)
+                queue = sorted((arrival, n) for n, (_, arrival) in self._ready.items() if n in live)
+                if len(queue) >= count or (len(queue) >= max(least, 1) and len(queue) == len(live)) or \
+                        self.clock() >= end or self._finished:
+                    return {n: self._ready[n][0] for _, n in queue[:count]}
+                self._cv.wait(min(max(end - self.clock(), 0.0), 1.0))
+
     def take_witnesses(self) -> list[tuple[str, int, str, bytes]]:
         """(site, seq, row hash, signature) received since the last call."""
         with self._cv:
@@ -393,6 +443,8 @@ class Hub:
             self._rounds[round_id] = _Round(dict(announcements),
                                             sessions={n: self._sites[n].session for n in announcements if n in self._sites})
             self._current = round_id
+            for name in announcements:  # FedBuff: taking part uses up the site's ready update
+                self._ready.pop(name, None)
             self._cv.notify_all()
 
     def collect(self, round_id: int, phase: str, expected: set[str], deadline: float):
@@ -489,3 +541,10 @@ class InMemorySite:
 
     def witness(self, seq: int, row_hash: str, signature: bytes) -> None:
         self.hub.witness(self.name, self._session, seq, row_hash, signature)
+
+    def fetch_model(self) -> tuple[int, np.ndarray]:
+        version, model = self.hub.fetch_model(self.name, self._session)
+        return version, model.copy()
+
+    def ready(self, version: int) -> None:
+        self.hub.ready(self.name, self._session, version)

@@ -338,6 +338,25 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._fail(context, err, "Witness", peer.name)
         return pb.WitnessAck(seq=request.seq)
 
+    def FetchModel(self, request, context):
+        peer = self._peer(request.site, context, "FetchModel")
+        try:
+            version, model = self.hub.fetch_model(peer.name, request.session)
+        except TransportError as err:
+            self._fail(context, err, "FetchModel", peer.name)
+        data = np.ascontiguousarray(model, dtype="<f4").tobytes()
+        header = pb.PayloadHeader(site=peer.name, round_id=version, length=len(data),
+                                  sha256=hashlib.sha256(data).digest())
+        yield from _chunks(header, data, self.limits.chunk_bytes)
+
+    def Ready(self, request, context):
+        peer = self._peer(request.site, context, "Ready")
+        try:
+            self.hub.ready(peer.name, request.session, request.version)
+        except TransportError as err:
+            self._fail(context, err, "Ready", peer.name)
+        return pb.ReadyAck(version=request.version)
+
     def Download(self, request, context):
         peer = self._peer(request.site, context, "Download")
         phase = _PB_TO_PHASE.get(request.phase)
@@ -517,3 +536,14 @@ class GrpcSite:
     def witness(self, seq: int, row_hash: str, signature: bytes) -> None:
         self._call("Witness", self.stub.Witness, pb.WitnessRequest(site=self.name, session=self._session, seq=seq,
                                                                    row_hash=row_hash, signature=signature))
+
+    def fetch_model(self) -> tuple[int, np.ndarray]:
+        req = pb.ModelRequest(site=self.name, session=self._session)
+        header, data = _reassemble(self._stream("FetchModel", self.stub.FetchModel, req),
+                                   self.limits.max_payload_bytes, "model")
+        if header.site != self.name or len(data) % 4:
+            raise TransportError("INVALID_ARGUMENT", "model download is for another site or not float32")
+        return int(header.round_id), np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+    def ready(self, version: int) -> None:
+        self._call("Ready", self.stub.Ready, pb.ReadyRequest(site=self.name, session=self._session, version=version))

@@ -282,7 +282,7 @@ def test_dim_change_is_refused():
 # ----------------------------------------------------------------------------- factory
 def test_make_strategy_builds_every_name():
     assert set(STRATEGIES) == {
-        "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fedasync"
+        "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fedasync", "fedbuff"
     }
     assert isinstance(make_strategy("fedprox", mu=0.5), FedProx)
     assert make_strategy("fedasync").alpha == 0.6

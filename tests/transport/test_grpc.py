@@ -420,3 +420,29 @@ def test_interceptor_rechecks_the_certificate_itself(pki, tmp_path, events, case
     assert any(ev == "peer_refused" and reason in f["reason"] for ev, f in events())
     good = (pki.dir / "sites" / "s1" / "tls.crt").read_bytes()
     assert icpt._authenticate(_FakeContext(good), "/x/Join").name == "s1"
+
+
+# ---------------------------------------------------------------- FedBuff: model fetch and readiness
+def test_fedbuff_model_fetch_and_ready_over_mtls(pki, serve, site, events):
+    hub, _, address = serve()
+    s1, s2 = site("s1", address), site("s2", address)
+    s1.join()
+    s2.join()
+    with pytest.raises(TransportError) as exc:
+        s1.fetch_model()  # synchronous federation: nothing published
+    assert _status(exc) == "FAILED_PRECONDITION"
+    model = np.random.default_rng(1).standard_normal(200_000).astype(np.float32)  # several chunks
+    hub.publish_model(3, model)
+    version, got = s1.fetch_model()
+    assert version == 3
+    np.testing.assert_array_equal(got, model)
+    with pytest.raises(TransportError) as exc:
+        s1.ready(4)  # a version the server never published
+    assert _status(exc) == "INVALID_ARGUMENT"
+    s2.ready(3)
+    s1.ready(2)
+    s2.ready(3)  # said again: keeps its place
+    assert list(hub.wait_ready(2, {"s1", "s2"}, timeout=1.0).items()) == [("s2", 3), ("s1", 2)]
+    with pytest.raises(grpc.RpcError) as raw:  # a Ready under another site's name
+        _raw(s1, "Ready", pb.ReadyRequest(site="s2", session=b"x", version=1).SerializeToString())
+    assert raw.value.code() == grpc.StatusCode.PERMISSION_DENIED

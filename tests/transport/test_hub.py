@@ -226,3 +226,36 @@ def test_a_site_that_dies_or_rejoins_mid_round_is_not_waited_for(pki):
     t.join(10)
     assert not t.is_alive(), "the hub waited for a site that rejoined (until the phase deadline)"
     assert sorted(got) == sorted(SITES[:-1])
+
+
+# ---------------------------------------------------------------- FedBuff readiness
+def test_fedbuff_queue_is_first_come_live_only_and_consumed_by_a_round():
+    from secure_fedrl.secagg.protocol import RoundConfig
+    from secure_fedrl.transport.base import RoundAnnouncement
+
+    now = [0.0]
+    hub = Hub(liveness_s=10.0, clock=lambda: now[0])
+    sites = {n: InMemorySite(hub, n, i + 1) for i, n in enumerate(("a", "b", "c"))}
+    for s in sites.values():
+        s.join()
+    hub.publish_model(0, np.zeros(3, np.float32))
+    sites["c"].ready(0)
+    sites["a"].ready(0)
+    assert list(hub.wait_ready(2, {"a", "b", "c"}, timeout=0.0).items()) == [("c", 0), ("a", 0)]
+    assert hub.wait_ready(5, {"a", "c"}, timeout=0.0) == {"c": 0, "a": 0}  # every live eligible site is ready
+    assert hub.wait_ready(2, {"a", "b"}, timeout=0.0) == {"a": 0}  # ineligible c is skipped; timed out
+    now[0] = 11.0  # everyone silent; c restarts (its update is lost), a is heard from again
+    sites["c"].join()
+    sites["a"].heartbeat()
+    assert hub.wait_ready(3, {"a", "b", "c"}, timeout=0.0) == {"a": 0}  # b is not live
+    sites["b"].heartbeat()
+    sites["b"].ready(0)
+    sites["c"].ready(0)
+    cfg = RoundConfig(round_id=1, site_ids=(2, 3), identity_keys=(b"\x02" * 32, b"\x03" * 32), threshold=2,
+                      dim=4, bits=32, degree=None, graph_seed=b"\x00" * 32)
+    ann = RoundAnnouncement(cfg, (RosterEntry(2, "b"), RosterEntry(3, "c")))
+    hub.open_round({"b": ann, "c": ann})  # taking part uses the ready update up
+    assert hub.wait_ready(2, {"b", "c"}, timeout=0.0) == {}
+    with pytest.raises(TransportError) as exc:
+        sites["b"].ready(1)  # never published
+    assert exc.value.status == "INVALID_ARGUMENT"

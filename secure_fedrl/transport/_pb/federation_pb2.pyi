@@ -196,3 +196,27 @@ class DownloadRequest(_message.Message):
     round_id: int
     phase: Phase
     def __init__(self, site: _Optional[str] = ..., session: _Optional[bytes] = ..., round_id: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
+
+class ModelRequest(_message.Message):
+    __slots__ = ("site", "session")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    session: bytes
+    def __init__(self, site: _Optional[str] = ..., session: _Optional[bytes] = ...) -> None: ...
+
+class ReadyRequest(_message.Message):
+    __slots__ = ("site", "session", "version")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    session: bytes
+    version: int
+    def __init__(self, site: _Optional[str] = ..., session: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ReadyAck(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...

@@ -70,6 +70,16 @@ class FederationStub:
                 request_serializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessRequest.SerializeToString,
                 response_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessAck.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/secure_fedrl.v1.Federation/FetchModel',
+                request_serializer=secure__fedrl_dot_v1_dot_federation__pb2.ModelRequest.SerializeToString,
+                response_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.Chunk.FromString,
+                _registered_method=True)
+        self.Ready = channel.unary_unary(
+                '/secure_fedrl.v1.Federation/Ready',
+                request_serializer=secure__fedrl_dot_v1_dot_federation__pb2.ReadyRequest.SerializeToString,
+                response_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.ReadyAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -120,6 +130,19 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """FedBuff: the current global model, chunked; the header's round_id is the model's version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ready(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +180,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Witness,
                     request_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessRequest.FromString,
                     response_serializer=secure__fedrl_dot_v1_dot_federation__pb2.WitnessAck.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.ModelRequest.FromString,
+                    response_serializer=secure__fedrl_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
+            ),
+            'Ready': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ready,
+                    request_deserializer=secure__fedrl_dot_v1_dot_federation__pb2.ReadyRequest.FromString,
+                    response_serializer=secure__fedrl_dot_v1_dot_federation__pb2.ReadyAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +381,60 @@ class Federation:
             '/secure_fedrl.v1.Federation/Witness',
             secure__fedrl_dot_v1_dot_federation__pb2.WitnessRequest.SerializeToString,
             secure__fedrl_dot_v1_dot_federation__pb2.WitnessAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/secure_fedrl.v1.Federation/FetchModel',
+            secure__fedrl_dot_v1_dot_federation__pb2.ModelRequest.SerializeToString,
+            secure__fedrl_dot_v1_dot_federation__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ready(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secure_fedrl.v1.Federation/Ready',
+            secure__fedrl_dot_v1_dot_federation__pb2.ReadyRequest.SerializeToString,
+            secure__fedrl_dot_v1_dot_federation__pb2.ReadyAck.FromString,
             options,
             channel_credentials,
             insecure,
