@@ -1090,10 +1090,11 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
             bad("max_colluding", v2["max_colluding"], sa["max_colluding_sites"])
         if unit == "trajectory" and "sample_rate" in p and not _close(float(r["sample_rate"]), float(p["sample_rate"])):
             bad("sample_rate", r["sample_rate"], p["sample_rate"])
-        if unit == "client" and not samp.get("clients_per_round"):
+        fedbuff = (config.get("strategy") or {}).get("name") == "fedbuff"
+        if unit == "client" and (fedbuff or not samp.get("clients_per_round")):
             q = float(samp.get("fraction", 1.0)) if samp.get("poisson", True) else 1.0
-            if (config.get("strategy") or {}).get("name") == "fedbuff":
-                q = 1.0  # buffered rounds take whoever finishes first: nothing is sampled
+            if fedbuff:
+                q = 1.0  # buffered rounds take whoever finishes first: nothing is sampled (whatever [sampling] says)
             if not _close(float(r["sample_rate"]), q):
                 bad("sample_rate", r["sample_rate"], q)
         if "target_epsilon" in p:

@@ -473,6 +473,8 @@ def _check_ranges(c: Config) -> None:
              "fedbuff sites train before they know the round; compression other than 'none' is not supported")
         need(c.privacy.unit != "trajectory", "privacy.unit",
              "fedbuff with trajectory-level DP is not supported yet (use 'client' or 'none')")
+        need(not (s.clients_per_round or s.poisson or s.fraction != 1.0), "sampling",
+             "fedbuff takes the first buffer_size sites that finish training, nothing is sampled: remove [sampling]")
     need(not (c.strategy.name == "scaffold" and c.strategy.weighting == "steps"), "strategy.weighting",
          "scaffold keeps the server's c equal to the mean of the sites' c_i, which needs the control-variate "
          "deltas averaged uniformly; set weighting = 'uniform'")

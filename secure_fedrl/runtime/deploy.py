@@ -137,7 +137,7 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
     identity = load_server_identity(pki)
     n = config.num_sites
     hub = Hub(federation=config.federation.name, max_sites=n, liveness_s=liveness_s,
-              heartbeat_interval_s=min(5.0, liveness_s / 3))
+              heartbeat_interval_s=min(5.0, liveness_s / 3), buffered=config.strategy.name == "fedbuff")
     from secure_fedrl.runtime.rundir import FINGERPRINT_FILE
 
     resume = (Path(out) / FINGERPRINT_FILE).exists()  # the same command resumes a killed server
@@ -273,12 +273,15 @@ class SiteProcess:
                     # Session gone (server restarted) or server unreachable: join again, with backoff.
                     time.sleep(backoff.delay(2))
                     info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after,
-                                 what=f"{name}: rejoin")
+                                 what=f"{name}: rejoin", retry_on=RETRYABLE | {"ALREADY_EXISTS"})
                     after = self.site.last_round
                     self.site.witnessed.clear()  # a restarted server may have lost them: sign again
                     log_event("site_rejoined", site=name, after_round=after, level="info")
                     if ahead is not None:  # the new session starts with an empty queue: say ready again
-                        self._say_ready(ahead)
+                        try:
+                            self._say_ready(ahead)
+                        except TransportError:
+                            ahead = None  # e.g. the restarted server is behind our version: train again
                     continue
                 if err.status == "FAILED_PRECONDITION" and buffered:
                     raise ConfigError(f"site {name!r}: this config runs strategy 'fedbuff' but the server "
@@ -312,6 +315,9 @@ class SiteProcess:
         from secure_fedrl.runtime.round import train_ahead
 
         version, model = self.transport.fetch_model()
+        if model.shape != (self.site.dim,):
+            raise TransportError("INVALID_ARGUMENT", f"the server's model has {model.size} values; this site's "
+                                 f"config has {self.site.dim} federated parameters")
         with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
             ahead = train_ahead(self.site, version, model)
         self.save()  # the local critic moved; the update itself is re-trained after a restart

@@ -47,16 +47,16 @@ def train_ahead(site: SiteRuntime, version: int, policy: np.ndarray) -> TrainedA
 
 
 def staleness_scaled(site: SiteRuntime, vector: np.ndarray, weight: float) -> np.ndarray:
-    """s(tau) * update, after the client-level clip so that weighting can only shrink a site's
-    contribution (its sensitivity stays the clip norm C; s <= 1)."""
+    """s(tau) * update, after the L2 clip the site's encoder applies (client level: C; else the
+    SecAgg encoding's clip) so that weighting can only shrink a site's contribution (its
+    sensitivity stays the clip norm; s <= 1) and a stale update above the clip does not count fully."""
     if weight == 1.0:
         return vector
     out = np.asarray(vector, dtype=np.float64)
-    if site.config.privacy.unit == "client":
-        norm = float(np.linalg.norm(out))
-        clip = site.config.privacy.clip
-        if norm > clip:
-            out = out * (clip / norm)
+    clip = site.config.privacy.clip if site.config.privacy.unit == "client" else site.aggregator.clip
+    norm = float(np.linalg.norm(out))
+    if norm > clip:
+        out = out * (clip / norm)
     return (out * weight).astype(np.float32)
 
 

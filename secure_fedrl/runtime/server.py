@@ -507,6 +507,9 @@ class ServerRuntime:
         names = self.privacy.can_afford(eligible, self.privacy.planned_sites())
         if not names:
             raise PrivacyBudgetExceeded("every site has spent its privacy budget")
+        least = self._least_runnable()
+        if len(names) < least:  # budgets only shrink: no round can run again (else waited for ever)
+            raise PrivacyBudgetExceeded(f"{len(names)} site(s) can still afford a round, fewer than the {least} one needs")
         return names
 
     def buffered_arrivals(self, r: int, eligible: list[str]) -> dict[str, int]:

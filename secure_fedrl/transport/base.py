@@ -175,7 +175,7 @@ class Hub:
 
     def __init__(self, *, federation: str = "", max_sites: int = 10_000, liveness_s: float = 30.0,
                  heartbeat_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 trace: list | None = None) -> None:
+                 trace: list | None = None, buffered: bool = False) -> None:
         self.federation = federation
         self.max_sites = max_sites
         self.liveness_s = liveness_s
@@ -191,6 +191,7 @@ class Hub:
         self._witnesses: list[tuple[str, int, str, bytes]] = []
         self._told_finished: set[str] = set()
         # FedBuff (buffered asynchronous rounds): the current global model, and who is ready.
+        self.buffered = buffered  # a FedBuff federation: until the model is published, sites retry
         self._model: tuple[int, np.ndarray] | None = None
         self._ready: dict[str, tuple[int, int]] = {}  # site -> (version it trained from, arrival number)
         self._arrivals = 0
@@ -363,17 +364,14 @@ class Hub:
         """FedBuff: (version, global model) to train from at the site's own pace."""
         with self._cv:
             self._session(name, session)
-            if self._model is None:
-                raise TransportError("FAILED_PRECONDITION", "no model is published (this federation runs "
-                                     "synchronous rounds, or has not started)")
+            self._check_published()
             return self._model
 
     def ready(self, name: str, session: bytes, version: int) -> None:
         """FedBuff: the site holds an update trained from `version` and waits for a round."""
         with self._cv:
             self._session(name, session)
-            if self._model is None:
-                raise TransportError("FAILED_PRECONDITION", "not a buffered federation: no model to be ready with")
+            self._check_published()
             if isinstance(version, bool) or not 0 <= int(version) <= self._model[0]:
                 raise TransportError("INVALID_ARGUMENT", f"site {name!r}: ready with version {version}, which was "
                                      f"never published (current {self._model[0]})")
@@ -381,6 +379,13 @@ class Hub:
                 self._arrivals += 1
                 self._ready[name] = (int(version), self._arrivals)
             self._cv.notify_all()
+
+    def _check_published(self) -> None:
+        if self._model is None:
+            if self.buffered:  # the server is still starting (or resuming): try again shortly
+                raise TransportError("UNAVAILABLE", "the global model is not published yet")
+            raise TransportError("FAILED_PRECONDITION", "this federation runs synchronous rounds: no model to "
+                                 "fetch, no ready queue")
 
     # ================================================================ server-facing
     def publish_model(self, version: int, model: np.ndarray) -> None:

@@ -33,7 +33,7 @@ import pytest
 
 from test_deploy_attacks import DIM, FAST, ChargedBeforeSend, Federation, make_config  # noqa: E402
 
-from secure_fedrl.errors import PrivacyBudgetExceeded
+from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded
 from secure_fedrl.runtime.aggregation import SiteUpload
 from secure_fedrl.runtime.round import SiteRoundReport, TrainedAhead, staleness_scaled, take_part
 from secure_fedrl.runtime.site import RoundOrder
@@ -218,7 +218,7 @@ def test_a_deployed_site_never_sends_one_trained_update_in_two_rounds(monkeypatc
     monkeypatch.setattr("secure_fedrl.runtime.round.train_ahead", fake_train_ahead)
     monkeypatch.setattr(deploy, "take_part", fake_take_part)
     p = SiteProcess.__new__(SiteProcess)
-    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set())
+    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set(), dim=DIM)
     p.transport = _ScriptedServer([(1, True), (2, True), (3, False), (4, True)])
     p.took_part = set()
     p.identity = SimpleNamespace(trust=None)
@@ -326,7 +326,8 @@ def test_b1_audit_refuses_a_sampling_discount_on_a_fedbuff_run_with_clients_per_
               "secure_aggregation": {"enabled": True, "max_colluding_sites": 1},
               "sampling": {"poisson": False, "clients_per_round": 3},
               "privacy": {"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 50.0}}
-    make_config(6, strategy=config["strategy"], sampling=config["sampling"])  # a config serve accepts
+    with pytest.raises(ConfigError, match="sampling"):  # such a config no longer validates; the audit still refuses
+        make_config(6, strategy=config["strategy"], sampling=config["sampling"])
     v2 = {"epsilon_release": _f64(1.0), "epsilon_server": _f64(1.0), "max_colluding": 1, "noise_shares": 2,
           "params": {}, "participants": [], "sampling": "secret", "site_budget": _f64(50.0),
           "site_epsilon_server": {}, "threat_model": "server"}

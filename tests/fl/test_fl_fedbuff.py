@@ -123,6 +123,7 @@ def test_bad_fedbuff_parameters_are_config_errors(params) -> None:
     (("enabled = true", "enabled = false"), "strategy.name"),
     (('unit = "none"', 'unit = "trajectory"'), "privacy.unit"),
     (("pace = 2.5", "pace = 0.0"), "sites[1].pace"),
+    (("[privacy]", "[sampling]\nclients_per_round = 3\n\n[privacy]"), "sampling"),
 ])
 def test_configs_fedbuff_cannot_run_are_refused_naming_the_key(edit, where) -> None:
     text = config_text().replace(*edit)

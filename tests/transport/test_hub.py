@@ -259,3 +259,16 @@ def test_fedbuff_queue_is_first_come_live_only_and_consumed_by_a_round():
     with pytest.raises(TransportError) as exc:
         sites["b"].ready(1)  # never published
     assert exc.value.status == "INVALID_ARGUMENT"
+
+
+def test_fedbuff_hub_says_unavailable_until_the_model_is_published():
+    """A site that reaches a FedBuff server still starting (or resuming) retries instead of
+    taking the server for a synchronous one (FAILED_PRECONDITION means exactly that)."""
+    for buffered, status in ((True, "UNAVAILABLE"), (False, "FAILED_PRECONDITION")):
+        hub = Hub(buffered=buffered)
+        site = InMemorySite(hub, "a", 1)
+        site.join()
+        for call in (site.fetch_model, lambda: site.ready(0)):
+            with pytest.raises(TransportError) as exc:
+                call()
+            assert exc.value.status == status
