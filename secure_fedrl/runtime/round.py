@@ -139,7 +139,7 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         site.charge(plan)  # DP-SGD ran at the site: spent, whatever becomes of the update
     try:
         check_update(upload.vector, dim=width, site=site.name)
-        encoded = site.encode(plan, staleness_scaled(site, upload.vector, weight))
+        encoded, dp_attestation = site.encode_attested(plan, staleness_scaled(site, upload.vector, weight))
     except (UpdateRejected, PrivacyError) as exc:
         log.warning("round %d: %s", rid, exc)
         _leave(transport, rid)
@@ -154,7 +154,8 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
     sa = site.config.secure_aggregation
     status = run_site_round(out, ann, number=number, identity_key=site.identity_key, vector=encoded,
                             trust=trust, timeout=timeout, history=site.history, max_colluding=sa.max_colluding_sites,
-                            min_honest_inputs=site.aggregator.min_honest(), before_advert=persist)
+                            min_honest_inputs=site.aggregator.min_honest(), before_advert=persist,
+                            dp_attestation=dp_attestation)
     if status != "done":
         _leave(transport, rid)
     return SiteRoundReport(status, result, seconds)

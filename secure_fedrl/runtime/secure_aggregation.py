@@ -284,10 +284,18 @@ class SecureAggregator(Aggregator):
 
     def site_encode(self, plan: SecAggPlan, vector: np.ndarray, *, rng: np.random.Generator,
                     signing_key: Any) -> np.ndarray:
+        """`site_encode_attested` without the signature (what the site masks)."""
+        return self.site_encode_attested(plan, vector, rng=rng, signing_key=signing_key)[0]
+
+    def site_encode_attested(self, plan: SecAggPlan, vector: np.ndarray, *, rng: np.random.Generator,
+                             signing_key: Any) -> tuple[np.ndarray, bytes]:
         """At the site: clip and encode to the ring; under DDG also rotate, round and add this
         site's noise share. The DDG parameters come from the site's own config, never from the
         server; the site signs the attestation of what it applied (SPEC 7.1) with its identity
-        key and refuses (PrivacyError) parameters other than the ones the config fixes."""
+        key and refuses (PrivacyError) parameters other than the ones the config fixes.
+
+        Returns (ring vector, DP attestation field): the 64-byte signature the site's
+        MaskedInput carries under DDG (`dp_verifier` checks it at the server), b"" without."""
         from secure_fedrl.privacy.ddg import round_rotation_seed
 
         kept = self.kept_indices(plan)
@@ -296,7 +304,7 @@ class SecureAggregator(Aggregator):
             from secure_fedrl.secagg.encoding import encode
 
             n = max(plan.planned, 2)
-            return encode(vec, clip=self.clip, scale=self._scale(n), bits=self.sa.bits, rng=rng, num_sites=n)
+            return encode(vec, clip=self.clip, scale=self._scale(n), bits=self.sa.bits, rng=rng, num_sites=n), b""
         from secure_fedrl.privacy.ddg import (DDGEncoder, attestation_for, sign_attestation, verify_attestation,
                                               verify_signed_attestation)
 
@@ -307,7 +315,31 @@ class SecureAggregator(Aggregator):
         verify_signed_attestation(encoder.attestation(), signed, round_id=plan.round_id,
                                   public_key=signing_key.public_key())
         verify_attestation(encoder.attestation(), attestation_for(params, rotation_seed=rotation_seed))
-        return encoder.encode(vec, rng=rng)
+        return encoder.encode(vec, rng=rng), signed
+
+    def dp_verifier(self, plan: SecAggPlan, config: Any):
+        """At the server: `verify_dp(site_id, field)` for `SecAggServer`, or None without DDG.
+
+        It recomputes the attestation A from the federation's own DDG parameters and the round's
+        rotation seed (never from anything a site sent) and raises PrivacyError unless the field
+        is the site's Ed25519 signature over SHA-256(A) under the identity key `config` (the
+        RoundConfig) lists for it (SPEC 7.1): a site that attests a smaller sigma, a larger clip,
+        another round or rotation, or signs with another key is not summed."""
+        if not self.ddg:
+            return None
+        from secure_fedrl.privacy.ddg import attestation_for, round_rotation_seed, verify_signed_attestation
+
+        if config.round_id != plan.round_id:
+            raise ConfigError(f"dp_verifier: round config {config.round_id} is not the plan's round {plan.round_id}")
+        expected = attestation_for(self.ddg_params(plan.planned),
+                                   rotation_seed=round_rotation_seed(plan.round_id, plan.round_seed))
+        keys = config.identity
+
+        def verify_dp(site_id: int, field: bytes) -> None:
+            if site_id not in keys:
+                raise PrivacyError(f"DP attestation of site {site_id}, which is not in round {plan.round_id}")
+            verify_signed_attestation(expected, field, round_id=plan.round_id, public_key=keys[site_id])
+        return verify_dp
 
     def server_decode(self, plan: SecAggPlan, total: np.ndarray, *, survivors: int) -> np.ndarray:
         """At the server: the mean update (full length) from the unmasked sum of `survivors`."""
@@ -345,11 +377,11 @@ class SecureAggregator(Aggregator):
         if reason:
             log.warning("round %d: %s: nothing leaves the sites, nothing released", round_id, reason)
             return aborted
-        encoded = {}
+        encoded, fields = {}, {}
         for u in uploads:
             try:
-                encoded[u.site] = self.site_encode(plan, u.vector, rng=noise_rng,
-                                                   signing_key=self._attestation_key(u.site))
+                encoded[u.site], fields[u.site] = self.site_encode_attested(
+                    plan, u.vector, rng=noise_rng, signing_key=self._attestation_key(u.site))
             except PrivacyError as exc:
                 log.warning("round %d: site %s refused: %s", round_id, u.site, exc)
         if self.ddg:
@@ -361,7 +393,9 @@ class SecureAggregator(Aggregator):
                 raise BelowThresholdError(f"{len(encoded)} of {planned} sites left, fewer than the release "
                                           f"threshold {plan.release}")
             result = run_round(encoded, threshold=plan.threshold, neighbors=plan.degree, bits=self.sa.bits,
-                               dropouts=dropouts, round_id=round_id, graph_seed=self.graph_seed(round_seed))
+                               dropouts=dropouts, round_id=round_id, graph_seed=self.graph_seed(round_seed),
+                               identity_keys={s: self._attestation_key(s) for s in encoded},
+                               dp_attestations=fields, dp_verifier=lambda cfg: self.dp_verifier(plan, cfg))
             survivors = len(result.accepted_sites)
             info["survivors"] = survivors
             if survivors < plan.release:

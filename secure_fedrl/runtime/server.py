@@ -383,7 +383,8 @@ class ServerRuntime:
             for n in sampled:
                 self.privacy.after_planned_training(n)
         result = run_server_round(self.hub, anns, deadlines=self.deadlines, notice=self._notice_bytes(),
-                                  on_open=lambda: self.start_sites(anns, stops))
+                                  on_open=lambda: self.start_sites(anns, stops),
+                                  verify_dp=self.aggregator.dp_verifier(plan, config))  # SPEC 7.1
         self.collect_site_reports(r)
         self.privacy.record_site_spend(r)
         nbytes = result.bytes_per_site or {}

@@ -196,8 +196,13 @@ class SiteRuntime:
 
     def encode(self, plan: Any, vector: np.ndarray) -> np.ndarray:
         """Clip, encode, add our DDG noise share: what our SecAgg client masks."""
-        return self.aggregator.site_encode(plan, vector, rng=np.random.default_rng(self.noise_seed(plan.round_id, 8, self.index)),
-                                           signing_key=self.identity_key)
+        return self.encode_attested(plan, vector)[0]
+
+    def encode_attested(self, plan: Any, vector: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """`encode` plus our signed DP attestation (SPEC 7.1; b"" without DDG) for the MaskedInput."""
+        return self.aggregator.site_encode_attested(
+            plan, vector, rng=np.random.default_rng(self.noise_seed(plan.round_id, 8, self.index)),
+            signing_key=self.identity_key)
 
     # -- state that survives a restart -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

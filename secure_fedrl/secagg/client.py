@@ -100,6 +100,10 @@ class SecAggClient:
     `max_colluding` / `min_honest_inputs` make it refuse a threshold (or degree) too low for its
     own policy (`check_threshold_policy`). They default to off for conformance vectors and unit
     tests; a deployment's site runtime must pass them (issue 8: not wired yet).
+
+    `dp_attestation` (64 bytes, or empty without distributed DP) is the site's signature over
+    its DDG attestation (SPEC.md section 7.1); it travels in the MaskedInput, inside the
+    attestation core, and the server refuses a MaskedInput whose field does not verify.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class SecAggClient:
         history: RoundHistory | None = None,
         max_colluding: int | None = None,
         min_honest_inputs: int | None = None,
+        dp_attestation: bytes = b"",
     ) -> None:
         if max_colluding is not None or min_honest_inputs is not None:
             check_threshold_policy(config, max_colluding or 0, min_honest=min_honest_inputs or 1)
@@ -125,6 +130,10 @@ class SecAggClient:
             raise UpdateRejected(f"site {site_id}: input must be a uint32 vector of length {config.dim}")
         if config.bits < 32 and vec.size and int(vec.max()) >> config.bits:
             raise UpdateRejected(f"site {site_id}: input values must be reduced mod 2^{config.bits}")
+        if len(dp_attestation) not in M.DP_ATTESTATION_LENGTHS:
+            raise ProtocolError(f"site {site_id}: DP attestation must be 0 or {P.SIG_BYTES} bytes, "
+                                f"got {len(dp_attestation)}")
+        self._dp = bytes(dp_attestation)
         self.cfg = config
         self.id = site_id
         self._sk = identity_key
@@ -274,10 +283,10 @@ class SecAggClient:
             else:
                 acc.sub(y, seed)
         P.reduce_bits(y, self.cfg.bits)
-        core = M.attestation_core(self.cfg.digest, self.id, paired)
+        core = M.attestation_core(self.cfg.digest, self.id, paired, self._dp)
         tags = tuple(R.confirm_tag(self._confirm_key(v), core, v) for v in paired)
         self.phase = "consistency_check"
-        return M.MaskedInput(self.cfg.digest, self.id, paired, tags, y).signed(self._sk)
+        return M.MaskedInput(self.cfg.digest, self.id, paired, tags, y, dp_attestation=self._dp).signed(self._sk)
 
     # -------------------------------------------------------------- phase 3
     def consistency_check(self, req: M.ConsistencyRequest) -> M.ConsistencySig:
@@ -363,6 +372,7 @@ class SecAggClient:
             return ok
 
         attested = {u: (paired, tag) for u, paired, tag in req.attestations}
+        dp_fields = dict(req.dp_attestations)  # part of each attestation core (empty without DDG)
         for u in attested:
             if u not in alive or u == self.id or u not in self._pairs:
                 raise ProtocolError(f"site {self.id}: pairing attestation of site {u}, which did not pair with it")
@@ -380,7 +390,7 @@ class SecAggClient:
                     if peer not in attested:
                         raise ProtocolError(f"site {self.id}: no pairing attestation of site {peer}")
                     paired, tag = attested[peer]
-                    core = M.attestation_core(cfg.digest, peer, paired)
+                    core = M.attestation_core(cfg.digest, peer, paired, dp_fields.get(peer, b""))
                     if self.id not in paired or not P.tags_equal(
                         tag, R.confirm_tag(self._confirm_key(peer), core, self.id)
                     ):

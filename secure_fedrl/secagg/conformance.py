@@ -29,7 +29,7 @@ from .driver import run_round
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
 FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json",
-         "round_secagg_plus.json", "round_spare_share.json")
+         "round_secagg_plus.json", "round_spare_share.json", "round_ddg_attested.json")
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,9 @@ def _gen_encoding() -> dict:
 ROUND_SEED = b"secure-fedrl/secagg/vectors/round"
 
 
-def _round_inputs(n: int = 5, dim: int = 8, seed: int = 5) -> dict[int, np.ndarray]:
+def _round_inputs(n: int = 5, dim: int = 8, seed: int = 5, bits: int = 32) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {i: rng.integers(0, 2**32, dim, dtype=np.uint64).astype(np.uint32) for i in range(1, n + 1)}
+    return {i: rng.integers(0, 2**bits, dim, dtype=np.uint64).astype(np.uint32) for i in range(1, n + 1)}
 
 
 #: The round vectors: file -> (description, n, dim, threshold, degree, dropouts, bad share or None).
@@ -195,7 +195,53 @@ ROUNDS: dict[str, tuple] = {
         "complete-graph round, 5 sites, t=3, every site responds (2 spare shares per secret); site 2 "
         "reveals a bad b-share of site 1 (shifts b_1 by +1): the commitment check fails and the server "
         "retries without each of the first t shares", 5, 8, 3, None, {}, (2, 1, 1)),
+    "round_ddg_attested.json": (
+        "complete-graph round, 5 sites, t=3, b=16, distributed DP: every MaskedInput carries the site's "
+        "Ed25519 signature over SHA-256(A) (SPEC 7.1) and the server checks it against the federation's A; "
+        "site 2 attests a smaller sigma_share and site 4 another rotation, both after sharing: their "
+        "MaskedInputs are refused (not summed), their pairwise masks removed with their s-shares",
+        5, 8, 3, None, {}, None),
 }
+
+#: Round vectors with DP attestations: file -> (sigma factor of site 2, rotation seed of site 4).
+#: Inputs are uniform ring elements mod 2^16 (the vector pins the wire field, not the encoding).
+DP_ROUNDS = {"round_ddg_attested.json": {"bits": 16, "round_seed": 0x5EC_A66, "cheats": {2: "sigma", 4: "rotation"}}}
+
+
+def _dp_vector(cfg: R.RoundConfig, spec: dict) -> dict:
+    """The federation's attestation A for the round and what each site signs (cheaters: another A)."""
+    from dataclasses import replace as dc_replace
+
+    from secure_fedrl.privacy import ddg as D
+
+    params = D.ddg_parameters(clip_norm=1.0, dim=cfg.dim, expected_sites=cfg.threshold, bits=cfg.bits,
+                              noise_multiplier=1.0, max_sites=cfg.n)
+    seed = D.round_rotation_seed(cfg.round_id, spec["round_seed"])
+    att = D.attestation_for(params, rotation_seed=seed)
+    signed = {}
+    for sid in cfg.site_ids:
+        how = spec["cheats"].get(sid)
+        a = att
+        if how == "sigma":
+            a = dc_replace(att, local_stddev=att.local_stddev / 2)
+        elif how == "rotation":
+            a = D.attestation_for(params, rotation_seed=D.round_rotation_seed(cfg.round_id, spec["round_seed"] + 1))
+        signed[str(sid)] = _h(D.attestation_bytes(a, round_id=cfg.round_id))
+    return {"round_seed": spec["round_seed"], "rotation_seed": _h(seed),
+            "federation": _h(D.attestation_bytes(att, round_id=cfg.round_id)), "signed": signed}
+
+
+def _dp_hooks(dp: dict | None, sks: dict) -> tuple[dict | None, Callable | None]:
+    """Sites' DP attestation fields (Ed25519 over SHA-256 of what each signed) and the server's
+    verifier factory (signature over SHA-256 of the federation's A, by the site's identity key)."""
+    if dp is None:
+        return None, None
+    fields = {int(k): P.sign(sks[int(k)], P.sha256(_b(a))) for k, a in dp["signed"].items()}
+    want = P.sha256(_b(dp["federation"]))
+
+    def verifier(cfg: R.RoundConfig):
+        return lambda sid, field: P.verify(cfg.identity[sid], field, want, what=f"DP attestation of site {sid}")
+    return fields, verifier
 
 
 def shift_share(share: bytes, x: int, xs: tuple[int, ...], delta: int) -> bytes:
@@ -219,8 +265,9 @@ def _bad_share_hook(bad, cfg: R.RoundConfig, sks: dict):
     return hook
 
 
-def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log):
+def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log, dp=None):
     tamper = _bad_share_hook(bad, cfg, sks) if bad else None
+    fields, verifier = _dp_hooks(dp, sks)
 
     def up(phase, sid, wire):
         wires = tamper(phase, sid, wire) if tamper else [wire]
@@ -234,16 +281,19 @@ def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log):
 
     return run_round(inputs, threshold=cfg.threshold, neighbors=cfg.degree, bits=cfg.bits, dropouts=dropouts,
                      round_id=cfg.round_id, seed=seed, identity_keys=sks, graph_seed=cfg.graph_seed,
-                     on_upload=up, on_download=down)
+                     on_upload=up, on_download=down, dp_attestations=fields, dp_verifier=verifier)
 
 
 def _gen_round(name: str) -> dict:
     desc, n, dim, t, degree, dropouts, bad = ROUNDS[name]
-    inputs = _round_inputs(n, dim)
-    cfg, sk_list = _vector_config(n, dim=dim, threshold=t, degree=degree)
+    spec = DP_ROUNDS.get(name)
+    bits = spec["bits"] if spec else 32
+    inputs = _round_inputs(n, dim, bits=bits)
+    cfg, sk_list = _vector_config(n, dim=dim, threshold=t, degree=degree, bits=bits)
     sks = {i: sk_list[i - 1] for i in inputs}
+    dp = _dp_vector(cfg, spec) if spec else None
     log: list[dict] = []
-    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log)
+    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log, dp)
     out = {
         "description": desc + ". Site randomness: SeededRandom(seed || '/site/' || u32be(id)); identity keys: "
                        "SeededRandom('vectors/identity/<id>')",
@@ -259,6 +309,8 @@ def _gen_round(name: str) -> dict:
     }
     if bad:
         out["bad_share"] = {"site": bad[0], "peer": bad[1], "delta": bad[2]}
+    if dp:
+        out["dp_attestation"] = dp
     return out
 
 
@@ -401,7 +453,8 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
         bad = v.get("bad_share")
         log: list[dict] = []
         res = _run_vector_round(cfg, sks, inputs, {int(k): p for k, p in v["dropouts"].items()}, _b(v["seed"]),
-                                (bad["site"], bad["peer"], bad["delta"]) if bad else None, log)
+                                (bad["site"], bad["peer"], bad["delta"]) if bad else None, log,
+                                v.get("dp_attestation"))
         want = [m["hex"] for m in msgs]
         got = [m["hex"] for m in log]
         if len(got) != len(want):
@@ -420,6 +473,23 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
         return _eq("sum of accepted inputs", [int(x) for x in acc], v["sum"])
 
     _check(results, f"{prefix}/sum-equals-plain-sum", plain_sum)
+    if "dp_attestation" in v:
+        _check(results, f"{prefix}/dp-attestations", lambda: _check_dp_fields(v, cfg))
+
+
+def _check_dp_fields(v: dict, cfg: R.RoundConfig) -> str | None:
+    """Every MaskedInput carries its site's signature over SHA-256 of what it signed; exactly the
+    sites that signed an A other than the federation's are refused and left out of the sum."""
+    dp = v["dp_attestation"]
+    cheats = {int(k) for k, a in dp["signed"].items() if a != dp["federation"]}
+    for m in v["messages"]:
+        if m["phase"] == "masked_input" and m["direction"] == "site->server":
+            msg = M.MaskedInput.decode(_b(m["hex"]))
+            P.verify(cfg.identity[msg.sender], msg.dp_attestation, P.sha256(_b(dp["signed"][str(msg.sender)])),
+                     what=f"DP attestation field of site {msg.sender}")
+    refused = {s for s, phase, _ in v["rejected"] if phase == "masked_input"}
+    return _eq("refused at masked_input", sorted(refused), sorted(cheats)) or (
+        None if not cheats & set(v["accepted"]) else f"sites {sorted(cheats & set(v['accepted']))} summed")
 
 
 _CHECKERS = {

@@ -99,12 +99,18 @@ def run_round(
     graph_seed: bytes | None = None,
     on_upload: UploadHook | None = None,
     on_download: DownloadHook | None = None,
+    dp_attestations: Mapping[Hashable, bytes] | None = None,
+    dp_verifier: Callable[[RoundConfig], Callable[[int, bytes], None]] | None = None,
 ) -> RoundResult:
     """Run one secure-aggregation round in memory and return the sum plus who is in it.
 
     Sites are numbered 1..n in sorted order of their keys. `seed` makes all crypto randomness
     deterministic (tests and conformance only); None uses os.urandom. Raises BelowThresholdError
     when fewer than `threshold` sites remain at any phase (nothing is released).
+
+    `dp_attestations` (site key -> 64-byte signature over its DDG attestation, SPEC.md section
+    7.1) go into the sites' MaskedInputs; `dp_verifier(config)` returns the server's
+    `verify_dp(site_id, field)` for the round (a site whose field fails is not summed).
     """
     keys = sorted(inputs)
     if len(keys) < 2:
@@ -137,10 +143,11 @@ def run_round(
     )
     clients = {
         ids[k]: SecAggClient(config=cfg, site_id=ids[k], identity_key=sks[ids[k]], vector=vectors[i],
-                             randbytes=_site_rand(sb, ids[k]))
+                             randbytes=_site_rand(sb, ids[k]),
+                             dp_attestation=(dp_attestations or {}).get(k, b""))
         for i, k in enumerate(keys)
     }
-    server = SecAggServer(config=cfg)
+    server = SecAggServer(config=cfg, verify_dp=None if dp_verifier is None else dp_verifier(cfg))
     return _drive(cfg, clients, server, drops, {v: k for k, v in ids.items()}, on_upload, on_download)
 
 

@@ -205,6 +205,11 @@ class MaskedInput(_Signed):
 
     With M(u) signed the server can refuse a pairing that differs from the ciphertexts it
     delivered; with the tags each holder v checks M(u) without the vector or an Ed25519 check.
+
+    `dp_attestation` is the site's Ed25519 signature over its DDG attestation (SPEC.md section
+    7.1), 64 bytes, or empty without distributed DP. It sits right after ids(M(u)) with a u8
+    length prefix (0 or 64, anything else is a ProtocolError), inside the attestation core: the
+    pairing tags and the message signature both cover it.
     """
 
     TYPE: ClassVar[int] = T_MASKED_INPUT
@@ -213,9 +218,10 @@ class MaskedInput(_Signed):
     tags: tuple[bytes, ...] = ()
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     signature: bytes = b""
+    dp_attestation: bytes = b""
 
     def attestation_core(self) -> bytes:
-        return attestation_core(self.config_digest, self.sender, self.paired)
+        return attestation_core(self.config_digest, self.sender, self.paired, self.dp_attestation)
 
     def _parts(self) -> list:
         if len(self.tags) != len(self.paired):
@@ -232,6 +238,7 @@ class MaskedInput(_Signed):
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
         paired = r.ids()
+        dp = _read_dp_attestation(r)
         tags = tuple(r.take(TAG_BYTES) for _ in paired)
         dim = r.u32()
         if 4 * dim > len(data) - r.pos:
@@ -239,12 +246,32 @@ class MaskedInput(_Signed):
         vec = np.frombuffer(r.view(4 * dim), dtype="<u4")  # read-only view of the wire, no copy
         sig = r.take(64)
         r.end()
-        return cls(digest, sender, paired, tags, vec, sig)
+        return cls(digest, sender, paired, tags, vec, sig, dp)
 
 
-def attestation_core(digest: bytes, sender: int, paired: tuple[int, ...]) -> bytes:
-    """`header(MaskedInput, D, u) || ids(M(u))`: what a pairing-attestation tag authenticates."""
-    return _header(T_MASKED_INPUT, digest, sender) + _ids(tuple(paired))
+#: Lengths a DP attestation field may have: none (no distributed DP) or one Ed25519 signature.
+DP_ATTESTATION_LENGTHS = (0, P.SIG_BYTES)
+
+
+def _dp_field(dp_attestation: bytes, what: str = "MaskedInput") -> bytes:
+    """`u8(len) || dp_attestation`, len 0 or 64."""
+    dp = bytes(dp_attestation)
+    if len(dp) not in DP_ATTESTATION_LENGTHS:
+        raise ProtocolError(f"{what}: DP attestation must be 0 or {P.SIG_BYTES} bytes, got {len(dp)}")
+    return bytes([len(dp)]) + dp
+
+
+def _read_dp_attestation(r: _Reader) -> bytes:
+    n = r.u8()
+    if n not in DP_ATTESTATION_LENGTHS:
+        raise ProtocolError(f"{r.what}: DP attestation length {n}, must be 0 or {P.SIG_BYTES}")
+    return r.take(n)
+
+
+def attestation_core(digest: bytes, sender: int, paired: tuple[int, ...], dp_attestation: bytes = b"") -> bytes:
+    """`header(MaskedInput, D, u) || ids(M(u)) || u8(len) || dp_attestation`: what a
+    pairing-attestation tag authenticates (the DP attestation field is empty without DDG)."""
+    return _header(T_MASKED_INPUT, digest, sender) + _ids(tuple(paired)) + _dp_field(dp_attestation)
 
 
 def consistency_core(digest: bytes, sender: int, survivors: tuple[int, ...]) -> bytes:
@@ -409,7 +436,10 @@ class UnmaskRequest:
     """U3 again plus what the receiver r checks before revealing (SPEC.md section 4, phase 4):
     `tags` (signer, HMAC confirmation of U3 for r) from r's neighbours and `signatures` (signer,
     Ed25519 signature of the ConsistencySig core) from sites further away, both by signer; and
-    `attestations` (u, M(u), u's attestation tag for r) of every u in U3 that paired with r, by u."""
+    `attestations` (u, M(u), u's attestation tag for r) of every u in U3 that paired with r, by u;
+    `dp_attestations` (u, the DP attestation field of u's MaskedInput) for those u whose field is
+    not empty (r rebuilds u's attestation core with it). On the wire each attestation entry is
+    `u32(u) || ids(M(u)) || u8(len) || dp_attestation || tag`."""
 
     TYPE: ClassVar[int] = T_UNMASK_REQ
     NAME: ClassVar[str] = "UnmaskRequest"
@@ -419,6 +449,7 @@ class UnmaskRequest:
     tags: tuple[tuple[int, bytes], ...] = ()
     signatures: tuple[tuple[int, bytes], ...] = ()
     attestations: tuple[tuple[int, tuple[int, ...], bytes], ...] = ()
+    dp_attestations: tuple[tuple[int, bytes], ...] = ()
 
     def encode(self) -> bytes:
         parts = [_header(self.TYPE, self.config_digest, self.receiver), _ids(self.survivors)]
@@ -428,9 +459,12 @@ class UnmaskRequest:
         parts.append(struct.pack(">I", len(self.signatures)))
         for signer, sig in self.signatures:
             parts.append(struct.pack(">I", signer) + sig)
+        dp = dict(self.dp_attestations)
+        if len(dp) != len(self.dp_attestations) or not set(dp) <= {a[0] for a in self.attestations}:
+            raise ProtocolError(f"{self.NAME}: a DP attestation for a site with no (or a second) pairing attestation")
         parts.append(struct.pack(">I", len(self.attestations)))
         for u, paired, tag in self.attestations:
-            parts.append(struct.pack(">I", u) + _ids(tuple(paired)) + tag)
+            parts.append(struct.pack(">I", u) + _ids(tuple(paired)) + _dp_field(dp.get(u, b""), self.NAME) + tag)
         return b"".join(parts)
 
     @classmethod
@@ -447,13 +481,17 @@ class UnmaskRequest:
             signer = r.u32()
             sigs.append((signer, r.take(64)))
         _check_sorted([t[0] for t in sigs], cls.NAME)
-        atts = []
+        atts, dps = [], []
         for _ in range(r.u32()):
             u = r.u32()
-            atts.append((u, r.ids(), r.take(TAG_BYTES)))
+            paired = r.ids()
+            dp = _read_dp_attestation(r)
+            if dp:
+                dps.append((u, dp))
+            atts.append((u, paired, r.take(TAG_BYTES)))
         _check_sorted([a[0] for a in atts], cls.NAME)
         r.end()
-        return cls(digest, receiver, ids, tuple(tags), tuple(sigs), tuple(atts))
+        return cls(digest, receiver, ids, tuple(tags), tuple(sigs), tuple(atts), tuple(dps))
 
 
 SITE_MESSAGES = {c.TYPE: c for c in (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySig, UnmaskResponse)}

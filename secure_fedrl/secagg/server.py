@@ -10,10 +10,11 @@ input in the clear.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from secure_fedrl.errors import BelowThresholdError, ProtocolError
+from secure_fedrl.errors import BelowThresholdError, ProtocolError, SecureFedRLError
 
 from . import messages as M
 from . import primitives as P
@@ -39,9 +40,20 @@ class ServerOutcome:
     dropped: dict[int, str]
 
 
+#: `verify_dp(site_id, dp_attestation)`: returns if the 64-byte field is that site's valid
+#: signature over the federation's DP attestation for the round (SPEC.md section 7.1), raises
+#: (any SecureFedRLError, e.g. PrivacyError) otherwise.
+DPVerifier = Callable[[int, bytes], None]
+
+
 class SecAggServer:
-    def __init__(self, *, config: R.RoundConfig) -> None:
+    """`verify_dp` (None: no distributed DP, the field is neither required nor checked) makes the
+    server refuse a MaskedInput whose DP attestation field is missing or does not verify: that
+    site is dropped like any other invalid MaskedInput, before its vector touches the sum."""
+
+    def __init__(self, *, config: R.RoundConfig, verify_dp: DPVerifier | None = None) -> None:
         self.cfg = config
+        self._verify_dp = verify_dp
         self.phase = "advertise_keys"
         self._got: dict[int, object] = {}
         self._adverts: dict[int, M.AdvertiseKeys] = {}
@@ -107,9 +119,16 @@ class SecAggServer:
             )
         if self.cfg.bits < 32 and int(msg.vector.max()) >> self.cfg.bits:
             raise ProtocolError(f"MaskedInput from site {msg.sender}: values not reduced mod 2^{self.cfg.bits}")
+        if self._verify_dp is not None:
+            if not msg.dp_attestation:
+                raise ProtocolError(f"MaskedInput from site {msg.sender}: no DP attestation (distributed DP round)")
+            try:
+                self._verify_dp(msg.sender, msg.dp_attestation)
+            except SecureFedRLError as err:
+                raise ProtocolError(f"MaskedInput from site {msg.sender}: DP attestation refused: {err}") from None
         np.add(self._sum, msg.vector, out=self._sum)
         # keep only the attestation (forwarded in phase 4): the running sum is all the server needs
-        return msg.paired, dict(zip(msg.paired, msg.tags))
+        return msg.paired, dict(zip(msg.paired, msg.tags)), msg.dp_attestation
 
     def _check_consistency_check(self, msg: M.ConsistencySig) -> tuple:
         if tuple(msg.survivors) != self.u3:
@@ -200,8 +219,9 @@ class SecAggServer:
                 far = sorted(self._far_signers(r, near, u4set))
                 atts = tuple((u, self._attest[u][0], self._attest[u][1][r])
                              for u in sorted(self._pairs[r] & self._u3set) if r in self._attest[u][1])
+                dps = tuple((u, self._attest[u][2]) for u, _, _ in atts if self._attest[u][2])
                 out[r] = M.UnmaskRequest(self.cfg.digest, r, self.u3, tags,
-                                         tuple((w, conf[w][0]) for w in far), atts)
+                                         tuple((w, conf[w][0]) for w in far), atts, dps)
             return out
         if self.phase == "unmasking":
             self._close("unmasking")  # threshold check on responders

@@ -55,15 +55,18 @@ class ServerRoundResult:
 
 def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
                      deadlines: PhaseDeadlines = PhaseDeadlines(), notice: bytes | None = None,
-                     on_open=None) -> ServerRoundResult:
+                     on_open=None, verify_dp=None) -> ServerRoundResult:
     """Open the round, then per phase: collect until the deadline, feed SecAggServer, deliver.
 
     `notice` goes to every site with the broadcast (the previous round's outcome); `on_open()`
-    runs once the round is open (the in-memory federation starts its site threads there)."""
+    runs once the round is open (the in-memory federation starts its site threads there).
+    `verify_dp(site_id, field)` (distributed DP rounds; `SecureAggregator.dp_verifier`) makes
+    the server refuse, like any invalid upload, a MaskedInput whose signed DP attestation is
+    missing or does not verify (SPEC 7.1)."""
     cfg = next(iter(announcements.values())).config
     names = {e.site_id: e.name for e in next(iter(announcements.values())).roster}
     number = {v: k for k, v in names.items()}
-    server = SecAggServer(config=cfg)
+    server = SecAggServer(config=cfg, verify_dp=verify_dp)
     hub.open_round(announcements, notice=notice)
     if on_open is not None:
         on_open()
@@ -110,13 +113,14 @@ def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, 
                    vector: np.ndarray, trust: TrustStore | None, timeout: float = 60.0,
                    randbytes=os.urandom, history: RoundHistory | None = None,
                    max_colluding: int | None = None, min_honest_inputs: int | None = None,
-                   before_advert=None) -> str:
+                   before_advert=None, dp_attestation: bytes = b"") -> str:
     """Take part in one round; returns "done" or why the site stopped ("dropped: ...", "refused: ...").
 
     The site checks the roster against the CA before it sends anything: its keys go only to a
     round whose every member the CA vouches for. `history` (the site's, kept across rounds)
     refuses a repeated configuration, `max_colluding` / `min_honest_inputs` a threshold or degree
-    too low for the site's own policy (SecAggClient).
+    too low for the site's own policy (SecAggClient). `dp_attestation` is the site's signed DDG
+    attestation (SPEC 7.1; empty without distributed DP), carried in its MaskedInput.
     """
     rid = ann.round_id
     try:
@@ -124,7 +128,7 @@ def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, 
             verify_roster(ann, trust)
         client = SecAggClient(config=ann.config, site_id=number, identity_key=identity_key, vector=vector,
                               randbytes=randbytes, history=history, max_colluding=max_colluding,
-                              min_honest_inputs=min_honest_inputs)
+                              min_honest_inputs=min_honest_inputs, dp_attestation=dp_attestation)
         advert = client.advertise_keys().encode()  # claims the digest in `history`
         if before_advert is not None:
             before_advert()  # a deployment persists the history here, before the advert leaves
