@@ -3,7 +3,7 @@
     .venv/bin/python bench/privacy_utility.py                          # both experiments, full length
     .venv/bin/python bench/privacy_utility.py --which trajectory       # A only
     .venv/bin/python bench/privacy_utility.py --which client200 --rounds 10 --no-plots   # quick look
-    .venv/bin/python bench/privacy_utility.py --which client2000 --seed 1 --jobs 2       # issue 9, one seed
+    .venv/bin/python bench/privacy_utility.py --which client2000 --seed 1 --jobs 2       # issue 9 (seeds 1, 2, 3)
     .venv/bin/python bench/privacy_utility.py --jobs 2 --json out.json   # 2 runs at a time
 
 Experiments (each run twice: as configured, and with ``privacy.unit = "none"``; secure aggregation
