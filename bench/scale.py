@@ -9,7 +9,8 @@ Tables (every number measured in this run, each case in a fresh process with its
    alternating likewise): 1 site (plaintext: SecAgg needs 2 sites) and 2 sites (SecAgg through
    the hub actor);
 3. scale: federations of 100, 1,000 and 2,000 sites built like clients/cartpole/client-level-2000.toml
-   (client-level DDG under SecAgg+, ~100 sites sampled per round, 512 local steps each):
+   (client-level DDG under SecAgg+, ~100 sites sampled per round, 512 local steps each; the
+   README's numbers were measured when that config trained PPO, it now trains REINFORCE):
    round time (round 2), RSS of the driver (the server runtime), of the hub actor and of each
    site host actor, and the memory of one more idle site (slope of host RSS over sites held);
 4. largest: bigger federations (one round each) until one fails, takes longer than
@@ -89,7 +90,7 @@ def scale_config(*, n: int, steps: int, rounds: int = 3) -> str:
     text = (REPO / "clients/cartpole/client-level-2000.toml").read_text()
     text = text.replace("count = 2000", f"count = {n}")
     text = text.replace("fraction = 0.05 ", f"fraction = {min(1.0, 100 / n):.6g} ")
-    text = text.replace("steps = 2048", f"steps = {steps}")
+    text = text.replace("\nsteps = 0\n", f"\nsteps = {steps}\n")  # a fixed env-step budget per site and round
     text = text.replace("rounds = 40", f"rounds = {rounds}")
     text = text.replace("every = 10", "every = 1000").replace("max_sites = 32", "max_sites = 1")
     text = text.replace('name = "cartpole-2000-client-dp"', f'name = "scale-{n}"')
