@@ -477,10 +477,33 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
         _check(results, f"{prefix}/dp-attestations", lambda: _check_dp_fields(v, cfg))
 
 
+def _check_dp_metadata(dp: dict, cfg: R.RoundConfig) -> str | None:
+    """The federation's A is SPEC 7.1's encoding for this round: its domain and length, u64(round_id)
+    = the config's, u8(b) and u32(d') = the config's bits and ring length, and its rotation
+    commitment is that of rotation_seed = SHA-256(... || u64(round_id) || u64(round_seed)) with the
+    vector's own round_seed (attack review F1: the metadata was never tied to the A it pins)."""
+    from secure_fedrl.privacy import ddg as D
+
+    a = _b(dp["federation"])
+    dom = b"secure-fedrl/ddg/attestation/v1"
+    if len(a) != len(dom) + 8 + 32 + 9 + 32 or not a.startswith(dom):
+        return "federation attestation is not SPEC 7.1's encoding (domain or length)"
+    rid = int.from_bytes(a[len(dom):len(dom) + 8], "big")
+    bits, padded = a[len(dom) + 40], int.from_bytes(a[len(dom) + 45:len(dom) + 49], "big")
+    seed = D.round_rotation_seed(cfg.round_id, int(dp["round_seed"]))
+    return (_eq("attested round id", rid, cfg.round_id) or _eq("attested bits", bits, cfg.bits)
+            or _eq("attested padded dim", padded, cfg.dim)
+            or _eq("rotation_seed from round_seed", dp["rotation_seed"], _h(seed))
+            or _eq("rotation commitment", a[-32:].hex(), D.rotation_commitment(seed)))
+
+
 def _check_dp_fields(v: dict, cfg: R.RoundConfig) -> str | None:
     """Every MaskedInput carries its site's signature over SHA-256 of what it signed; exactly the
     sites that signed an A other than the federation's are refused and left out of the sum."""
     dp = v["dp_attestation"]
+    bad = _check_dp_metadata(dp, cfg)
+    if bad:
+        return bad
     cheats = {int(k) for k, a in dp["signed"].items() if a != dp["federation"]}
     for m in v["messages"]:
         if m["phase"] == "masked_input" and m["direction"] == "site->server":
