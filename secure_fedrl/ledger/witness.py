@@ -50,8 +50,8 @@ def _text_bytes(name: str, value: Any) -> bytes:
 def witness_message(*, federation: str, seq: int, row_hash: str, config_hash: str) -> bytes:
     """The bytes a site signs to countersign ledger head (seq, row_hash) of `federation`'s ledger
     for config `config_hash` (FORMAT.md, "Witnesses"). Raises LedgerError on malformed fields."""
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63:
-        raise LedgerError(f"witness message: seq must be an int in [0, 2^63), got {seq!r}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise LedgerError(f"witness message: seq must be an int in [1, 2^63), got {seq!r}")  # FORMAT.md: rows from 1
     if not isinstance(row_hash, str) or not _HASH.fullmatch(row_hash):
         raise LedgerError(f"witness message: row_hash must be 64 lowercase hex digits, got {row_hash!r}")
     return (WITNESS_DOMAIN + _text_bytes("federation", federation)

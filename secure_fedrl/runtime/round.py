@@ -122,6 +122,10 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
         number = _number(ann, site)
         weight = _staleness_weight(site, order, ahead)
+        if ann.config.graph_seed != site.aggregator.graph_seed(order.round_seed):
+            # The config digest D binds the graph seed, a hash of the round seed: so D binds the round
+            # seed too, and no two sites of one round can be handed different rotations or masks.
+            raise PrivacyError("round broadcast: the graph seed is not the one the round seed gives")
     except SecureFedRLError as exc:
         log_event("site_round_refused", site=site.name, round=rid, reason=str(exc))
         _leave(transport, rid)

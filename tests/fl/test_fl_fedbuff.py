@@ -267,3 +267,16 @@ def test_ray_backend_refuses_fedbuff_in_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="fedbuff runs with --backend local"):
         run_ray_simulation(load_config(write(tmp_path, config_text())), tmp_path / "run", progress=False)
+
+
+def test_site_refuses_a_graph_seed_its_round_seed_does_not_give(tmp_path: Path) -> None:
+    """D binds the graph seed; the site checks it is the hash of the broadcast round seed, so D
+    binds the round seed too (one rotation and mask per round, not one per site: review F3)."""
+    from secure_fedrl.runtime.round import take_part
+    from secure_fedrl.runtime.site_build import SiteBuilder
+
+    text = config_text(privacy='unit = "none"').replace('name = "fedbuff"', 'name = "fedavg"') \
+        .replace("params = { buffer_size = 3 }", "")
+    site = SiteBuilder(loads_config(text), secure=True).build(0)
+    report = take_part(site, _Silent(), _announcement(site, version=None))  # graph seed 0, round seed 7
+    assert report.status.startswith("refused") and "graph seed" in report.status

@@ -162,7 +162,7 @@ def test_witnesses_survive_reopen_and_are_verified_on_open(tmp_path: Path) -> No
         assert led.witnesses() == stored
     with attacker(tmp_path / LEDGER_FILE) as conn:
         conn.execute("UPDATE witnesses SET signature = ? WHERE seq = 3 AND site = 'b'",
-                     (stored[2][3][:-2] + "00",))
+                     (stored[2][3][:40] + ("0" if stored[2][3][40] != "0" else "1") + stored[2][3][41:],))  # a middle hex digit: always a change
     with pytest.raises(LedgerError, match="witness of site 'b' for row 3 does not verify"):
         open_ledger(tmp_path, config_hash=CONFIG, federation=FED)
 

@@ -79,7 +79,7 @@ def test_witness_message_seq_is_below_2_to_the_63() -> None:
     assert top[-40:-32] == b"\x7f" + b"\xff" * 7 and top[-32:] == bytes.fromhex(H)
     assert witness_message(**_kw(127, H))[-40:-32] == (127).to_bytes(8, "big")
     for seq in (2**63, 2**64 - 1, 2**64):  # u64 could hold the first two; SQLite's INTEGER cannot
-        with pytest.raises(LedgerError, match=r"seq must be an int in \[0, 2\^63\)"):
+        with pytest.raises(LedgerError, match=r"seq must be an int in \[1, 2\^63\)"):
             witness_message(**_kw(seq, H))
 
 
@@ -316,3 +316,14 @@ def test_a_storage_failure_is_one_ledger_error(tmp_path: Path) -> None:
         assert str(info.value).startswith(f"privacy ledger {p}: storing the witness of site 'a' for "
                                           f"row 1 failed: "), info.value  # then SQLite's own words
         assert led.witnesses() == []  # not recorded in memory either
+
+
+def test_witness_message_refuses_seq_zero_as_format_md_says() -> None:
+    """FORMAT.md: ledger rows (and so witnessed heads) are numbered from 1."""
+    from secure_fedrl.errors import LedgerError
+    from secure_fedrl.ledger.witness import witness_message
+
+    kw = dict(federation="f", row_hash="ab" * 32, config_hash="cd" * 32)
+    assert witness_message(seq=1, **kw)
+    with pytest.raises(LedgerError, match=r"\[1, 2\^63\)"):
+        witness_message(seq=0, **kw)
