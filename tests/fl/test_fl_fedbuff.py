@@ -280,3 +280,14 @@ def test_site_refuses_a_graph_seed_its_round_seed_does_not_give(tmp_path: Path) 
     site = SiteBuilder(loads_config(text), secure=True).build(0)
     report = take_part(site, _Silent(), _announcement(site, version=None))  # graph seed 0, round seed 7
     assert report.status.startswith("refused") and "graph seed" in report.status
+
+
+def test_the_ready_fedbuff_config_runs_a_round_of_k_arrivals(tmp_path: Path) -> None:
+    """clients/cartpole/fedbuff.toml as shipped (one round): 40 of 200 sites, no sampling discount."""
+    cfg = load_config(Path(__file__).resolve().parents[2] / "clients" / "cartpole" / "fedbuff.toml",
+                      overrides={"federation.rounds": 1})
+    out = tmp_path / "run"
+    summary = run_simulation(cfg, out, progress=False, ledger_key=tmp_path / "keys")
+    (row,) = rows(out)
+    assert row["sites_aggregated"] == 40 and row["model_version"] == 1
+    assert summary.epsilon_server == pytest.approx(summary.epsilon_release) and summary.epsilon_server <= 8.0
