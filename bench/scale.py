@@ -9,8 +9,7 @@ Tables (every number measured in this run, each case in a fresh process with its
    alternating likewise): 1 site (plaintext: SecAgg needs 2 sites) and 2 sites (SecAgg through
    the hub actor);
 3. scale: federations of 100, 1,000 and 2,000 sites built like clients/cartpole/client-level-2000.toml
-   (client-level DDG under SecAgg+, ~100 sites sampled per round, 512 local steps each; the
-   README's numbers were measured when that config trained PPO, it now trains REINFORCE):
+   (client-level DDG under SecAgg+, ~100 sites sampled per round, 512 local steps each):
    round time (round 2), RSS of the driver (the server runtime), of the hub actor and of each
    site host actor, and the memory of one more idle site (slope of host RSS over sites held);
 4. largest: bigger federations (one round each) until one fails, takes longer than
@@ -294,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                     hosts = per_host = hub = "-"
                 rows.append([n, backend, f"{res['init_s']:.1f}", f"{r2['s']:.1f}", f"{r2['sampled']}",
                              f"{r2['steps'] / r2['s']:,.0f}", f"{res['driver_rss'] / MiB:.0f}", hub, hosts, per_host])
-        table = fmt_table("3. scale: client-level DDG under SecAgg+, ~100 sites sampled per round, 512 PPO steps "
-                          "per site ([16]); round 2",
+        table = fmt_table("3. scale: client-level DDG under SecAgg+, ~100 sites sampled per round, 512 local "
+                          "steps per site (client-level-2000.toml's [local]); round 2",
                           ["sites", "backend", "start-up s", "round s", "sampled", "env steps/s", "driver RSS MiB",
                            "hub RSS MiB", "hosts x RSS MiB", "sites/host"], rows)
         ok = sorted(n for n in scale)
