@@ -83,8 +83,7 @@ class DeployedServer(ServerRuntime):
 
     def _sample(self, eligible: list[str], rng: np.random.Generator) -> list[str]:
         # Before the first round of this process: wait for the sites; later only briefly for restarts.
-        first = not self.__dict__.get("_waited")
-        self._waited = True
+        first = self._first_round()
         live = self.hub.wait_for_sites(self.min_sites if first else len(self.site_names),
                                        self.wait_s if first else min(self.wait_s, 5.0))
         while len([n for n in live if n in self.site_names]) < 2:  # no round without two sites: keep waiting
@@ -96,10 +95,15 @@ class DeployedServer(ServerRuntime):
         return super()._sample([n for n in eligible if n in live], rng)
 
     def buffered_arrivals(self, r: int, eligible: list[str]) -> dict[str, int]:
-        if not self.__dict__.get("_waited"):  # before the first round: wait for the sites, as _sample does
-            self._waited = True
+        if self._first_round():  # as _sample: wait for the sites before the first round
             self.hub.wait_for_sites(self.min_sites, self.wait_s)
         return super().buffered_arrivals(r, [n for n in eligible if n in self.site_names])
+
+    def _first_round(self) -> bool:
+        """True once: before the first round this process runs."""
+        first = not self.__dict__.get("_waited")
+        self._waited = True
+        return first
 
     witnesses = True
 
@@ -279,7 +283,7 @@ class SiteProcess:
                     log_event("site_rejoined", site=name, after_round=after, level="info")
                     if ahead is not None:  # the new session starts with an empty queue: say ready again
                         try:
-                            self._say_ready(ahead)
+                            self.transport.ready(ahead.version)
                         except TransportError:
                             ahead = None  # e.g. the restarted server is behind our version: train again
                     continue
@@ -306,7 +310,7 @@ class SiteProcess:
                     row["round_status"] = report.status
                 self.append_metrics(row)
             elif ahead is not None:  # a round went without us: still ready (a no-op if still queued)
-                self._say_ready(ahead)
+                self.transport.ready(ahead.version)
             after = max(after, b.round_id)
             self.save()
 
@@ -321,12 +325,9 @@ class SiteProcess:
         with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
             ahead = train_ahead(self.site, version, model)
         self.save()  # the local critic moved; the update itself is re-trained after a restart
-        self._say_ready(ahead)
+        self.transport.ready(ahead.version)
         log_event("site_ready", site=self.site.name, version=version, level="info")
         return ahead
-
-    def _say_ready(self, ahead: Any) -> None:
-        self.transport.ready(ahead.version)
 
     def read_notice(self, notice: bytes) -> None:
         """The previous round's outcome: keep our proposals if included; countersign the head."""

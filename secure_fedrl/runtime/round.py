@@ -52,12 +52,10 @@ def staleness_scaled(site: SiteRuntime, vector: np.ndarray, weight: float) -> np
     sensitivity stays the clip norm; s <= 1) and a stale update above the clip does not count fully."""
     if weight == 1.0:
         return vector
-    out = np.asarray(vector, dtype=np.float64)
+    from secure_fedrl.secagg.encoding import clip_l2
+
     clip = site.config.privacy.clip if site.config.privacy.unit == "client" else site.aggregator.clip
-    norm = float(np.linalg.norm(out))
-    if norm > clip:
-        out = out * (clip / norm)
-    return (out * weight).astype(np.float32)
+    return (clip_l2(np.asarray(vector, dtype=np.float64), clip) * weight).astype(np.float32)
 
 
 @dataclass
