@@ -505,13 +505,17 @@ def _check_dp_fields(v: dict, cfg: R.RoundConfig) -> str | None:
     if bad:
         return bad
     cheats = {int(k) for k, a in dp["signed"].items() if a != dp["federation"]}
+    checked = set()
     for m in v["messages"]:
         if m["phase"] == "masked_input" and m["direction"] == "site->server":
             msg = M.MaskedInput.decode(_b(m["hex"]))
             P.verify(cfg.identity[msg.sender], msg.dp_attestation, P.sha256(_b(dp["signed"][str(msg.sender)])),
                      what=f"DP attestation field of site {msg.sender}")
+            checked.add(msg.sender)
     refused = {s for s, phase, _ in v["rejected"] if phase == "masked_input"}
-    return _eq("refused at masked_input", sorted(refused), sorted(cheats)) or (
+    # never vacuous: every site summed or refused at masked_input had its field checked above
+    return _eq("sites whose DP field was checked", sorted(checked), sorted(refused | set(v["accepted"]))) or \
+        _eq("refused at masked_input", sorted(refused), sorted(cheats)) or (
         None if not cheats & set(v["accepted"]) else f"sites {sorted(cheats & set(v['accepted']))} summed")
 
 
