@@ -47,8 +47,9 @@ DPVerifier = Callable[[int, bytes], None]
 
 
 class SecAggServer:
-    """`verify_dp` (None: no distributed DP, the field is neither required nor checked) makes the
-    server refuse a MaskedInput whose DP attestation field is missing or does not verify: that
+    """`verify_dp` makes the server refuse a MaskedInput whose DP attestation field is missing or
+    does not verify; without it (no distributed DP) a MaskedInput must carry no field (SPEC 5:
+    F_u is empty outside DDG), so nothing unattested is forwarded as if attested. Either way the
     site is dropped like any other invalid MaskedInput, before its vector touches the sum."""
 
     def __init__(self, *, config: R.RoundConfig, verify_dp: DPVerifier | None = None) -> None:
@@ -126,6 +127,8 @@ class SecAggServer:
                 self._verify_dp(msg.sender, msg.dp_attestation)
             except SecureFedRLError as err:
                 raise ProtocolError(f"MaskedInput from site {msg.sender}: DP attestation refused: {err}") from None
+        elif msg.dp_attestation:
+            raise ProtocolError(f"MaskedInput from site {msg.sender}: DP attestation field in a round without distributed DP")
         np.add(self._sum, msg.vector, out=self._sum)
         # keep only the attestation (forwarded in phase 4): the running sum is all the server needs
         return msg.paired, dict(zip(msg.paired, msg.tags)), msg.dp_attestation

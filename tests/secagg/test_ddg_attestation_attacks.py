@@ -15,8 +15,8 @@ hostile sites. What each test shows:
   tagged (swapped, replayed, malleated, injected in a non-DDG round) makes that holder abort,
   and the only core any honest holder accepts is u's own;
 * decoding is strict (length byte, trailing bytes); a 64-byte field outside a DDG round is
-  accepted by the context-free decoder and by `SecAggServer(verify_dp=None)` (finding F2,
-  informational, not fixed here);
+  accepted by the context-free decoder but refused by `SecAggServer(verify_dp=None)` (finding F2,
+  fixed: the round without DDG drops that site);
 * the site's attestation commits to the rotation seed its encoder actually used (one seed feeds
   both), and the honest server refuses a site that used another broadcast seed;
 * finding F1 (fixed in secagg/conformance.py): the round vector's `dp_attestation` metadata
@@ -317,15 +317,14 @@ def test_unmask_request_decoding_is_strict(fed):
         replace(req, dp_attestations=req.dp_attestations * 2).encode()
 
 
-def test_finding_f2_a_field_outside_ddg_is_accepted_and_forwarded(fed):
-    """F2 (informational, not fixed: SecAggServer's documented contract is 'verify_dp None: the
-    field is neither required nor checked', and test_ddg_attestation_wire relies on it). SPEC 5
-    says F_u is empty outside DDG, but decoding is context-free and a server without verify_dp
-    sums and forwards a 64-byte field. No privacy impact (nothing is attested outside DDG, the
-    tags still bind the field); a stricter server would refuse `a != 0` when verify_dp is None."""
+def test_finding_f2_a_field_outside_ddg_is_refused(fed):
+    """F2 (fixed): SPEC 5 says F_u is empty outside DDG. Decoding is context-free, so a 64-byte
+    field decodes, but a server without `verify_dp` refuses it instead of summing the vector and
+    forwarding an unattested field as if it attested something."""
     server, msg = _masked_wire(fed, bytes(range(64)))
     assert M.MaskedInput.decode(msg.encode()).dp_attestation == bytes(range(64))
-    server.receive(msg.encode())  # accepted: documents the current behaviour
+    with pytest.raises(ProtocolError, match="DP attestation field in a round without distributed DP"):
+        server.receive(msg.encode())
 
 
 # --------------------------------------------------------------- rotation binding
