@@ -201,6 +201,27 @@ def test_seeded_determinism():
     assert not np.array_equal(run(4, 7.0), run(4, 8.0))  # another patient
 
 
+def test_reward_scale_multiplies_every_reward_and_nothing_else():
+    def run(scale: float) -> tuple[list[float], list[np.ndarray]]:
+        env = HovorkaEnv(patient_seed=3.0)
+        env.reward_scale = scale
+        env.reset(seed=1)
+        rewards, obs = [], []
+        for k in range(300):  # a day: meals, highs, and the -1 actions below force hypos
+            o, r, term, trunc, _ = env.step(np.array([1.0 if k % 50 < 25 else -1.0, 1.0], dtype=np.float32))
+            rewards.append(r)
+            obs.append(o)
+            if term or trunc:
+                break
+        return rewards, obs
+
+    plain, plain_obs = run(1.0)
+    scaled, scaled_obs = run(0.01)
+    assert min(plain) < -1.0  # the hypoglycaemia penalty was hit
+    assert np.allclose(scaled, np.array(plain) * 0.01, rtol=1e-12, atol=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain_obs, scaled_obs))
+
+
 def test_patient_override_redraws_the_patient():
     env = HovorkaEnv()
     env.reset(seed=0)

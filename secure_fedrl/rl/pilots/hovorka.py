@@ -290,7 +290,9 @@ class HovorkaEnv(gym.Env):
     patient; else drawn from the published distributions by this seed), `episode_days`,
     `correction_basals`,
     `action_mode`, `hypo_penalty`, `termination_penalty`, `carb_error` (SD of the relative
-    carb-counting error of announced meals), `cgm_noise` (0 turns the sensor error off).
+    carb-counting error of announced meals), `cgm_noise` (0 turns the sensor error off),
+    `reward_scale` (multiplies every reward: a critic fitting day-long returns of -400 would
+    otherwise dominate PPO's shared gradient-norm clip and starve the actor).
     """
 
     metadata = {"render_modes": []}
@@ -308,6 +310,7 @@ class HovorkaEnv(gym.Env):
         self.carb_error = 0.1
         self.cgm_noise = 1.0
         self.tau_ig = 10.0
+        self.reward_scale = 1.0
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(HISTORY + 4,), dtype=np.float32)
         self._patient_key: float | None = None
@@ -432,6 +435,7 @@ class HovorkaEnv(gym.Env):
         if terminated:
             reward -= self.termination_penalty
         truncated = not terminated and self.t >= self.max_steps
+        reward *= self.reward_scale
         info: dict[str, Any] = {"glucose": g, "cgm": cgm, "insulin": delivered, "carbs": carbs}
         if terminated or truncated:
             metrics = self.episode_metrics()
