@@ -29,7 +29,8 @@ from .driver import run_round
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
 FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json",
-         "round_secagg_plus.json", "round_spare_share.json", "round_ddg_attested.json")
+         "round_secagg_plus.json", "round_spare_share.json", "round_ddg_attested.json",
+         "round_stray_dp_field.json")
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,15 @@ ROUNDS: dict[str, tuple] = {
         "site 2 attests a smaller sigma_share and site 4 another rotation, both after sharing: their "
         "MaskedInputs are refused (not summed), their pairwise masks removed with their s-shares",
         5, 8, 3, None, {}, None),
+    "round_stray_dp_field.json": (
+        "complete-graph round, 5 sites, t=3, no distributed DP: site 3 sends a validly signed and tagged "
+        "MaskedInput carrying a 64-byte DP field (a = 64) anyway; SPEC 5 says F_u is empty outside DDG, so "
+        "the server refuses it (not summed) and removes its pairwise masks with its s-shares",
+        5, 8, 3, None, {}, None),
 }
+
+#: Round vectors in which a site sends a DP field although the round has no distributed DP.
+STRAY_FIELDS = {"round_stray_dp_field.json": {3: "not a DDG round"}}
 
 #: Round vectors with DP attestations: file -> (sigma factor of site 2, rotation seed of site 4).
 #: Inputs are uniform ring elements mod 2^16 (the vector pins the wire field, not the encoding).
@@ -265,9 +274,11 @@ def _bad_share_hook(bad, cfg: R.RoundConfig, sks: dict):
     return hook
 
 
-def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log, dp=None):
+def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log, dp=None, stray=None):
     tamper = _bad_share_hook(bad, cfg, sks) if bad else None
     fields, verifier = _dp_hooks(dp, sks)
+    if stray:  # a site's signature over a text of its own, as a DP field the round does not expect
+        fields = {int(k): P.sign(sks[int(k)], P.sha256(text.encode())) for k, text in stray.items()}
 
     def up(phase, sid, wire):
         wires = tamper(phase, sid, wire) if tamper else [wire]
@@ -292,8 +303,9 @@ def _gen_round(name: str) -> dict:
     cfg, sk_list = _vector_config(n, dim=dim, threshold=t, degree=degree, bits=bits)
     sks = {i: sk_list[i - 1] for i in inputs}
     dp = _dp_vector(cfg, spec) if spec else None
+    stray = {str(k): text for k, text in STRAY_FIELDS.get(name, {}).items()} or None
     log: list[dict] = []
-    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log, dp)
+    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log, dp, stray)
     out = {
         "description": desc + ". Site randomness: SeededRandom(seed || '/site/' || u32be(id)); identity keys: "
                        "SeededRandom('vectors/identity/<id>')",
@@ -311,6 +323,8 @@ def _gen_round(name: str) -> dict:
         out["bad_share"] = {"site": bad[0], "peer": bad[1], "delta": bad[2]}
     if dp:
         out["dp_attestation"] = dp
+    if stray:
+        out["stray_dp_field"] = stray
     return out
 
 
@@ -454,7 +468,7 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
         log: list[dict] = []
         res = _run_vector_round(cfg, sks, inputs, {int(k): p for k, p in v["dropouts"].items()}, _b(v["seed"]),
                                 (bad["site"], bad["peer"], bad["delta"]) if bad else None, log,
-                                v.get("dp_attestation"))
+                                v.get("dp_attestation"), v.get("stray_dp_field"))
         want = [m["hex"] for m in msgs]
         got = [m["hex"] for m in log]
         if len(got) != len(want):

@@ -99,6 +99,13 @@ class Federation:
             extras = RoundOrder(round=r, round_seed=round_seed, planned=plan.planned, dim=DIM).encode()
         return RoundAnnouncement(cfg, roster, np.zeros(DIM, np.float32), extras)
 
+    def verify_dp(self, ann: RoundAnnouncement):
+        """The server's DP-attestation check for what it broadcast (None without DDG): since F2 a
+        server without it refuses every MaskedInput that carries a DP field."""
+        order = RoundOrder.decode(ann.extras)
+        plan = self.aggregator.plan(ann.config.round_id, planned=order.planned, round_seed=order.round_seed)
+        return self.aggregator.dp_verifier(plan, ann.config)
+
     def run(self, ann: RoundAnnouncement, *, transports: dict | None = None, sites: dict | None = None):
         """The server's side honestly over the hub; every roster site runs take_part on a thread."""
         members = [e.name for e in ann.roster]
@@ -115,7 +122,8 @@ class Federation:
                 t = threading.Thread(target=go, daemon=True)
                 threads.append(t)
                 t.start()
-        result = run_server_round(self.hub, {n: ann for n in members}, deadlines=FAST, on_open=start)
+        result = run_server_round(self.hub, {n: ann for n in members}, deadlines=FAST, on_open=start,
+                                  verify_dp=self.verify_dp(ann))
         for t in threads:
             t.join(30)
         return result, reports
@@ -585,7 +593,7 @@ def test_charge_is_persisted_before_the_masked_input_leaves():
                 fed.sites[n], tr if n == victim.name else fed.transports[n], ann, timeout=20, **kw), daemon=True)
             threads.append(t)
             t.start()
-    run_server_round(fed.hub, {n: ann for n in members}, deadlines=FAST, on_open=start)
+    run_server_round(fed.hub, {n: ann for n in members}, deadlines=FAST, on_open=start, verify_dp=fed.verify_dp(ann))
     for t in threads:
         t.join(30)
     assert tr.at_send == (1, 1), f"(charged, persisted) when the masked input left: {tr.at_send}"

@@ -79,7 +79,8 @@ def run_buffered(fed: Federation, ann: RoundAnnouncement, aheads: dict[str, Trai
             t = threading.Thread(target=go, daemon=True)
             threads.append(t)
             t.start()
-    result = run_server_round(fed.hub, {n: ann for n in members}, deadlines=FAST, on_open=start)
+    result = run_server_round(fed.hub, {n: ann for n in members}, deadlines=FAST, on_open=start,
+                              verify_dp=fed.verify_dp(ann))
     for t in threads:
         t.join(30)
     return result, reports

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 
@@ -17,13 +18,31 @@ def _results(v):
     return {r.name: r.passed for r in out}
 
 
+def _same(a, b) -> bool:
+    """Equal, floats to 1e-12 relative: numpy's SIMD float paths differ by an ulp between CPUs
+    (the shipped vector was written on another machine); every integer and byte field exact."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_same_is_exact_but_for_float_ulps():
+    assert _same({"x": [1.0, 2]}, {"x": [1.0 + 1e-15, 2]})
+    assert not _same({"x": [1.0, 2]}, {"x": [1.0 + 1e-9, 2]})
+    assert not _same({"x": [1.0, 2]}, {"x": [1.0, 3]}) and not _same({"x": 1}, {"y": 1}) and not _same([1], [1, 1])
+
+
 def test_shipped_vector_passes_and_is_reproducible():
     shipped = json.loads(C.VECTOR.read_text())
     assert all(_results(shipped).values()) and len(_results(shipped)) == 8
     fresh = C.generate()
     for key in ("rotation_seed", "signs", "rounded", "rounding_used_try", "attestation", "params"):
         assert fresh[key] == shipped[key], key
-    assert fresh == shipped  # every field: the generator is deterministic (mutmut: 63 generate() survivors)
+    assert _same(fresh, shipped)  # every field: the generator is deterministic (mutmut: 63 generate() survivors)
     names = {r.name: r.passed for r in check_vectors() if r.name.startswith("ddg/")}
     assert len(names) == 8 and all(names.values())
 
