@@ -95,8 +95,8 @@ def test_served_fedbuff_aggregates_each_k_arrivals_with_staleness(tmp_path: Path
                    stderr=open(tmp_path / "lone2.log", "wb"))
         procs.append(lone)
         assert server.wait(timeout=300) == 0, (tmp_path / "serve.log").read_text()[-3000:]
-        assert group.wait(timeout=60) == 0, (tmp_path / "join.log").read_text()[-3000:]
-        assert lone.wait(timeout=60) == 0, (tmp_path / "lone2.log").read_text()[-3000:]
+        assert group.wait(timeout=180) == 0, (tmp_path / "join.log").read_text()[-3000:]
+        assert lone.wait(timeout=180) == 0, (tmp_path / "lone2.log").read_text()[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:
