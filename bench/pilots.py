@@ -1,7 +1,10 @@
 """Pilot results: federated private policy vs each site alone vs non-private federation vs baseline.
 
-    python bench/pilots.py --pilot healthcare [--sites 120 --rounds 10 --alone 20]
-    python bench/pilots.py --pilot finance    [--rounds 30]
+    python bench/pilots.py --pilot healthcare [--sites 120 --rounds 10 --alone 20] [--draws 3]
+    python bench/pilots.py --pilot finance    [--rounds 30] [--draws 6]
+
+`--draws N` trains the federated DP arm N times (same config and seed, fresh secret noise each
+time) and judges every draw on its own: a goal is met only if it holds on every draw.
 
 Healthcare (clients/healthcare/federation.toml): the basal-bolus rule (action 0), the federated
 client-level DP policy (the shipped config, run by the real runtime: secure aggregation,
