@@ -80,6 +80,21 @@ def train(raw: dict[str, Any], out: Path) -> tuple[Any, dict[str, Any]]:
     return sim.policy, info
 
 
+def dp_draws(res: dict[str, Any], raw: dict[str, Any], out: Path, draws: int, evaluate: Callable[[Any], dict]) -> None:
+    """Train the DP federation `draws` times (same config and seed, fresh secret noise each time);
+    every draw's evaluation in res["federated_dp_draws"], the first also as res["federated_dp"]."""
+    res["federated_dp_draws"], res["federated_dp_draws_info"] = [], []
+    for k in range(draws):
+        policy, info = train(raw, Path(f"{out}-{k}"))
+        res["federated_dp_draws"].append(evaluate(policy))
+        res["federated_dp_draws_info"].append(info)
+    res["federated_dp"], res["federated_dp_info"] = res["federated_dp_draws"][0], res["federated_dp_draws_info"][0]
+
+
+def met_on_every_draw(draws: list[dict[str, Any]]) -> dict[str, bool]:
+    return {k: all(d["goals"][k] for d in draws) for k in draws[0]["goals"]}
+
+
 def evaluate_sites(policy: Any, specs: list, episodes: int) -> dict[str, dict[str, float]]:
     out = {}
     for i, spec in enumerate(specs):
@@ -139,13 +154,8 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "basal_bolus" in arms:
         results["basal_bolus"] = evaluate_sites(ZeroPolicy(2), specs, args.episodes)
         print(f"  basal-bolus evaluated in {time.perf_counter() - t:.0f}s", flush=True)
-    if "federated_dp" in arms:  # --draws runs: the same federation, fresh secret noise each time
-        results["federated_dp_draws"], results["federated_dp_draws_info"] = [], []
-        for k in range(args.draws):
-            policy, info = train(raw, work / f"hc-dp-{k}")
-            results["federated_dp_draws"].append(evaluate_sites(policy, specs, args.episodes))
-            results["federated_dp_draws_info"].append(info)
-        results["federated_dp"], results["federated_dp_info"] = results["federated_dp_draws"][0], results["federated_dp_draws_info"][0]
+    if "federated_dp" in arms:
+        dp_draws(results, raw, work / "hc-dp", args.draws, lambda policy: evaluate_sites(policy, specs, args.episodes))
     if "federated_plain" in arms:
         policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
         results["federated_plain"] = evaluate_sites(policy, specs, args.episodes)
@@ -199,7 +209,7 @@ def healthcare_summary(r: dict[str, Any]) -> dict[str, Any]:
             "below54_dp_no_worse_than_baseline": d["time_below_54"] <= s["basal_bolus"]["time_below_54"] + 1e-12,
         }
         s["draws"].append(d)
-    s["goals"] = {k: all(d["goals"][k] for d in s["draws"]) for k in s["draws"][0]["goals"]}  # met on every draw
+    s["goals"] = met_on_every_draw(s["draws"])
     return s
 
 
@@ -267,12 +277,8 @@ def finance(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"config": {"desks": len(specs), "rounds": raw["federation"]["rounds"]}}
     res["buy_and_hold"] = {s.name: held_out_path(s.overrides, lambda e, o: e.buy_and_hold_action()) for s in specs}
     res["equal_weight"] = {s.name: held_out_path(s.overrides, lambda e, o: e.equal_weight_action()) for s in specs}
-    res["federated_dp_draws"], res["federated_dp_draws_info"] = [], []
-    for k in range(args.draws):  # the same federation, fresh secret noise each time
-        policy, info = train(raw, work / f"fi-dp-{k}")
-        res["federated_dp_draws"].append({s.name: held_out_path(s.overrides, policy_actor(policy)) for s in specs})
-        res["federated_dp_draws_info"].append(info)
-    res["federated_dp"], res["federated_dp_info"] = res["federated_dp_draws"][0], res["federated_dp_draws_info"][0]
+    dp_draws(res, raw, work / "fi-dp", args.draws,
+             lambda policy: {s.name: held_out_path(s.overrides, policy_actor(policy)) for s in specs})
     policy, res["federated_plain_info"] = train(private_to_plain(raw), work / "fi-plain")
     res["federated_plain"] = {s.name: held_out_path(s.overrides, policy_actor(policy)) for s in specs}
     res["alone"] = {}
@@ -302,7 +308,7 @@ def finance_summary(r: dict[str, Any]) -> dict[str, Any]:
         s["draws"].append({"sharpe": float(sh.mean()), "ge_buy_and_hold_desks": int(np.sum(sh >= bh)),
                            "goals": {"sharpe_dp_ge_alone_on_average": float(sh.mean()) >= s["alone"]["sharpe"],
                                      "sharpe_dp_ge_buy_and_hold_every_desk": bool(np.all(sh >= bh))}})
-    s["goals"] = {k: all(d["goals"][k] for d in s["draws"]) for k in s["draws"][0]["goals"]}  # met on every draw
+    s["goals"] = met_on_every_draw(s["draws"])
     return s
 
 
