@@ -274,14 +274,10 @@ class SecAggClient:
                 f"site {self.id}: {len(pairs) + 1} sites shared keys with it, threshold is {self.cfg.threshold}"
             )
         self._pairs = paired = tuple(sorted(pairs))
-        acc = P.MaskAccumulator(self.cfg.dim)
-        y = acc.start(self._x, self._b)
-        for v in paired:
-            seed = R.mask_seed(self.cfg, self._mask_shared[v], self.id, v)
-            if v > self.id:
-                acc.add(y, seed)
-            else:
-                acc.sub(y, seed)
+        seeds = {v: R.mask_seed(self.cfg, self._mask_shared[v], self.id, v) for v in paired}
+        y = P.MaskAccumulator(self.cfg.dim).combine(
+            self._x, plus=[self._b] + [seeds[v] for v in paired if v > self.id],
+            minus=[seeds[v] for v in paired if v < self.id], out=np.empty(self.cfg.dim, dtype=np.uint32))
         P.reduce_bits(y, self.cfg.bits)
         core = M.attestation_core(self.cfg.digest, self.id, paired, self._dp)
         tags = tuple(R.confirm_tag(self._confirm_key(v), core, v) for v in paired)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -218,7 +218,9 @@ class MaskAccumulator:
     Wrap-around of uint32 is the arithmetic of Z_{2^32}; reducing mod 2^b at the end is exact
     because 2^b divides 2^32. The keystream is produced in 256 KiB chunks into one reused buffer
     (one AES-CTR encryptor per stream, continuing its counter across chunks), so a stream costs
-    the AES work plus an add on cache-resident data, with no per-stream allocation.
+    the AES work plus an add on cache-resident data, with no per-stream allocation. `combine`
+    runs every stream over one chunk of the vector before moving to the next, so the vector
+    crosses the memory bus once instead of once per stream (what a site and the server use).
     """
 
     def __init__(self, length: int) -> None:
@@ -228,10 +230,14 @@ class MaskAccumulator:
         self._view = np.frombuffer(self._buf, dtype="<u4", count=n)
         self._zeros = memoryview(_CHUNK_ZEROS)
 
-    def _chunks(self, seed: bytes):
+    @staticmethod
+    def _encryptor(seed: bytes):
         if len(seed) != KEY_BYTES:
             raise ValueError("PRG seed must be exactly 32 bytes")
-        enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_BLOCK)).encryptor()
+        return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_BLOCK)).encryptor()
+
+    def _chunks(self, seed: bytes):
+        enc = self._encryptor(seed)
         for lo in range(0, self.length, _CHUNK_WORDS):
             n = min(_CHUNK_WORDS, self.length - lo)
             enc.update_into(self._zeros[: 4 * n], self._buf)
@@ -244,18 +250,29 @@ class MaskAccumulator:
 
     def start(self, x: np.ndarray, seed: bytes) -> np.ndarray:
         """A new vector x + PRG(seed) (saves the copy of x that add() would need)."""
-        out = np.empty(self.length, dtype=np.uint32)
-        for lo, hi, ks in self._chunks(seed):
-            np.add(x[lo:hi], ks, out=out[lo:hi])
-        return out
+        return self.combine(x, plus=(seed,), out=np.empty(self.length, dtype=np.uint32))
 
     def add(self, acc: np.ndarray, seed: bytes) -> None:
-        for lo, hi, ks in self._chunks(seed):
-            np.add(acc[lo:hi], ks, out=acc[lo:hi])
+        self.combine(acc, plus=(seed,))
 
     def sub(self, acc: np.ndarray, seed: bytes) -> None:
-        for lo, hi, ks in self._chunks(seed):
-            np.subtract(acc[lo:hi], ks, out=acc[lo:hi])
+        self.combine(acc, minus=(seed,))
+
+    def combine(self, x: np.ndarray, *, plus: Sequence[bytes] = (), minus: Sequence[bytes] = (),
+                out: np.ndarray | None = None) -> np.ndarray:
+        """x + sum PRG(plus) - sum PRG(minus), into `out` (default: x itself, in place)."""
+        out = x if out is None else out
+        streams = [(self._encryptor(s), np.add) for s in plus] + [(self._encryptor(s), np.subtract) for s in minus]
+        for lo in range(0, self.length, _CHUNK_WORDS):
+            hi = min(lo + _CHUNK_WORDS, self.length)
+            src, dst, ks = x[lo:hi], out[lo:hi], self._view[: hi - lo]
+            if not streams and dst is not src:
+                dst[:] = src
+            for enc, op in streams:
+                enc.update_into(self._zeros[: 4 * (hi - lo)], self._buf)
+                op(src, ks, out=dst)
+                src = dst
+        return out
 
 
 def reduce_bits(acc: np.ndarray, bits: int) -> np.ndarray:

@@ -271,15 +271,14 @@ class SecAggServer:
         for sender, msg in responses.items():
             for peer, kind, share in msg.shares:
                 shares.setdefault((peer, kind), {})[sender] = shamir.share_from_bytes(share)
-        total = self._sum.copy()
-        acc = P.MaskAccumulator(cfg.dim)
+        plus: list[bytes] = []
+        minus: list[bytes] = []
         alive = set(self.u3)
         try:
             for u in self.u3:
                 commit = self._share_keys[u].b_commitment
-                b = self._recover(shares.get((u, M.KIND_B), {}), f"self-mask seed of site {u}",
-                                  lambda b, u=u, c=commit: R.b_commitment(cfg, u, b) == c)
-                acc.sub(total, b)
+                minus.append(self._recover(shares.get((u, M.KIND_B), {}), f"self-mask seed of site {u}",
+                                           lambda b, u=u, c=commit: R.b_commitment(cfg, u, b) == c))
             for v in self.u2:
                 if v in alive or not self._pairs[v] & alive:
                     continue  # a survivor, or no survivor masked with it: nothing to remove
@@ -290,13 +289,12 @@ class SecAggServer:
                 for u in sorted(self._pairs[v] & alive):
                     seed = R.mask_seed(cfg, P.x25519(s_key, self._adverts[u].s_pk), u, v)
                     # u added +PRG(s_uv) if v > u and -PRG(s_uv) if v < u: undo it.
-                    if v > u:
-                        acc.sub(total, seed)
-                    else:
-                        acc.add(total, seed)
+                    (minus if v > u else plus).append(seed)
         except (BelowThresholdError, ProtocolError):
             self.phase = "aborted"
             self._sum[:] = 0
             raise
+        total = P.MaskAccumulator(cfg.dim).combine(self._sum, plus=plus, minus=minus,
+                                                   out=np.empty(cfg.dim, dtype=np.uint32))
         self._sum[:] = 0
         return ServerOutcome(P.reduce_bits(total, cfg.bits), self.u3, dict(self._dropped))

@@ -57,6 +57,29 @@ def test_mask_accumulator_matches_prg_with_wraparound():
     assert np.array_equal(y, want.astype(np.uint32))
 
 
+def test_mask_accumulator_combine_equals_one_stream_at_a_time_across_chunks():
+    n = 2 * (1 << 16) + 7  # more than one 256 KiB chunk, and a ragged last chunk
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    x0 = x.copy()
+    seeds = [bytes([i]) * 32 for i in range(1, 5)]
+    want = x.astype(np.int64)
+    for s in seeds[:2]:
+        want += prg(s, n).astype(np.int64)
+    for s in seeds[2:]:
+        want -= prg(s, n).astype(np.int64)
+    want = (want % 2**32).astype(np.uint32)
+    acc = P.MaskAccumulator(n)
+    out = acc.combine(x, plus=seeds[:2], minus=seeds[2:], out=np.empty(n, np.uint32))
+    assert np.array_equal(out, want)
+    assert np.array_equal(x, x0)  # out= leaves the input alone
+    y = x.copy()
+    assert acc.combine(y, plus=seeds[:2], minus=seeds[2:]) is y and np.array_equal(y, want)
+    assert np.array_equal(acc.combine(x, out=np.empty(n, np.uint32)), x)  # no streams: a copy
+    with pytest.raises(ValueError, match="32 bytes"):
+        acc.combine(x, plus=[b"short"])
+
+
 def test_aead_detects_tampering_and_wrong_associated_data():
     key, nonce = b"k" * 32, b"n" * 12
     ct = P.aead_encrypt(key, nonce, b"share", b"ad")
