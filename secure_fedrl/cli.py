@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="this site's name (its certificate in --pki); repeat to host several sites")
     jn.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's address")
     jn.add_argument("--pki", type=Path, required=True, help="directory with ca.crt, crl.pem and sites/NAME/")
+    jn.add_argument("--give-up-after", type=float, default=600.0, metavar="SECONDS",
+                    help="stop (exit non-zero) when the server cannot be joined for this long, e.g. because "
+                         "it has finished or is gone (default 600)")
     jn.add_argument("--state", type=Path, metavar="DIR",
                     help="the site's state directory, kept across restarts (default ./site-state/NAME; "
                          "with several --site, DIR/NAME each)")
@@ -223,7 +226,10 @@ def _join(args: argparse.Namespace) -> int:
     if len(set(args.site)) != len(args.site):
         raise ConfigError("--site: a site name is given twice")
     config = load_config(args.config)
-    return join(config, args.site, server=_host_port("--server", args.server), pki=args.pki, state=args.state)
+    if not args.give_up_after > 0:
+        raise ConfigError(f"--give-up-after: must be > 0 seconds, got {args.give_up_after}")
+    return join(config, args.site, server=_host_port("--server", args.server), pki=args.pki, state=args.state,
+                give_up_after=args.give_up_after)
 
 
 def _conformance(args: argparse.Namespace) -> int:

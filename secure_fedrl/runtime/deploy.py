@@ -250,13 +250,26 @@ class SiteProcess:
             os.fsync(fh.fileno())
 
     # -- the loop -------------------------------------------------------------------------------
+    def join_server(self, backoff: Backoff, give_up_after: float, what: str):
+        """Join (or rejoin) with backoff; after `give_up_after` seconds without getting in, stop
+        with one line that says so (a server gone for good must not keep a site waiting for ever).
+
+        ALREADY_EXISTS is retried too: the session of this site's previous process (killed,
+        restarted) has not lapsed yet; the server frees the name after its liveness window."""
+        try:
+            return retry(self.transport.join, backoff=backoff, give_up_after=give_up_after,
+                         what=f"{self.site.name}: {what}", retry_on=RETRYABLE | {"ALREADY_EXISTS"})
+        except TransportError as err:
+            if err.status not in RETRYABLE | {"ALREADY_EXISTS"}:
+                raise
+            raise TransportError(err.status, f"site {self.site.name!r}: could not {what} the server at "
+                                 f"{self.transport.address} within {give_up_after:g} s (--give-up-after); "
+                                 f"last error: {err}") from None
+
     def run(self, *, give_up_after: float = 600.0) -> int:
         name = self.site.name
         backoff = Backoff()
-        # ALREADY_EXISTS: the session of this site's previous process (killed, restarted) has not
-        # lapsed yet; the server frees the name after its liveness window, so wait for it.
-        info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after, what=f"{name}: join",
-                     retry_on=RETRYABLE | {"ALREADY_EXISTS"})
+        info = self.join_server(backoff, give_up_after, "join")
         log_event("site_joined_server", site=name, number=info.site_number, level="info")
         # `after`: the last round this site has seen. After a reconnect it falls back to the last
         # round whose outcome the server announced: a restarted server re-runs an unfinished round
@@ -276,8 +289,7 @@ class SiteProcess:
                 if err.status in ("PERMISSION_DENIED", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"):
                     # Session gone (server restarted) or server unreachable: join again, with backoff.
                     time.sleep(backoff.delay(2))
-                    info = retry(self.transport.join, backoff=backoff, give_up_after=give_up_after,
-                                 what=f"{name}: rejoin", retry_on=RETRYABLE | {"ALREADY_EXISTS"})
+                    info = self.join_server(backoff, give_up_after, "rejoin")
                     after = self.site.last_round
                     self.site.witnessed.clear()  # a restarted server may have lost them: sign again
                     log_event("site_rejoined", site=name, after_round=after, level="info")
@@ -428,18 +440,20 @@ def parse_notice(notice: bytes) -> tuple[int, set[str], tuple[int, str] | None, 
         return None
 
 
-def join(config: Config, names: list[str], *, server: str, pki: Path, state: Path | None) -> int:
-    """Run one or more sites (one channel and state directory each) until the federation ends."""
+def join(config: Config, names: list[str], *, server: str, pki: Path, state: Path | None,
+         give_up_after: float = 600.0) -> int:
+    """Run one or more sites (one channel and state directory each) until the federation ends,
+    or until a site has not reached the server for `give_up_after` seconds."""
     base = Path(state) if state is not None else Path("site-state")
     procs = [SiteProcess(config, n, server=server, pki=pki, state=base / n if len(names) > 1 or state is None else base)
              for n in names]
     if len(procs) == 1:
-        return procs[0].run()
+        return procs[0].run(give_up_after=give_up_after)
     codes: dict[str, int] = {}
 
     def run(p: SiteProcess) -> None:
         try:
-            codes[p.site.name] = p.run()
+            codes[p.site.name] = p.run(give_up_after=give_up_after)
         except Exception as exc:  # noqa: BLE001 - one site's failure is reported, the others go on
             log_event("site_failed", site=p.site.name, reason=str(exc), level="error")
             codes[p.site.name] = 1

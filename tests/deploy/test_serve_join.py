@@ -156,6 +156,29 @@ def test_join_refuses_a_site_not_in_the_config(tmp_path: Path, pki: Path, capsys
     assert len(err) == 1 and "nobody" in err[0]
 
 
+def test_join_gives_up_on_a_server_that_is_not_there(tmp_path: Path, pki: Path, capsys) -> None:
+    config = tmp_path / "fed.toml"
+    config.write_text(FED)
+    t0 = time.monotonic()
+    code = main(["join", str(config), "--site", SITES[0], "--server", f"127.0.0.1:{free_port()}", "--pki", str(pki),
+                 "--state", str(tmp_path / "state"), "--give-up-after", "2"])
+    assert code == 2 and time.monotonic() - t0 < 60
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("secure-fedrl: error: ") and "could not join the server" in err[-1]
+    assert "within 2 s (--give-up-after)" in err[-1]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_join_refuses_a_give_up_window_that_is_not_positive(tmp_path: Path, pki: Path, capsys, value) -> None:
+    config = tmp_path / "fed.toml"
+    config.write_text(FED)
+    code = main(["join", str(config), "--site", SITES[0], "--server", "127.0.0.1:1", "--pki", str(pki),
+                 "--give-up-after", value])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--give-up-after" in err[0]
+
+
 PRIVATE = (FED.replace("rounds = 2", "rounds = 3") + textwrap.dedent("""
     [privacy]
     unit = "client"
