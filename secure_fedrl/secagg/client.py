@@ -99,7 +99,7 @@ class SecAggClient:
     `history` (one per site, kept across rounds) makes the site refuse a repeated configuration;
     `max_colluding` / `min_honest_inputs` make it refuse a threshold (or degree) too low for its
     own policy (`check_threshold_policy`). They default to off for conformance vectors and unit
-    tests; a deployment's site runtime must pass them (issue 8: not wired yet).
+    tests; the site runtime passes them from its own config (runtime/round.py, transport/rounds.py).
 
     `dp_attestation` (64 bytes, or empty without distributed DP) is the site's signature over
     its DDG attestation (SPEC.md section 7.1); it travels in the MaskedInput, inside the
