@@ -262,6 +262,8 @@ class MaskAccumulator:
                 out: np.ndarray | None = None) -> np.ndarray:
         """x + sum PRG(plus) - sum PRG(minus), into `out` (default: x itself, in place)."""
         out = x if out is None else out
+        if x.shape != (self.length,) or out.shape != (self.length,):
+            raise ValueError(f"mask accumulator of length {self.length}: got input {x.shape}, output {out.shape}")
         streams = [(self._encryptor(s), np.add) for s in plus] + [(self._encryptor(s), np.subtract) for s in minus]
         for lo in range(0, self.length, _CHUNK_WORDS):
             hi = min(lo + _CHUNK_WORDS, self.length)

@@ -78,6 +78,9 @@ def test_mask_accumulator_combine_equals_one_stream_at_a_time_across_chunks():
     assert np.array_equal(acc.combine(x, out=np.empty(n, np.uint32)), x)  # no streams: a copy
     with pytest.raises(ValueError, match="32 bytes"):
         acc.combine(x, plus=[b"short"])
+    for bad_x, bad_out in ((x[:-1], None), (np.zeros(n + 1, np.uint32), None), (x, np.empty(n - 1, np.uint32))):
+        with pytest.raises(ValueError, match=f"length {n}"):  # never a silently unmasked tail
+            acc.combine(bad_x, plus=seeds[:1], out=bad_out)
 
 
 def test_aead_detects_tampering_and_wrong_associated_data():
