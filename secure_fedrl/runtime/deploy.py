@@ -256,11 +256,12 @@ class SiteProcess:
 
         ALREADY_EXISTS is retried too: the session of this site's previous process (killed,
         restarted) has not lapsed yet; the server frees the name after its liveness window."""
+        transient = RETRYABLE | {"ALREADY_EXISTS"}
         try:
             return retry(self.transport.join, backoff=backoff, give_up_after=give_up_after,
-                         what=f"{self.site.name}: {what}", retry_on=RETRYABLE | {"ALREADY_EXISTS"})
+                         what=f"{self.site.name}: {what}", retry_on=transient)
         except TransportError as err:
-            if err.status not in RETRYABLE | {"ALREADY_EXISTS"}:
+            if err.status not in transient:
                 raise
             raise TransportError(err.status, f"site {self.site.name!r}: could not {what} the server at "
                                  f"{self.transport.address} within {give_up_after:g} s (--give-up-after); "

@@ -236,22 +236,6 @@ class MaskAccumulator:
             raise ValueError("PRG seed must be exactly 32 bytes")
         return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_BLOCK)).encryptor()
 
-    def _chunks(self, seed: bytes):
-        enc = self._encryptor(seed)
-        for lo in range(0, self.length, _CHUNK_WORDS):
-            n = min(_CHUNK_WORDS, self.length - lo)
-            enc.update_into(self._zeros[: 4 * n], self._buf)
-            yield lo, lo + n, self._view[:n]
-
-    def keystream_only(self, seed: bytes) -> None:
-        """Generate the stream and discard it (benchmarks: the raw cost inside the accumulator)."""
-        for _ in self._chunks(seed):
-            pass
-
-    def start(self, x: np.ndarray, seed: bytes) -> np.ndarray:
-        """A new vector x + PRG(seed) (saves the copy of x that add() would need)."""
-        return self.combine(x, plus=(seed,), out=np.empty(self.length, dtype=np.uint32))
-
     def add(self, acc: np.ndarray, seed: bytes) -> None:
         self.combine(acc, plus=(seed,))
 
@@ -265,11 +249,13 @@ class MaskAccumulator:
         if x.shape != (self.length,) or out.shape != (self.length,):
             raise ValueError(f"mask accumulator of length {self.length}: got input {x.shape}, output {out.shape}")
         streams = [(self._encryptor(s), np.add) for s in plus] + [(self._encryptor(s), np.subtract) for s in minus]
+        if not streams:
+            if out is not x:
+                out[:] = x
+            return out
         for lo in range(0, self.length, _CHUNK_WORDS):
             hi = min(lo + _CHUNK_WORDS, self.length)
             src, dst, ks = x[lo:hi], out[lo:hi], self._view[: hi - lo]
-            if not streams and dst is not src:
-                dst[:] = src
             for enc, op in streams:
                 enc.update_into(self._zeros[: 4 * (hi - lo)], self._buf)
                 op(src, ks, out=dst)
