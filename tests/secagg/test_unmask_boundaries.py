@@ -44,3 +44,12 @@ def test_exactly_t_minus_one_paired_survivors_reveal_the_self_mask():
     res = run_round(inputs, threshold=3, dropouts={3: "masked_input"}, seed=b"boundary-t")
     assert sorted(res.accepted_sites) == [0, 1, 2]
     assert np.array_equal(res.sum, _sum(inputs, [0, 1, 2]))
+
+
+def test_a_site_with_too_few_share_ciphertexts_says_how_many_it_got():
+    from secagg_attacker import attack, make_round
+
+    cfg, clients, inputs, keys = make_round(5, threshold=4)
+    out = attack(cfg, clients, inputs, keys, withhold={1: {2}})
+    assert out.errors[1] == "site 1: 2 sites shared keys with it, threshold is 4"  # itself and site 2
+    assert 1 not in out.recovered
