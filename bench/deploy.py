@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
+from secure_fedrl.runtime.aggregation import SIMULATED_DROPOUT_PHASES  # noqa: E402
 from secure_fedrl.secagg.protocol import PHASES, RoundConfig  # noqa: E402
 from secure_fedrl.transport.backoff import RETRYABLE, Backoff, Heartbeater, retry  # noqa: E402
 from secure_fedrl.transport.base import (Hub, InMemorySite, PhaseDeadlines, RosterEntry,  # noqa: E402
@@ -64,7 +65,7 @@ from secure_fedrl.transport.rounds import run_server_round, run_site_round  # no
 
 RESULTS = REPO / "bench" / "results" / "deploy.txt"
 #: Part 1 never waits for a deadline (nobody drops): generous ones.
-CALM = PhaseDeadlines(*(300.0,) * 5)
+CALM = PhaseDeadlines(**dict.fromkeys(PHASES, 300.0))
 
 
 # ============================================================================ the federation
@@ -155,7 +156,7 @@ def kill_plan(seed: int, round_id: int, names: list[str], fraction: float) -> di
     """Which sites die in `round_id`, and before which phase (the same in every process)."""
     rng = random.Random(f"{seed}:{round_id}")
     k = max(1, round(fraction * len(names)))
-    return {n: rng.choice(PHASES) for n in sorted(rng.sample(sorted(names), k))}
+    return {n: rng.choice(SIMULATED_DROPOUT_PHASES) for n in sorted(rng.sample(sorted(names), k))}
 
 
 # ============================================================================ sites
@@ -499,7 +500,7 @@ def scale_run(pki: Path, n: int, dim: int, clean_rounds: int, kill_rounds: int, 
                            "seed": seed, "all_names": names, "fraction": fraction,
                            "heartbeat": max(0.2, liveness / 3)}, tmp, f"scale{i}")
              for i, chunk in enumerate(chunks)]
-    deadlines = PhaseDeadlines(*(60.0,) * 5)
+    deadlines = PhaseDeadlines(**dict.fromkeys(PHASES, 60.0))
     rows = []
     try:
         for r in range(1, clean_rounds + kill_rounds + 1):

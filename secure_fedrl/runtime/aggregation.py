@@ -78,10 +78,18 @@ class PlainAggregator(Aggregator):
         return RoundAggregate(mean, [u.site for u in uploads], [], float(np.mean([u.nbytes for u in uploads])))
 
 
-def simulated_dropouts(sites: Sequence[str], rate: float, rng: np.random.Generator) -> set[str]:
+#: Phases a simulated dropout stops before, drawn uniformly: the five data phases. A site lost
+#: between its advert and its graph reveal aborts a SecAgg+ round (SPEC.md section 4, phase 0b;
+#: tests/secagg/test_graph_seed.py); the simulation leaves that short window out.
+SIMULATED_DROPOUT_PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+
+
+def simulated_dropouts(sites: Sequence[str], rate: float, rng: np.random.Generator) -> dict[str, str]:
+    """{site: the phase it stops before} for each site that drops (probability `rate`)."""
     if rate <= 0:
-        return set()
-    return {s for s in sites if rng.random() < rate}
+        return {}
+    drops = [s for s in sites if rng.random() < rate]
+    return {s: SIMULATED_DROPOUT_PHASES[int(rng.integers(len(SIMULATED_DROPOUT_PHASES)))] for s in sorted(drops)}
 
 
 def build_aggregator(config: Config, *, dim: int, privacy: Any) -> Aggregator:

@@ -42,7 +42,7 @@ from secure_fedrl.transport.logs import log_event
 log = logging.getLogger(__name__)
 
 #: Phase deadlines of a deployment: the first phase includes every site's local training.
-DEPLOY_DEADLINES = PhaseDeadlines(advertise_keys=600.0, share_keys=60.0, masked_input=120.0,
+DEPLOY_DEADLINES = PhaseDeadlines(advertise_keys=600.0, graph_reveal=60.0, share_keys=60.0, masked_input=120.0,
                                   consistency_check=60.0, unmasking=60.0)
 
 

@@ -20,7 +20,7 @@ from secure_fedrl.fl.compression import shared_mask_indices
 from secure_fedrl.privacy.accountants import RDP_ORDERS, GaussianStep, Mechanism, RDPCurveStep
 from secure_fedrl.privacy.budget import RoundCost
 from secure_fedrl.runtime.aggregation import Aggregator, RoundAggregate, SiteUpload, simulated_dropouts
-from secure_fedrl.secagg import PHASES, run_round
+from secure_fedrl.secagg import run_round
 from secure_fedrl.secagg.graph import (holders_per_site, min_honest_inputs, secagg_plus_parameters,
                                       secure_threshold)
 
@@ -386,8 +386,7 @@ class SecureAggregator(Aggregator):
                 log.warning("round %d: site %s refused: %s", round_id, u.site, exc)
         if self.ddg:
             info["participants"] = sorted(encoded)  # their masked inputs leave them: charged from here
-        drop_sites = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
-        dropouts = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
+        dropouts = simulated_dropouts(sorted(encoded), self.sa.dropout_rate, rng)
         try:
             if len(encoded) < plan.release:
                 raise BelowThresholdError(f"{len(encoded)} of {planned} sites left, fewer than the release "

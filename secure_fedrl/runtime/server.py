@@ -36,7 +36,7 @@ from secure_fedrl.runtime.privacy_plan import PrivacyPlan
 from secure_fedrl.runtime.rundir import RunDirectory
 from secure_fedrl.runtime.site import RoundOrder, derive_seed
 from secure_fedrl.runtime.sites import expand_sites
-from secure_fedrl.secagg.protocol import PHASES, RoundConfig
+from secure_fedrl.secagg.protocol import RoundConfig
 from secure_fedrl.transport.base import Hub, PhaseDeadlines, RosterEntry, RoundAnnouncement
 from secure_fedrl.transport.rounds import run_server_round
 
@@ -374,8 +374,7 @@ class ServerRuntime:
         ann = RoundAnnouncement(config, roster, self.broadcast_policy(), extras)
         anns = {n: ann for n in sampled}
         # Simulated dropouts (secure_aggregation.dropout_rate): drawn as the in-process driver draws them.
-        drop_sites = simulated_dropouts(sorted(sampled), sa.dropout_rate, rng)
-        stops = {s: PHASES[int(rng.integers(len(PHASES)))] for s in sorted(drop_sites)}
+        stops = simulated_dropouts(sorted(sampled), sa.dropout_rate, rng)
         # Every site handed the round may let its input go: charged from here (over-counts a site
         # that drops before its masked input, never under-counts).
         info["participants"] = sorted(sampled)

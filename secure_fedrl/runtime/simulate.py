@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: In process a site never goes silent (a stopping site leaves the round), so the deadlines only
 #: bound a bug; training is serialised, so the first phase waits for every sampled site's training.
-IN_MEMORY_DEADLINES = PhaseDeadlines(advertise_keys=86_400.0, share_keys=3_600.0, masked_input=3_600.0,
+IN_MEMORY_DEADLINES = PhaseDeadlines(advertise_keys=86_400.0, graph_reveal=3_600.0, share_keys=3_600.0, masked_input=3_600.0,
                                      consistency_check=3_600.0, unmasking=3_600.0)
 
 

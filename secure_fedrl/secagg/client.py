@@ -149,6 +149,7 @@ class SecAggClient:
         self._mask_shared: dict[int, bytes] = {}
         self._confirm: dict[int, bytes] = {}
         self._pairs: tuple[int, ...] = ()
+        self._view: tuple[tuple[int, bytes], ...] = ()  # SecAgg+: (v, N_v) the graph seed hashes
 
     # -------------------------------------------------------------- helpers
     def _expect(self, phase: str, msg, cls) -> None:
@@ -173,27 +174,68 @@ class SecAggClient:
         self._c_sk, c_pk = P.x25519_keypair(self._rand)
         self._s_sk, s_pk = P.x25519_keypair(self._rand)
         self._c_key, self._s_key = P.x25519_key(self._c_sk), P.x25519_key(self._s_sk)
-        self._advert = M.AdvertiseKeys(self.cfg.digest, self.id, c_pk, s_pk).signed(self._sk)
-        self.phase = "share_keys"
+        self._nonce = self._rand(M.NONCE_BYTES)
+        commit = R.graph_commitment(self.cfg, self.id, self._nonce)
+        self._advert = M.AdvertiseKeys(self.cfg.digest, self.id, c_pk, s_pk, graph_commit=commit).signed(self._sk)
+        self.phase = self.cfg.phases[1]
         return self._advert
 
+    # -------------------------------------------------------------- phase 0b (SecAgg+ only)
+    def graph_reveal(self, view: M.GraphView) -> M.GraphReveal:
+        """Reveal r_u once the view (the commitments the graph seed will hash) is fixed: the
+        server and any colluder committed before seeing r_u, so the seed is uniform to this site
+        (SPEC.md section 2). One view per round: a second one is refused by the phase check."""
+        self._expect("graph_reveal", view, M.GraphView)
+        commits = dict(view.commits)
+        if commits.get(self.id) != self._advert.graph_commit:
+            raise ProtocolError(f"site {self.id}: own graph commitment missing from the view or altered")
+        if not commits.keys() <= self.cfg.identity.keys():
+            raise ProtocolError(f"site {self.id}: the view names a site outside the round")
+        if len(commits) < self.cfg.threshold:
+            raise BelowThresholdError(
+                f"site {self.id}: view of {len(commits)} sites, threshold is {self.cfg.threshold}"
+            )
+        self._view = view.commits
+        self.phase = "share_keys"
+        return M.GraphReveal(self.cfg.digest, self.id, self._nonce).signed(self._sk)
+
     # -------------------------------------------------------------- phase 1
+    def _seeded(self, bundle: M.KeysBundle) -> R.RoundConfig:
+        """The configuration the KeysBundle must be for: under SecAgg+ the one seeded by this
+        site's view and the bundle's reveals (digest D', SPEC.md section 2)."""
+        if self.cfg.complete:
+            if bundle.reveals:
+                raise ProtocolError(f"site {self.id}: graph reveals in a complete-graph round")
+            return self.cfg
+        if {v for v, _ in bundle.reveals} != {v for v, _ in self._view}:
+            raise ProtocolError(f"site {self.id}: the reveals in the KeysBundle do not cover exactly its view")
+        try:
+            return self.cfg.seeded(self._view, dict(bundle.reveals))
+        except ProtocolError as err:
+            raise ProtocolError(f"site {self.id}: {err}") from None
+
     def share_keys(self, bundle: M.KeysBundle) -> M.ShareKeys:
+        base = self.cfg
+        if isinstance(bundle, M.KeysBundle) and self.phase == "share_keys":
+            self.cfg = self._seeded(bundle)  # every later digest and key is bound to the seed
         self._expect("share_keys", bundle, M.KeysBundle)
+        view = dict(self._view)
         holders = self.cfg.holders(self.id)
         keys: dict[int, tuple[bytes, bytes]] = {}
         own_seen = False
         for wire in bundle.adverts:
             try:
                 adv = M.AdvertiseKeys.decode(wire)
-                if adv.config_digest != self.cfg.digest:
+                if adv.config_digest != base.digest:
                     raise ProtocolError(f"AdvertiseKeys from site {adv.sender} is for another round")
                 if adv.sender not in holders:
                     raise ProtocolError(f"AdvertiseKeys from site {adv.sender}, not a neighbour of {self.id}")
                 if adv.sender in keys:
                     raise ProtocolError(f"duplicate AdvertiseKeys for site {adv.sender}")
+                if not base.complete and view.get(adv.sender) != adv.graph_commit:
+                    raise ProtocolError(f"AdvertiseKeys from site {adv.sender}: graph commitment not the one in the view")
                 if adv.sender != self.id:
-                    adv.verify(self.cfg.identity[adv.sender])
+                    adv.verify(base.identity[adv.sender])
             except ProtocolError as err:
                 self._reject(err)
                 continue

@@ -190,7 +190,9 @@ ROUNDS: dict[str, tuple] = {
     "round_secagg_plus.json": (
         "SecAgg+ round, n=10 (even), k=3 (odd: ring +-1 plus the opposite position), t=3; site 1 drops "
         "before its masked input (its pairwise masks are removed with its s-shares), site 5 after it, "
-        "before the consistency check (it stays in the sum)", 10, 6, 3, 3,
+        "before the consistency check (it stays in the sum). Phase 0b: every site gets the view of all 10 "
+        "graph-nonce commitments, reveals its nonce, and the graph is built from seeded_graph_seed (SPEC 2); "
+        "from the KeysBundle on, messages carry the seeded digest D'", 10, 6, 3, 3,
         {1: "masked_input", 5: "consistency_check"}, None),
     "round_spare_share.json": (
         "complete-graph round, 5 sites, t=3, every site responds (2 spare shares per secret); site 2 "
@@ -315,6 +317,7 @@ def _gen_round(name: str) -> dict:
         "identity_private_keys": {str(i): _h(_det_identity(i)) for i in inputs},
         "inputs": {str(i): [int(v) for v in x] for i, x in inputs.items()},
         "messages": log,
+        "seeded_graph_seed": _h(seeded_config(cfg, log).graph_seed),
         "accepted": list(res.accepted_sites),
         "rejected": [[s, p, why] for s, p, why in res.rejected],
         "sum": [int(v) for v in res.sum],
@@ -444,6 +447,9 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
     msgs = v["messages"]
 
     def signatures():
+        seeded = seeded_config(cfg, msgs)
+        if "seeded_graph_seed" in v and _h(seeded.graph_seed) != v["seeded_graph_seed"]:
+            return "the graph seed from the logged view and reveals is not seeded_graph_seed"
         for m in msgs:
             wire = _b(m["hex"])
             obj = M.decode(wire)
@@ -455,7 +461,8 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
                 obj.verify(cfg.identity[obj.sender])
             elif obj.receiver != m["site"]:
                 return f"server message addressed to {obj.receiver}, logged to site {m['site']}"
-            if obj.config_digest != cfg.digest:
+            before_seed = m["phase"] == "advertise_keys" or (m["phase"] == "graph_reveal" and m["direction"] == "site->server")
+            if obj.config_digest != (cfg if before_seed else seeded).digest:
                 return f"{m['phase']} message bound to another configuration"
         return None
 
@@ -489,6 +496,18 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
     _check(results, f"{prefix}/sum-equals-plain-sum", plain_sum)
     if "dp_attestation" in v:
         _check(results, f"{prefix}/dp-attestations", lambda: _check_dp_fields(v, cfg))
+
+
+def seeded_config(cfg: R.RoundConfig, msgs: list[dict]) -> R.RoundConfig:
+    """The configuration after phase 0b (SPEC.md section 2) from a logged round: the view every
+    GraphView carried (all alike in a vector) and the GraphReveals; cfg itself on the complete graph."""
+    if cfg.complete:
+        return cfg
+    views = {M.GraphView.decode(_b(m["hex"])).commits for m in msgs if M.message_type(_b(m["hex"])) == M.T_GRAPH_VIEW}
+    if len(views) != 1:
+        raise ProtocolError(f"a SecAgg+ vector must log one view, found {len(views)}")
+    reveals = [M.GraphReveal.decode(_b(m["hex"])) for m in msgs if M.message_type(_b(m["hex"])) == M.T_GRAPH_REVEAL]
+    return cfg.seeded(next(iter(views)), {r.sender: r.nonce for r in reveals})
 
 
 def _check_dp_metadata(dp: dict, cfg: R.RoundConfig) -> str | None:

@@ -117,13 +117,13 @@ def run_round(
         raise ConfigError(f"secure aggregation needs at least 2 sites, got {len(keys)}")
     vectors, dim = _check_inputs([inputs[k] for k in keys], bits)
     ids = {k: i + 1 for i, k in enumerate(keys)}
-    drops: dict[int, int] = {}
+    drops: dict[int, str] = {}
     for k, phase in (dropouts or {}).items():
         if k not in ids:
             raise ConfigError(f"dropout for unknown site {k!r}")
         if phase not in PHASES:
             raise ConfigError(f"dropout phase must be one of {PHASES}, got {phase!r}")
-        drops[ids[k]] = PHASES.index(phase)
+        drops[ids[k]] = phase
     sb = _seed_bytes(seed)
     if identity_keys is None:
         sks = {ids[k]: P.ed25519_keypair(_site_rand(None if sb is None else sb + b"/identity", ids[k]))[0] for k in keys}
@@ -148,7 +148,9 @@ def run_round(
         for i, k in enumerate(keys)
     }
     server = SecAggServer(config=cfg, verify_dp=None if dp_verifier is None else dp_verifier(cfg))
-    return _drive(cfg, clients, server, drops, {v: k for k, v in ids.items()}, on_upload, on_download)
+    # A phase this round skips (graph_reveal on the complete graph) stops the site before the next one.
+    stops = {sid: sum(p in cfg.phases for p in PHASES[:PHASES.index(ph)]) for sid, ph in drops.items()}
+    return _drive(cfg, clients, server, stops, {v: k for k, v in ids.items()}, on_upload, on_download)
 
 
 def _drive(cfg, clients, server, drops, key_of, on_upload, on_download) -> RoundResult:
@@ -160,12 +162,13 @@ def _drive(cfg, clients, server, drops, key_of, on_upload, on_download) -> Round
     server_s = 0.0
     inbox: dict[int, bytes] = {}
     handlers = {
+        "graph_reveal": lambda c, m: c.graph_reveal(m),
         "share_keys": lambda c, m: c.share_keys(m),
         "masked_input": lambda c, m: c.masked_input(m),
         "consistency_check": lambda c, m: c.consistency_check(m),
         "unmasking": lambda c, m: c.unmask(m),
     }
-    for p, phase in enumerate(PHASES):
+    for p, phase in enumerate(cfg.phases):
         for sid, client in clients.items():
             if sid in errors or drops.get(sid, len(PHASES)) <= p:
                 continue

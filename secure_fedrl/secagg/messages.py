@@ -30,7 +30,10 @@ HEADER = struct.Struct(">4sBB32sI")
 SERVER_PARTY_NONE = 0
 
 T_ADVERTISE, T_SHARE_KEYS, T_MASKED_INPUT, T_CONSISTENCY, T_UNMASK = 0x01, 0x02, 0x03, 0x04, 0x05
+T_GRAPH_REVEAL = 0x06
 T_KEYS_BUNDLE, T_CT_BUNDLE, T_CONSISTENCY_REQ, T_UNMASK_REQ = 0x81, 0x82, 0x83, 0x84
+T_GRAPH_VIEW = 0x85
+NONCE_BYTES = 32
 
 KIND_B, KIND_S = 0, 1
 TAG_BYTES = 32
@@ -146,22 +149,53 @@ class _Signed:
 
 @dataclass(frozen=True)
 class AdvertiseKeys(_Signed):
+    """The two X25519 public keys, plus `graph_commit` = N_u, the commitment to the site's
+    graph nonce r_u (SPEC.md section 2): revealed in GraphReveal under SecAgg+, never revealed
+    on the complete graph (whose seed is irrelevant)."""
+
     TYPE: ClassVar[int] = T_ADVERTISE
     NAME: ClassVar[str] = "AdvertiseKeys"
     c_pk: bytes = b""
     s_pk: bytes = b""
     signature: bytes = b""
+    graph_commit: bytes = bytes(32)
 
     def body(self) -> bytes:
-        return _header(self.TYPE, self.config_digest, self.sender) + self.c_pk + self.s_pk
+        if len(self.graph_commit) != 32:
+            raise ProtocolError(f"{self.NAME}: graph commitment must be 32 bytes")
+        return _header(self.TYPE, self.config_digest, self.sender) + self.c_pk + self.s_pk + self.graph_commit
 
     @classmethod
     def decode(cls, data: bytes) -> "AdvertiseKeys":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
-        c_pk, s_pk, sig = r.take(32), r.take(32), r.take(64)
+        c_pk, s_pk, commit, sig = r.take(32), r.take(32), r.take(32), r.take(64)
         r.end()
-        return cls(digest, sender, c_pk, s_pk, sig)
+        return cls(digest, sender, c_pk, s_pk, sig, commit)
+
+
+@dataclass(frozen=True)
+class GraphReveal(_Signed):
+    """SecAgg+ only: the site's graph nonce r_u, sent once it holds its view (SPEC.md section 4,
+    phase 0b); the server checks it against N_u of the site's advert."""
+
+    TYPE: ClassVar[int] = T_GRAPH_REVEAL
+    NAME: ClassVar[str] = "GraphReveal"
+    nonce: bytes = b""
+    signature: bytes = b""
+
+    def body(self) -> bytes:
+        if len(self.nonce) != NONCE_BYTES:
+            raise ProtocolError(f"{self.NAME}: nonce must be {NONCE_BYTES} bytes")
+        return _header(self.TYPE, self.config_digest, self.sender) + self.nonce
+
+    @classmethod
+    def decode(cls, data: bytes) -> "GraphReveal":
+        r = _Reader(data, cls.NAME)
+        digest, sender = _read_header(r, cls.TYPE)
+        nonce, sig = r.take(NONCE_BYTES), r.take(64)
+        r.end()
+        return cls(digest, sender, nonce, sig)
 
 
 @dataclass(frozen=True)
@@ -356,20 +390,64 @@ class UnmaskResponse(_Signed):
 # ============================================================================ server messages
 
 
+def _pairs32(items: tuple[tuple[int, bytes], ...], what: str) -> bytes:
+    """`u32(count) || (u32(id) || 32 bytes)*`, ids strictly increasing."""
+    _check_sorted([i for i, _ in items], what)
+    if any(len(b) != 32 for _, b in items):
+        raise ProtocolError(f"{what}: every entry must carry 32 bytes")
+    return struct.pack(">I", len(items)) + b"".join(struct.pack(">I", i) + bytes(b) for i, b in items)
+
+
+def _read_pairs32(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+    count = r.u32()
+    if 36 * count > len(r.data) - r.pos:
+        raise ProtocolError(f"{r.what}: truncated list")
+    items = tuple((r.u32(), r.take(32)) for _ in range(count))
+    _check_sorted([i for i, _ in items], r.what)
+    return items
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """SecAgg+ only: the receiver's view, (v, N_v) for every advert the server accepted, by v.
+    Sent under the round's digest D; the graph seed is fixed by the view and the reveals."""
+
+    TYPE: ClassVar[int] = T_GRAPH_VIEW
+    NAME: ClassVar[str] = "GraphView"
+    config_digest: bytes
+    receiver: int
+    commits: tuple[tuple[int, bytes], ...]
+
+    def encode(self) -> bytes:
+        return _header(self.TYPE, self.config_digest, self.receiver) + _pairs32(self.commits, self.NAME)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "GraphView":
+        r = _Reader(data, cls.NAME)
+        digest, receiver = _read_header(r, cls.TYPE)
+        commits = _read_pairs32(r)
+        r.end()
+        return cls(digest, receiver, commits)
+
+
 @dataclass(frozen=True)
 class KeysBundle:
-    """The AdvertiseKeys messages (wire bytes, sorted by sender) of the receiver's live holders."""
+    """The AdvertiseKeys messages (wire bytes, sorted by sender) of the receiver's live holders,
+    and under SecAgg+ the graph reveals (v, r_v) of the receiver's whole view, by v (empty on the
+    complete graph). Its header carries the seeded digest D' (SPEC.md section 2)."""
 
     TYPE: ClassVar[int] = T_KEYS_BUNDLE
     NAME: ClassVar[str] = "KeysBundle"
     config_digest: bytes
     receiver: int
     adverts: tuple[bytes, ...]
+    reveals: tuple[tuple[int, bytes], ...] = ()
 
     def encode(self) -> bytes:
         parts = [_header(self.TYPE, self.config_digest, self.receiver), struct.pack(">I", len(self.adverts))]
         for a in self.adverts:
             parts.append(struct.pack(">I", len(a)) + a)
+        parts.append(_pairs32(self.reveals, self.NAME))
         return b"".join(parts)
 
     @classmethod
@@ -377,8 +455,9 @@ class KeysBundle:
         r = _Reader(data, cls.NAME)
         digest, receiver = _read_header(r, cls.TYPE)
         adverts = tuple(r.take(r.u32()) for _ in range(r.u32()))
+        reveals = _read_pairs32(r)
         r.end()
-        return cls(digest, receiver, adverts)
+        return cls(digest, receiver, adverts, reveals)
 
 
 @dataclass(frozen=True)
@@ -494,8 +573,8 @@ class UnmaskRequest:
         return cls(digest, receiver, ids, tuple(tags), tuple(sigs), tuple(atts), tuple(dps))
 
 
-SITE_MESSAGES = {c.TYPE: c for c in (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySig, UnmaskResponse)}
-SERVER_MESSAGES = {c.TYPE: c for c in (KeysBundle, CiphertextBundle, ConsistencyRequest, UnmaskRequest)}
+SITE_MESSAGES = {c.TYPE: c for c in (AdvertiseKeys, GraphReveal, ShareKeys, MaskedInput, ConsistencySig, UnmaskResponse)}
+SERVER_MESSAGES = {c.TYPE: c for c in (GraphView, KeysBundle, CiphertextBundle, ConsistencyRequest, UnmaskRequest)}
 
 
 def decode(data: bytes):

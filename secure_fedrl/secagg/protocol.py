@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from secure_fedrl.errors import ConfigError
+from secure_fedrl.errors import ConfigError, ProtocolError
 
 from . import primitives as P
 from .graph import effective_degree, neighbours, within_hops
 
-PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+#: Every phase a site uploads in, in order; "graph_reveal" runs under SecAgg+ only
+#: (`RoundConfig.phases`): on the complete graph the seed decides nothing.
+PHASES = ("advertise_keys", "graph_reveal", "share_keys", "masked_input", "consistency_check", "unmasking")
 
 _CONFIG_TAG = b"secure-fedrl/secagg/v1/config"
 _ENC_TAG = b"secure-fedrl/secagg/v1/enc"
@@ -21,6 +23,8 @@ _MASK_TAG = b"secure-fedrl/secagg/v1/mask"
 _AD_TAG = b"secure-fedrl/secagg/v1/share"
 _COMMIT_TAG = b"secure-fedrl/secagg/v1/b-commit"
 _CONFIRM_TAG = b"secure-fedrl/secagg/v1/confirm"
+_NONCE_TAG = b"secure-fedrl/secagg/v1/graph-nonce"
+_SEED_TAG = b"secure-fedrl/secagg/v1/graph-seed"
 MAX_ID = 2**32 - 1
 
 
@@ -90,6 +94,24 @@ class RoundConfig:
         return P.sha256(*parts)
 
     @cached_property
+    def phases(self) -> tuple[str, ...]:
+        """The phases of this round: PHASES, without graph_reveal on the complete graph."""
+        return tuple(p for p in PHASES if p != "graph_reveal" or not self.complete)
+
+    def seeded(self, view: "tuple[tuple[int, bytes], ...]", reveals: "dict[int, bytes]") -> "RoundConfig":
+        """The round's configuration once the graph seed is fixed (SecAgg+, SPEC.md section 2):
+        graph_seed = H(tag || graph_seed || u32(|view|) || (u32(v) || N_v || r_v) for v in view);
+        its digest D' binds the view and the reveals. view: (v, N_v) by v, reveals: {v: r_v};
+        ProtocolError unless every v of the view revealed an r_v matching N_v."""
+        for v, commit in view:
+            nonce = reveals.get(v)
+            if nonce is None:
+                raise ProtocolError(f"site {v} of the view did not reveal its graph nonce")
+            if graph_commitment(self, v, nonce) != commit:
+                raise ProtocolError(f"graph nonce of site {v} does not match its commitment")
+        return replace(self, graph_seed=mixed_graph_seed(self.graph_seed, view, reveals))
+
+    @cached_property
     def graph(self) -> dict[int, frozenset[int]]:
         return neighbours(self.site_ids, degree=self.degree, graph_seed=self.graph_seed)
 
@@ -139,6 +161,22 @@ def mask_seed(cfg: RoundConfig, shared: bytes, u: int, v: int) -> bytes:
 
 def b_commitment(cfg: RoundConfig, u: int, b_seed: bytes) -> bytes:
     return P.sha256(_COMMIT_TAG, cfg.digest, struct.pack(">I", u), b_seed)
+
+
+def mixed_graph_seed(graph_seed: bytes, view: "tuple[tuple[int, bytes], ...]", reveals: "dict[int, bytes]") -> bytes:
+    """H(tag || graph_seed || u32(|view|) || (u32(v) || N_v || r_v) for v in view, by v): the
+    seed of a SecAgg+ graph (RoundConfig.seeded checks the reveals against N_v first)."""
+    parts = [_SEED_TAG, graph_seed, struct.pack(">I", len(view))]
+    for v, commit in view:
+        parts += [struct.pack(">I", v), commit, reveals[v]]
+    return P.sha256(*parts)
+
+
+def graph_commitment(cfg: RoundConfig, u: int, nonce: bytes) -> bytes:
+    """N_u = H(tag || D || u32(u) || r_u): binds the nonce to the round before any is revealed."""
+    if len(nonce) != 32:
+        raise ProtocolError("graph nonce must be 32 bytes")
+    return P.sha256(_NONCE_TAG, cfg.digest, struct.pack(">I", u), nonce)
 
 
 def share_plaintext(sender: int, receiver: int, b_share: bytes, s_share: bytes) -> bytes:

@@ -24,6 +24,7 @@ from . import shamir
 _CT_BYTES = 8 + 2 * shamir.SHARE_BYTES + 16
 _EXPECTED = {
     "advertise_keys": M.AdvertiseKeys,
+    "graph_reveal": M.GraphReveal,
     "share_keys": M.ShareKeys,
     "masked_input": M.MaskedInput,
     "consistency_check": M.ConsistencySig,
@@ -99,6 +100,11 @@ class SecAggServer:
             raise ProtocolError(f"AdvertiseKeys from site {msg.sender}: public key already used by another site")
         self._used_keys.update((msg.c_pk, msg.s_pk))
 
+    def _check_graph_reveal(self, msg: M.GraphReveal) -> bytes:
+        if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:
+            raise ProtocolError(f"GraphReveal from site {msg.sender}: nonce does not match its commitment")
+        return msg.nonce
+
     def _check_share_keys(self, msg: M.ShareKeys) -> None:
         allowed = (self.cfg.holders(msg.sender) & self._u1set) - {msg.sender}
         receivers = [r for r, _ in msg.ciphertexts]
@@ -170,15 +176,26 @@ class SecAggServer:
         """Close the current phase; returns {receiver: server message} (empty after unmasking)."""
         got = self._got
         if self.phase == "advertise_keys":
-            self.u1 = self._close("share_keys")
+            self.u1 = self._close(self.cfg.phases[1])
             self._u1set = frozenset(self.u1)
             self._adverts = dict(got)
             self._got = {}
-            wires = {u: a.encode() for u, a in self._adverts.items()}
-            return {
-                u: M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in sorted(self.cfg.holders(u) & self._u1set)))
-                for u in self.u1
-            }
+            if self.cfg.complete:
+                return self._keys_bundles(())
+            view = tuple((u, self._adverts[u].graph_commit) for u in self.u1)
+            return {u: M.GraphView(self.cfg.digest, u, view) for u in self.u1}
+        if self.phase == "graph_reveal":
+            missing = sorted(self._u1set - set(got))
+            if missing:  # a reveal left out after seeing the others' would re-draw the graph
+                self.phase = "aborted"
+                raise BelowThresholdError(
+                    f"phase graph_reveal: site(s) {missing} did not reveal their graph nonce; round aborted"
+                )
+            view = tuple((u, self._adverts[u].graph_commit) for u in self.u1)
+            self.cfg = self.cfg.seeded(view, got)
+            self.phase = "share_keys"
+            self._got = {}
+            return self._keys_bundles(tuple(sorted(got.items())))
         if self.phase == "share_keys":
             self.u2 = self._close("masked_input")
             self._u2set = frozenset(self.u2)
@@ -232,6 +249,12 @@ class SecAggServer:
             self.phase = "done"
             return {}
         raise ProtocolError(f"no phase to finish (state {self.phase!r})")
+
+    def _keys_bundles(self, reveals: tuple[tuple[int, bytes], ...]) -> dict[int, M.KeysBundle]:
+        wires = {u: a.encode() for u, a in self._adverts.items()}
+        return {u: M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in sorted(self.cfg.holders(u) & self._u1set)),
+                                reveals)
+                for u in self.u1}
 
     def _far_signers(self, r: int, near: frozenset[int], u4set: frozenset[int]) -> set[int]:
         """Signers beyond r's holders whose signatures r may need to certify a site within two

@@ -32,7 +32,7 @@ from .logs import log_event
 
 #: The SecAgg message type a site uploads in each phase.
 UPLOAD_TYPES = {
-    "advertise_keys": M.T_ADVERTISE, "share_keys": M.T_SHARE_KEYS, "masked_input": M.T_MASKED_INPUT,
+    "advertise_keys": M.T_ADVERTISE, "graph_reveal": M.T_GRAPH_REVEAL, "share_keys": M.T_SHARE_KEYS, "masked_input": M.T_MASKED_INPUT,
     "consistency_check": M.T_CONSISTENCY, "unmasking": M.T_UNMASK,
 }
 
@@ -117,6 +117,7 @@ class PhaseDeadlines:
     """Seconds the server waits for each phase's uploads; late sites are dropouts."""
 
     advertise_keys: float = 30.0
+    graph_reveal: float = 30.0
     share_keys: float = 30.0
     masked_input: float = 120.0
     consistency_check: float = 30.0
@@ -159,6 +160,7 @@ class _Round:
     delivered: dict[str, dict[str, bytes]] = field(default_factory=dict)
     aborted: str | None = None
     sessions: dict[str, bytes] = field(default_factory=dict)  # each site's session when the round opened
+    seeded_digest: bytes | None = None  # SecAgg+: D' from the KeysBundles on (SPEC.md section 2)
 
     @property
     def config(self) -> RoundConfig:
@@ -297,7 +299,7 @@ class Hub:
                 raise TransportError("INVALID_ARGUMENT", f"{phase} upload is not a SecAgg message") from None
             if mtype != UPLOAD_TYPES[phase]:
                 raise TransportError("INVALID_ARGUMENT", f"{phase} upload has message type 0x{mtype:02x}")
-            if digest != r.config.digest:
+            if digest != (r.seeded_digest or r.config.digest):
                 raise TransportError("INVALID_ARGUMENT", f"{phase} upload is for another round or configuration")
             if party != site.number:
                 raise TransportError("PERMISSION_DENIED", f"site {name!r} (number {site.number}) sent a message "
@@ -345,8 +347,8 @@ class Hub:
         with self._cv:
             self._session(name, session)
             r = self._round_for(name, round_id)
-            opened = r.phase in PHASES
-            for phase in PHASES[PHASES.index(r.phase) if opened else len(PHASES):]:
+            phases = r.config.phases
+            for phase in phases[phases.index(r.phase) if r.phase in phases else len(phases):]:
                 r.seen[phase].add(name)
             self._cv.notify_all()
 
@@ -485,8 +487,11 @@ class Hub:
             r.delivered[phase] = dict(messages)
             for name, msg in sorted(messages.items()):
                 self._record(round_id, phase, "down", name, msg)
-            i = PHASES.index(phase)
-            r.phase = PHASES[i + 1] if i + 1 < len(PHASES) else "done"
+            if phase == "graph_reveal" and messages:  # the server's KeysBundles carry D'
+                r.seeded_digest = M.HEADER.unpack_from(next(iter(messages.values())))[3]
+            phases = r.config.phases
+            i = phases.index(phase)
+            r.phase = phases[i + 1] if i + 1 < len(phases) else "done"
             self._cv.notify_all()
 
     def abort_round(self, round_id: int, reason: str) -> None:

@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 
-from secure_fedrl.secagg.protocol import PHASES, RoundConfig
+from secure_fedrl.secagg.protocol import RoundConfig
 
 from ._pb import federation_pb2 as pb
 from ._pb import federation_pb2_grpc as pb_grpc
@@ -36,7 +36,8 @@ from .pki import CertificateRejected, PeerCertificate, ServerIdentity, SiteIdent
 
 SERVICE = "secure_fedrl.v1.Federation"
 PROTOCOL_VERSION = 1
-_PHASE_TO_PB = {p: i + 1 for i, p in enumerate(PHASES)}
+_PHASE_TO_PB = {"advertise_keys": pb.ADVERTISE_KEYS, "graph_reveal": pb.GRAPH_REVEAL, "share_keys": pb.SHARE_KEYS,
+                "masked_input": pb.MASKED_INPUT, "consistency_check": pb.CONSISTENCY_CHECK, "unmasking": pb.UNMASKING}
 _PB_TO_PHASE = {v: k for k, v in _PHASE_TO_PB.items()}
 _PEER: contextvars.ContextVar[PeerCertificate] = contextvars.ContextVar("secure_fedrl_peer")
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from secure_fedrl.errors import BelowThresholdError, ProtocolError, SecureFedRLError
 from secure_fedrl.secagg import messages as M
 from secure_fedrl.secagg.client import RoundHistory, SecAggClient
-from secure_fedrl.secagg.protocol import PHASES, RoundConfig
+from secure_fedrl.secagg.protocol import RoundConfig
 from secure_fedrl.secagg.server import SecAggServer, ServerOutcome
 
 from .base import Hub, PhaseDeadlines, RosterEntry, RoundAnnouncement, SiteTransport, TransportError
@@ -74,7 +74,7 @@ def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
     nbytes = {name: 0 for name in announcements}
     rejected: list[tuple[str, str, str]] = []
     try:
-        for phase in PHASES:
+        for phase in cfg.phases:
             got = set()
             for name, wire in hub.collect(cfg.round_id, phase, live, hub.clock() + deadlines.seconds(phase)):
                 got.add(name)
@@ -102,6 +102,7 @@ def run_server_round(hub: Hub, announcements: dict[str, RoundAnnouncement], *,
 
 
 _HANDLERS = {
+    "graph_reveal": SecAggClient.graph_reveal,
     "share_keys": SecAggClient.share_keys,
     "masked_input": SecAggClient.masked_input,
     "consistency_check": SecAggClient.consistency_check,
@@ -133,7 +134,8 @@ def run_site_round(site: SiteTransport, ann: RoundAnnouncement, *, number: int, 
         if before_advert is not None:
             before_advert()  # a deployment persists the history here, before the advert leaves
         site.upload(rid, "advertise_keys", advert)
-        for prev, phase in zip(PHASES, PHASES[1:]):
+        phases = ann.config.phases
+        for prev, phase in zip(phases, phases[1:]):
             msg = M.decode(site.download(rid, prev, timeout))
             site.upload(rid, phase, _HANDLERS[phase](client, msg).encode())
     except TransportError as err:

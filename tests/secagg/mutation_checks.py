@@ -22,7 +22,7 @@ MUTANTS = [
  ("|U3| >= t", C, "if len(survivors) < self.cfg.threshold:\n            raise BelowThresholdError(f\"site {self.id}: {len(survivors)} survivors", "if False:\n            raise BelowThresholdError(f\"site {self.id}: {len(survivors)} survivors"),
  ("own-advert byte comparison", C, "if wire != self._advert.encode():", "if False:"),
  ("distinct advertised keys", C, "if len(set(pks)) != len(pks):", "if False:"),
- ("advert config digest", C, "if adv.config_digest != self.cfg.digest:\n                    raise ProtocolError(f\"AdvertiseKeys from site {adv.sender} is for another round\")", "pass"),
+ ("advert config digest", C, "if adv.config_digest != base.digest:\n                    raise ProtocolError(f\"AdvertiseKeys from site {adv.sender} is for another round\")", "pass"),
  ("share plaintext header", C, "if len(pt) != _PT_BYTES or struct.unpack(\">II\", pt[:8]) != (v, self.id):", "if len(pt) != _PT_BYTES:"),
  ("reused-key rejection (server)", S, "if msg.c_pk in self._used_keys or msg.s_pk in self._used_keys:", "if False:"),
  ("share-kind check (server)", S, "if kind != expected:", "if False:"),
@@ -39,6 +39,15 @@ MUTANTS = [
  ("NEW server low-order key", S, "P.check_x25519_public(msg.c_pk, what=f\"AdvertiseKeys from site {msg.sender}: encryption key\")", "pass"),
  ("NEW site skips low-order peer", C, "                enc = P.x25519(self._c_key, keys[v][0])\n                mask = P.x25519(self._s_key, keys[v][1])\n            except ProtocolError as err:", "                enc = P.x25519(self._c_key, keys[v][0])\n                mask = P.x25519(self._s_key, keys[v][1])\n            except KeyError as err:"),
  ("NEW refuse to mask |M|+1<t", C, "if len(pairs) + 1 < self.cfg.threshold:", "if False:"),
+ ("GRAPH own commitment in the view", C, "if commits.get(self.id) != self._advert.graph_commit:", "if False:"),
+ ("GRAPH view within the round", C, "if not commits.keys() <= self.cfg.identity.keys():", "if False:"),
+ ("GRAPH view >= t", C, "if len(commits) < self.cfg.threshold:", "if False:"),
+ ("GRAPH reveals cover the view", C, "if {v for v, _ in bundle.reveals} != {v for v, _ in self._view}:", "if False:"),
+ ("GRAPH reveal opens its commitment", "secure_fedrl/secagg/protocol.py", "if graph_commitment(self, v, nonce) != commit:", "if False:"),
+ ("GRAPH holder advert carries the view's commitment", C, "if not base.complete and view.get(adv.sender) != adv.graph_commit:", "if False:"),
+ ("GRAPH complete graph refuses reveals", C, "            if bundle.reveals:\n                raise ProtocolError", "            if False:\n                raise ProtocolError"),
+ ("GRAPH server checks the reveal", S, "if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:", "if False:"),
+ ("GRAPH server aborts on a missing reveal", S, "            if missing:  # a reveal", "            if False:  # a reveal"),
 ]
 only = sys.argv[1:]
 for name, f, old, new in MUTANTS:

@@ -24,6 +24,21 @@ class Outcome:
     revealed: dict = field(default_factory=dict)    # site -> UnmaskResponse it sent
     masked: dict = field(default_factory=dict)      # site -> its masked input y_u
     self_masks: dict = field(default_factory=dict)  # site -> b_u, where the attacker reconstructed it
+    config: object = None                           # the round's configuration once seeded (SecAgg+)
+
+
+def keys_bundles(cfg, clients, adverts):
+    """Phase 0b as an honest server runs it (SecAgg+): every site gets the same view, reveals, and
+    the KeysBundle of its holders' adverts under the seeded digest D'. Returns (seeded config,
+    bundles); on the complete graph (config, bundles) without a reveal."""
+    ids = sorted(adverts)
+    reveals = {}
+    if not cfg.complete:
+        view = tuple((v, adverts[v].graph_commit) for v in ids)
+        reveals = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, view)).nonce for u in ids}
+        cfg = cfg.seeded(view, reveals)
+    return cfg, {u: M.KeysBundle(cfg.digest, u, tuple(adverts[v].encode() for v in sorted(cfg.holders(u)) if v in adverts),
+                                 tuple(sorted(reveals.items()))) for u in ids}
 
 
 def make_round(n, *, threshold, degree=None, dim=4, seed=0):
@@ -39,16 +54,20 @@ def make_round(n, *, threshold, degree=None, dim=4, seed=0):
 
 
 def attack(cfg, clients, inputs, keys, *, colluders=(), withhold=None, views=None, reorder=False) -> Outcome:
-    """withhold: {victim: set of senders whose ciphertexts it gets}; views: site -> the survivor
-    set the server announces to it (default: every site that sent a masked input)."""
+    """withhold: {victim: set of senders whose ciphertexts it gets}, or a function of the seeded
+    config returning it; views: site -> the survivor set the server announces to it (default:
+    every site that sent a masked input), or (seeded config, site) -> that set."""
     out = Outcome()
     colluders = set(colluders)
     ids = list(cfg.site_ids)
     adverts = {i: clients[i].advertise_keys() for i in ids}
-    share = {}
-    for u in ids:
-        bundle = M.KeysBundle(cfg.digest, u, tuple(adverts[v].encode() for v in sorted(cfg.holders(u))))
-        share[u] = clients[u].share_keys(bundle)
+    cfg, bundles = keys_bundles(cfg, clients, adverts)
+    out.config = cfg
+    if callable(withhold):  # chosen once the graph is known (the server learns it at the reveal)
+        withhold = withhold(cfg)
+    if views is not None and views.__code__.co_argcount == 2:
+        views = (lambda f: lambda u: f(cfg, u))(views)
+    share = {u: clients[u].share_keys(bundles[u]) for u in ids}
     masked = {}
     for u in ids:
         cts = [(v, ct) for v in ids for r, ct in share[v].ciphertexts if r == u]
@@ -144,3 +163,27 @@ def attack(cfg, clients, inputs, keys, *, colluders=(), withhold=None, views=Non
         if ok:
             out.recovered[u] = P.reduce_bits(y, cfg.bits)
     return out
+
+
+_RESPONSES = {M.GraphView: SecAggClient.graph_reveal, M.KeysBundle: SecAggClient.share_keys,
+              M.CiphertextBundle: SecAggClient.masked_input, M.ConsistencyRequest: SecAggClient.consistency_check,
+              M.UnmaskRequest: SecAggClient.unmask}
+
+
+def respond(client, msg):
+    """What an honest site uploads next: its advert for None, else its answer to the server's message."""
+    return client.advertise_keys() if msg is None else _RESPONSES[type(msg)](client, msg)
+
+
+def honest_phases(server, clients, last, out=None, silent=()):
+    """Run honest phases, from the server's open phase through `last` (a phase name); returns the
+    server's messages after `last`, by receiver. Sites in `silent` send nothing in these phases."""
+    out = {i: None for i in clients} if out is None else out
+    while True:
+        phase = server.phase
+        for i, c in clients.items():
+            if i in out and i not in silent:
+                server.receive(respond(c, out[i]).encode())
+        out = server.finish_phase()
+        if phase == last:
+            return out

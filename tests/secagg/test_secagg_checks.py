@@ -14,6 +14,8 @@ from secure_fedrl.secagg import run_round, shamir
 from secure_fedrl.secagg.client import SecAggClient
 from secure_fedrl.secagg.server import SecAggServer
 
+from secagg_attacker import honest_phases
+
 #: A point of order 8 on Curve25519 (Wycheproof x25519 "LowOrderPublic"): X25519 with it is 0.
 LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
 
@@ -175,8 +177,8 @@ def test_site_rejects_an_advert_from_a_non_neighbour_and_duplicates():
     clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=np.zeros(2, np.uint32))
                for i in ids}
     server = SecAggServer(config=cfg)
-    out = _phase(cfg, clients, server, {i: None for i in ids}, lambda c, m: c.advertise_keys())
-    far = next(i for i in ids if i not in cfg.holders(1))
+    out = honest_phases(server, clients, "graph_reveal")
+    far = next(i for i in ids if i not in server.cfg.holders(1))
     own = out[1].adverts
     extra = clients[far]._advert.encode()
     dup = own[-1]
@@ -320,22 +322,25 @@ def test_site_ids_up_to_2_to_the_32_minus_1_work(plain_sum):
     assert np.array_equal(server.outcome.sum, plain_sum(inputs, ids))
 
 
-def _sparse(n=8, degree=2, t=2):
+def _sparse(n=8):
     ids = tuple(range(1, n + 1))
     keys = {i: P.ed25519_keypair()[0] for i in ids}
     xs = {i: np.full(2, i, np.uint32) for i in ids}
-    from secure_fedrl.secagg.graph import neighbours
+    return xs, keys
 
-    g = neighbours(list(ids), degree=degree, graph_seed=bytes(32))
-    return xs, keys, g
+
+def _not_listed(receivers, n=8):
+    """A site other than 1 that site 1 addressed nothing to: with every site live, a non-neighbour
+    of the (reveal-seeded) graph."""
+    return min(set(range(2, n + 1)) - set(receivers))
 
 
 def test_server_rejects_share_keys_for_a_non_neighbour_or_too_few_holders():
-    xs, keys, g = _sparse()
-    far = next(i for i in range(2, 9) if i not in g[1])
+    xs, keys = _sparse()
 
     def extra(wire):  # site 1 (malicious) also sends a "share" to a site that is not its neighbour
         msg = M.ShareKeys.decode(wire)
+        far = _not_listed(r for r, _ in msg.ciphertexts)
         cts = tuple(sorted(msg.ciphertexts + ((far, b"\0" * 156),)))
         return [replace(msg, ciphertexts=cts).signed(keys[1]).encode()]
 
@@ -349,7 +354,7 @@ def test_server_rejects_share_keys_for_a_non_neighbour_or_too_few_holders():
                         identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in ids))
     clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=xs[i]) for i in ids}
     server = SecAggServer(config=cfg)
-    out = _phase(cfg, clients, server, {i: None for i in ids}, lambda c, m: c.advertise_keys())
+    out = honest_phases(server, clients, "graph_reveal")
     msg = clients[2].share_keys(out[2])
     short = replace(msg, ciphertexts=msg.ciphertexts[:1]).signed(keys[2])
     with pytest.raises(ProtocolError, match="fewer than threshold share holders"):
@@ -358,11 +363,11 @@ def test_server_rejects_share_keys_for_a_non_neighbour_or_too_few_holders():
 
 
 def test_server_rejects_confirmation_tags_for_non_neighbours():
-    xs, keys, g = _sparse()
-    far = next(i for i in range(2, 9) if i not in g[1])
+    xs, keys = _sparse()
 
     def extra(wire):
         msg = M.ConsistencySig.decode(wire)
+        far = _not_listed(r for r, _ in msg.tags)
         tags = tuple(sorted(msg.tags + ((far, b"\0" * 32),)))
         return [replace(msg, tags=tags).signed(keys[1]).encode()]
 

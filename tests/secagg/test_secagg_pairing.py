@@ -14,7 +14,7 @@ from secure_fedrl.secagg import run_round
 from secure_fedrl.secagg.graph import min_honest_inputs, secure_threshold
 from secure_fedrl.secagg.server import SecAggServer
 
-from secagg_attacker import attack, make_round
+from secagg_attacker import attack, honest_phases, make_round
 
 
 def test_exact_attack_complete_graph_n8_t5_one_colluder():
@@ -42,13 +42,18 @@ def test_a_paired_holder_refuses_when_too_few_of_the_pairing_survived():
 def test_exact_attack_secagg_plus_n100_k14_t8():
     cfg, clients, inputs, keys = make_round(100, threshold=8, degree=14, dim=2)
     victim = 1
-    P_ = set(sorted(cfg.graph[victim])[:7])
-    out = attack(cfg, clients, inputs, keys, withhold={victim: P_},
-                 views=lambda u: tuple(i for i in cfg.site_ids if i not in P_))
+
+    def chosen(c):  # t-1 holders, picked once the seeded graph is known
+        return set(sorted(c.graph[victim])[:7])
+
+    out = attack(cfg, clients, inputs, keys, withhold=lambda c: {victim: chosen(c)},
+                 views=lambda c, u: tuple(i for i in c.site_ids if i not in chosen(c)))
+    seeded = out.config
+    P_ = chosen(seeded)
     assert clients[victim]._pairs == tuple(sorted(P_))
     assert out.recovered == {}
     assert "pair withholding" in out.errors[victim]
-    assert all("pairing attestation of site 1" in out.errors[h] for h in cfg.holders(victim) - P_ - {victim})
+    assert all("pairing attestation of site 1" in out.errors[h] for h in seeded.holders(victim) - P_ - {victim})
 
 
 def test_honest_delivery_through_the_attacker_recovers_nothing_but_completes():
@@ -106,14 +111,8 @@ def test_min_honest_inputs_is_tight_for_an_isolated_group():
 def _honest_until_unmask(n=8, t=5, degree=None, seed=0):
     cfg, clients, inputs, keys = make_round(n, threshold=t, degree=degree, seed=seed)
     server = SecAggServer(config=cfg)
-    out = {i: None for i in cfg.site_ids}
-    steps = [lambda c, m: c.advertise_keys(), lambda c, m: c.share_keys(m), lambda c, m: c.masked_input(m),
-             lambda c, m: c.consistency_check(m)]
-    for step in steps:
-        for i, c in clients.items():
-            server.receive(step(c, out[i]).encode())
-        out = server.finish_phase()
-    return cfg, clients, server, out
+    out = honest_phases(server, clients, "consistency_check")
+    return server.cfg, clients, server, out
 
 
 def test_missing_pairing_attestation_aborts():
@@ -161,19 +160,21 @@ def test_peer_must_be_certified_by_its_own_holders():
     cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=3, seed=1)
     req = reqs[1]
     assert req.signatures  # confirmations from beyond site 1's neighbourhood
-    keep = tuple((s, g) for s, g in req.signatures if s not in (8, 9))
+    # a peer x sharing fewer than t holders with site 1: only signatures from x's other holders certify it
+    x = next(x for x in sorted(cfg.holders(1) - {1}) if len(cfg.holders(x) & cfg.holders(1)) < 3)
+    keep = tuple((s, g) for s, g in req.signatures if s not in cfg.holders(x))
     with pytest.raises(BelowThresholdError, match=r"fewer than 3 holders of site \d+ confirmed"):
         clients[1].unmask(replace(req, signatures=keep))
     assert clients[1].guard.revealed == {}
 
 
 def test_paired_survivors_must_be_certified_by_their_own_holders():
-    """... and t-1 paired survivors of u must be certified before b_u is revealed: here every
-    peer of site 1 is certified but, without the signatures of sites 3, 8 and 14, too few of one
-    peer's paired survivors are."""
+    """... and t-1 paired survivors of u must be certified before b_u is revealed: without the
+    signatures of sites 3, 7 and 14 (found by search for this deterministic round, whose graph the
+    reveals seed), too few of site 1's paired survivors are certified."""
     cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=3, seed=1)
     req = reqs[1]
-    keep = tuple((s, g) for s, g in req.signatures if s not in (3, 8, 14))
+    keep = tuple((s, g) for s, g in req.signatures if s not in (3, 7, 14))
     with pytest.raises(BelowThresholdError, match="paired survivors of site .* are confirmed by 3 of their holders"):
         clients[1].unmask(replace(req, signatures=keep))
     assert clients[1].guard.revealed == {}
@@ -249,14 +250,12 @@ def test_asymmetric_pairing_is_dropped_not_summed_as_garbage(five_sites, plain_s
 
 
 def test_server_aborts_when_a_survivor_lost_its_paired_survivors():
-    xs = {i: np.full(3, i, np.uint32) for i in range(12)}
-    from secure_fedrl.secagg.graph import neighbours
-
-    g = neighbours(list(range(1, 13)), degree=4, graph_seed=bytes(32))
-    victim = 1
-    drops = {v - 1: "masked_input" for v in sorted(g[victim])[:3]}  # 3 of its 4 peers leave early
+    cfg, clients, inputs, keys = make_round(12, threshold=3, degree=4, seed=2)
+    server = SecAggServer(config=cfg)
+    out = honest_phases(server, clients, "share_keys")
+    drops = set(sorted(server.cfg.graph[1])[:3])  # 3 of site 1's 4 peers leave before their masked input
     with pytest.raises(BelowThresholdError, match="site 1 paired with 1 survivors"):
-        run_round(xs, threshold=3, neighbors=4, dropouts=drops, seed=2, graph_seed=bytes(32))
+        honest_phases(server, clients, "masked_input", out, silent=drops)
 
 
 def test_min_honest_inputs_and_secure_threshold_interface():

@@ -7,7 +7,9 @@ from scipy.stats import chisquare
 
 from secure_fedrl.errors import BelowThresholdError, ConfigError
 from secure_fedrl.secagg import PHASES, RoundConfig, run_round, simulate_round
-from secure_fedrl.secagg.graph import neighbours
+from secure_fedrl.secagg import messages as M
+from secure_fedrl.secagg import protocol as R
+from secure_fedrl.secagg.graph import effective_degree, neighbours
 
 from secure_fedrl.secagg import primitives as P
 
@@ -34,17 +36,41 @@ def test_recovered_sum_is_exact_for_the_accepted_sites(params, plain_sum):
     rng = np.random.default_rng(seed)
     inputs = {i: rng.integers(0, 2**bits, 3, dtype=np.uint64).astype(np.uint32) for i in range(n)}
     gs = (seed * 7919 % 2**32).to_bytes(32, "big")
-    graph = neighbours(list(range(1, n + 1)), degree=k, graph_seed=gs)
-    at = {i: PHASES.index(p) for i, p in drops.items()}
+    complete = effective_degree(n, k) >= n - 1
+    seen: dict = {}
+
+    def down(phase, u, wire):  # the graph is seeded by the reveals: read them as the server sends them
+        m = M.decode(wire)
+        if isinstance(m, M.GraphView):
+            seen["view"] = m.commits
+        elif isinstance(m, M.KeysBundle) and m.reveals:
+            seen["reveals"] = dict(m.reveals)
+        return wire
+
+    data_phases = [p for p in PHASES if p != "graph_reveal"]
+    at = {i: data_phases.index("share_keys" if p == "graph_reveal" else p) for i, p in drops.items()}
     live = lambda i, phase: at.get(i, 5) > phase  # noqa: E731  sent the message of `phase`
     u5 = {i for i in range(n) if live(i, 4)}
-    # Sufficient for success: every site that shared keys keeps >= t live holders to the end.
-    enough = len(u5) >= t and all(
-        len({v - 1 for v in graph[i + 1] | {i + 1}} & u5) >= t for i in range(n) if live(i, 1)
-    )
+    if not complete and "graph_reveal" in drops.values():
+        with pytest.raises(BelowThresholdError):  # a missing reveal aborts the round
+            run_round(inputs, threshold=t, neighbors=k, bits=bits, dropouts=drops, seed=seed, graph_seed=gs)
+        return
     try:
-        res = run_round(inputs, threshold=t, neighbors=k, bits=bits, dropouts=drops, seed=seed, graph_seed=gs)
+        res = run_round(inputs, threshold=t, neighbors=k, bits=bits, dropouts=drops, seed=seed, graph_seed=gs,
+                        on_download=down)
     except BelowThresholdError:
+        res = None
+    if complete or "reveals" in seen:
+        seed_used = gs if complete else R.mixed_graph_seed(gs, seen["view"], seen["reveals"])
+        graph = neighbours(list(range(1, n + 1)), degree=k, graph_seed=seed_used)
+        # Sufficient for success: every site that shared keys keeps >= t live holders to the end.
+        enough = len(u5) >= t and all(
+            len({v - 1 for v in graph[i + 1] | {i + 1}} & u5) >= t for i in range(n) if live(i, 1)
+        )
+    else:  # aborted before the graph was fixed: fewer than t adverts
+        assert res is None and sum(live(i, 0) for i in range(n)) < t
+        return
+    if res is None:
         assert not enough, "aborted although every neighbourhood kept t live sites"
         return
     assert len(u5) >= t

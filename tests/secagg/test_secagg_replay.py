@@ -23,13 +23,16 @@ from secure_fedrl.secagg import shamir
 from secure_fedrl.secagg.client import RoundHistory, SecAggClient, check_threshold_policy
 from secure_fedrl.secagg.graph import secure_threshold, site_order
 
+from secagg_attacker import keys_bundles
+
 N, K, DIM = 40, 12, 3
 
 
-def _setup():
-    t = secure_threshold(K + 1)
+def _setup(degree=K):
+    # complete graph: t = N/2 leaves both views (t and N - t + 1 sites) at least t large
+    t = secure_threshold(K + 1) if degree else N // 2
     keys = {i: P.ed25519_keypair(P.SeededRandom(b"id-%d" % i))[0] for i in range(1, N + 1)}
-    cfg = R.RoundConfig(round_id=7, site_ids=tuple(keys), threshold=t, dim=DIM, degree=K,
+    cfg = R.RoundConfig(round_id=7, site_ids=tuple(keys), threshold=t, dim=DIM, degree=degree,
                         identity_keys=tuple(P.ed25519_public_bytes(keys[i]) for i in keys),
                         graph_seed=bytes(range(32)))
     rng = np.random.default_rng(1)
@@ -44,19 +47,19 @@ def _clients(cfg, keys, inputs, run, histories):
 
 
 def _share(cfg, cl):
+    """Phases 0, 0b (SecAgg+) and 1, honestly; returns the run's seeded config too."""
     adverts = {i: cl[i].advertise_keys() for i in cfg.site_ids}
-    share = {u: cl[u].share_keys(M.KeysBundle(cfg.digest, u, tuple(adverts[v].encode()
-                                                                    for v in sorted(cfg.holders(u)))))
-             for u in cfg.site_ids}
-    return adverts, share
+    seeded, bundles = keys_bundles(cfg, cl, adverts)
+    share = {u: cl[u].share_keys(bundles[u]) for u in cfg.site_ids}
+    return seeded, adverts, share
 
 
-def _replay_attack(histories):
+def _replay_attack(histories, degree=K):
     """Returns the victim's input as the server recovers it, or None if the attack is stopped."""
-    cfg, keys, inputs, t = _setup()
-    ids = list(cfg.site_ids)
-    cl1 = _clients(cfg, keys, inputs, 1, histories)
-    _, share1 = _share(cfg, cl1)
+    base, keys, inputs, t = _setup(degree)
+    ids = list(base.site_ids)
+    cl1 = _clients(base, keys, inputs, 1, histories)
+    cfg, _, share1 = _share(base, cl1)
     for u in ids:
         cts = tuple((v, ct) for v in ids for r, ct in share1[v].ciphertexts if r == u)
         cl1[u].masked_input(M.CiphertextBundle(cfg.digest, u, cts))
@@ -64,15 +67,18 @@ def _replay_attack(histories):
     run1_sig = {u: cl1[u].consistency_check(M.ConsistencyRequest(cfg.digest, u, everyone)).signature for u in ids}
 
     victim = ids[0]
-    order = site_order(ids, cfg.graph_seed)
-    pos = {s: i for i, s in enumerate(order)}
-    rel = lambda s: ((pos[s] - pos[victim] + N // 2) % N) - N // 2  # noqa: E731
-    far = set(sorted(cfg.graph[victim], key=lambda s: (-abs(rel(s)), rel(s)))[:t - 1])
-    cl2 = _clients(cfg, keys, inputs, 2, histories)
+    cl2 = _clients(base, keys, inputs, 2, histories)
     try:
-        adverts2, share2 = _share(cfg, cl2)
+        cfg, adverts2, share2 = _share(base, cl2)  # SecAgg+: run 2's reveals seed another D'
     except ProtocolError:
         return None
+    if cfg.complete:
+        far = set(ids[1:t])
+    else:
+        order = site_order(ids, cfg.graph_seed)
+        pos = {s: i for i, s in enumerate(order)}
+        rel = lambda s: ((pos[s] - pos[victim] + N // 2) % N) - N // 2  # noqa: E731
+        far = set(sorted(cfg.graph[victim], key=lambda s: (-abs(rel(s)), rel(s)))[:t - 1])
     masked = {}
     for u in ids:
         cts = [(v, ct) for v in ids for r, ct in share2[v].ciphertexts if r == u]
@@ -118,14 +124,22 @@ def _replay_attack(histories):
 
 
 def test_without_a_round_history_the_replay_recovers_one_input():
-    """Shows what the history defends against (if this stops recovering x, the harness is stale)."""
-    out = _replay_attack(histories=None)
+    """Shows what the history defends against on the complete graph, where nothing else changes
+    between two runs of one config (if this stops recovering x, the harness is stale)."""
+    out = _replay_attack(histories=None, degree=None)
     assert out is not None and np.array_equal(*out)
 
 
-def test_a_round_history_refuses_the_repeated_round():
+def test_under_secagg_plus_the_graph_reveals_alone_stop_the_replay():
+    """Run 2's fresh graph nonces give it another seeded digest D', so run 1's consistency
+    signatures certify nothing in it, even without a history."""
+    assert _replay_attack(histories=None, degree=K) is None
+
+
+@pytest.mark.parametrize("degree", [None, K])
+def test_a_round_history_refuses_the_repeated_round(degree):
     histories = {i: RoundHistory() for i in range(1, N + 1)}
-    assert _replay_attack(histories) is None
+    assert _replay_attack(histories, degree=degree) is None
 
 
 def test_round_history_refuses_a_repeated_digest_and_survives_a_restart():

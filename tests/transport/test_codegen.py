@@ -36,4 +36,7 @@ def test_every_phase_has_a_wire_enum():
     from secure_fedrl.secagg.protocol import PHASES
     from secure_fedrl.transport._pb import federation_pb2 as pb
 
-    assert [pb.Phase.Name(i + 1).lower() for i in range(len(PHASES))] == list(PHASES)
+    from secure_fedrl.transport.grpc_transport import _PB_TO_PHASE
+
+    assert sorted(pb.Phase.Name(i).lower() for i in _PB_TO_PHASE) == sorted(PHASES)
+    assert all(_PB_TO_PHASE[i] == pb.Phase.Name(i).lower() for i in _PB_TO_PHASE)

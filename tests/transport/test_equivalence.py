@@ -83,7 +83,7 @@ def test_ten_sites_three_sigkilled_at_random_phases(tmp_path):
     import random
     import time
 
-    from secure_fedrl.secagg.protocol import PHASES
+    from secure_fedrl.runtime.aggregation import SIMULATED_DROPOUT_PHASES as PHASES
     from secure_fedrl.transport.pki import CertificateAuthority
 
     ca = CertificateAuthority.init(tmp_path / "pki")

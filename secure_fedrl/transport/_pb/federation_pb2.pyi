@@ -16,12 +16,14 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MASKED_INPUT: _ClassVar[Phase]
     CONSISTENCY_CHECK: _ClassVar[Phase]
     UNMASKING: _ClassVar[Phase]
+    GRAPH_REVEAL: _ClassVar[Phase]
 PHASE_UNSPECIFIED: Phase
 ADVERTISE_KEYS: Phase
 SHARE_KEYS: Phase
 MASKED_INPUT: Phase
 CONSISTENCY_CHECK: Phase
 UNMASKING: Phase
+GRAPH_REVEAL: Phase
 
 class JoinRequest(_message.Message):
     __slots__ = ("site", "protocol_version")
