@@ -38,12 +38,13 @@ def site_vector(number: int, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(number).integers(0, 2**32, dim, dtype=np.uint32)
 
 
-def announcements(pki_dir, names, *, round_id=ROUND, dim=DIM, threshold=None, policy=None):
+def announcements(pki_dir, names, *, round_id=ROUND, dim=DIM, threshold=None, policy=None, degree=None):
     ids = {n: load_site_identity(pki_dir, n) for n in names}
     order = sorted(names, key=lambda n: ids[n].number)
     cfg = RoundConfig(round_id=round_id, site_ids=tuple(ids[n].number for n in order),
                       identity_keys=tuple(ids[n].protocol_public_key for n in order),
-                      threshold=threshold or len(names) // 2 + 1, dim=dim, graph_seed=bytes(range(32)))
+                      threshold=threshold or len(names) // 2 + 1, dim=dim, graph_seed=bytes(range(32)),
+                      degree=degree)
     roster = tuple(RosterEntry(ids[n].number, n, x509.load_pem_x509_certificate(ids[n].tls_cert_pem)
                                .public_bytes(Encoding.DER)) for n in order)
     ann = announcement(cfg, roster, np.linspace(0, 1, 33, dtype=np.float32) if policy is None else policy)

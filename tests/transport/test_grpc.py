@@ -56,6 +56,31 @@ def test_round_over_grpc_mtls_recovers_the_exact_sum(pki, serve, site):
     assert sites["s1"].await_round(1, 5).finished
 
 
+def test_secagg_plus_round_over_grpc_runs_the_graph_reveal(pki, serve, site):
+    """SecAgg+ (a 4-site ring): the GRAPH_REVEAL phase crosses the wire, the hub switches to the
+    seeded digest D' from the KeysBundles on, and a late upload under the unseeded D is refused."""
+    trace: list = []
+    hub, _, address = serve(Hub(trace=trace))
+    anns, ids = announcements(pki.dir, SITES, degree=2, threshold=2)
+    cfg = next(iter(anns.values())).config
+    assert cfg.phases[1] == "graph_reveal"
+    sites = {n: site(n, address) for n in SITES}
+    statuses = {}
+    threads = [threading.Thread(target=lambda n=n: statuses.__setitem__(n, site_main(sites[n], ids[n])))
+               for n in SITES]
+    for t in threads:
+        t.start()
+    res = server_main(hub, anns, expect=len(SITES))
+    for t in threads:
+        t.join()
+    assert statuses == {n: "done" for n in SITES}
+    assert res.rejected == [] and res.outcome.accepted == (1, 2, 3, 4)
+    np.testing.assert_array_equal(res.outcome.sum, expected_sum([1, 2, 3, 4]))
+    assert sorted(n for _, ph, d, n, _ in trace if ph == "graph_reveal" and d == "up") == sorted(SITES)
+    r = hub._rounds[cfg.round_id]
+    assert r.seeded_digest not in (None, cfg.digest)
+
+
 def test_health_service_answers_over_mtls(pki, serve, site):
     _, server, address = serve()
     stub = health_pb2_grpc.HealthStub(site("s1", address).channel)
@@ -238,6 +263,27 @@ def _upload(s1, payload, *, phase=1, round_id=1, length=None, sha=None, chunks=N
     except grpc.RpcError as err:
         return err.code().name, err.details()
     return "OK", ""
+
+
+def test_after_the_reveal_the_hub_takes_only_the_seeded_digest(pki, serve, site):
+    from secure_fedrl.secagg import messages as M
+
+    hub, _, address = serve()
+    anns, ids = announcements(pki.dir, SITES, degree=2, threshold=2)
+    cfg = anns["s1"].config
+    s1 = site("s1", address)
+    s1.join()
+    hub.open_round(anns)
+    hub.deliver(cfg.round_id, "advertise_keys", {})
+    seeded = b"\x07" * 32  # what the server's KeysBundles carry (any D' here: the hub only compares)
+    hub.deliver(cfg.round_id, "graph_reveal", {"s1": M.KeysBundle(seeded, ids["s1"].number, ()).encode()})
+
+    def share_keys(digest):
+        return M.HEADER.pack(M.MAGIC, M.VERSION, M.T_SHARE_KEYS, digest, ids["s1"].number) + bytes(8)
+
+    assert _upload(s1, share_keys(cfg.digest), phase=pb.SHARE_KEYS) == (
+        "INVALID_ARGUMENT", "share_keys upload is for another round or configuration")
+    assert _upload(s1, share_keys(seeded), phase=pb.SHARE_KEYS) == ("OK", "")
 
 
 def test_valid_upload_accepted(open_round):
