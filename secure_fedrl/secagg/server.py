@@ -182,8 +182,8 @@ class SecAggServer:
             self._got = {}
             if self.cfg.complete:
                 return self._keys_bundles(())
-            view = tuple((u, self._adverts[u].graph_commit) for u in self.u1)
-            return {u: M.GraphView(self.cfg.digest, u, view) for u in self.u1}
+            self._view = tuple((u, self._adverts[u].graph_commit) for u in self.u1)  # every site gets U1's
+            return {u: M.GraphView(self.cfg.digest, u, self._view) for u in self.u1}
         if self.phase == "graph_reveal":
             missing = sorted(self._u1set - set(got))
             if missing:  # a reveal left out after seeing the others' would re-draw the graph
@@ -191,8 +191,7 @@ class SecAggServer:
                 raise BelowThresholdError(
                     f"phase graph_reveal: site(s) {missing} did not reveal their graph nonce; round aborted"
                 )
-            view = tuple((u, self._adverts[u].graph_commit) for u in self.u1)
-            self.cfg = self.cfg.seeded(view, got)
+            self.cfg = self.cfg.seeded(self._view, got)  # D' from here on (SPEC section 2)
             self.phase = "share_keys"
             self._got = {}
             return self._keys_bundles(tuple(sorted(got.items())))
