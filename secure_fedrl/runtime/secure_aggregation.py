@@ -362,7 +362,7 @@ class SecureAggregator(Aggregator):
 
     @staticmethod
     def graph_seed(round_seed: int) -> bytes:
-        """SecAgg+ graph seed material from the round seed (issue 7 item 3: still server-chosen)."""
+        """The base graph seed from the round seed; the sites mix their revealed nonces into it (SPEC 2)."""
         return hashlib.sha256(b"secure-fedrl/graph" + round_seed.to_bytes(8, "big")).digest()
 
     def aggregate(self, round_id: int, uploads: Sequence[SiteUpload], *, rng: np.random.Generator,
