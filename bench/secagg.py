@@ -119,7 +119,7 @@ def _server_peak(inputs, *, threshold, neighbors, dropouts, seed) -> tuple[float
                       threshold=threshold, dim=len(inputs[keys[0]]), degree=neighbors, graph_seed=bytes(32))
     server = SecAggServer(config=cfg)
     tracemalloc.start()
-    for phase in ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking"):
+    for phase in cfg.phases:
         for ph, w in log:
             if ph == phase:
                 try:
