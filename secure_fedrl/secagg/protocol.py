@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -103,13 +103,7 @@ class RoundConfig:
         graph_seed = H(tag || graph_seed || u32(|view|) || (u32(v) || N_v || r_v) for v in view);
         its digest D' binds the view and the reveals. view: (v, N_v) by v, reveals: {v: r_v};
         ProtocolError unless every v of the view revealed an r_v matching N_v."""
-        for v, commit in view:
-            nonce = reveals.get(v)
-            if nonce is None:
-                raise ProtocolError(f"site {v} of the view did not reveal its graph nonce")
-            if graph_commitment(self, v, nonce) != commit:
-                raise ProtocolError(f"graph nonce of site {v} does not match its commitment")
-        return replace(self, graph_seed=mixed_graph_seed(self.graph_seed, view, reveals))
+        return _seeded(self, tuple(view), tuple(sorted((v, bytes(r)) for v, r in reveals.items())))
 
     @cached_property
     def graph(self) -> dict[int, frozenset[int]]:
@@ -161,6 +155,21 @@ def mask_seed(cfg: RoundConfig, shared: bytes, u: int, v: int) -> bytes:
 
 def b_commitment(cfg: RoundConfig, u: int, b_seed: bytes) -> bytes:
     return P.sha256(_COMMIT_TAG, cfg.digest, struct.pack(">I", u), b_seed)
+
+
+@lru_cache(maxsize=16)
+def _seeded(cfg: RoundConfig, view: tuple, reveals: tuple) -> RoundConfig:
+    """RoundConfig.seeded, memoised: a pure function of its arguments, so the sites of one view
+    that share a process (simulation, benchmarks) build the seeded graph once, as they shared the
+    unseeded config before; a deployed site computes it once per round. Errors are not cached."""
+    got = dict(reveals)
+    for v, commit in view:
+        nonce = got.get(v)
+        if nonce is None:
+            raise ProtocolError(f"site {v} of the view did not reveal its graph nonce")
+        if graph_commitment(cfg, v, nonce) != commit:
+            raise ProtocolError(f"graph nonce of site {v} does not match its commitment")
+    return replace(cfg, graph_seed=mixed_graph_seed(cfg.graph_seed, view, got))
 
 
 def mixed_graph_seed(graph_seed: bytes, view: "tuple[tuple[int, bytes], ...]", reveals: "dict[int, bytes]") -> bytes:
