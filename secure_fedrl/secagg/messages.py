@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -390,20 +391,23 @@ class UnmaskResponse(_Signed):
 # ============================================================================ server messages
 
 
+@lru_cache(maxsize=8)
 def _pairs32(items: tuple[tuple[int, bytes], ...], what: str) -> bytes:
-    """`u32(count) || (u32(id) || 32 bytes)*`, ids strictly increasing."""
+    """`u32(count) || (u32(id) || 32 bytes)*`, ids strictly increasing. Memoised: the server sends
+    one view (and one list of reveals) to every site, n entries each, so it is encoded once."""
     _check_sorted([i for i, _ in items], what)
     if any(len(b) != 32 for _, b in items):
         raise ProtocolError(f"{what}: every entry must carry 32 bytes")
-    return struct.pack(">I", len(items)) + b"".join(struct.pack(">I", i) + bytes(b) for i, b in items)
+    return struct.pack(f">I{'I32s' * len(items)}", len(items), *(x for item in items for x in item))
 
 
 def _read_pairs32(r: _Reader) -> tuple[tuple[int, bytes], ...]:
     count = r.u32()
     if 36 * count > len(r.data) - r.pos:
         raise ProtocolError(f"{r.what}: truncated list")
-    items = tuple((r.u32(), r.take(32)) for _ in range(count))
-    _check_sorted([i for i, _ in items], r.what)
+    flat = struct.unpack(f">{'I32s' * count}", r.take(36 * count))
+    items = tuple(zip(flat[0::2], flat[1::2]))
+    _check_sorted(flat[0::2], r.what)
     return items
 
 
