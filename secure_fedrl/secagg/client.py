@@ -207,10 +207,11 @@ class SecAggClient:
             if bundle.reveals:
                 raise ProtocolError(f"site {self.id}: graph reveals in a complete-graph round")
             return self.cfg
-        if {v for v, _ in bundle.reveals} != {v for v, _ in self._view}:
+        # both lists are strictly increasing (decoder): equal length + a reveal per view entry = same sites
+        if len(bundle.reveals) != len(self._view):
             raise ProtocolError(f"site {self.id}: the reveals in the KeysBundle do not cover exactly its view")
         try:
-            return self.cfg.seeded(self._view, dict(bundle.reveals))
+            return self.cfg.seeded(self._view, tuple(bundle.reveals))
         except ProtocolError as err:
             raise ProtocolError(f"site {self.id}: {err}") from None
 

@@ -98,12 +98,15 @@ class RoundConfig:
         """The phases of this round: PHASES, without graph_reveal on the complete graph."""
         return tuple(p for p in PHASES if p != "graph_reveal" or not self.complete)
 
-    def seeded(self, view: "tuple[tuple[int, bytes], ...]", reveals: "dict[int, bytes]") -> "RoundConfig":
+    def seeded(self, view: "tuple[tuple[int, bytes], ...]",
+               reveals: "dict[int, bytes] | tuple[tuple[int, bytes], ...]") -> "RoundConfig":
         """The round's configuration once the graph seed is fixed (SecAgg+, SPEC.md section 2):
         graph_seed = H(tag || graph_seed || u32(|view|) || (u32(v) || N_v || r_v) for v in view);
-        its digest D' binds the view and the reveals. view: (v, N_v) by v, reveals: {v: r_v};
-        ProtocolError unless every v of the view revealed an r_v matching N_v."""
-        return _seeded(self, tuple(view), tuple(sorted((v, bytes(r)) for v, r in reveals.items())))
+        its digest D' binds the view and the reveals. view: (v, N_v) by v; reveals: {v: r_v} or
+        the wire's (v, r_v) pairs by v. ProtocolError unless every v of the view revealed an r_v
+        matching N_v (reveals of sites outside the view are ignored: the caller compares sets)."""
+        pairs = reveals if isinstance(reveals, tuple) else tuple(sorted(reveals.items()))
+        return _seeded(self, tuple(view), pairs)
 
     @cached_property
     def graph(self) -> dict[int, frozenset[int]]:

@@ -191,10 +191,11 @@ class SecAggServer:
                 raise BelowThresholdError(
                     f"phase graph_reveal: site(s) {missing} did not reveal their graph nonce; round aborted"
                 )
-            self.cfg = self.cfg.seeded(self._view, got)  # D' from here on (SPEC section 2)
+            reveals = tuple(sorted(got.items()))
+            self.cfg = self.cfg.seeded(self._view, reveals)  # D' from here on (SPEC section 2)
             self.phase = "share_keys"
             self._got = {}
-            return self._keys_bundles(tuple(sorted(got.items())))
+            return self._keys_bundles(reveals)
         if self.phase == "share_keys":
             self.u2 = self._close("masked_input")
             self._u2set = frozenset(self.u2)
