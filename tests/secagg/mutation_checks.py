@@ -43,7 +43,7 @@ MUTANTS = [
  ("GRAPH view within the round", C, "if not commits.keys() <= self.cfg.identity.keys():", "if False:"),
  ("GRAPH view >= t", C, "if len(commits) < self.cfg.threshold:", "if False:"),
  ("GRAPH reveals cover the view", C, "if len(bundle.reveals) != len(self._view):", "if False:"),
- ("GRAPH reveal opens its commitment", "secure_fedrl/secagg/protocol.py", "if graph_commitment(self, v, nonce) != commit:", "if False:"),
+ ("GRAPH reveal opens its commitment", "secure_fedrl/secagg/protocol.py", "if graph_commitment(cfg, v, nonce) != commit:", "if False:"),
  ("GRAPH holder advert carries the view's commitment", C, "if not base.complete and view.get(adv.sender) != adv.graph_commit:", "if False:"),
  ("GRAPH complete graph refuses reveals", C, "            if bundle.reveals:\n                raise ProtocolError", "            if False:\n                raise ProtocolError"),
  ("GRAPH server checks the reveal", S, "if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:", "if False:"),
