@@ -25,6 +25,7 @@ import numpy as np
 
 from secure_fedrl.config import Config
 from secure_fedrl.fl.updates import weighted_mean
+from secure_fedrl.secagg.protocol import PHASES
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,10 @@ class PlainAggregator(Aggregator):
         return RoundAggregate(mean, [u.site for u in uploads], [], float(np.mean([u.nbytes for u in uploads])))
 
 
-#: Phases a simulated dropout stops before, drawn uniformly: the five data phases. A site lost
+#: Phases a simulated dropout stops before, drawn uniformly: every phase but graph_reveal. A site lost
 #: between its advert and its graph reveal aborts a SecAgg+ round (SPEC.md section 4, phase 0b;
 #: tests/secagg/test_graph_seed.py); the simulation leaves that short window out.
-SIMULATED_DROPOUT_PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+SIMULATED_DROPOUT_PHASES = tuple(p for p in PHASES if p != "graph_reveal")
 
 
 def simulated_dropouts(sites: Sequence[str], rate: float, rng: np.random.Generator) -> dict[str, str]:

@@ -37,9 +37,8 @@ def _raw(site, method, payload: bytes, timeout=5.0):
 
 
 # ---------------------------------------------------------------- a whole round
-def test_round_over_grpc_mtls_recovers_the_exact_sum(pki, serve, site):
-    hub, _, address = serve()
-    anns, ids = announcements(pki.dir, SITES)
+def _whole_round(hub, address, anns, ids, site):
+    """Every site of SITES in its own thread against the server loop; asserts the exact sum."""
     sites = {n: site(n, address) for n in SITES}
     statuses = {}
     threads = [threading.Thread(target=lambda n=n: statuses.__setitem__(n, site_main(sites[n], ids[n])))
@@ -52,30 +51,26 @@ def test_round_over_grpc_mtls_recovers_the_exact_sum(pki, serve, site):
     assert statuses == {n: "done" for n in SITES}
     assert res.rejected == [] and res.outcome.accepted == (1, 2, 3, 4)
     np.testing.assert_array_equal(res.outcome.sum, expected_sum([1, 2, 3, 4]))
+    return sites
+
+
+def test_round_over_grpc_mtls_recovers_the_exact_sum(pki, serve, site):
+    hub, _, address = serve()
+    anns, ids = announcements(pki.dir, SITES)
+    sites = _whole_round(hub, address, anns, ids, site)
     # and the federation is over for everyone
     assert sites["s1"].await_round(1, 5).finished
 
 
 def test_secagg_plus_round_over_grpc_runs_the_graph_reveal(pki, serve, site):
-    """SecAgg+ (a 4-site ring): the GRAPH_REVEAL phase crosses the wire, the hub switches to the
-    seeded digest D' from the KeysBundles on, and a late upload under the unseeded D is refused."""
+    """SecAgg+ (a 4-site ring): the GRAPH_REVEAL phase crosses the wire and the hub switches to
+    the seeded digest D' from the KeysBundles on."""
     trace: list = []
     hub, _, address = serve(Hub(trace=trace))
     anns, ids = announcements(pki.dir, SITES, degree=2, threshold=2)
     cfg = next(iter(anns.values())).config
     assert cfg.phases[1] == "graph_reveal"
-    sites = {n: site(n, address) for n in SITES}
-    statuses = {}
-    threads = [threading.Thread(target=lambda n=n: statuses.__setitem__(n, site_main(sites[n], ids[n])))
-               for n in SITES]
-    for t in threads:
-        t.start()
-    res = server_main(hub, anns, expect=len(SITES))
-    for t in threads:
-        t.join()
-    assert statuses == {n: "done" for n in SITES}
-    assert res.rejected == [] and res.outcome.accepted == (1, 2, 3, 4)
-    np.testing.assert_array_equal(res.outcome.sum, expected_sum([1, 2, 3, 4]))
+    _whole_round(hub, address, anns, ids, site)
     assert sorted(n for _, ph, d, n, _ in trace if ph == "graph_reveal" and d == "up") == sorted(SITES)
     r = hub._rounds[cfg.round_id]
     assert r.seeded_digest not in (None, cfg.digest)
