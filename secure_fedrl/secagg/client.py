@@ -150,17 +150,22 @@ class SecAggClient:
         self._confirm: dict[int, bytes] = {}
         self._pairs: tuple[int, ...] = ()
         self._view: tuple[tuple[int, bytes], ...] = ()  # SecAgg+: (v, N_v) the graph seed hashes
+        self._view_hash = b""
 
     # -------------------------------------------------------------- helpers
-    def _expect(self, phase: str, msg, cls) -> None:
+    def _expect(self, phase: str, msg, cls) -> R.RoundConfig:
+        """Check type, phase, digest and receiver; returns the configuration the message is for:
+        the round's, or for the KeysBundle the one its reveals seed (SecAgg+, digest D')."""
         if not isinstance(msg, cls):
             raise ProtocolError(f"site {self.id}: expected {cls.NAME}, got {type(msg).__name__}")
         if self.phase != phase:
             raise ProtocolError(f"site {self.id}: {cls.NAME} received in phase {self.phase!r}")
-        if msg.config_digest != self.cfg.digest:
+        cfg = self._seeded(msg) if cls is M.KeysBundle else self.cfg
+        if msg.config_digest != cfg.digest:
             raise ProtocolError(f"site {self.id}: {cls.NAME} is for another round or configuration")
         if msg.receiver != self.id:
             raise ProtocolError(f"site {self.id}: {cls.NAME} addressed to site {msg.receiver}")
+        return cfg
 
     def _reject(self, err: ProtocolError) -> None:
         self.rejected.append(err)
@@ -196,20 +201,23 @@ class SecAggClient:
                 f"site {self.id}: view of {len(commits)} sites, threshold is {self.cfg.threshold}"
             )
         self._view = view.commits
+        self._view_hash = R.view_hash(self.cfg, view.commits)
         self.phase = "share_keys"
-        return M.GraphReveal(self.cfg.digest, self.id, self._nonce).signed(self._sk)
+        return M.GraphReveal(self.cfg.digest, self.id, self._nonce, view_hash=self._view_hash).signed(self._sk)
 
     # -------------------------------------------------------------- phase 1
     def _seeded(self, bundle: M.KeysBundle) -> R.RoundConfig:
         """The configuration the KeysBundle must be for: under SecAgg+ the one seeded by this
         site's view and the bundle's reveals (digest D', SPEC.md section 2)."""
         if self.cfg.complete:
-            if bundle.reveals:
+            if bundle.reveals or bundle.reveal_sigs:
                 raise ProtocolError(f"site {self.id}: graph reveals in a complete-graph round")
             return self.cfg
         # both lists are strictly increasing (decoder): equal length + a reveal per view entry = same sites
         if len(bundle.reveals) != len(self._view):
             raise ProtocolError(f"site {self.id}: the reveals in the KeysBundle do not cover exactly its view")
+        if len(bundle.reveal_sigs) != len(bundle.adverts):
+            raise ProtocolError(f"site {self.id}: the KeysBundle needs one reveal signature per advert")
         try:
             return self.cfg.seeded(self._view, tuple(bundle.reveals))
         except ProtocolError as err:
@@ -217,14 +225,13 @@ class SecAggClient:
 
     def share_keys(self, bundle: M.KeysBundle) -> M.ShareKeys:
         base = self.cfg
-        if isinstance(bundle, M.KeysBundle) and self.phase == "share_keys":
-            self.cfg = self._seeded(bundle)  # every later digest and key is bound to the seed
-        self._expect("share_keys", bundle, M.KeysBundle)
+        self.cfg = self._expect("share_keys", bundle, M.KeysBundle)  # every later digest and key: D'
         view = dict(self._view)
+        revealed = dict(bundle.reveals)
         holders = self.cfg.holders(self.id)
         keys: dict[int, tuple[bytes, bytes]] = {}
         own_seen = False
-        for wire in bundle.adverts:
+        for i, wire in enumerate(bundle.adverts):
             try:
                 adv = M.AdvertiseKeys.decode(wire)
                 if adv.config_digest != base.digest:
@@ -237,6 +244,9 @@ class SecAggClient:
                     raise ProtocolError(f"AdvertiseKeys from site {adv.sender}: graph commitment not the one in the view")
                 if adv.sender != self.id:
                     adv.verify(base.identity[adv.sender])
+                    if not base.complete:  # v revealed r_v for this very view (SPEC.md section 8)
+                        M.GraphReveal(base.digest, adv.sender, revealed[adv.sender], bundle.reveal_sigs[i],
+                                      self._view_hash).verify(base.identity[adv.sender])
             except ProtocolError as err:
                 self._reject(err)
                 continue

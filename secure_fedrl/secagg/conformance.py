@@ -500,14 +500,18 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
 
 def seeded_config(cfg: R.RoundConfig, msgs: list[dict]) -> R.RoundConfig:
     """The configuration after phase 0b (SPEC.md section 2) from a logged round: the view every
-    GraphView carried (all alike in a vector) and the GraphReveals; cfg itself on the complete graph."""
+    GraphView carried (all alike in a vector) and the GraphReveals, each signing that view's hash;
+    cfg itself on the complete graph."""
     if cfg.complete:
         return cfg
     views = {M.GraphView.decode(_b(m["hex"])).commits for m in msgs if M.message_type(_b(m["hex"])) == M.T_GRAPH_VIEW}
     if len(views) != 1:
         raise ProtocolError(f"a SecAgg+ vector must log one view, found {len(views)}")
+    view = next(iter(views))
     reveals = [M.GraphReveal.decode(_b(m["hex"])) for m in msgs if M.message_type(_b(m["hex"])) == M.T_GRAPH_REVEAL]
-    return cfg.seeded(next(iter(views)), {r.sender: r.nonce for r in reveals})
+    if any(r.view_hash != R.view_hash(cfg, view) for r in reveals):
+        raise ProtocolError("a GraphReveal signs another view than the logged one")
+    return cfg.seeded(view, {r.sender: r.nonce for r in reveals})
 
 
 def _check_dp_metadata(dp: dict, cfg: R.RoundConfig) -> str | None:

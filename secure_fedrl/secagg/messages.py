@@ -179,25 +179,30 @@ class AdvertiseKeys(_Signed):
 @dataclass(frozen=True)
 class GraphReveal(_Signed):
     """SecAgg+ only: the site's graph nonce r_u, sent once it holds its view (SPEC.md section 4,
-    phase 0b); the server checks it against N_u of the site's advert."""
+    phase 0b), and `view_hash` = H(view) of that view: the signature binds r_u to the one view
+    the site answered, so the server cannot count it in a view shown to other sites. The server
+    checks r_u against N_u of the site's advert and the hash against the view it sent."""
 
     TYPE: ClassVar[int] = T_GRAPH_REVEAL
     NAME: ClassVar[str] = "GraphReveal"
     nonce: bytes = b""
     signature: bytes = b""
+    view_hash: bytes = bytes(32)
 
     def body(self) -> bytes:
         if len(self.nonce) != NONCE_BYTES:
             raise ProtocolError(f"{self.NAME}: nonce must be {NONCE_BYTES} bytes")
-        return _header(self.TYPE, self.config_digest, self.sender) + self.nonce
+        if len(self.view_hash) != 32:
+            raise ProtocolError(f"{self.NAME}: view hash must be 32 bytes")
+        return _header(self.TYPE, self.config_digest, self.sender) + self.nonce + self.view_hash
 
     @classmethod
     def decode(cls, data: bytes) -> "GraphReveal":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
-        nonce, sig = r.take(NONCE_BYTES), r.take(64)
+        nonce, view_hash, sig = r.take(NONCE_BYTES), r.take(32), r.take(64)
         r.end()
-        return cls(digest, sender, nonce, sig)
+        return cls(digest, sender, nonce, sig, view_hash)
 
 
 @dataclass(frozen=True)
@@ -438,8 +443,10 @@ class GraphView:
 @dataclass(frozen=True)
 class KeysBundle:
     """The AdvertiseKeys messages (wire bytes, sorted by sender) of the receiver's live holders,
-    and under SecAgg+ the graph reveals (v, r_v) of the receiver's whole view, by v (empty on the
-    complete graph). Its header carries the seeded digest D' (SPEC.md section 2)."""
+    and under SecAgg+ the graph reveals (v, r_v) of the receiver's whole view, by v, and for each
+    advert, in its order, the signature of its sender's GraphReveal (the receiver checks it
+    over its own view's hash); both empty on the complete graph. Its header carries the seeded
+    digest D' (SPEC.md section 2)."""
 
     TYPE: ClassVar[int] = T_KEYS_BUNDLE
     NAME: ClassVar[str] = "KeysBundle"
@@ -447,12 +454,17 @@ class KeysBundle:
     receiver: int
     adverts: tuple[bytes, ...]
     reveals: tuple[tuple[int, bytes], ...] = ()
+    reveal_sigs: tuple[bytes, ...] = ()
 
     def encode(self) -> bytes:
         parts = [_header(self.TYPE, self.config_digest, self.receiver), struct.pack(">I", len(self.adverts))]
         for a in self.adverts:
             parts.append(struct.pack(">I", len(a)) + a)
         parts.append(_pairs32(self.reveals, self.NAME))
+        if any(len(sig) != P.SIG_BYTES for sig in self.reveal_sigs):
+            raise ProtocolError(f"{self.NAME}: every reveal signature must be {P.SIG_BYTES} bytes")
+        parts.append(struct.pack(">I", len(self.reveal_sigs)))
+        parts.extend(self.reveal_sigs)
         return b"".join(parts)
 
     @classmethod
@@ -461,8 +473,12 @@ class KeysBundle:
         digest, receiver = _read_header(r, cls.TYPE)
         adverts = tuple(r.take(r.u32()) for _ in range(r.u32()))
         reveals = _read_pairs32(r)
+        count = r.u32()
+        if P.SIG_BYTES * count > len(r.data) - r.pos:
+            raise ProtocolError(f"{cls.NAME}: truncated list")
+        sigs = tuple(r.take(P.SIG_BYTES) for _ in range(count))
         r.end()
-        return cls(digest, receiver, adverts, reveals)
+        return cls(digest, receiver, adverts, reveals, sigs)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ _COMMIT_TAG = b"secure-fedrl/secagg/v1/b-commit"
 _CONFIRM_TAG = b"secure-fedrl/secagg/v1/confirm"
 _NONCE_TAG = b"secure-fedrl/secagg/v1/graph-nonce"
 _SEED_TAG = b"secure-fedrl/secagg/v1/graph-seed"
+_VIEW_TAG = b"secure-fedrl/secagg/v1/graph-view"
 MAX_ID = 2**32 - 1
 
 
@@ -182,6 +183,15 @@ def mixed_graph_seed(graph_seed: bytes, view: "tuple[tuple[int, bytes], ...]", r
     for v, commit in view:
         parts += [struct.pack(">I", v), commit, reveals[v]]
     return P.sha256(*parts)
+
+
+@lru_cache(maxsize=16)
+def view_hash(cfg: RoundConfig, view: "tuple[tuple[int, bytes], ...]") -> bytes:
+    """H(tag || D || u32(|view|) || (u32(v) || N_v) for v in view, by v): what a site's GraphReveal
+    signs, so its r_v counts only in the view it answered (SPEC.md section 2). Memoised: every
+    site of one view hashes the same n entries."""
+    flat = [x for item in view for x in item]
+    return P.sha256(_VIEW_TAG, cfg.digest, struct.pack(f">I{'I32s' * len(view)}", len(view), *flat))
 
 
 def graph_commitment(cfg: RoundConfig, u: int, nonce: bytes) -> bytes:

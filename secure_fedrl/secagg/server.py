@@ -70,6 +70,7 @@ class SecAggServer:
         self._dropped: dict[int, str] = {}
         self._used_keys: set[bytes] = set()
         self._pairs: dict[int, frozenset[int]] = {}
+        self._reveal_sigs: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ receive
     def receive(self, wire: bytes) -> int:
@@ -100,10 +101,12 @@ class SecAggServer:
             raise ProtocolError(f"AdvertiseKeys from site {msg.sender}: public key already used by another site")
         self._used_keys.update((msg.c_pk, msg.s_pk))
 
-    def _check_graph_reveal(self, msg: M.GraphReveal) -> bytes:
+    def _check_graph_reveal(self, msg: M.GraphReveal) -> tuple[bytes, bytes]:
         if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:
             raise ProtocolError(f"GraphReveal from site {msg.sender}: nonce does not match its commitment")
-        return msg.nonce
+        if msg.view_hash != R.view_hash(self.cfg, self._view):
+            raise ProtocolError(f"GraphReveal from site {msg.sender}: signed for another view")
+        return msg.nonce, msg.signature
 
     def _check_share_keys(self, msg: M.ShareKeys) -> None:
         allowed = (self.cfg.holders(msg.sender) & self._u1set) - {msg.sender}
@@ -191,7 +194,8 @@ class SecAggServer:
                 raise BelowThresholdError(
                     f"phase graph_reveal: site(s) {missing} did not reveal their graph nonce; round aborted"
                 )
-            reveals = tuple(sorted(got.items()))
+            reveals = tuple((v, got[v][0]) for v in sorted(got))
+            self._reveal_sigs = {v: sig for v, (_, sig) in got.items()}
             self.cfg = self.cfg.seeded(self._view, reveals)  # D' from here on (SPEC section 2)
             self.phase = "share_keys"
             self._got = {}
@@ -252,9 +256,12 @@ class SecAggServer:
 
     def _keys_bundles(self, reveals: tuple[tuple[int, bytes], ...]) -> dict[int, M.KeysBundle]:
         wires = {u: a.encode() for u, a in self._adverts.items()}
-        return {u: M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in sorted(self.cfg.holders(u) & self._u1set)),
-                                reveals)
-                for u in self.u1}
+        out = {}
+        for u in self.u1:
+            live = sorted(self.cfg.holders(u) & self._u1set)
+            out[u] = M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in live), reveals,
+                                  tuple(self._reveal_sigs[v] for v in live) if reveals else ())
+        return out
 
     def _far_signers(self, r: int, near: frozenset[int], u4set: frozenset[int]) -> set[int]:
         """Signers beyond r's holders whose signatures r may need to certify a site within two

@@ -48,6 +48,11 @@ MUTANTS = [
  ("GRAPH complete graph refuses reveals", C, "            if bundle.reveals:\n                raise ProtocolError", "            if False:\n                raise ProtocolError"),
  ("GRAPH server checks the reveal", S, "if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:", "if False:"),
  ("GRAPH server aborts on a missing reveal", S, "            if missing:  # a reveal", "            if False:  # a reveal"),
+ ("BIND site checks each holder's reveal signature over its view", C, "if not base.complete:  # v revealed r_v for this very view", "if False:  # v revealed r_v for this very view"),
+ ("BIND one reveal signature per advert", C, "if len(bundle.reveal_sigs) != len(bundle.adverts):", "if False:"),
+ ("BIND complete graph refuses reveal signatures", C, "if bundle.reveals or bundle.reveal_sigs:", "if bundle.reveals:"),
+ ("BIND site signs its own view's hash", C, "view_hash=self._view_hash).signed(self._sk)", "view_hash=bytes(32)).signed(self._sk)"),
+ ("BIND server checks the reveal's view hash", S, "if msg.view_hash != R.view_hash(self.cfg, self._view):", "if False:"),
 ]
 only = sys.argv[1:]
 for name, f, old, new in MUTANTS:

@@ -27,18 +27,35 @@ class Outcome:
     config: object = None                           # the round's configuration once seeded (SecAgg+)
 
 
+def advertised_round(n, *, threshold, degree, seed=0):
+    """make_round, then every site's advert and the view an honest server would send (SecAgg+)."""
+    cfg, clients, inputs, keys = make_round(n, threshold=threshold, degree=degree, seed=seed)
+    adverts = {i: clients[i].advertise_keys() for i in cfg.site_ids}
+    view = tuple((v, adverts[v].graph_commit) for v in cfg.site_ids)
+    return cfg, clients, inputs, keys, adverts, view
+
+
 def keys_bundles(cfg, clients, adverts):
     """Phase 0b as an honest server runs it (SecAgg+): every site gets the same view, reveals, and
-    the KeysBundle of its holders' adverts under the seeded digest D'. Returns (seeded config,
-    bundles); on the complete graph (config, bundles) without a reveal."""
+    the KeysBundle of its holders' adverts (with their GraphReveal signatures) under the seeded
+    digest D'. Returns (seeded config, bundles); on the complete graph (config, bundles) without
+    a reveal."""
     ids = sorted(adverts)
-    reveals = {}
+    got = {}
     if not cfg.complete:
         view = tuple((v, adverts[v].graph_commit) for v in ids)
-        reveals = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, view)).nonce for u in ids}
-        cfg = cfg.seeded(view, reveals)
-    return cfg, {u: M.KeysBundle(cfg.digest, u, tuple(adverts[v].encode() for v in sorted(cfg.holders(u)) if v in adverts),
-                                 tuple(sorted(reveals.items()))) for u in ids}
+        got = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, view)) for u in ids}
+        cfg = cfg.seeded(view, {u: g.nonce for u, g in got.items()})
+    return cfg, {u: bundle(cfg, u, adverts, got) for u in ids}
+
+
+def bundle(cfg, u, adverts, reveals):
+    """u's KeysBundle under cfg (seeded): its holders' adverts and, given {v: GraphReveal}, the
+    reveals of all of them and the signatures of the holders' (holders outside it left out)."""
+    live = [v for v in sorted(cfg.holders(u)) if v in adverts and (not reveals or v in reveals)]
+    return M.KeysBundle(cfg.digest, u, tuple(adverts[v].encode() for v in live),
+                        tuple((v, g.nonce) for v, g in sorted(reveals.items())),
+                        tuple(reveals[v].signature for v in live) if reveals else ())
 
 
 def make_round(n, *, threshold, degree=None, dim=4, seed=0):

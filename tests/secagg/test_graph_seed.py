@@ -18,16 +18,13 @@ from secure_fedrl.secagg import run_round
 from secure_fedrl.secagg.client import SecAggClient
 from secure_fedrl.secagg.server import SecAggServer
 
-from secagg_attacker import honest_phases, keys_bundles, make_round
+from secagg_attacker import advertised_round, bundle, honest_phases, keys_bundles, make_round
 
 N, K, T = 10, 4, 3
 
 
 def _round(seed=0):
-    cfg, clients, inputs, keys = make_round(N, threshold=T, degree=K, seed=seed)
-    adverts = {i: clients[i].advertise_keys() for i in cfg.site_ids}
-    view = tuple((v, adverts[v].graph_commit) for v in cfg.site_ids)
-    return cfg, clients, inputs, keys, adverts, view
+    return advertised_round(N, threshold=T, degree=K, seed=seed)
 
 
 def test_an_honest_round_agrees_on_a_seed_that_the_config_does_not_fix(plain_sum):
@@ -64,9 +61,41 @@ def test_the_complete_graph_has_no_reveal_phase_and_refuses_reveals(five_sites):
     clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=inputs[i]) for i in inputs}
     server = SecAggServer(config=cfg)
     out = honest_phases(server, clients, "advertise_keys")
-    assert all(isinstance(m, M.KeysBundle) and not m.reveals for m in out.values())
+    assert all(isinstance(m, M.KeysBundle) and not m.reveals and not m.reveal_sigs for m in out.values())
     with pytest.raises(ProtocolError, match="graph reveals in a complete-graph round"):
         clients[1].share_keys(replace(out[1], reveals=((1, bytes(32)),)))
+    with pytest.raises(ProtocolError, match="graph reveals in a complete-graph round"):
+        clients[2].share_keys(replace(out[2], reveal_sigs=(bytes(64),) * len(out[2].adverts)))
+
+
+def test_a_bundle_without_one_reveal_signature_per_advert_is_refused():
+    cfg, clients, inputs, keys, adverts, view = _round()
+    seeded, bundles = keys_bundles(cfg, clients, adverts)
+    for u, sigs in ((1, bundles[1].reveal_sigs[:-1]), (2, bundles[2].reveal_sigs + (bytes(64),)), (3, ())):
+        with pytest.raises(ProtocolError, match=f"site {u}: the KeysBundle needs one reveal signature per advert"):
+            clients[u].share_keys(replace(bundles[u], reveal_sigs=sigs))
+
+
+@pytest.mark.parametrize("forge", ["another view", "another site's signature", "zero"])
+def test_a_holder_whose_reveal_signature_does_not_cover_this_view_is_dropped(forge):
+    """The server swaps one holder's reveal signature: signed by that holder for another view (what
+    a split view leaves it), another holder's, or garbage. The site drops just that holder."""
+    cfg, clients, inputs, keys, adverts, view = _round()
+    seeded, bundles = keys_bundles(cfg, clients, adverts)
+    b = bundles[1]
+    senders = [M.AdvertiseKeys.decode(a).sender for a in b.adverts]
+    i = max(j for j, v in enumerate(senders) if v != 1)
+    peer = senders[i]
+    if forge == "another view":
+        other = R.view_hash(cfg, view[:-1])
+        sig = M.GraphReveal(cfg.digest, peer, clients[peer]._nonce, view_hash=other).signed(keys[peer]).signature
+    elif forge == "another site's signature":
+        sig = b.reveal_sigs[senders.index(next(v for v in senders if v not in (1, peer)))]
+    else:
+        sig = bytes(64)
+    clients[1].share_keys(replace(b, reveal_sigs=b.reveal_sigs[:i] + (sig,) + b.reveal_sigs[i + 1:]))
+    assert [str(e) for e in clients[1].rejected] == [f"GraphReveal from site {peer}: invalid signature"]
+    assert set(clients[1]._peer_keys) == set(senders) - {peer}
 
 
 # --------------------------------------------------------------------------- the site's view checks
@@ -200,33 +229,60 @@ def test_the_server_takes_one_reveal_per_site_signed_by_it():
 # --------------------------------------------------------------------------- split views
 
 
-def test_sites_given_different_views_hold_no_usable_shares_of_each_other():
-    """The server shows group A the real view and group B one where a colluder (site 10)
-    committed to another nonce: the two groups get different seeds, hence different D', and no
-    share ciphertext crosses between them (each fails its AEAD check)."""
+def _split_round(view_b_of):
+    """Group A = {1..5} and site 10 answer the real view; group B = {6..9} a second view built by
+    view_b_of(cfg, view, keys) -> (view_b, {v: GraphReveal} the server holds for it beyond the
+    sites' own). Each site then gets the seeded bundle of its own view, carrying every reveal the
+    server has for it: A's bundles reuse B's reveals and B's reuse A's. Returns the clients, each
+    site's ShareKeys (None if it refused to go on) and the groups."""
     cfg, clients, inputs, keys, adverts, view = _round()
-    a_group, b_group = {1, 2, 3, 4, 5}, {6, 7, 8, 9}
-    alt_nonce = bytes(range(32))
-    view_b = tuple((v, R.graph_commitment(cfg, 10, alt_nonce) if v == 10 else c) for v, c in view)
-    reveals = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, view if u in a_group | {10} else view_b)).nonce
-               for u in cfg.site_ids}
-    seeded_a = cfg.seeded(view, reveals)
-    seeded_b = cfg.seeded(view_b, {**reveals, 10: alt_nonce})
+    a_group, b_group = {1, 2, 3, 4, 5, 10}, {6, 7, 8, 9}
+    view_b, extra_b = view_b_of(cfg, view, keys)
+    got = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, view if u in a_group else view_b))
+           for u in cfg.site_ids}
+    got_b = {v: g for v, g in {**got, **extra_b}.items() if v in dict(view_b)}
+    seeded_a = cfg.seeded(view, {u: g.nonce for u, g in got.items()})
+    seeded_b = cfg.seeded(view_b, {u: g.nonce for u, g in got_b.items()})
     assert seeded_a.digest != seeded_b.digest
     share = {}
-    for u in a_group | b_group:
-        s = seeded_a if u in a_group else seeded_b
-        rv = reveals if u in a_group else {**reveals, 10: alt_nonce}
-        ads = tuple(adverts[v].encode() for v in sorted(s.holders(u)))
-        share[u] = clients[u].share_keys(M.KeysBundle(s.digest, u, ads, tuple(sorted(rv.items()))))
-    crossing = 0
-    for u in a_group:
-        cts = tuple((v, ct) for v in sorted(b_group) for r, ct in share[v].ciphertexts if r == u)
-        crossing += len(cts)
-        before = len(clients[u].rejected)
+    for u in sorted(cfg.site_ids):
+        s, rv = (seeded_a, got) if u in a_group else (seeded_b, got_b)
         try:
-            clients[u].masked_input(M.CiphertextBundle(seeded_a.digest, u, cts))
-        except ProtocolError:
-            pass  # too few usable shares: it refuses to mask, which is just as safe
-        assert len(clients[u].rejected) - before == len(cts)
-    assert crossing > 0
+            share[u] = clients[u].share_keys(bundle(s, u, adverts, rv))
+        except BelowThresholdError:
+            share[u] = None
+    return cfg, clients, share, a_group, b_group, (seeded_a, seeded_b)
+
+
+def _colluder_renonced(cfg, view, keys):
+    """View B: the colluder (site 10) committed to another nonce, signed for B."""
+    alt = bytes(range(32))
+    view_b = tuple((v, R.graph_commitment(cfg, 10, alt) if v == 10 else c) for v, c in view)
+    return view_b, {10: M.GraphReveal(cfg.digest, 10, alt, view_hash=R.view_hash(cfg, view_b)).signed(keys[10])}
+
+
+def _one_site_left_out(cfg, view, keys):
+    """View B: the real view without site 10 (no colluder: the server alone, attack review)."""
+    return tuple((v, c) for v, c in view if v != 10), {}
+
+
+@pytest.mark.parametrize("view_b_of", [_colluder_renonced, _one_site_left_out])
+def test_sites_given_different_views_never_pair_across_them(view_b_of):
+    """A reveal counts only in the view it signed (SPEC.md section 8): the server cannot reuse the
+    reveals of B's sites to seed A's graph (or A's for B), so every site drops each holder that
+    answered the other view before any share leaves, and no ciphertext crosses the split. Without
+    the view hash in the signature, group A pairs with B's sites, whose holders in B reveal their
+    masking keys as dropped (the attack review's split-view attack)."""
+    cfg, clients, share, a_group, b_group, seeded = _split_round(view_b_of)
+    crossings = 0
+    for u, msg in share.items():
+        mine, other = (a_group, b_group) if u in a_group else (b_group, a_group)
+        s = seeded[0] if u in a_group else seeded[1]
+        across = (s.holders(u) - {u, 10}) & other  # 10 answered A only; under B it is the colluder's
+        crossings += len(across)
+        dropped = {int(str(e).split("GraphReveal from site ")[1].split(":")[0])
+                   for e in clients[u].rejected if "GraphReveal from site" in str(e)}
+        assert dropped == across, (u, dropped, across)
+        if msg is not None:
+            assert not {r for r, _ in msg.ciphertexts} & (other | {10} if u in b_group else other)
+    assert crossings > 0  # the split did put holders across it

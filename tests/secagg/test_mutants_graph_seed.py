@@ -16,16 +16,13 @@ from secure_fedrl.secagg import protocol as R
 from secure_fedrl.secagg.client import SecAggClient
 from secure_fedrl.secagg.server import SecAggServer
 
-from secagg_attacker import honest_phases, keys_bundles, make_round
+from secagg_attacker import advertised_round, bundle, honest_phases, keys_bundles, make_round
 
 N, K, T = 10, 4, 3
 
 
 def _round(seed=0):
-    cfg, clients, inputs, keys = make_round(N, threshold=T, degree=K, seed=seed)
-    adverts = {i: clients[i].advertise_keys() for i in cfg.site_ids}
-    view = tuple((v, adverts[v].graph_commit) for v in cfg.site_ids)
-    return cfg, clients, inputs, keys, adverts, view
+    return advertised_round(N, threshold=T, degree=K, seed=seed)
 
 
 def _reveals(cfg, clients, view):
@@ -161,33 +158,49 @@ def test_a_pair_list_longer_than_the_message_is_truncated():
 def test_keys_bundle_carries_its_reveals_after_the_adverts():
     d = b"\x33" * 32
     reveals = ((1, b"\x01" * 32), (5, b"\x05" * 32))
-    b = M.KeysBundle(d, 2, (b"abc", b""), reveals)
+    sigs = (b"\x07" * 64, b"\x08" * 64)
+    b = M.KeysBundle(d, 2, (b"abc", b""), reveals, sigs)
     wire = b.encode()
-    assert wire.endswith(struct.pack(">I", 2) + b"".join(struct.pack(">I", i) + r for i, r in reveals))
+    assert wire.endswith(struct.pack(">I", 2) + b"".join(struct.pack(">I", i) + r for i, r in reveals)
+                         + struct.pack(">I", 2) + b"".join(sigs))
     assert M.KeysBundle.decode(wire) == b
-    assert M.KeysBundle(d, 2, (b"abc",)).reveals == ()
+    assert M.KeysBundle(d, 2, (b"abc",)).reveals == () and M.KeysBundle(d, 2, (b"abc",)).reveal_sigs == ()
     bare = M.KeysBundle(d, 2, (b"abc",)).encode()
-    assert bare.endswith(bytes(4)) and M.KeysBundle.decode(bare).reveals == ()
+    assert bare.endswith(bytes(8)) and M.KeysBundle.decode(bare).reveals == ()
     with pytest.raises(ProtocolError, match="KeysBundle: truncated"):
         M.KeysBundle.decode(bare[:-4])
+    with pytest.raises(ProtocolError, match="KeysBundle: truncated list"):
+        M.KeysBundle.decode(wire[:-1])
+    with pytest.raises(ProtocolError, match="KeysBundle: truncated list"):
+        M.KeysBundle.decode(bare[:-4] + struct.pack(">I", 2**32 - 1))
+    with pytest.raises(ProtocolError, match="KeysBundle: 1 trailing bytes"):
+        M.KeysBundle.decode(wire + b"\0")
+    for bad in (bytes(63), bytes(65)):
+        with pytest.raises(ProtocolError, match="KeysBundle: every reveal signature must be 64 bytes"):
+            M.KeysBundle(d, 2, (b"abc",), reveals, (bad,)).encode()
 
 
 def test_graph_reveal_wire_format_signature_and_nonce_length():
     cfg, clients, inputs, keys = make_round(N, threshold=T, degree=K)
     nonce = bytes(range(32))
-    g = M.GraphReveal(cfg.digest, 3, nonce).signed(keys[3])
+    vh = bytes(range(100, 132))
+    g = M.GraphReveal(cfg.digest, 3, nonce, view_hash=vh).signed(keys[3])
     wire = g.encode()
-    assert wire == M.HEADER.pack(M.MAGIC, M.VERSION, M.T_GRAPH_REVEAL, cfg.digest, 3) + nonce + g.signature
-    assert len(wire) == M.HEADER.size + 32 + 64
+    assert wire == M.HEADER.pack(M.MAGIC, M.VERSION, M.T_GRAPH_REVEAL, cfg.digest, 3) + nonce + vh + g.signature
+    assert len(wire) == M.HEADER.size + 32 + 32 + 64
     assert M.GraphReveal.decode(wire) == g and M.decode(wire) == g
     g.verify(cfg.identity[3])
     with pytest.raises(ProtocolError):
         g.verify(cfg.identity[4])
     with pytest.raises(ProtocolError):
         replace(g, nonce=bytes(32)).verify(cfg.identity[3])
+    with pytest.raises(ProtocolError):
+        replace(g, view_hash=bytes(32)).verify(cfg.identity[3])
     for bad in (bytes(31), bytes(33)):
         with pytest.raises(ProtocolError, match="GraphReveal: nonce must be 32 bytes"):
             M.GraphReveal(cfg.digest, 3, bad).signed(keys[3])
+        with pytest.raises(ProtocolError, match="GraphReveal: view hash must be 32 bytes"):
+            M.GraphReveal(cfg.digest, 3, nonce, view_hash=bad).signed(keys[3])
     with pytest.raises(ProtocolError, match="^GraphReveal: 1 trailing bytes$"):
         M.GraphReveal.decode(wire + b"\0")
     with pytest.raises(ProtocolError, match="truncated"):
@@ -276,10 +289,10 @@ def test_with_a_short_view_the_site_seeds_over_its_own_view_only():
     cfg, clients, inputs, keys, adverts, view = _round()
     sub = tuple(e for e in view if e[0] != 10)
     ids = [v for v, _ in sub]
-    reveals = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, sub)).nonce for u in ids}
+    got = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, sub)) for u in ids}
+    reveals = {u: g.nonce for u, g in got.items()}
     seeded = cfg.seeded(sub, reveals)
-    b = M.KeysBundle(seeded.digest, 1, tuple(adverts[v].encode() for v in sorted(seeded.holders(1)) if v != 10),
-                     tuple(sorted(reveals.items())))
+    b = bundle(seeded, 1, adverts, got)
     clients[1].share_keys(b)
     assert clients[1].cfg == seeded
     # the same bundle with the full view's reveals does not cover the site's view
@@ -340,15 +353,18 @@ def test_the_server_sends_every_site_the_unseeded_view_of_u1_then_seeded_bundles
     assert all(views[u] == M.GraphView(cfg.digest, u, view) for u in u1)
     for u in u1:
         server.receive(clients[u].graph_reveal(views[u]).encode())
-    assert server._got == {u: clients[u]._nonce for u in u1}
+    vh = R.view_hash(cfg, view)
+    got = {u: M.GraphReveal(cfg.digest, u, clients[u]._nonce, view_hash=vh).signed(keys[u]) for u in u1}
+    assert server._got == {u: (g.nonce, g.signature) for u, g in got.items()}
     bundles = server.finish_phase()
     reveals = tuple((u, clients[u]._nonce) for u in u1)
     seeded = cfg.seeded(view, dict(reveals))
     assert server.cfg == seeded and server.phase == "share_keys" and server._got == {}
     assert set(bundles) == set(u1)
     for u in u1:
-        want = tuple(clients[v]._advert.encode() for v in sorted(seeded.holders(u)) if v != 6)
-        assert bundles[u] == M.KeysBundle(seeded.digest, u, want, reveals)
+        live = [v for v in sorted(seeded.holders(u)) if v != 6]
+        want = tuple(clients[v]._advert.encode() for v in live)
+        assert bundles[u] == M.KeysBundle(seeded.digest, u, want, reveals, tuple(got[v].signature for v in live))
     # the sites take them and the server accepts their shares under D'
     for u in u1:
         server.receive(clients[u].share_keys(bundles[u]).encode())
@@ -362,10 +378,14 @@ def test_the_server_refuses_reveals_under_the_unseeded_phase_rules():
     g = clients[2].graph_reveal(views[2])
     # another site's nonce, honestly signed by site 3, does not open site 3's commitment
     with pytest.raises(ProtocolError, match="GraphReveal from site 3: nonce does not match its commitment"):
-        server.receive(M.GraphReveal(cfg.digest, 3, g.nonce).signed(keys[3]).encode())
+        server.receive(replace(g, sender=3).signed(keys[3]).encode())
+    # its own nonce, signed for another view than the one the server sent (one view to all)
+    other = R.view_hash(cfg, tuple(views[3].commits[:-1]))
+    with pytest.raises(ProtocolError, match="GraphReveal from site 3: signed for another view"):
+        server.receive(M.GraphReveal(cfg.digest, 3, clients[3]._nonce, view_hash=other).signed(keys[3]).encode())
     assert 3 not in server._got
     server.receive(g.encode())
-    assert server._got[2] == g.nonce
+    assert server._got[2] == (g.nonce, g.signature)
 
 
 def test_the_server_aborts_when_reveals_are_missing_and_lists_them():

@@ -182,7 +182,9 @@ def test_site_rejects_an_advert_from_a_non_neighbour_and_duplicates():
     own = out[1].adverts
     extra = clients[far]._advert.encode()
     dup = own[-1]
-    clients[1].share_keys(replace(out[1], adverts=tuple(sorted(own + (extra, dup)))))
+    ads = tuple(sorted(own + (extra, dup)))
+    sigs = tuple(server._reveal_sigs[M.AdvertiseKeys.decode(a).sender] for a in ads)
+    clients[1].share_keys(replace(out[1], adverts=ads, reveal_sigs=sigs))
     msgs = [str(e) for e in clients[1].rejected]
     assert any(f"site {far}, not a neighbour of 1" in m for m in msgs)
     assert any("duplicate AdvertiseKeys" in m for m in msgs)
