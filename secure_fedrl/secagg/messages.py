@@ -398,7 +398,7 @@ class UnmaskResponse(_Signed):
 
 
 @lru_cache(maxsize=8)
-def _pairs32(items: tuple[tuple[int, bytes], ...], what: str) -> bytes:
+def pack_pairs32(items: tuple[tuple[int, bytes], ...], what: str) -> bytes:
     """`u32(count) || (u32(id) || 32 bytes)*`, ids strictly increasing. Memoised: the server sends
     one view (and one list of reveals) to every site, n entries each, so it is encoded once."""
     _check_sorted([i for i, _ in items], what)
@@ -429,7 +429,7 @@ class GraphView:
     commits: tuple[tuple[int, bytes], ...]
 
     def encode(self) -> bytes:
-        return _header(self.TYPE, self.config_digest, self.receiver) + _pairs32(self.commits, self.NAME)
+        return _header(self.TYPE, self.config_digest, self.receiver) + pack_pairs32(self.commits, self.NAME)
 
     @classmethod
     def decode(cls, data: bytes) -> "GraphView":
@@ -460,7 +460,7 @@ class KeysBundle:
         parts = [_header(self.TYPE, self.config_digest, self.receiver), struct.pack(">I", len(self.adverts))]
         for a in self.adverts:
             parts.append(struct.pack(">I", len(a)) + a)
-        parts.append(_pairs32(self.reveals, self.NAME))
+        parts.append(pack_pairs32(self.reveals, self.NAME))
         if any(len(sig) != P.SIG_BYTES for sig in self.reveal_sigs):
             raise ProtocolError(f"{self.NAME}: every reveal signature must be {P.SIG_BYTES} bytes")
         parts.append(struct.pack(">I", len(self.reveal_sigs)))

@@ -12,6 +12,7 @@ from secure_fedrl.errors import ConfigError, ProtocolError
 
 from . import primitives as P
 from .graph import effective_degree, neighbours, within_hops
+from .messages import pack_pairs32
 
 #: Every phase a site uploads in, in order; "graph_reveal" runs under SecAgg+ only
 #: (`RoundConfig.phases`): on the complete graph the seed decides nothing.
@@ -189,9 +190,8 @@ def mixed_graph_seed(graph_seed: bytes, view: "tuple[tuple[int, bytes], ...]", r
 def view_hash(cfg: RoundConfig, view: "tuple[tuple[int, bytes], ...]") -> bytes:
     """H(tag || D || u32(|view|) || (u32(v) || N_v) for v in view, by v): what a site's GraphReveal
     signs, so its r_v counts only in the view it answered (SPEC.md section 2). Memoised: every
-    site of one view hashes the same n entries."""
-    flat = [x for item in view for x in item]
-    return P.sha256(_VIEW_TAG, cfg.digest, struct.pack(f">I{'I32s' * len(view)}", len(view), *flat))
+    site of one view hashes the same n entries, already packed for the GraphView."""
+    return P.sha256(_VIEW_TAG, cfg.digest, pack_pairs32(tuple(view), "GraphView"))
 
 
 def graph_commitment(cfg: RoundConfig, u: int, nonce: bytes) -> bytes:

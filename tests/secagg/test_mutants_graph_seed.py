@@ -1,6 +1,6 @@
 """Mutation-testing follow-up for the SecAgg+ graph seed (commit-reveal, phase 0b): each test
 pins one behaviour a surviving mutmut mutant (or a hand-made one, for decorated functions that
-mutmut 3 skips: RoundConfig.phases, protocol._seeded, messages._pairs32) could change unseen."""
+mutmut 3 skips: RoundConfig.phases, protocol._seeded, messages.pack_pairs32) could change unseen."""
 
 from __future__ import annotations
 
