@@ -222,12 +222,16 @@ def load_signing_key(key_dir: str | os.PathLike[str], *, run_dir: str | os.PathL
     return _load_key(d, passphrase)
 
 
+_ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
 def _load_key(d: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     key_path = d / KEY_FILE
     _check_private(d, "ledger key directory", f"chmod 700 {d}")
     _check_private(key_path, "ledger signing key", f"chmod 600 {key_path}")
+    pem = key_path.read_bytes()
     try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=passphrase)
+        key = serialization.load_pem_private_key(pem, password=passphrase)
     except TypeError as exc:
         if passphrase is None:
             raise LedgerError(f"ledger signing key {key_path} is encrypted: set {PASSPHRASE_ENV} "
@@ -235,8 +239,11 @@ def _load_key(d: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
         raise LedgerError(f"ledger signing key {key_path} is not encrypted but a passphrase was "
                           f"given ({exc})") from None
     except ValueError as exc:
-        if passphrase is not None and "decrypt" in str(exc).lower():
-            raise LedgerError(f"wrong passphrase for ledger signing key {key_path}") from None
+        # A wrong passphrase usually fails the CBC padding ("bad decrypt"), but about 1 in 256
+        # leaves valid padding over garbage, which fails as ASN.1 instead: both mean the same.
+        if passphrase is not None and pem.lstrip().startswith(_ENCRYPTED_PEM):
+            raise LedgerError(f"wrong passphrase for ledger signing key {key_path} (or the key "
+                              f"file is damaged)") from None
         raise LedgerError(f"ledger signing key {key_path} is unreadable: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise LedgerError(f"ledger signing key {key_path} is not an Ed25519 private key")

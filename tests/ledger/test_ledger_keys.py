@@ -283,3 +283,37 @@ def test_the_row_is_durable_before_the_aggregate_is_applied(tmp_path: Path, fed:
     assert main(["simulate", str(fed), "--out", str(run), "--ledger-key", str(tmp_path / "k"),
                  "--no-progress"]) == 0
     assert seen == [(1, 1), (2, 2)]
+
+
+# Encrypted (passphrase "correct horse") from Ed25519 private bytes 0..31. "wrong-406" leaves
+# valid CBC padding over garbage, so cryptography reports an ASN.1 error, not "bad decrypt":
+# it is still a wrong passphrase (CI once drew such a case at random).
+_PEM_PADDING_COLLISION = b"""-----BEGIN ENCRYPTED PRIVATE KEY-----
+MIGjMF8GCSqGSIb3DQEFDTBSMDEGCSqGSIb3DQEFDDAkBBADd1+pVuWQnh0Kk/E8
+y5YHAgIIADAMBggqhkiG9w0CCQUAMB0GCWCGSAFlAwQBKgQQUFgDp8wESqweUtSZ
+jgLenQRAzU9kG5hAXTBckR+gRCg4Nr9oWVaInT2eLlrtJjpLFQPSn0TYxGfhaMzH
+dWoZiDwAcDMcJVEX1VkQn8fUNGEWdg==
+-----END ENCRYPTED PRIVATE KEY-----
+"""
+
+
+def test_a_wrong_passphrase_that_passes_the_padding_is_still_a_wrong_passphrase(
+        tmp_path: Path) -> None:
+    keys, run = tmp_path / "keys", tmp_path / "run"
+    run.mkdir()
+    keys.mkdir(mode=0o700)
+    (keys / KEY_FILE).write_bytes(_PEM_PADDING_COLLISION)
+    os.chmod(keys / KEY_FILE, 0o600)
+    assert load_signing_key(keys, run_dir=run, passphrase=b"correct horse",
+                            create=False).private_bytes_raw() == bytes(range(32))
+    with pytest.raises(LedgerError, match="wrong passphrase"):
+        load_signing_key(keys, run_dir=run, passphrase=b"wrong-406", create=False)
+
+
+def test_a_damaged_plain_key_is_unreadable_not_a_passphrase_problem(tmp_path: Path) -> None:
+    keys, run = tmp_path / "keys", tmp_path / "run"
+    run.mkdir()
+    load_signing_key(keys, run_dir=run, create=True)
+    (keys / KEY_FILE).write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(LedgerError, match="is unreadable"):
+        load_signing_key(keys, run_dir=run, create=False)
