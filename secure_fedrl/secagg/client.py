@@ -150,7 +150,6 @@ class SecAggClient:
         self._confirm: dict[int, bytes] = {}
         self._pairs: tuple[int, ...] = ()
         self._view: tuple[tuple[int, bytes], ...] = ()  # SecAgg+: (v, N_v) the graph seed hashes
-        self._view_hash = b""
 
     # -------------------------------------------------------------- helpers
     def _expect(self, phase: str, msg, cls) -> R.RoundConfig:
@@ -201,23 +200,22 @@ class SecAggClient:
                 f"site {self.id}: view of {len(commits)} sites, threshold is {self.cfg.threshold}"
             )
         self._view = view.commits
-        self._view_hash = R.view_hash(self.cfg, view.commits)
         self.phase = "share_keys"
-        return M.GraphReveal(self.cfg.digest, self.id, self._nonce, view_hash=self._view_hash).signed(self._sk)
+        # the signed H_V makes a split view provable from two sites' reveals (SPEC.md section 8)
+        return M.GraphReveal(self.cfg.digest, self.id, self._nonce,
+                             view_hash=R.view_hash(self.cfg, view.commits)).signed(self._sk)
 
     # -------------------------------------------------------------- phase 1
     def _seeded(self, bundle: M.KeysBundle) -> R.RoundConfig:
         """The configuration the KeysBundle must be for: under SecAgg+ the one seeded by this
         site's view and the bundle's reveals (digest D', SPEC.md section 2)."""
         if self.cfg.complete:
-            if bundle.reveals or bundle.reveal_sigs:
+            if bundle.reveals:
                 raise ProtocolError(f"site {self.id}: graph reveals in a complete-graph round")
             return self.cfg
         # both lists are strictly increasing (decoder): equal length + a reveal per view entry = same sites
         if len(bundle.reveals) != len(self._view):
             raise ProtocolError(f"site {self.id}: the reveals in the KeysBundle do not cover exactly its view")
-        if len(bundle.reveal_sigs) != len(bundle.adverts):
-            raise ProtocolError(f"site {self.id}: the KeysBundle needs one reveal signature per advert")
         try:
             return self.cfg.seeded(self._view, tuple(bundle.reveals))
         except ProtocolError as err:
@@ -227,11 +225,10 @@ class SecAggClient:
         base = self.cfg
         self.cfg = self._expect("share_keys", bundle, M.KeysBundle)  # every later digest and key: D'
         view = dict(self._view)
-        revealed = dict(bundle.reveals)
         holders = self.cfg.holders(self.id)
         keys: dict[int, tuple[bytes, bytes]] = {}
         own_seen = False
-        for i, wire in enumerate(bundle.adverts):
+        for wire in bundle.adverts:
             try:
                 adv = M.AdvertiseKeys.decode(wire)
                 if adv.config_digest != base.digest:
@@ -244,9 +241,6 @@ class SecAggClient:
                     raise ProtocolError(f"AdvertiseKeys from site {adv.sender}: graph commitment not the one in the view")
                 if adv.sender != self.id:
                     adv.verify(base.identity[adv.sender])
-                    if not base.complete:  # v revealed r_v for this very view (SPEC.md section 8)
-                        M.GraphReveal(base.digest, adv.sender, revealed[adv.sender], bundle.reveal_sigs[i],
-                                      self._view_hash).verify(base.identity[adv.sender])
             except ProtocolError as err:
                 self._reject(err)
                 continue
@@ -305,13 +299,17 @@ class SecAggClient:
 
     # -------------------------------------------------------------- phase 2
     def masked_input(self, bundle: M.CiphertextBundle) -> M.MaskedInput:
+        """Pair (mask) only with the peers whose share ciphertext decrypts under this site's D':
+        an honest peer encrypts under its own D', which hashes its view, so a peer shown another
+        view is never paired with (SPEC.md section 8, graph seed (2)), whatever the server sends."""
         self._expect("masked_input", bundle, M.CiphertextBundle)
-        pairs: set[int] = set()
+        seen: set[int] = set()
+        shares: dict[int, tuple[bytes, bytes]] = {}  # kept only once the site goes on (threshold)
         for v, ct in bundle.ciphertexts:
-            if v not in self._sent_to or v in pairs:
+            if v not in self._sent_to or v in seen:
                 self._reject(ProtocolError(f"site {self.id}: unexpected or duplicate ciphertext from site {v}"))
                 continue
-            pairs.add(v)
+            seen.add(v)
             try:
                 key = R.enc_key(self.cfg, self._enc_shared[v], v, self.id)
                 pt = P.aead_decrypt(key, R.enc_nonce(v, self.id), ct, R.enc_ad(self.cfg, v, self.id))
@@ -319,14 +317,15 @@ class SecAggClient:
                     raise ProtocolError(f"share plaintext from site {v} has the wrong header or length")
                 shamir.share_from_bytes(pt[8:74]), shamir.share_from_bytes(pt[74:])
             except ProtocolError as err:
-                self._reject(ProtocolError(f"site {self.id}: ciphertext from site {v}: {err}"))
+                self._reject(ProtocolError(f"site {self.id}: ciphertext from site {v}, not paired with: {err}"))
                 continue
-            self._shares[v] = (pt[8:74], pt[74:])
-        if len(pairs) + 1 < self.cfg.threshold:
+            shares[v] = (pt[8:74], pt[74:])
+        if len(shares) + 1 < self.cfg.threshold:
             raise BelowThresholdError(
-                f"site {self.id}: {len(pairs) + 1} sites shared keys with it, threshold is {self.cfg.threshold}"
+                f"site {self.id}: {len(shares) + 1} sites shared keys with it, threshold is {self.cfg.threshold}"
             )
-        self._pairs = paired = tuple(sorted(pairs))
+        self._shares.update(shares)
+        self._pairs = paired = tuple(sorted(shares))
         seeds = {v: R.mask_seed(self.cfg, self._mask_shared[v], self.id, v) for v in paired}
         y = P.MaskAccumulator(self.cfg.dim).combine(
             self._x, plus=[self._b] + [seeds[v] for v in paired if v > self.id],

@@ -443,10 +443,8 @@ class GraphView:
 @dataclass(frozen=True)
 class KeysBundle:
     """The AdvertiseKeys messages (wire bytes, sorted by sender) of the receiver's live holders,
-    and under SecAgg+ the graph reveals (v, r_v) of the receiver's whole view, by v, and for each
-    advert, in its order, the signature of its sender's GraphReveal (the receiver checks it
-    over its own view's hash); both empty on the complete graph. Its header carries the seeded
-    digest D' (SPEC.md section 2)."""
+    and under SecAgg+ the graph reveals (v, r_v) of the receiver's whole view, by v (empty on the
+    complete graph). Its header carries the seeded digest D' (SPEC.md section 2)."""
 
     TYPE: ClassVar[int] = T_KEYS_BUNDLE
     NAME: ClassVar[str] = "KeysBundle"
@@ -454,17 +452,12 @@ class KeysBundle:
     receiver: int
     adverts: tuple[bytes, ...]
     reveals: tuple[tuple[int, bytes], ...] = ()
-    reveal_sigs: tuple[bytes, ...] = ()
 
     def encode(self) -> bytes:
         parts = [_header(self.TYPE, self.config_digest, self.receiver), struct.pack(">I", len(self.adverts))]
         for a in self.adverts:
             parts.append(struct.pack(">I", len(a)) + a)
         parts.append(pack_pairs32(self.reveals, self.NAME))
-        if any(len(sig) != P.SIG_BYTES for sig in self.reveal_sigs):
-            raise ProtocolError(f"{self.NAME}: every reveal signature must be {P.SIG_BYTES} bytes")
-        parts.append(struct.pack(">I", len(self.reveal_sigs)))
-        parts.extend(self.reveal_sigs)
         return b"".join(parts)
 
     @classmethod
@@ -473,12 +466,8 @@ class KeysBundle:
         digest, receiver = _read_header(r, cls.TYPE)
         adverts = tuple(r.take(r.u32()) for _ in range(r.u32()))
         reveals = _read_pairs32(r)
-        count = r.u32()
-        if P.SIG_BYTES * count > len(r.data) - r.pos:
-            raise ProtocolError(f"{cls.NAME}: truncated list")
-        sigs = tuple(r.take(P.SIG_BYTES) for _ in range(count))
         r.end()
-        return cls(digest, receiver, adverts, reveals, sigs)
+        return cls(digest, receiver, adverts, reveals)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class SecAggServer:
         self._dropped: dict[int, str] = {}
         self._used_keys: set[bytes] = set()
         self._pairs: dict[int, frozenset[int]] = {}
-        self._reveal_sigs: dict[int, bytes] = {}
+        self._refused_by: dict[int, int] = {}  # v -> a site that did not pair with v (phase 2)
 
     # ------------------------------------------------------------------ receive
     def receive(self, wire: bytes) -> int:
@@ -101,12 +101,12 @@ class SecAggServer:
             raise ProtocolError(f"AdvertiseKeys from site {msg.sender}: public key already used by another site")
         self._used_keys.update((msg.c_pk, msg.s_pk))
 
-    def _check_graph_reveal(self, msg: M.GraphReveal) -> tuple[bytes, bytes]:
+    def _check_graph_reveal(self, msg: M.GraphReveal) -> bytes:
         if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:
             raise ProtocolError(f"GraphReveal from site {msg.sender}: nonce does not match its commitment")
         if msg.view_hash != R.view_hash(self.cfg, self._view):
             raise ProtocolError(f"GraphReveal from site {msg.sender}: signed for another view")
-        return msg.nonce, msg.signature
+        return msg.nonce
 
     def _check_share_keys(self, msg: M.ShareKeys) -> None:
         allowed = (self.cfg.holders(msg.sender) & self._u1set) - {msg.sender}
@@ -119,10 +119,20 @@ class SecAggServer:
             raise ProtocolError(f"ShareKeys from site {msg.sender}: ciphertext of wrong length")
 
     def _check_masked_input(self, msg: M.MaskedInput) -> tuple:
-        if frozenset(msg.paired) != self._pairs[msg.sender]:
-            raise ProtocolError(
-                f"MaskedInput from site {msg.sender}: attested pairing differs from the ciphertexts delivered"
-            )
+        u, paired, delivered = msg.sender, frozenset(msg.paired), self._pairs[msg.sender]
+        if u in self._refused_by:
+            raise ProtocolError(f"MaskedInput from site {u}: site {self._refused_by[u]} did not pair with it "
+                                f"(its share ciphertext did not decrypt there)")
+        if not paired <= delivered:
+            raise ProtocolError(f"MaskedInput from site {u}: attested pairing names a site whose ciphertext "
+                                f"was not delivered to it")
+        # u left out a delivered peer v whose ciphertext did not decrypt (SPEC section 4, phase 2):
+        # v's input cannot count then (v masked with u, u not with v), unless it already does
+        unpaired = delivered - paired
+        counted = sorted(v for v in unpaired if v in self._got)
+        if counted:
+            raise ProtocolError(f"MaskedInput from site {u}: did not pair with site {counted[0]}, whose masked "
+                                f"input already counts")
         if msg.vector.shape != (self.cfg.dim,):
             raise ProtocolError(
                 f"MaskedInput from site {msg.sender}: length {msg.vector.size}, expected {self.cfg.dim}"
@@ -138,6 +148,10 @@ class SecAggServer:
                 raise ProtocolError(f"MaskedInput from site {msg.sender}: DP attestation refused: {err}") from None
         elif msg.dp_attestation:
             raise ProtocolError(f"MaskedInput from site {msg.sender}: DP attestation field in a round without distributed DP")
+        for v in unpaired:  # v is dropped from here on; only the pairs both sides masked with remain
+            self._refused_by.setdefault(v, u)
+            self._pairs[v] = self._pairs[v] - {u}
+        self._pairs[u] = paired
         np.add(self._sum, msg.vector, out=self._sum)
         # keep only the attestation (forwarded in phase 4): the running sum is all the server needs
         return msg.paired, dict(zip(msg.paired, msg.tags)), msg.dp_attestation
@@ -194,8 +208,7 @@ class SecAggServer:
                 raise BelowThresholdError(
                     f"phase graph_reveal: site(s) {missing} did not reveal their graph nonce; round aborted"
                 )
-            reveals = tuple((v, got[v][0]) for v in sorted(got))
-            self._reveal_sigs = {v: sig for v, (_, sig) in got.items()}
+            reveals = tuple(sorted(got.items()))
             self.cfg = self.cfg.seeded(self._view, reveals)  # D' from here on (SPEC section 2)
             self.phase = "share_keys"
             self._got = {}
@@ -256,12 +269,9 @@ class SecAggServer:
 
     def _keys_bundles(self, reveals: tuple[tuple[int, bytes], ...]) -> dict[int, M.KeysBundle]:
         wires = {u: a.encode() for u, a in self._adverts.items()}
-        out = {}
-        for u in self.u1:
-            live = sorted(self.cfg.holders(u) & self._u1set)
-            out[u] = M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in live), reveals,
-                                  tuple(self._reveal_sigs[v] for v in live) if reveals else ())
-        return out
+        return {u: M.KeysBundle(self.cfg.digest, u, tuple(wires[v] for v in sorted(self.cfg.holders(u) & self._u1set)),
+                                reveals)
+                for u in self.u1}
 
     def _far_signers(self, r: int, near: frozenset[int], u4set: frozenset[int]) -> set[int]:
         """Signers beyond r's holders whose signatures r may need to certify a site within two

@@ -34,7 +34,10 @@ MUTANTS = [
  ("NEW peer certified", C, "if not certify(peer):", "if False:"),
  ("NEW attestation only from paired", C, "if u not in alive or u == self.id or u not in self._pairs:", "if False:"),
  ("NEW forged confirmation aborts", C, "            if not ok:\n                raise ProtocolError(\n                    f\"site {self.id}: consistency check failed: site {s} signed", "            if False:\n                raise ProtocolError(\n                    f\"site {self.id}: consistency check failed: site {s} signed"),
- ("NEW server attestation == delivered", S, "if frozenset(msg.paired) != self._pairs[msg.sender]:", "if False:"),
+ ("NEW server attestation within delivered", S, "if not paired <= delivered:", "if False:"),
+ ("BIND server drops a site not paired with", S, "if u in self._refused_by:", "if False:"),
+ ("BIND server refuses leaving out a counted peer", S, "if counted:", "if False:"),
+ ("BIND server keeps only mutual pairs", S, "self._pairs[v] = self._pairs[v] - {u}", "pass"),
  ("NEW server survivor pre-check", S, "if alive + 1 < t:", "if False:"),
  ("NEW server low-order key", S, "P.check_x25519_public(msg.c_pk, what=f\"AdvertiseKeys from site {msg.sender}: encryption key\")", "pass"),
  ("NEW site skips low-order peer", C, "                enc = P.x25519(self._c_key, keys[v][0])\n                mask = P.x25519(self._s_key, keys[v][1])\n            except ProtocolError as err:", "                enc = P.x25519(self._c_key, keys[v][0])\n                mask = P.x25519(self._s_key, keys[v][1])\n            except KeyError as err:"),
@@ -47,12 +50,10 @@ MUTANTS = [
  ("GRAPH holder advert carries the view's commitment", C, "if not base.complete and view.get(adv.sender) != adv.graph_commit:", "if False:"),
  ("GRAPH complete graph refuses reveals", C, "            if bundle.reveals:\n                raise ProtocolError", "            if False:\n                raise ProtocolError"),
  ("GRAPH server checks the reveal", S, "if R.graph_commitment(self.cfg, msg.sender, msg.nonce) != self._adverts[msg.sender].graph_commit:", "if False:"),
- ("GRAPH server aborts on a missing reveal", S, "            if missing:  # a reveal", "            if False:  # a reveal"),
- ("BIND site checks each holder's reveal signature over its view", C, "if not base.complete:  # v revealed r_v for this very view", "if False:  # v revealed r_v for this very view"),
- ("BIND one reveal signature per advert", C, "if len(bundle.reveal_sigs) != len(bundle.adverts):", "if False:"),
- ("BIND complete graph refuses reveal signatures", C, "if bundle.reveals or bundle.reveal_sigs:", "if bundle.reveals:"),
- ("BIND site signs its own view's hash", C, "view_hash=self._view_hash).signed(self._sk)", "view_hash=bytes(32)).signed(self._sk)"),
+ ("BIND site pairs only with peers whose ciphertext decrypts", C, "            seen.add(v)\n            try:", "            seen.add(v)\n            shares[v] = self._shares.get(v, (b'', b''))\n            try:"),
+ ("BIND site signs its own view's hash", C, "view_hash=R.view_hash(self.cfg, view.commits)).signed(self._sk)", "view_hash=bytes(32)).signed(self._sk)"),
  ("BIND server checks the reveal's view hash", S, "if msg.view_hash != R.view_hash(self.cfg, self._view):", "if False:"),
+ ("GRAPH server aborts on a missing reveal", S, "            if missing:  # a reveal", "            if False:  # a reveal"),
 ]
 only = sys.argv[1:]
 for name, f, old, new in MUTANTS:

@@ -37,8 +37,7 @@ def advertised_round(n, *, threshold, degree, seed=0):
 
 def keys_bundles(cfg, clients, adverts):
     """Phase 0b as an honest server runs it (SecAgg+): every site gets the same view, reveals, and
-    the KeysBundle of its holders' adverts (with their GraphReveal signatures) under the seeded
-    digest D'. Returns (seeded config, bundles); on the complete graph (config, bundles) without
+    the KeysBundle of its holders' adverts under the seeded digest D'. Returns (seeded config, bundles); on the complete graph (config, bundles) without
     a reveal."""
     ids = sorted(adverts)
     got = {}
@@ -51,11 +50,10 @@ def keys_bundles(cfg, clients, adverts):
 
 def bundle(cfg, u, adverts, reveals):
     """u's KeysBundle under cfg (seeded): its holders' adverts and, given {v: GraphReveal}, the
-    reveals of all of them and the signatures of the holders' (holders outside it left out)."""
+    reveals of all of them (holders outside them left out)."""
     live = [v for v in sorted(cfg.holders(u)) if v in adverts and (not reveals or v in reveals)]
     return M.KeysBundle(cfg.digest, u, tuple(adverts[v].encode() for v in live),
-                        tuple((v, g.nonce) for v, g in sorted(reveals.items())),
-                        tuple(reveals[v].signature for v in live) if reveals else ())
+                        tuple((v, g.nonce) for v, g in sorted(reveals.items())))
 
 
 def make_round(n, *, threshold, degree=None, dim=4, seed=0):

@@ -18,7 +18,7 @@ from secure_fedrl.secagg import run_round
 from secure_fedrl.secagg.client import SecAggClient
 from secure_fedrl.secagg.server import SecAggServer
 
-from secagg_attacker import advertised_round, bundle, honest_phases, keys_bundles, make_round
+from secagg_attacker import advertised_round, bundle, honest_phases, keys_bundles, make_round, respond
 
 N, K, T = 10, 4, 3
 
@@ -61,41 +61,49 @@ def test_the_complete_graph_has_no_reveal_phase_and_refuses_reveals(five_sites):
     clients = {i: SecAggClient(config=cfg, site_id=i, identity_key=keys[i], vector=inputs[i]) for i in inputs}
     server = SecAggServer(config=cfg)
     out = honest_phases(server, clients, "advertise_keys")
-    assert all(isinstance(m, M.KeysBundle) and not m.reveals and not m.reveal_sigs for m in out.values())
+    assert all(isinstance(m, M.KeysBundle) and not m.reveals for m in out.values())
     with pytest.raises(ProtocolError, match="graph reveals in a complete-graph round"):
         clients[1].share_keys(replace(out[1], reveals=((1, bytes(32)),)))
-    with pytest.raises(ProtocolError, match="graph reveals in a complete-graph round"):
-        clients[2].share_keys(replace(out[2], reveal_sigs=(bytes(64),) * len(out[2].adverts)))
 
 
-def test_a_bundle_without_one_reveal_signature_per_advert_is_refused():
-    cfg, clients, inputs, keys, adverts, view = _round()
-    seeded, bundles = keys_bundles(cfg, clients, adverts)
-    for u, sigs in ((1, bundles[1].reveal_sigs[:-1]), (2, bundles[2].reveal_sigs + (bytes(64),)), (3, ())):
-        with pytest.raises(ProtocolError, match=f"site {u}: the KeysBundle needs one reveal signature per advert"):
-            clients[u].share_keys(replace(bundles[u], reveal_sigs=sigs))
+def _other_view_config(cfg, clients, left_out):
+    """The seeded config of the honest view without `left_out`: what a split view gives its sites."""
+    view = tuple((u, clients[u]._advert.graph_commit) for u in cfg.site_ids if u != left_out)
+    return cfg.seeded(view, {u: clients[u]._nonce for u, _ in view})
 
 
-@pytest.mark.parametrize("forge", ["another view", "another site's signature", "zero"])
-def test_a_holder_whose_reveal_signature_does_not_cover_this_view_is_dropped(forge):
-    """The server swaps one holder's reveal signature: signed by that holder for another view (what
-    a split view leaves it), another holder's, or garbage. The site drops just that holder."""
-    cfg, clients, inputs, keys, adverts, view = _round()
-    seeded, bundles = keys_bundles(cfg, clients, adverts)
-    b = bundles[1]
-    senders = [M.AdvertiseKeys.decode(a).sender for a in b.adverts]
-    i = max(j for j, v in enumerate(senders) if v != 1)
-    peer = senders[i]
+@pytest.mark.parametrize("forge", ["another view", "another sender's", "garbage"])
+def test_a_ciphertext_that_does_not_decrypt_under_this_sites_digest_is_not_paired_with(forge):
+    """The server puts in peer v's slot: v's own shares encrypted under another view's D' (what a
+    split view leaves), another sender's ciphertext, or garbage. The site masks without v (the
+    attack review's split view paired on delivery alone, so B's holders could reveal s_v as
+    dropped). The honest server takes that MaskedInput and drops v: v masked with site 1, site 1
+    not with v, so v's input cannot count."""
+    cfg, clients, inputs, keys = make_round(N, threshold=T, degree=K, seed=0)
+    server = SecAggServer(config=cfg)
+    out = honest_phases(server, clients, "share_keys")
+    b = out[1]
+    (v, ct), (w, ct_w) = b.ciphertexts[-1], b.ciphertexts[0]
+    seeded = server.cfg
     if forge == "another view":
-        other = R.view_hash(cfg, view[:-1])
-        sig = M.GraphReveal(cfg.digest, peer, clients[peer]._nonce, view_hash=other).signed(keys[peer]).signature
-    elif forge == "another site's signature":
-        sig = b.reveal_sigs[senders.index(next(v for v in senders if v not in (1, peer)))]
+        shared = clients[1]._enc_shared[v]
+        pt = P.aead_decrypt(R.enc_key(seeded, shared, v, 1), R.enc_nonce(v, 1), ct, R.enc_ad(seeded, v, 1))
+        other = _other_view_config(cfg, clients, left_out=next(x for x in cfg.site_ids if x not in (1, v)))
+        assert other.digest != seeded.digest
+        ct = P.aead_encrypt(R.enc_key(other, shared, v, 1), R.enc_nonce(v, 1), pt, R.enc_ad(other, v, 1))
+    elif forge == "another sender's":
+        ct = ct_w
     else:
-        sig = bytes(64)
-    clients[1].share_keys(replace(b, reveal_sigs=b.reveal_sigs[:i] + (sig,) + b.reveal_sigs[i + 1:]))
-    assert [str(e) for e in clients[1].rejected] == [f"GraphReveal from site {peer}: invalid signature"]
-    assert set(clients[1]._peer_keys) == set(senders) - {peer}
+        ct = bytes(len(ct))
+    msg = clients[1].masked_input(replace(b, ciphertexts=b.ciphertexts[:-1] + ((v, ct),)))
+    assert len(clients[1].rejected) == 1
+    assert str(clients[1].rejected[0]).startswith(f"site 1: ciphertext from site {v}, not paired with: ")
+    assert v not in msg.paired and set(msg.paired) == {x for x, _ in b.ciphertexts} - {v}
+    assert v not in clients[1]._shares
+    server.receive(msg.encode())
+    assert server._pairs[1] == frozenset(msg.paired) and 1 not in server._pairs[v]
+    with pytest.raises(ProtocolError, match=f"MaskedInput from site {v}: site 1 did not pair with it"):
+        server.receive(respond(clients[v], out[v]).encode())
 
 
 # --------------------------------------------------------------------------- the site's view checks
@@ -268,21 +276,29 @@ def _one_site_left_out(cfg, view, keys):
 
 @pytest.mark.parametrize("view_b_of", [_colluder_renonced, _one_site_left_out])
 def test_sites_given_different_views_never_pair_across_them(view_b_of):
-    """A reveal counts only in the view it signed (SPEC.md section 8): the server cannot reuse the
-    reveals of B's sites to seed A's graph (or A's for B), so every site drops each holder that
-    answered the other view before any share leaves, and no ciphertext crosses the split. Without
-    the view hash in the signature, group A pairs with B's sites, whose holders in B reveal their
-    masking keys as dropped (the attack review's split-view attack)."""
+    """The server splits the view and then delivers every ciphertext to its receiver, across the
+    split too. A site pairs only with peers whose ciphertext decrypts under its own D', which
+    hashes its view (SPEC.md section 8), so no site masks with a site of the other view: B's
+    holders cannot unmask a pair of A by calling a B site dropped. Pairing on delivery alone
+    (what the attack review broke) fails this test."""
     cfg, clients, share, a_group, b_group, seeded = _split_round(view_b_of)
+    inbox = {u: [] for u in cfg.site_ids}
+    for v, msg in share.items():
+        for r, ct in (msg.ciphertexts if msg is not None else ()):
+            inbox[r].append((v, ct))
     crossings = 0
-    for u, msg in share.items():
-        mine, other = (a_group, b_group) if u in a_group else (b_group, a_group)
-        s = seeded[0] if u in a_group else seeded[1]
-        across = (s.holders(u) - {u, 10}) & other  # 10 answered A only; under B it is the colluder's
+    for u in sorted(cfg.site_ids):
+        if share[u] is None:
+            continue
+        s, other = (seeded[0], b_group) if u in a_group else (seeded[1], a_group)
+        across = {v for v, _ in inbox[u] if v in other and v in clients[u]._sent_to}  # others: unexpected
         crossings += len(across)
-        dropped = {int(str(e).split("GraphReveal from site ")[1].split(":")[0])
-                   for e in clients[u].rejected if "GraphReveal from site" in str(e)}
-        assert dropped == across, (u, dropped, across)
-        if msg is not None:
-            assert not {r for r, _ in msg.ciphertexts} & (other | {10} if u in b_group else other)
-    assert crossings > 0  # the split did put holders across it
+        try:
+            msg = clients[u].masked_input(M.CiphertextBundle(s.digest, u, tuple(sorted(inbox[u]))))
+        except BelowThresholdError:
+            continue
+        refused = {int(str(e).split("ciphertext from site ")[1].split(",")[0])
+                   for e in clients[u].rejected if "not paired with" in str(e)}
+        assert refused == across, (u, refused, across)
+        assert not set(msg.paired) & other, (u, msg.paired)
+    assert crossings > 0  # the split did put ciphertexts across it

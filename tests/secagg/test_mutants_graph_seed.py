@@ -158,26 +158,22 @@ def test_a_pair_list_longer_than_the_message_is_truncated():
 def test_keys_bundle_carries_its_reveals_after_the_adverts():
     d = b"\x33" * 32
     reveals = ((1, b"\x01" * 32), (5, b"\x05" * 32))
-    sigs = (b"\x07" * 64, b"\x08" * 64)
-    b = M.KeysBundle(d, 2, (b"abc", b""), reveals, sigs)
+    b = M.KeysBundle(d, 2, (b"abc", b""), reveals)
     wire = b.encode()
-    assert wire.endswith(struct.pack(">I", 2) + b"".join(struct.pack(">I", i) + r for i, r in reveals)
-                         + struct.pack(">I", 2) + b"".join(sigs))
+    assert wire.endswith(struct.pack(">I", 0) + struct.pack(">I", 2)
+                         + b"".join(struct.pack(">I", i) + r for i, r in reveals))
     assert M.KeysBundle.decode(wire) == b
-    assert M.KeysBundle(d, 2, (b"abc",)).reveals == () and M.KeysBundle(d, 2, (b"abc",)).reveal_sigs == ()
+    assert M.KeysBundle(d, 2, (b"abc",)).reveals == ()
     bare = M.KeysBundle(d, 2, (b"abc",)).encode()
-    assert bare.endswith(bytes(8)) and M.KeysBundle.decode(bare).reveals == ()
+    assert bare.endswith(struct.pack(">I", 3) + b"abc" + bytes(4)) and M.KeysBundle.decode(bare).reveals == ()
     with pytest.raises(ProtocolError, match="KeysBundle: truncated"):
         M.KeysBundle.decode(bare[:-4])
-    with pytest.raises(ProtocolError, match="KeysBundle: truncated list"):
+    with pytest.raises(ProtocolError, match="KeysBundle: truncated"):
         M.KeysBundle.decode(wire[:-1])
     with pytest.raises(ProtocolError, match="KeysBundle: truncated list"):
         M.KeysBundle.decode(bare[:-4] + struct.pack(">I", 2**32 - 1))
     with pytest.raises(ProtocolError, match="KeysBundle: 1 trailing bytes"):
         M.KeysBundle.decode(wire + b"\0")
-    for bad in (bytes(63), bytes(65)):
-        with pytest.raises(ProtocolError, match="KeysBundle: every reveal signature must be 64 bytes"):
-            M.KeysBundle(d, 2, (b"abc",), reveals, (bad,)).encode()
 
 
 def test_graph_reveal_wire_format_signature_and_nonce_length():
@@ -355,7 +351,7 @@ def test_the_server_sends_every_site_the_unseeded_view_of_u1_then_seeded_bundles
         server.receive(clients[u].graph_reveal(views[u]).encode())
     vh = R.view_hash(cfg, view)
     got = {u: M.GraphReveal(cfg.digest, u, clients[u]._nonce, view_hash=vh).signed(keys[u]) for u in u1}
-    assert server._got == {u: (g.nonce, g.signature) for u, g in got.items()}
+    assert server._got == {u: g.nonce for u, g in got.items()}
     bundles = server.finish_phase()
     reveals = tuple((u, clients[u]._nonce) for u in u1)
     seeded = cfg.seeded(view, dict(reveals))
@@ -364,7 +360,7 @@ def test_the_server_sends_every_site_the_unseeded_view_of_u1_then_seeded_bundles
     for u in u1:
         live = [v for v in sorted(seeded.holders(u)) if v != 6]
         want = tuple(clients[v]._advert.encode() for v in live)
-        assert bundles[u] == M.KeysBundle(seeded.digest, u, want, reveals, tuple(got[v].signature for v in live))
+        assert bundles[u] == M.KeysBundle(seeded.digest, u, want, reveals)
     # the sites take them and the server accepts their shares under D'
     for u in u1:
         server.receive(clients[u].share_keys(bundles[u]).encode())
@@ -385,7 +381,7 @@ def test_the_server_refuses_reveals_under_the_unseeded_phase_rules():
         server.receive(M.GraphReveal(cfg.digest, 3, clients[3]._nonce, view_hash=other).signed(keys[3]).encode())
     assert 3 not in server._got
     server.receive(g.encode())
-    assert server._got[2] == (g.nonce, g.signature)
+    assert server._got[2] == g.nonce
 
 
 def test_the_server_aborts_when_reveals_are_missing_and_lists_them():

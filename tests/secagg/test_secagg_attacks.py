@@ -139,7 +139,8 @@ def test_tampered_share_ciphertext_is_detected_and_the_round_recovers(five_sites
     with um.patch.object(SecAggClient, "_reject", spy):
         res = _run(five_sites, dropouts={2: "masked_input"}, on_download=tamper,
                    on_upload=lambda ph, sid, w: (reveals.__setitem__(sid, w) if ph == "unmasking" else None, [w])[1])
-    assert rejected == [(1, "site 1: ciphertext from site 2: share ciphertext failed AES-GCM authentication")]
+    assert rejected == [(1, "site 1: ciphertext from site 2, not paired with: share ciphertext failed AES-GCM "
+                            "authentication")]
     assert 2 not in {p for p, _, _ in M.UnmaskResponse.decode(reveals[1]).shares}  # discarded, not revealed
     assert np.array_equal(res.sum, plain_sum(inputs, [1, 3, 4, 5]))
 

@@ -230,8 +230,23 @@ def test_server_refuses_an_attestation_that_differs_from_what_it_delivered(five_
         return [wire]
 
     res = run_round(inputs, threshold=3, identity_keys=keys, seed=8, on_upload=lie)
-    assert any(s == 3 and "attested pairing differs" in why for s, _, why in res.rejected)
+    assert any(s == 3 and "did not pair with site 1, whose masked input already counts" in why
+               for s, _, why in res.rejected)
     assert np.array_equal(res.sum, plain_sum(inputs, [1, 2, 4, 5]))
+
+
+def test_an_attestation_naming_a_peer_that_never_shared_with_it_is_refused():
+    """Site 1 (malicious) attests a pair with site 5, which dropped before sharing keys."""
+    cfg, clients, inputs, keys = make_round(5, threshold=3, seed=3)
+    server = SecAggServer(config=cfg)
+    out = honest_phases(server, clients, "advertise_keys")
+    out = honest_phases(server, clients, "share_keys", out, silent={5})
+    msg = clients[1].masked_input(out[1])
+    assert msg.paired == (2, 3, 4)
+    forged = replace(msg, paired=(2, 3, 4, 5), tags=msg.tags + (bytes(32),)).signed(keys[1])
+    with pytest.raises(ProtocolError, match="attested pairing names a site whose ciphertext was not delivered"):
+        server.receive(forged.encode())
+    server.receive(msg.encode())
 
 
 def test_asymmetric_pairing_is_dropped_not_summed_as_garbage(five_sites, plain_sum):
@@ -244,9 +259,11 @@ def test_asymmetric_pairing_is_dropped_not_summed_as_garbage(five_sites, plain_s
         return wire
 
     res = run_round(inputs, threshold=3, identity_keys=keys, seed=8, on_download=withhold)
-    assert any(s == 1 and "attested pairing differs" in why for s, _, why in res.rejected)
+    # site 1 masks without 2 and counts first, so 2 (which masked with 1) is dropped, not summed
+    assert [(s, why.split(": ", 1)[1]) for s, _, why in res.rejected] == [
+        (2, "site 1 did not pair with it (its share ciphertext did not decrypt there)")]
     assert np.array_equal(res.sum, plain_sum(inputs, res.accepted_sites))
-    assert 1 not in res.accepted_sites
+    assert res.accepted_sites == (1, 3, 4, 5)
 
 
 def test_server_aborts_when_a_survivor_lost_its_paired_survivors():
