@@ -30,7 +30,7 @@ from .driver import run_round
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
 FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json",
          "round_secagg_plus.json", "round_spare_share.json", "round_ddg_attested.json",
-         "round_stray_dp_field.json")
+         "round_stray_dp_field.json", "round_undecryptable_share.json")
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,19 @@ ROUNDS: dict[str, tuple] = {
         "MaskedInput carrying a 64-byte DP field (a = 64) anyway; SPEC 5 says F_u is empty outside DDG, so "
         "the server refuses it (not summed) and removes its pairwise masks with its s-shares",
         5, 8, 3, None, {}, None),
+    "round_undecryptable_share.json": (
+        "complete-graph round, 6 sites, t=3: the network flips one byte of site 2's share ciphertext to "
+        "site 1 and of site 4's to site 5 (in the CiphertextBundles, logged as received). Sites 1 and 5 "
+        "do not pair with the sender whose ciphertext fails AES-GCM and attest M(u) without it (SPEC 4, "
+        "phase 2); the server keeps only pairs masked on both sides: site 1 counts before site 2, so "
+        "site 2 is refused; site 4 counts before site 5, so site 5 is refused; both s-keys are "
+        "reconstructed to remove their masks with the survivors that did pair with them",
+        6, 8, 3, None, {}, None),
 }
+
+#: Round vectors in which the network corrupts share ciphertexts: (sender, receiver) pairs whose
+#: ciphertext gets its first byte flipped in the receiver's CiphertextBundle.
+CORRUPT_CIPHERTEXTS = {"round_undecryptable_share.json": ((2, 1), (4, 5))}
 
 #: Round vectors in which a site sends a DP field although the round has no distributed DP.
 STRAY_FIELDS = {"round_stray_dp_field.json": {3: "not a DDG round"}}
@@ -276,8 +288,22 @@ def _bad_share_hook(bad, cfg: R.RoundConfig, sks: dict):
     return hook
 
 
-def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log, dp=None, stray=None):
+def _corrupt_hook(pairs):
+    """Flip the first byte of each (sender, receiver) ciphertext in the receiver's CiphertextBundle."""
+    bad = {tuple(p) for p in pairs}
+
+    def hook(phase, sid, wire):
+        if M.message_type(wire) != M.T_CT_BUNDLE:
+            return wire
+        b = M.CiphertextBundle.decode(wire)
+        cts = tuple((v, bytes([ct[0] ^ 1]) + ct[1:] if (v, sid) in bad else ct) for v, ct in b.ciphertexts)
+        return replace(b, ciphertexts=cts).encode()
+    return hook
+
+
+def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log, dp=None, stray=None, corrupt=None):
     tamper = _bad_share_hook(bad, cfg, sks) if bad else None
+    garble = _corrupt_hook(corrupt) if corrupt else None
     fields, verifier = _dp_hooks(dp, sks)
     if stray:  # a site's signature over a text of its own, as a DP field the round does not expect
         fields = {int(k): P.sign(sks[int(k)], P.sha256(text.encode())) for k, text in stray.items()}
@@ -289,6 +315,7 @@ def _run_vector_round(cfg, sks, inputs, dropouts, seed, bad, log, dp=None, stray
         return wires
 
     def down(phase, sid, wire):
+        wire = garble(phase, sid, wire) if garble else wire
         log.append({"phase": phase, "direction": "server->site", "site": sid, "hex": _h(wire)})
         return wire
 
@@ -306,8 +333,9 @@ def _gen_round(name: str) -> dict:
     sks = {i: sk_list[i - 1] for i in inputs}
     dp = _dp_vector(cfg, spec) if spec else None
     stray = {str(k): text for k, text in STRAY_FIELDS.get(name, {}).items()} or None
+    corrupt = [list(p) for p in CORRUPT_CIPHERTEXTS.get(name, ())] or None
     log: list[dict] = []
-    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log, dp, stray)
+    res = _run_vector_round(cfg, sks, inputs, dropouts, ROUND_SEED, bad, log, dp, stray, corrupt)
     out = {
         "description": desc + ". Site randomness: SeededRandom(seed || '/site/' || u32be(id)); identity keys: "
                        "SeededRandom('vectors/identity/<id>')",
@@ -328,6 +356,8 @@ def _gen_round(name: str) -> dict:
         out["dp_attestation"] = dp
     if stray:
         out["stray_dp_field"] = stray
+    if corrupt:
+        out["corrupt_ciphertexts"] = corrupt
     return out
 
 
@@ -475,7 +505,7 @@ def _check_round(v: dict, results: list[CheckResult], prefix: str = "round") -> 
         log: list[dict] = []
         res = _run_vector_round(cfg, sks, inputs, {int(k): p for k, p in v["dropouts"].items()}, _b(v["seed"]),
                                 (bad["site"], bad["peer"], bad["delta"]) if bad else None, log,
-                                v.get("dp_attestation"), v.get("stray_dp_field"))
+                                v.get("dp_attestation"), v.get("stray_dp_field"), v.get("corrupt_ciphertexts"))
         want = [m["hex"] for m in msgs]
         got = [m["hex"] for m in log]
         if len(got) != len(want):
