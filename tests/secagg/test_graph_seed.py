@@ -83,7 +83,7 @@ def test_a_ciphertext_that_does_not_decrypt_under_this_sites_digest_is_not_paire
     server = SecAggServer(config=cfg)
     out = honest_phases(server, clients, "share_keys")
     b = out[1]
-    (v, ct), (w, ct_w) = b.ciphertexts[-1], b.ciphertexts[0]
+    (v, ct), (_, ct_w) = b.ciphertexts[-1], b.ciphertexts[0]
     seeded = server.cfg
     if forge == "another view":
         shared = clients[1]._enc_shared[v]

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from secure_fedrl.errors import BelowThresholdError, ProtocolError
+from secure_fedrl.errors import ProtocolError
 from secure_fedrl.secagg import messages as M
 from secure_fedrl.secagg import primitives as P
 from secure_fedrl.secagg import protocol as R
