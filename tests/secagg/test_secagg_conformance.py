@@ -79,3 +79,47 @@ def test_round_vectors_cover_what_they_claim():
     assert R.b_commitment(cfg, bad["peer"], first) != commit  # the first t shares fail: retry path
     retry = shamir.reconstruct({x: shares[x] for x in (1, 3, 4)}, threshold=3)
     assert R.b_commitment(cfg, bad["peer"], retry) == commit
+
+
+def _plus_vector():
+    from secure_fedrl.secagg.conformance import _config_from_json
+
+    v = json.loads((DEFAULT_DIR / "round_secagg_plus.json").read_text())
+    return v, _config_from_json(v["config"])
+
+
+def test_seeded_config_refuses_a_reveal_signed_for_another_view():
+    """A checker that took any logged reveal would accept a transcript of a split view: each
+    GraphReveal must sign the hash of the one logged view (SPEC 2)."""
+    from secure_fedrl.errors import ProtocolError
+    from secure_fedrl.secagg import messages as M
+    from secure_fedrl.secagg import primitives as P
+    from secure_fedrl.secagg import protocol as R
+    from secure_fedrl.secagg.conformance import seeded_config
+
+    v, cfg = _plus_vector()
+    msgs = v["messages"]
+    assert seeded_config(cfg, msgs).graph_seed.hex() == v["seeded_graph_seed"]
+    i = next(j for j, m in enumerate(msgs) if M.message_type(bytes.fromhex(m["hex"])) == M.T_GRAPH_REVEAL)
+    g = M.GraphReveal.decode(bytes.fromhex(msgs[i]["hex"]))
+    view = next(M.GraphView.decode(bytes.fromhex(m["hex"])).commits for m in msgs
+                if M.message_type(bytes.fromhex(m["hex"])) == M.T_GRAPH_VIEW)
+    sk = P.ed25519_keypair(lambda n: bytes.fromhex(v["identity_private_keys"][str(g.sender)]))[0]
+    other = M.GraphReveal(g.config_digest, g.sender, g.nonce, view_hash=R.view_hash(cfg, view[:-1])).signed(sk)
+    forged = msgs[:i] + [dict(msgs[i], hex=other.encode().hex())] + msgs[i + 1:]
+    with pytest.raises(ProtocolError, match="a GraphReveal signs another view than the logged one"):
+        seeded_config(cfg, forged)
+
+
+def test_seeded_config_refuses_a_log_with_two_views():
+    from secure_fedrl.errors import ProtocolError
+    from secure_fedrl.secagg import messages as M
+    from secure_fedrl.secagg.conformance import seeded_config
+
+    v, cfg = _plus_vector()
+    msgs = v["messages"]
+    i = next(j for j, m in enumerate(msgs) if M.message_type(bytes.fromhex(m["hex"])) == M.T_GRAPH_VIEW)
+    gv = M.GraphView.decode(bytes.fromhex(msgs[i]["hex"]))
+    split = M.GraphView(gv.config_digest, gv.receiver, gv.commits[:-1]).encode().hex()
+    with pytest.raises(ProtocolError, match="must log one view, found 2"):
+        seeded_config(cfg, msgs[:i] + [dict(msgs[i], hex=split)] + msgs[i + 1:])
