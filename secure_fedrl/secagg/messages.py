@@ -90,6 +90,12 @@ def _ids(ids: tuple[int, ...]) -> bytes:
     return struct.pack(f">I{len(ids)}I", len(ids), *ids)
 
 
+@lru_cache(maxsize=8)
+def _survivor_ids(survivors: tuple[int, ...]) -> bytes:
+    """ids(U3), memoised: every confirmation a site checks or makes covers the same U3 (n ids)."""
+    return _ids(survivors)
+
+
 def _header(mtype: int, digest: bytes, party: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, mtype, digest, party)
 
@@ -317,7 +323,7 @@ def attestation_core(digest: bytes, sender: int, paired: tuple[int, ...], dp_att
 
 def consistency_core(digest: bytes, sender: int, survivors: tuple[int, ...]) -> bytes:
     """`header(ConsistencySig, D, signer) || ids(U3)`: what a confirmation signs / tags."""
-    return _header(T_CONSISTENCY, digest, sender) + _ids(tuple(survivors))
+    return _header(T_CONSISTENCY, digest, sender) + _survivor_ids(tuple(survivors))
 
 
 @dataclass(frozen=True)
