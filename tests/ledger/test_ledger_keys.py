@@ -74,8 +74,13 @@ def test_a_key_others_can_access_is_refused(tmp_path: Path, target: str, mode: i
     run.mkdir()
     load_signing_key(keys, run_dir=run, create=True)
     os.chmod(keys / KEY_FILE if target == "file" else keys, mode)
-    with pytest.raises(LedgerError, match="accessible by group/others"):
+    with pytest.raises(LedgerError, match="accessible by group/others") as err:
         load_signing_key(keys, run_dir=run, create=False)
+    # the one-line error names what is exposed and the command that fixes it
+    what, fix = (("ledger signing key", f"chmod 600 {keys / KEY_FILE}") if target == "file"
+                 else ("ledger key directory", f"chmod 700 {keys}"))
+    assert str(err.value) == f"{what} {keys / KEY_FILE if target == 'file' else keys} is accessible by " \
+                             f"group/others (mode {mode:04o}); {fix}"
 
 
 def test_passphrase_encrypts_the_key_and_is_checked(tmp_path: Path) -> None:
@@ -316,4 +321,37 @@ def test_a_damaged_plain_key_is_unreadable_not_a_passphrase_problem(tmp_path: Pa
     load_signing_key(keys, run_dir=run, create=True)
     (keys / KEY_FILE).write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     with pytest.raises(LedgerError, match="is unreadable"):
+        load_signing_key(keys, run_dir=run, create=False)
+
+
+def test_a_wrong_passphrase_is_recognised_behind_leading_blank_lines(tmp_path: Path) -> None:
+    keys, run = tmp_path / "keys", tmp_path / "run"
+    run.mkdir()
+    keys.mkdir(mode=0o700)
+    (keys / KEY_FILE).write_bytes(b"\n\n" + _PEM_PADDING_COLLISION)
+    os.chmod(keys / KEY_FILE, 0o600)
+    with pytest.raises(LedgerError, match="wrong passphrase"):
+        load_signing_key(keys, run_dir=run, passphrase=b"wrong-406", create=False)
+
+
+def test_a_damaged_plain_key_with_a_passphrase_is_unreadable_not_a_wrong_passphrase(tmp_path: Path) -> None:
+    keys, run = tmp_path / "keys", tmp_path / "run"
+    run.mkdir()
+    load_signing_key(keys, run_dir=run, create=True)
+    (keys / KEY_FILE).write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(LedgerError, match="is unreadable"):
+        load_signing_key(keys, run_dir=run, passphrase=b"x", create=False)
+
+
+def test_a_key_of_another_type_is_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys, run = tmp_path / "keys", tmp_path / "run"
+    run.mkdir()
+    load_signing_key(keys, run_dir=run, create=True)
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (keys / KEY_FILE).write_bytes(pem)
+    with pytest.raises(LedgerError, match=r"ledger_signing_key.pem is not an Ed25519 private key"):
         load_signing_key(keys, run_dir=run, create=False)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from secure_fedrl.errors import ProtocolError
+from secure_fedrl.errors import BelowThresholdError, ProtocolError
 from secure_fedrl.secagg import messages as M
 from secure_fedrl.secagg import primitives as P
 from secure_fedrl.secagg import protocol as R
@@ -409,3 +409,12 @@ def test_server_zeroes_its_running_sum_after_an_abort_and_after_release(five_sit
             run_round(inputs, threshold=5, identity_keys=keys, seed=2, on_upload=_swap("unmasking", 2, lie))
     assert len(servers) == 2 and all(not s._sum.any() for s in servers)
     assert servers[1].phase == "aborted" and servers[0].phase == "done"
+
+
+def test_a_site_with_fewer_than_t_live_holders_says_how_many(five_sites):
+    """The server forwards site 1 only its own advert and one peer's (t = 3): it refuses to share."""
+    cfg, clients, server = _manual(five_sites)
+    out = _phase(cfg, clients, server, {i: None for i in clients}, lambda c, m: c.advertise_keys())
+    b = out[1]
+    with pytest.raises(BelowThresholdError, match=r"^site 1: 2 live neighbours incl. itself, threshold is 3$"):
+        clients[1].share_keys(replace(b, adverts=b.adverts[:2]))
