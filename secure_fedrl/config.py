@@ -60,6 +60,9 @@ class LocalSection:
     """Federate the critic with the actor; False keeps each site's critic local and private."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of actor and critic."""
+    linear_actor: bool = False
+    """The actor is one linear layer on the observation (the critic keeps `hidden_sizes`): few
+    federated parameters, and DP noise on the mean update grows with the square root of their number."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class ActorCritic(nn.Module):
         observation_space: spaces.Space,
         action_space: spaces.Space,
         hidden_sizes: Sequence[int] = (64, 64),
+        linear_actor: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, spaces.Box):
@@ -62,15 +63,17 @@ class ActorCritic(nn.Module):
         self.obs_dim = int(np.prod(observation_space.shape))
         self._obs_rank = len(observation_space.shape)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.linear_actor = bool(linear_actor)
+        actor_hidden = () if self.linear_actor else self.hidden_sizes
         if isinstance(action_space, spaces.Discrete):
             self.discrete = True
             self.act_dim = int(action_space.n)
-            self.actor = _mlp(self.obs_dim, self.hidden_sizes, self.act_dim, 0.01)
+            self.actor = _mlp(self.obs_dim, actor_hidden, self.act_dim, 0.01)
             self.actor_logstd = None
         elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
             self.discrete = False
             self.act_dim = int(action_space.shape[0])
-            self.actor = _mlp(self.obs_dim, self.hidden_sizes, self.act_dim, 0.01)
+            self.actor = _mlp(self.obs_dim, actor_hidden, self.act_dim, 0.01)
             self.actor_logstd = nn.Parameter(torch.zeros(1, self.act_dim))
         else:
             raise ConfigError(f"ActorCritic supports Discrete or 1-D Box actions, got {action_space}")
