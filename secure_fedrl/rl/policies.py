@@ -41,7 +41,8 @@ def _mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int, out_s
 
 class ActorCritic(nn.Module):
     """Categorical actor (Discrete) or diagonal Gaussian actor with a state-independent log-std
-    (Box), plus a state-value critic.
+    (Box), plus a state-value critic. `linear_actor` makes the actor one linear layer (the critic
+    keeps `hidden_sizes`): fewer federated parameters, so less DP noise on the mean update.
 
     Gaussian actions are NOT clipped here: the log-prob is of the unclipped sample (clipping to
     the action bounds happens when the action is passed to the env), which keeps the likelihood
@@ -63,8 +64,7 @@ class ActorCritic(nn.Module):
         self.obs_dim = int(np.prod(observation_space.shape))
         self._obs_rank = len(observation_space.shape)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.linear_actor = bool(linear_actor)
-        actor_hidden = () if self.linear_actor else self.hidden_sizes
+        actor_hidden = () if linear_actor else self.hidden_sizes
         if isinstance(action_space, spaces.Discrete):
             self.discrete = True
             self.act_dim = int(action_space.n)

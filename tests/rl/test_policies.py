@@ -120,11 +120,12 @@ def test_unsupported_spaces_raise_config_error():
                          ids=["discrete", "box"])
 def test_linear_actor_is_one_layer_and_keeps_the_critic_hidden_layers(act):
     pol = ActorCritic(OBS, act, hidden_sizes=(16, 8), linear_actor=True)
-    out = 3 if isinstance(act, spaces.Discrete) else 2
+    discrete = isinstance(act, spaces.Discrete)
+    out = 3 if discrete else 2
     linears = [m for m in pol.actor if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 1 and linears[0].in_features == 4 and linears[0].out_features == out
     # the federated actor: obs x out weights, out biases, plus the Gaussian's log-std
-    assert num_params(pol.actor_parameters()) == 4 * out + out + (out if out == 2 else 0)
+    assert num_params(pol.actor_parameters()) == 4 * out + out + (0 if discrete else out)
     assert [m.out_features for m in pol.critic if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
     # an affine actor: its output at a mix of two observations is the mix of its outputs
     x, y = torch.randn(1, 4), torch.randn(1, 4)
