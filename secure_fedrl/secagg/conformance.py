@@ -25,12 +25,13 @@ from . import messages as M
 from . import primitives as P
 from . import protocol as R
 from . import shamir
+from .client import SecAggClient
 from .driver import run_round
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
 FILES = ("x25519.json", "hkdf.json", "prg.json", "shamir.json", "encoding.json", "round_5sites.json",
          "round_secagg_plus.json", "round_spare_share.json", "round_ddg_attested.json",
-         "round_stray_dp_field.json", "round_undecryptable_share.json")
+         "round_stray_dp_field.json", "round_undecryptable_share.json", "round_split_view.json")
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,133 @@ def _gen_round(name: str) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------- split view (site side)
+
+#: The split-view vector (SPEC.md section 8, graph seed (2)): a site-side log of one SecAgg+ round
+#: (n=10, k=3, t=3) in which the server shows group A the view of every advert and group B the same
+#: view without site 10 (`left_out`; no colluder: the server alone), completes each view's seed with
+#: the reveals it holds, and delivers every share ciphertext to its receiver, across the split too.
+SPLIT_VIEW = {"file": "round_split_view.json", "n": 10, "dim": 6, "threshold": 3, "degree": 3,
+              "groups": {"A": (1, 2, 3, 4, 5, 10), "B": (6, 7, 8, 9)}, "left_out": 10}
+
+#: What an honest site answers each server->site message with (by message type).
+_SITE_ANSWERS = {M.T_GRAPH_VIEW: "graph_reveal", M.T_KEYS_BUNDLE: "share_keys", M.T_CT_BUNDLE: "masked_input",
+                 M.T_CONSISTENCY_REQ: "consistency_check", M.T_UNMASK_REQ: "unmask"}
+
+
+def _split_site(cfg: R.RoundConfig, sid: int, sk_hex: str, x, seed: bytes):
+    """The honest site `sid` of a vector: its identity key, input and SeededRandom(seed || '/site/' || u32(id))."""
+    sk = P.ed25519_keypair(lambda n: _b(sk_hex))[0]
+    return SecAggClient(config=cfg, site_id=sid, identity_key=sk, vector=np.asarray(x, dtype=np.uint32),
+                        randbytes=P.SeededRandom(seed + b"/site/" + sid.to_bytes(4, "big")))
+
+
+def _refusal_prefix(exc: SecureFedRLError) -> str:
+    """The stable part of a site's refusal: its message up to the first comma (the figures after it
+    restate the threshold)."""
+    return str(exc).split(",")[0]
+
+
+def _site_answer(client, log: list[dict], wire: bytes | None) -> tuple[object | None, dict | None]:
+    """Deliver `wire` (None: start the round, i.e. advertise keys) to an honest site and log both
+    directions; returns (its answer, None) or (None, its refusal)."""
+    if wire is None:
+        phase, call = "advertise_keys", client.advertise_keys
+    else:
+        msg = M.decode(wire)
+        phase = _SITE_ANSWERS[M.message_type(wire)]
+        log.append({"phase": phase, "direction": "server->site", "hex": _h(wire)})
+
+        def call(msg=msg):
+            return getattr(client, phase)(msg)
+    try:
+        out = call()
+    except SecureFedRLError as exc:
+        return None, {"phase": phase, "error": type(exc).__name__, "message_prefix": _refusal_prefix(exc)}
+    log.append({"phase": phase, "direction": "site->server", "hex": _h(out.encode())})
+    return out, None
+
+
+def _split_crossings(group_of: dict[int, str], sid: int, own: list[dict]) -> list[int]:
+    """Senders of the other group whose ciphertext the server delivered to `sid` and to whom `sid`
+    had sent shares: a site that paired on delivery alone would pair with them across the split."""
+    sent = cts = None
+    for m in own:
+        obj = M.decode(_b(m["hex"]))
+        if isinstance(obj, M.ShareKeys):
+            sent = {r for r, _ in obj.ciphertexts}
+        elif isinstance(obj, M.CiphertextBundle):
+            cts = [v for v, _ in obj.ciphertexts]
+    if sent is None or cts is None:
+        return []
+    return sorted({v for v in cts if v in sent and group_of.get(v) != group_of[sid]})
+
+
+def _gen_split_view() -> dict:
+    sv = SPLIT_VIEW
+    cfg, sk_list = _vector_config(sv["n"], dim=sv["dim"], threshold=sv["threshold"], degree=sv["degree"])
+    inputs = _round_inputs(sv["n"], sv["dim"])
+    keys = {i: _h(_det_identity(i)) for i in cfg.site_ids}
+    group_of = {u: g for g, us in sv["groups"].items() for u in us}
+    clients = {u: _split_site(cfg, u, keys[u], inputs[u], ROUND_SEED) for u in cfg.site_ids}
+    logs: dict[int, list[dict]] = {u: [] for u in cfg.site_ids}
+    refusals: dict[int, dict | None] = dict.fromkeys(cfg.site_ids)
+
+    def deliver(u, wire):
+        out, refusal = _site_answer(clients[u], logs[u], wire)
+        refusals[u] = refusal
+        return out
+
+    adverts = {u: deliver(u, None) for u in cfg.site_ids}
+    views = {"A": tuple((v, adverts[v].graph_commit) for v in cfg.site_ids)}
+    views["B"] = tuple(e for e in views["A"] if e[0] != sv["left_out"])
+    reveals = {u: deliver(u, M.GraphView(cfg.digest, u, views[group_of[u]]).encode()) for u in cfg.site_ids}
+    # each view's seed from every reveal the server holds for its sites (A's reuse B's and back)
+    seeded = {g: cfg.seeded(view, {v: reveals[v].nonce for v, _ in view}) for g, view in views.items()}
+    share = {}
+    for u in cfg.site_ids:
+        s, view = seeded[group_of[u]], dict(views[group_of[u]])
+        live = [v for v in sorted(s.holders(u)) if v in view]
+        share[u] = deliver(u, M.KeysBundle(s.digest, u, tuple(adverts[v].encode() for v in live),
+                                           tuple((v, reveals[v].nonce) for v in sorted(view))).encode())
+    masked = {}
+    for u in cfg.site_ids:
+        if share[u] is None:
+            continue
+        cts = tuple((v, ct) for v in cfg.site_ids if share.get(v) is not None
+                    for r, ct in share[v].ciphertexts if r == u)  # every ciphertext for u, across the split too
+        masked[u] = deliver(u, M.CiphertextBundle(seeded[group_of[u]].digest, u, cts).encode())
+    sites = {}
+    for u in cfg.site_ids:
+        mi = masked.get(u)
+        sites[str(u)] = {"group": group_of[u], "messages": logs[u], "refusal": refusals[u],
+                         "paired": list(mi.paired) if mi is not None else None,
+                         "crossing_deliveries": _split_crossings(group_of, u, logs[u])}
+    return {
+        "description": (
+            "site-side split view (SPEC 8, graph seed (2)): SecAgg+ round, n=10, k=3, t=3. The server sends "
+            "group A the GraphView of all 10 adverts and group B the same view without site 10 (left_out), "
+            "builds each view's seed from every reveal it holds for that view's sites, sends each site the "
+            "KeysBundle of its own view (holders from its own seed) and then delivers every share "
+            "ciphertext to its receiver, across the split too. Per site: every server->site message and "
+            "every honest site->server answer in order, or the site's refusal (error class and message up "
+            "to the first comma); paired = M(u) of its MaskedInput; crossing_deliveries = senders of the "
+            "other group whose ciphertext reached u and to whom u had sent shares (pairing on delivery "
+            "alone would pair with them). No M(u) crosses the split. The log ends with the MaskedInputs. "
+            "Site randomness: SeededRandom(seed || '/site/' || u32be(id)); identity keys: "
+            "SeededRandom('vectors/identity/<id>')"),
+        "config": _config_json(cfg),
+        "config_digest": _h(cfg.digest),
+        "seed": _h(ROUND_SEED),
+        "identity_private_keys": {str(u): keys[u] for u in cfg.site_ids},
+        "inputs": {str(u): [int(v) for v in x] for u, x in inputs.items()},
+        "groups": {g: list(us) for g, us in sv["groups"].items()},
+        "left_out": sv["left_out"],
+        "seeded": {g: {"graph_seed": _h(s.graph_seed), "digest": _h(s.digest)} for g, s in seeded.items()},
+        "sites": sites,
+    }
+
+
 def _det_identity(i: int) -> bytes:
     return P.SeededRandom(b"vectors/identity/%d" % i)(32)
 
@@ -373,6 +501,7 @@ def generate_vectors(directory: str | Path = DEFAULT_DIR) -> list[Path]:
         "x25519.json": _gen_x25519, "hkdf.json": _gen_hkdf, "prg.json": _gen_prg,
         "shamir.json": _gen_shamir, "encoding.json": _gen_encoding,
         **{name: (lambda name=name: _gen_round(name)) for name in ROUNDS},
+        SPLIT_VIEW["file"]: _gen_split_view,
     }
     out = []
     for name, gen in gens.items():
@@ -586,10 +715,157 @@ def _check_dp_fields(v: dict, cfg: R.RoundConfig) -> str | None:
         None if not cheats & set(v["accepted"]) else f"sites {sorted(cheats & set(v['accepted']))} summed")
 
 
+def _check_split_view(v: dict, results: list[CheckResult], prefix: str = "round_split_view") -> None:
+    """The site-side split-view vector (SPEC.md section 8, graph seed (2)): messages canonical and
+    signed, the two seeded digests from the two logged views, every honest site's answers byte for
+    byte, and no paired set M(u) across the split."""
+    cfg = _config_from_json(v["config"])
+    sites = {int(k): s for k, s in v["sites"].items()}
+    group_of = {u: g for g, us in v["groups"].items() for u in us}
+
+    def decoded(u, direction=None):
+        return [M.decode(_b(m["hex"])) for m in sites[u]["messages"] if direction in (None, m["direction"])]
+
+    def group_view(g):
+        got = {m.commits for u in v["groups"][g] for m in decoded(u) if isinstance(m, M.GraphView)}
+        if len(got) != 1:
+            raise ProtocolError(f"group {g} must be sent one view, found {len(got)}")
+        return next(iter(got))
+
+    def group_config(g):
+        view = group_view(g)
+        got = {m.reveals for u in v["groups"][g] for m in decoded(u) if isinstance(m, M.KeysBundle)}
+        if len(got) != 1:
+            raise ProtocolError(f"group {g} must be sent one set of reveals, found {len(got)}")
+        return cfg.seeded(view, next(iter(got)))
+
+    def layout():
+        if sorted(group_of) != sorted(cfg.site_ids) or len(group_of) != sum(map(len, v["groups"].values())):
+            return "groups A and B do not partition the round's sites"
+        if sorted(v["groups"]) != ["A", "B"] or group_of.get(v["left_out"]) != "A":
+            return "the left-out site must be in group A"
+        if _h(cfg.digest) != v["config_digest"]:
+            return "config_digest is not the config's D"
+        return None
+
+    def signatures():
+        bad = layout()
+        if bad:
+            return bad
+        seeded = {g: group_config(g) for g in v["groups"]}
+        for u, s in sites.items():
+            if s["messages"][0]["direction"] != "site->server":
+                return f"site {u}: its log must start with its AdvertiseKeys"
+            for m in s["messages"]:
+                wire = _b(m["hex"])
+                obj = M.decode(wire)
+                if obj.encode() != wire:
+                    return f"{m['phase']} message of site {u} does not re-encode canonically"
+                if m["direction"] == "site->server":
+                    if obj.sender != u:
+                        return f"message claims sender {obj.sender}, logged from site {u}"
+                    obj.verify(cfg.identity[u])
+                elif obj.receiver != u:
+                    return f"server message addressed to {obj.receiver}, logged to site {u}"
+                before = isinstance(obj, (M.AdvertiseKeys, M.GraphView, M.GraphReveal))
+                if obj.config_digest != (cfg if before else seeded[group_of[u]]).digest:
+                    return f"{m['phase']} message of site {u} bound to another configuration"
+        return None
+
+    _check(results, f"{prefix}/messages-parse-and-verify", signatures)
+
+    def digests():
+        bad = layout()
+        if bad:
+            return bad
+        va, vb = group_view("A"), group_view("B")
+        if [e[0] for e in va] != list(cfg.site_ids):
+            return "view A does not cover every site of the round"
+        if vb != tuple(e for e in va if e[0] != v["left_out"]):
+            return f"view B is not view A without site {v['left_out']}"
+        adverts = {u: next(m for m in decoded(u) if isinstance(m, M.AdvertiseKeys)) for u in sites}
+        if va != tuple((u, adverts[u].graph_commit) for u in cfg.site_ids):
+            return "view A is not the sites' logged graph commitments"
+        own = {u: next((m for m in decoded(u) if isinstance(m, M.GraphReveal)), None) for u in sites}
+        for u, g in own.items():  # each reveal signs its own view: the split is provable
+            if g is not None and g.view_hash != R.view_hash(cfg, group_view(group_of[u])):
+                return f"site {u}'s GraphReveal signs another view than its group's"
+        for grp in v["groups"]:
+            for u in v["groups"][grp]:
+                for m in decoded(u):
+                    if isinstance(m, M.KeysBundle) and any(own[w] is None or own[w].nonce != r for w, r in m.reveals):
+                        return f"the KeysBundle of site {u} carries a reveal no site logged"
+        seeded = {g: group_config(g) for g in ("A", "B")}
+        for g, s in seeded.items():
+            err = _eq(f"graph seed of view {g}", _h(s.graph_seed), v["seeded"][g]["graph_seed"]) or _eq(
+                f"seeded digest of view {g}", _h(s.digest), v["seeded"][g]["digest"])
+            if err:
+                return err
+        return None if seeded["A"].digest != seeded["B"].digest else "the two views give one seeded digest"
+
+    _check(results, f"{prefix}/seeded-digests", digests)
+
+    def replay():
+        for u, s in sorted(sites.items()):
+            client = _split_site(cfg, u, v["identity_private_keys"][str(u)], v["inputs"][str(u)], _b(v["seed"]))
+            log: list[dict] = []
+            _, refusal = _site_answer(client, log, None)
+            for m in s["messages"]:
+                if m["direction"] == "server->site":
+                    if refusal is not None:
+                        return f"site {u} refused in phase {refusal['phase']}, the log goes on"
+                    _, refusal = _site_answer(client, log, _b(m["hex"]))
+            if len(log) != len(s["messages"]):
+                return f"site {u}: {len(log)} messages, expected {len(s['messages'])}"
+            for i, (got, want) in enumerate(zip(log, s["messages"])):
+                if (got["direction"], got["hex"]) != (want["direction"], want["hex"]):
+                    return f"site {u}: message {i} ({want['phase']}, {want['direction']}) differs"
+            want = s["refusal"]
+            if (refusal is None) != (want is None):
+                return f"site {u}: refusal {refusal}, expected {want}"
+            if want is not None and (refusal["phase"], refusal["error"]) != (want["phase"], want["error"]):
+                return (f"site {u}: refused with {refusal['error']} in {refusal['phase']}, "
+                        f"expected {want['error']} in {want['phase']}")
+            if want is not None and not refusal["message_prefix"].startswith(want["message_prefix"]):
+                return f"site {u}: refusal {refusal['message_prefix']!r}, expected {want['message_prefix']!r}"
+        return None
+
+    _check(results, f"{prefix}/replay-every-site", replay)
+
+    def within():
+        bad = layout()
+        if bad:
+            return bad
+        if group_view("A") == group_view("B"):  # each group shown one view (group_view), and not the same one
+            return "groups A and B were shown the same view"
+        would_cross = 0
+        for u, s in sorted(sites.items()):
+            mi = [m for m in decoded(u, "site->server") if isinstance(m, M.MaskedInput)]
+            paired = list(mi[0].paired) if mi else None
+            err = _eq(f"paired set of site {u}", paired, s["paired"]) or _eq(
+                f"crossing deliveries of site {u}", _split_crossings(group_of, u, s["messages"]),
+                s["crossing_deliveries"])
+            if err:
+                return err
+            if paired is None:
+                if s["refusal"] is None:
+                    return f"site {u} neither masked nor refused"
+                continue
+            across = sorted(w for w in paired if group_of.get(w) != group_of[u])
+            if across:
+                return f"site {u} (view {group_of[u]}) paired with {across} across the split"
+            would_cross += bool(s["crossing_deliveries"])
+        # never vacuous: some site that masked was delivered a ciphertext across the split
+        return None if would_cross else "no masking site was delivered a ciphertext across the split"
+
+    _check(results, f"{prefix}/paired-sets-within-view", within)
+
+
 _CHECKERS = {
     "x25519.json": _check_x25519, "hkdf.json": _check_hkdf, "prg.json": _check_prg,
     "shamir.json": _check_shamir, "encoding.json": _check_encoding,
     **{name: (lambda v, r, name=name: _check_round(v, r, name.removesuffix(".json"))) for name in ROUNDS},
+    SPLIT_VIEW["file"]: _check_split_view,
     "ddg_encoding.json": lambda v, r: _check_ddg(v, r),
 }
 

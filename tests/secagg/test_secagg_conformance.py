@@ -11,7 +11,7 @@ def test_repository_vectors_pass():
     assert results and all(r.passed for r in results), format_table(results)
     names = {r.name.split("/")[0] for r in results}
     assert names >= {"x25519", "hkdf", "prg", "shamir", "encoding", "round_5sites", "round_secagg_plus",
-                     "round_spare_share"}
+                     "round_spare_share", "round_split_view"}
 
 
 def test_generation_is_deterministic(tmp_path):
