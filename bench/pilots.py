@@ -2,6 +2,7 @@
 
     python bench/pilots.py --pilot healthcare [--sites 120 --rounds 10 --alone 20] [--draws 3]
     python bench/pilots.py --pilot finance    [--rounds 30] [--draws 6]
+    python bench/pilots.py --pilot healthcare --arms basal_bolus,federated_plain --set local.init_log_std=-1.2 --tag x
 
 `--draws N` trains the federated DP arm N times (same config and seed, fresh secret noise each
 time) and judges every draw on its own: a goal is met only if it holds on every draw.
@@ -64,6 +65,27 @@ class ZeroPolicy:
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.zeros(obs.shape[0], self.act_dim)
+
+
+def parse_setting(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=VALUE' -> (['a', 'b', 'c'], VALUE parsed as a TOML value)."""
+    key, sep, value = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. local.init_log_std=-1.2")
+    try:
+        return path, tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--set {text!r}: VALUE is not a TOML value ({exc}); quote strings: key='\"x\"'") from None
+
+
+def apply_settings(raw: dict[str, Any], settings: list[tuple[list[str], Any]]) -> None:
+    """Set each dotted key in the raw config (sites.K.FIELD addresses [[sites]] entry K)."""
+    for path, value in settings:
+        node: Any = raw
+        for part in path[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[path[-1]] = value
 
 
 def train(raw: dict[str, Any], out: Path) -> tuple[Any, dict[str, Any]]:
@@ -143,12 +165,14 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raw["sampling"]["fraction"] = args.fraction
     if args.hypo_penalty is not None:
         raw["sites"][0].setdefault("overrides", {})["hypo_penalty"] = args.hypo_penalty
+    apply_settings(raw, args.settings)
     raw["evaluation"] = {"every": 10_000, "episodes": 1, "max_sites": 1}  # the bench evaluates itself
     specs = expand_sites(config_from_dict(raw).sites)
     print(f"healthcare: {len(specs)} patients, {raw['federation']['rounds']} rounds", flush=True)
     results: dict[str, Any] = {"config": {"sites": len(specs), "rounds": raw["federation"]["rounds"],
                                           "steps": raw["local"]["steps"], "episodes": args.episodes,
-                                          "fraction": raw["sampling"]["fraction"]}}
+                                          "fraction": raw["sampling"]["fraction"],
+                                          "settings": {".".join(k): v for k, v in args.settings}}}
     arms = args.arms.split(",")
     t = time.perf_counter()
     if "basal_bolus" in arms:
@@ -271,10 +295,12 @@ def finance(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     raw = tomllib.loads((ROOT / "clients/finance/federation.toml").read_text())
     if args.rounds:
         raw["federation"]["rounds"] = args.rounds
+    apply_settings(raw, args.settings)
     raw["evaluation"] = {"every": 10_000, "episodes": 1}
     specs = expand_sites(config_from_dict(raw).sites)
     print(f"finance: {len(specs)} desks, {raw['federation']['rounds']} rounds", flush=True)
-    res: dict[str, Any] = {"config": {"desks": len(specs), "rounds": raw["federation"]["rounds"]}}
+    res: dict[str, Any] = {"config": {"desks": len(specs), "rounds": raw["federation"]["rounds"],
+                                      "settings": {".".join(k): v for k, v in args.settings}}}
     res["buy_and_hold"] = {s.name: held_out_path(s.overrides, lambda e, o: e.buy_and_hold_action()) for s in specs}
     res["equal_weight"] = {s.name: held_out_path(s.overrides, lambda e, o: e.equal_weight_action()) for s in specs}
     dp_draws(res, raw, work / "fi-dp", args.draws,
@@ -372,6 +398,27 @@ def markdown_healthcare(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_healthcare_arms(r: dict[str, Any]) -> str:
+    """The arms a partial run evaluated (mean over its patients), against the rule where it ran."""
+    base = r.get("basal_bolus")
+    arms = [("basal_bolus", "basal-bolus rule", r.get("basal_bolus")),
+            ("federated_plain", "federated, no privacy", r.get("federated_plain"))]
+    arms += [("federated_dp", f"federated DP, draw {k + 1}", d) for k, d in enumerate(r.get("federated_dp_draws") or [])]
+    lines = ["| arm | TIR 70-180 | >= basal-bolus on | below 70 | below 54 | mean risk | return (env reward) |",
+             "|---|---|---|---|---|---|---|"]
+    for _, label, res in arms:
+        if not res:
+            continue
+        names = list(res)
+        mean = {k: float(np.mean([res[n][k] for n in names]))
+                for k in ("time_in_range", "time_below_70", "time_below_54", "mean_risk", "return")}
+        ge = (f"{100 * np.mean([res[n]['time_in_range'] >= base[n]['time_in_range'] - 1e-12 for n in names]):.0f} %"
+              if base and res is not base else "-")
+        lines.append(f"| {label} | {100 * mean['time_in_range']:.1f} % | {ge} | {100 * mean['time_below_70']:.2f} % | "
+                     f"{100 * mean['time_below_54']:.2f} % | {mean['mean_risk']:.2f} | {mean['return']:.1f} |")
+    return "\n".join(lines)
+
+
 def markdown_finance(r: dict[str, Any]) -> str:
     names = list(r["buy_and_hold"])
     arms = (("buy_and_hold", "buy-and-hold"), ("equal_weight", "equal weight"), ("alone", "desk alone (DP)"),
@@ -428,7 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", type=Path, nargs="*", default=None,
                    help="healthcare: combine the JSON files of separately run arms, then summarize and plot")
     p.add_argument("--work", type=Path, default=None, help="run directories (default: a temp dir)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key by its dotted path, VALUE in TOML syntax (repeatable), "
+                        "e.g. --set local.init_log_std=-1.2 --set local.ppo.learning_rate=3e-3")
+    p.add_argument("--tag", default="", help="appended to the results file name (experiments)")
     args = p.parse_args(argv)
+    try:
+        args.settings = [parse_setting(text) for text in args.settings]
+    except ValueError as exc:
+        p.error(str(exc))
     if args.pilot == "speed":
         print(json.dumps({k: round(v) for k, v in env_speed().items()}), "env steps/s")
         return 0
@@ -455,10 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.pilot == "finance" or "summary" in res else "-" + args.arms.replace(",", "+")
     if args.hypo_penalty is not None:
         suffix += f"-hypo{args.hypo_penalty:g}"
+    if args.tag:
+        suffix += "-" + args.tag
     (RESULTS / f"pilots-{args.pilot}{suffix}.json").write_text(json.dumps(res, indent=1, default=float))
     print(json.dumps(res.get("summary", {}), indent=1))
     if "summary" in res:
         print(markdown_healthcare(res) if args.pilot == "healthcare" else markdown_finance(res))
+    elif args.pilot == "healthcare":
+        print(markdown_healthcare_arms(res))
     return 0
 
 

@@ -63,6 +63,9 @@ class LocalSection:
     linear_actor: bool = False
     """The actor is one linear layer on the observation (the critic keeps `hidden_sizes`): few
     federated parameters, and DP noise on the mean update grows with the square root of their number."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of a Gaussian (Box) actor's exploration, in action units (0: std 1).
+    A smaller one suits actions that adjust a safe default (the healthcare pilot's therapy mode)."""
 
 
 @dataclass(frozen=True)
@@ -442,6 +445,8 @@ def _check_ranges(c: Config) -> None:
     need(lo.steps >= 0 and lo.episodes >= 0, "local.steps", "steps and episodes must be >= 0")
     need(lo.steps > 0 or lo.episodes > 0, "local.steps", "set local.steps or local.episodes to a positive number")
     need(all(h >= 1 for h in lo.hidden_sizes) and lo.hidden_sizes, "local.hidden_sizes", "must be positive widths")
+    need(-5.0 <= lo.init_log_std <= 2.0, "local.init_log_std",
+         f"must be in [-5, 2] (std exp(-5) = 0.0067 to exp(2) = 7.4), got {lo.init_log_std}")
     s = c.sampling
     need(s.clients_per_round >= 0, "sampling.clients_per_round", "must be >= 0")
     need(0.0 < s.fraction <= 1.0, "sampling.fraction", f"must be in (0, 1], got {s.fraction}")

@@ -43,6 +43,7 @@ class ActorCritic(nn.Module):
     """Categorical actor (Discrete) or diagonal Gaussian actor with a state-independent log-std
     (Box), plus a state-value critic. `linear_actor` makes the actor one linear layer (the critic
     keeps `hidden_sizes`): fewer federated parameters, so less DP noise on the mean update.
+    `init_log_std` is the Gaussian's initial log-std (exploration around the initial mean).
 
     Gaussian actions are NOT clipped here: the log-prob is of the unclipped sample (clipping to
     the action bounds happens when the action is passed to the env), which keeps the likelihood
@@ -55,6 +56,7 @@ class ActorCritic(nn.Module):
         action_space: spaces.Space,
         hidden_sizes: Sequence[int] = (64, 64),
         linear_actor: bool = False,
+        init_log_std: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, spaces.Box):
@@ -74,7 +76,7 @@ class ActorCritic(nn.Module):
             self.discrete = False
             self.act_dim = int(action_space.shape[0])
             self.actor = _mlp(self.obs_dim, actor_hidden, self.act_dim, 0.01)
-            self.actor_logstd = nn.Parameter(torch.zeros(1, self.act_dim))
+            self.actor_logstd = nn.Parameter(torch.full((1, self.act_dim), float(init_log_std)))
         else:
             raise ConfigError(f"ActorCritic supports Discrete or 1-D Box actions, got {action_space}")
         self.critic = _mlp(self.obs_dim, self.hidden_sizes, 1, 1.0)

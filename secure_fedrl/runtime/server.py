@@ -99,7 +99,8 @@ class ServerRuntime:
         obs_space, act_space = spaces
         torch.manual_seed(derive_seed(fed.seed, 0xC0FFEE))
         self.policy = ActorCritic(obs_space, act_space, hidden_sizes=config.local.hidden_sizes,
-                                   linear_actor=config.local.linear_actor).to(self.device)
+                                   linear_actor=config.local.linear_actor,
+                                   init_log_std=config.local.init_log_std).to(self.device)
         self.federated_params = list(self.policy.shared_parameters(config.local.federate_critic))
         self.dim = sum(p.numel() for p in self.federated_params)
         self.global_params = get_flat(self.federated_params)

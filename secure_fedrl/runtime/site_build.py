@@ -71,7 +71,8 @@ class SiteBuilder:
             torch.manual_seed(derive_seed(cfg.federation.seed, 0xC0FFEE))  # the server's initial policy
             policy = ActorCritic(env.single_observation_space, env.single_action_space,
                                  hidden_sizes=cfg.local.hidden_sizes,
-                                 linear_actor=cfg.local.linear_actor).to(torch.device(cfg.federation.device))
+                                 linear_actor=cfg.local.linear_actor,
+                                 init_log_std=cfg.local.init_log_std).to(torch.device(cfg.federation.device))
             federated = list(policy.shared_parameters(cfg.local.federate_critic))
             initial_critic = get_flat(list(policy.critic_parameters()))  # before any site trains in it
             if self.share_policy:

@@ -1,5 +1,7 @@
 """ActorCritic distributions, flat-vector round trip, federated parameter groups."""
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -132,3 +134,16 @@ def test_linear_actor_is_one_layer_and_keeps_the_critic_hidden_layers(act):
     mid = pol.actor(0.5 * (x + y))
     assert torch.allclose(mid, 0.5 * (pol.actor(x) + pol.actor(y)), atol=1e-6)
     assert ActorCritic(OBS, act, hidden_sizes=(16, 8)).actor[0].out_features == 16
+
+
+def test_init_log_std_sets_the_gaussian_exploration_and_leaves_a_categorical_actor_alone():
+    box = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    pol = ActorCritic(OBS, box, hidden_sizes=(8,), init_log_std=-1.2)
+    assert torch.equal(pol.actor_logstd, torch.full((1, 2), -1.2))
+    assert torch.equal(ActorCritic(OBS, box, hidden_sizes=(8,)).actor_logstd, torch.zeros(1, 2))
+    # the spread of sampled actions is the configured std around the mean
+    obs = torch.zeros(20000, 4)
+    mean = pol.actor(obs)
+    std = (pol.sample(obs, torch.Generator().manual_seed(0)) - mean).std(0)
+    assert torch.allclose(std, torch.full((2,), math.exp(-1.2)), rtol=0.05)
+    assert ActorCritic(OBS, spaces.Discrete(3), hidden_sizes=(8,), init_log_std=-1.2).actor_logstd is None

@@ -141,3 +141,15 @@ def test_max_participations_rule():
     assert max_participations(c) == 4
     c = config_from_dict(dp_base(privacy={"unit": "client", "max_participations": 400}, federation={"rounds": 6, "seed": 1}))
     assert max_participations(c) == 6
+
+
+@pytest.mark.parametrize("value, why", [(-5.5, r"must be in \[-5, 2\]"), (2.5, r"must be in \[-5, 2\]"),
+                                        (float("nan"), "expected a finite number"), (float("inf"), "expected a finite")])
+def test_init_log_std_out_of_range_is_refused(value, why):
+    with pytest.raises(ConfigError, match=r"^local\.init_log_std: " + why):
+        config_from_dict(base(local={"algorithm": "ppo", "steps": 256, "init_log_std": value}))
+
+
+@pytest.mark.parametrize("value", [-5.0, 0.0, 2.0])
+def test_init_log_std_bounds_are_accepted(value):
+    assert config_from_dict(base(local={"algorithm": "ppo", "steps": 256, "init_log_std": value})).local.init_log_std == value

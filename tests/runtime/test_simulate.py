@@ -187,7 +187,7 @@ def test_cli_bad_config_one_line_exit_2(tmp_path, snippet, key):
         {"strategy": {"name": "scaffold", "weighting": "uniform"}, "secure_aggregation": {"enabled": True, "threshold": 2}},
         {"strategy": {"name": "fedasync", "params": {"alpha": 0.5, "staleness": "polynomial", "a": 0.5}}},
         {"local": {"algorithm": "ppo", "steps": 128, "federate_critic": False}},
-        {"local": {"algorithm": "ppo", "steps": 128, "linear_actor": True, "federate_critic": False}},
+        {"local": {"algorithm": "ppo", "steps": 128, "linear_actor": True, "federate_critic": False, "init_log_std": -1.2}},
         {"local": {"algorithm": "reinforce", "steps": 128}},
         {"compression": {"method": "topk", "ratio": 0.1}},
         {"compression": {"method": "quantize", "levels": 8}},
