@@ -137,3 +137,136 @@ def test_a_site_declared_in_the_other_group_fails():
     v["groups"] = {"A": sorted(v["groups"]["A"] + [8]), "B": [u for u in v["groups"]["B"] if u != 8]}
     r = _results(v)
     assert not r["paired-sets-within-view"].passed and not r["messages-parse-and-verify"].passed
+
+
+# ---------------------------------------------------------------- mutation-testing follow-ups
+# Each test below removes the effect of one defence of the checker (found by mutmut on
+# _check_split_view / _split_crossings) and requires that the named check still catches it.
+
+LAYOUT_CHECKS = ("messages-parse-and-verify", "seeded-digests", "paired-sets-within-view")
+
+
+def _hexes(v: dict, u: str, phase: str, direction: str) -> list[dict]:
+    return [m for m in v["sites"][u]["messages"] if m["phase"] == phase and m["direction"] == direction]
+
+
+def _identity_key(v: dict, u: str):
+    return P.ed25519_keypair(lambda n: bytes.fromhex(v["identity_private_keys"][u]))[0]
+
+
+def test_a_wrong_config_digest_fails_every_check_that_reads_the_layout():
+    v = _vector()
+    d = v["config_digest"]
+    v["config_digest"] = ("00" if d[:2] != "00" else "01") + d[2:]
+    r = _results(v)
+    for c in LAYOUT_CHECKS:
+        assert not r[c].passed and "config_digest" in r[c].detail, (c, r[c].detail)
+
+
+def test_the_left_out_site_must_be_in_group_a():
+    """View B without a site of B itself: the layout check refuses it in every check that reads it."""
+    v = _vector()
+    v["left_out"] = v["groups"]["B"][0]
+    r = _results(v)
+    for c in ("messages-parse-and-verify", "paired-sets-within-view"):
+        assert not r[c].passed and "left-out" in r[c].detail, (c, r[c].detail)
+    assert not r["seeded-digests"].passed
+
+
+@pytest.mark.parametrize("groups", [
+    {"A": [1, 2, 3, 4, 5, 10], "B": [6, 7, 8, 8, 9]},  # a site listed twice: the set of ids is still right
+    {"A": [1, 2, 3, 4, 5, 8, 10], "B": [6, 7, 8, 9]},  # a site in both groups
+    {"A": [1, 2, 3, 4, 5, 10], "B": [6, 7, 9]},  # a site in neither
+])
+def test_groups_must_partition_the_sites(groups):
+    v = _vector()
+    v["groups"] = groups
+    r = _results(v)
+    for c in LAYOUT_CHECKS:
+        assert not r[c].passed and "partition" in r[c].detail, (c, r[c].detail)
+
+
+def test_a_graph_reveal_signed_for_the_other_view_fails():
+    """Re-signed with the site's own key (so the signature check passes): the reveal binds r_u to
+    the view of group A although the site is in group B, which the seeded-digests check refuses."""
+    v = _vector()
+    u = str(v["groups"]["B"][0])
+    m = _hexes(v, u, "graph_reveal", "site->server")[0]
+    g = M.GraphReveal.decode(bytes.fromhex(m["hex"]))
+    view_a = next(M.GraphView.decode(bytes.fromhex(x["hex"])).commits
+                  for x in _hexes(v, str(v["groups"]["A"][0]), "graph_reveal", "server->site"))
+    from secure_fedrl.secagg import protocol as R
+    from secure_fedrl.secagg.conformance import _config_from_json
+
+    cfg = _config_from_json(v["config"])
+    forged = M.GraphReveal(g.config_digest, g.sender, g.nonce, view_hash=R.view_hash(cfg, view_a))
+    m["hex"] = forged.signed(_identity_key(v, u)).encode().hex()
+    r = _results(v)
+    assert r["messages-parse-and-verify"].passed  # validly signed, canonical
+    assert not r["seeded-digests"].passed and "signs another view" in r["seeded-digests"].detail
+
+
+def test_a_keys_bundle_with_a_reveal_no_site_logged_fails():
+    """Every KeysBundle of group B also carries a made-up reveal of the left-out site (outside B's
+    view, so B's seed and digest are unchanged): a reveal the server cannot have held."""
+    v = _vector()
+    for u in v["groups"]["B"]:
+        for m in _hexes(v, str(u), "share_keys", "server->site"):
+            kb = M.KeysBundle.decode(bytes.fromhex(m["hex"]))
+            fake = ((v["left_out"], bytes(len(kb.reveals[0][1]))),)
+            m["hex"] = M.KeysBundle(kb.config_digest, kb.receiver, kb.adverts, kb.reveals + fake).encode().hex()
+    r = _results(v)
+    assert not r["seeded-digests"].passed and "carries a reveal no site logged" in r["seeded-digests"].detail
+
+
+@pytest.mark.parametrize("field", ["graph_seed", "digest"])
+def test_either_logged_seed_field_alone_is_checked(field):
+    v = _vector()
+    x = v["seeded"]["B"][field]
+    v["seeded"]["B"][field] = ("00" if x[:2] != "00" else "01") + x[2:]
+    r = _results(v)
+    assert not r["seeded-digests"].passed and "view B" in r["seeded-digests"].detail
+
+
+def test_a_changed_paired_set_after_a_refusing_site_fails():
+    """The paired-set check goes on past a site that refused (site 6): the last masking site counts too."""
+    v = _vector()
+    u = max((u for u, s in v["sites"].items() if s["paired"] is not None), key=int)
+    assert any(int(w) < int(u) and s["refusal"] for w, s in v["sites"].items())
+    v["sites"][u]["paired"] = v["sites"][u]["paired"][:-1]
+    r = _results(v)
+    assert not r["paired-sets-within-view"].passed and f"paired set of site {u}" in r["paired-sets-within-view"].detail
+
+
+def test_a_vector_without_a_delivery_across_the_split_is_vacuous_and_fails():
+    """Drop every ciphertext delivered across the split (and log crossing_deliveries to match):
+    the paired sets no longer show that the sites refused to pair across it."""
+    from secure_fedrl.secagg.conformance import _split_crossings
+
+    v = _vector()
+    group_of = {u: g for g, us in v["groups"].items() for u in us}
+    for u, s in v["sites"].items():
+        for m in _hexes(v, u, "masked_input", "server->site"):
+            b = M.CiphertextBundle.decode(bytes.fromhex(m["hex"]))
+            kept = tuple((w, ct) for w, ct in b.ciphertexts if group_of[w] == group_of[int(u)])
+            m["hex"] = M.CiphertextBundle(b.config_digest, b.receiver, kept).encode().hex()
+        s["crossing_deliveries"] = _split_crossings(group_of, int(u), s["messages"])
+        assert s["crossing_deliveries"] == []
+    r = _results(v)
+    assert not r["paired-sets-within-view"].passed
+    assert "no masking site was delivered a ciphertext across the split" in r["paired-sets-within-view"].detail
+
+
+def test_split_crossings_of_a_log_that_stops_early_is_empty():
+    """A site whose log has no CiphertextBundle (or no ShareKeys) had nothing delivered across the split."""
+    from secure_fedrl.secagg.conformance import _split_crossings
+
+    v = _vector()
+    group_of = {u: g for g, us in v["groups"].items() for u in us}
+    u = next(u for u, s in v["sites"].items() if s["crossing_deliveries"])
+    msgs = v["sites"][u]["messages"]
+    assert _split_crossings(group_of, int(u), msgs) == v["sites"][u]["crossing_deliveries"]
+    no_cts = [m for m in msgs if not (m["phase"] == "masked_input" and m["direction"] == "server->site")]
+    no_share = [m for m in msgs if not (m["phase"] == "share_keys" and m["direction"] == "site->server")]
+    assert _split_crossings(group_of, int(u), no_cts) == []
+    assert _split_crossings(group_of, int(u), no_share) == []
