@@ -222,6 +222,29 @@ def test_reward_scale_multiplies_every_reward_and_nothing_else():
     assert all(np.array_equal(a, b) for a, b in zip(plain_obs, scaled_obs))
 
 
+def test_tir_bonus_is_added_exactly_at_steps_in_range():
+    def run(bonus: float) -> tuple[list[float], list[float]]:
+        env = HovorkaEnv(patient_seed=3.0)
+        env.tir_bonus = bonus
+        env.reset(seed=1)
+        rewards, glucose = [], []
+        for k in range(300):  # highs, lows and in-range steps (as in the reward-scale test)
+            _, r, term, trunc, info = env.step(np.array([1.0 if k % 50 < 25 else -1.0, 1.0], dtype=np.float32))
+            rewards.append(r)
+            glucose.append(info["glucose"])
+            if term or trunc:
+                break
+        return rewards, glucose
+
+    plain, g = run(0.0)
+    bonus, g2 = run(0.5)
+    assert g == g2  # the bonus changes the reward only
+    g = np.array(g)
+    in_range = (g >= 70.0) & (g <= 180.0)
+    assert in_range.any() and (~in_range).any()
+    assert np.allclose(np.array(bonus) - np.array(plain), 0.5 * in_range, rtol=0.0, atol=1e-12)
+
+
 def test_patient_override_redraws_the_patient():
     env = HovorkaEnv()
     env.reset(seed=0)

@@ -54,7 +54,7 @@ an in silico trial", J. Diabetes Sci. Technol. 1(6):804-812, 2007:
   risk(G) = 10 (c0 (ln(G)^c1 - c2))^2, c0 = 3.35506, c1 = 0.8353, c2 = 3.7932, G in mg/dL
   (zero at ~139 mg/dL, 22 at 70, 16 at 250), scaled by 1/100, minus `hypo_penalty` per step below 70 mg/dL (three times that below 54), and
 minus `termination_penalty` when the episode ends on severe hypo- (< 40 mg/dL) or
-hyperglycaemia (> 500 mg/dL).
+hyperglycaemia (> 500 mg/dL); plus `tir_bonus` (default 0) per step in 70-180 mg/dL.
 
 Therapy (`therapy_settings`): the standard basal-bolus rules (Walsh & Roberts, "Pumping
 Insulin", 5th ed., Torrey Pines Press, 2012): basal = 50 % of total daily insulin (TDI),
@@ -292,7 +292,9 @@ class HovorkaEnv(gym.Env):
     `action_mode`, `hypo_penalty`, `termination_penalty`, `carb_error` (SD of the relative
     carb-counting error of announced meals), `cgm_noise` (0 turns the sensor error off),
     `reward_scale` (multiplies every reward: a critic fitting day-long returns of -400 would
-    otherwise dominate PPO's shared gradient-norm clip and starve the actor).
+    otherwise dominate PPO's shared gradient-norm clip and starve the actor), `tir_bonus` (added
+    per step with glucose in 70-180 mg/dL: the risk index alone does not rank time in range
+    above fewer lows, docs/pilots.md).
     """
 
     metadata = {"render_modes": []}
@@ -311,6 +313,7 @@ class HovorkaEnv(gym.Env):
         self.cgm_noise = 1.0
         self.tau_ig = 10.0
         self.reward_scale = 1.0
+        self.tir_bonus = 0.0
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(HISTORY + 4,), dtype=np.float32)
         self._patient_key: float | None = None
@@ -431,6 +434,8 @@ class HovorkaEnv(gym.Env):
         reward = -magni_risk(g) / 100.0
         if g < 70.0:
             reward -= self.hypo_penalty * (3.0 if g < 54.0 else 1.0)
+        elif g <= 180.0:
+            reward += self.tir_bonus
         terminated = g < 40.0 or g > 500.0
         if terminated:
             reward -= self.termination_penalty
