@@ -155,14 +155,27 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
             persist()
 
     out = _Outbox(transport, stop_at, charge_then_persist if site.config.privacy.unit == "client" else None)
-    sa = site.config.secure_aggregation
+    # c_max from this site's own config (c, or gamma and its N) and the round as announced (n,
+    # degree): never the server's word. The SecAggClient refuses unless 2t > h + c_max and
+    # t - c_max >= the honest inputs (DDG noise shares) this site's config plans for.
     status = run_site_round(out, ann, number=number, identity_key=site.identity_key, vector=encoded,
-                            trust=trust, timeout=timeout, history=site.history, max_colluding=sa.max_colluding_sites,
+                            trust=trust, timeout=timeout, history=site.history,
+                            max_colluding=announced_max_colluding(site.aggregator, ann.config),
                             min_honest_inputs=site.aggregator.min_honest(), before_advert=persist,
                             dp_attestation=dp_attestation)
     if status != "done":
         _leave(transport, rid)
     return SiteRoundReport(status, result, seconds)
+
+
+def announced_max_colluding(aggregator: Any, config: Any) -> int:
+    """c_max a site checks an announced round (SecAgg RoundConfig) against: its own aggregator's
+    bound for the announced roster size n and graph degree, with C = min(floor(gamma N), n) from
+    the site's own config in gamma mode (`SecureAggregator.max_colluding`)."""
+    n = len(config.site_ids)
+    if n < 2:
+        raise PrivacyError(f"round {config.round_id}: a roster of {n} site(s)")
+    return aggregator.max_colluding(n, config.degree)
 
 
 def _staleness_weight(site: SiteRuntime, order: RoundOrder, ahead: TrainedAhead | None) -> float:
