@@ -1058,6 +1058,11 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     if tm == "auto":
         tm = "release" if mech == "gaussian" else "server"
     sigma = float(p.get("noise_multiplier", 0.0) or 0.0)
+    # gamma mode (secure_aggregation.colluding_fraction > 0): each client-level row's delta is
+    # privacy.delta + 2^-40 per client-level round so far (the graph's per-attempt failure, SPEC 8),
+    # and max_colluding records the per-holder-set c_max the thresholds used (not recomputed here).
+    gamma_mode = bool(sa.get("enabled")) and float(sa.get("colluding_fraction", 0.0) or 0.0) > 0
+    client_rows = 0
     for r in rows:
         seq = r["seq"]
         try:
@@ -1073,7 +1078,11 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
             bad("unit", r["unit"], unit)
         if r["mechanism"] != mech:
             bad("mechanism", r["mechanism"], mech)
-        if "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
+        if gamma_mode and r["unit"] == "client":
+            client_rows += 1
+            if "delta" in p and float(r["delta"]) < (float(p["delta"]) + client_rows * 2.0 ** -40) * (1 - 1e-12):
+                bad("delta", r["delta"], f"privacy.delta + {client_rows} x 2^-40 (gamma mode)")
+        elif "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
             bad("delta", r["delta"], p["delta"])
         if "clip" in p and not p.get("adaptive_clipping") and not _close(float(r["clip"]), float(p["clip"])):
             bad("clip", r["clip"], p["clip"])
@@ -1085,7 +1094,7 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
                                f"than the config calls for"))
         if v2["threat_model"] != tm:
             bad("threat_model", v2["threat_model"], tm)
-        if r["unit"] == "client" and sa.get("enabled") and "max_colluding_sites" in sa and \
+        if r["unit"] == "client" and sa.get("enabled") and "max_colluding_sites" in sa and not gamma_mode and \
                 v2["max_colluding"] != int(sa["max_colluding_sites"]):
             bad("max_colluding", v2["max_colluding"], sa["max_colluding_sites"])
         if unit == "trajectory" and "sample_rate" in p and not _close(float(r["sample_rate"]), float(p["sample_rate"])):
