@@ -120,6 +120,7 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         width = site.dim * (2 if site.scaffold is not None else 1)
         if ann.policy.shape != (width,):
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
+        check_roster_against_config(ann, site.config)
         number = _number(ann, site)
         weight = _staleness_weight(site, order, ahead)
         if ann.config.graph_seed != site.aggregator.graph_seed(order.round_seed):
@@ -168,13 +169,36 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
     return SiteRoundReport(status, result, seconds)
 
 
+def check_roster_against_config(ann: RoundAnnouncement, config: Any) -> None:
+    """Refuse a roster this site's own config does not allow: more sites than its N
+    (`num_sites`), or a site name not among its config's expanded site names. The CA check
+    (`verify_roster`) says each member is a real site; this says it is one of THIS federation's
+    N, so a server with a CA that vouches for more cannot add colluders beyond floor(gamma N)
+    (gamma mode) or Sybils beyond the config's federation (c mode)."""
+    from secure_fedrl.config import expand_site_names
+
+    rid = ann.config.round_id
+    n, big_n = len(ann.config.site_ids), config.num_sites
+    if n > big_n or len(ann.roster) > big_n:
+        raise PrivacyError(f"round {rid}: a roster of {max(n, len(ann.roster))} sites, more than the "
+                           f"config's {big_n}")
+    names = {name for section in config.sites for name in expand_site_names(section)}
+    unknown = sorted({e.name for e in ann.roster} - names)
+    if unknown:
+        raise PrivacyError(f"round {rid}: roster names site(s) {unknown[:3]} not in this site's config")
+
+
 def announced_max_colluding(aggregator: Any, config: Any) -> int:
     """c_max a site checks an announced round (SecAgg RoundConfig) against: its own aggregator's
     bound for the announced roster size n and graph degree, with C = min(floor(gamma N), n) from
-    the site's own config in gamma mode (`SecureAggregator.max_colluding`)."""
+    the site's own config in gamma mode (`SecureAggregator.max_colluding`). A roster larger than
+    the config's N is refused (it would let the server add colluders beyond floor(gamma N))."""
     n = len(config.site_ids)
     if n < 2:
         raise PrivacyError(f"round {config.round_id}: a roster of {n} site(s)")
+    big_n = getattr(aggregator, "num_sites", None)
+    if big_n is not None and n > big_n:
+        raise PrivacyError(f"round {config.round_id}: a roster of {n} sites, more than the config's {big_n}")
     return aggregator.max_colluding(n, config.degree)
 
 

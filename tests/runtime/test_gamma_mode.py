@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from secure_fedrl.config import config_from_dict
-from secure_fedrl.errors import ConfigError, ProtocolError
+from secure_fedrl.errors import ConfigError, PrivacyError, ProtocolError
 from secure_fedrl.runtime.aggregation import build_aggregator
 from secure_fedrl.runtime.privacy_plan import PrivacyPlan
 from secure_fedrl.runtime.round import announced_max_colluding
@@ -166,7 +166,7 @@ def test_a_planned_round_smaller_than_the_colluders_leaves_one_honest_share():
 
 def _announced(n, *, threshold, degree=None):
     return RoundConfig(round_id=1, site_ids=tuple(range(1, n + 1)),
-                       identity_keys=tuple(bytes([i]) * 32 for i in range(1, n + 1)),
+                       identity_keys=tuple(bytes([i % 256]) * 32 for i in range(1, n + 1)),
                        threshold=threshold, dim=8, bits=32, degree=degree, graph_seed=bytes(32))
 
 
@@ -181,25 +181,139 @@ def test_site_refuses_a_threshold_below_its_own_c_max():
                                min_honest=m)
     # with floor(gamma n) = 1 the same announcement would have passed the 2t > h + c rule
     assert 2 * 5 > 6 + 1
-    # a sparse degree announced for 40 sites: c_max from that degree, not the planned one
+    # a sparse degree announced for 40 sites (N = 40, C = 8): c_max from that degree, not the planned one
+    _, agg = _plan(_config(40, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
     ann = _announced(40, threshold=4, degree=4)
     c = announced_max_colluding(agg, ann)
-    assert c == colluders_per_holder_set(40, 4, 4, sigma=GRAPH_SIGMA)[0] >= 1
+    assert c == colluders_per_holder_set(40, 4, 8, sigma=GRAPH_SIGMA)[0] >= 1
     with pytest.raises(ProtocolError):
         check_threshold_policy(ann, c, min_honest=1)
 
 
-def test_take_part_passes_the_sites_own_c_max(monkeypatch):
-    """round.take_part hands run_site_round the c_max of the ANNOUNCED round, from the site's config."""
+class _Transport:
+    name = "s-0"
+
+    def __init__(self):
+        self.left = []
+
+    def leave(self, round_id):
+        self.left.append(round_id)
+
+
+def _stub_site(config, agg, name="s-0", dim=8):
+    """The least of a SiteRuntime that take_part reads before run_site_round."""
+    from types import SimpleNamespace
+
+    from secure_fedrl.secagg.client import RoundHistory
+
+    vec = np.full(dim, 0.01, np.float32)
+    return SimpleNamespace(
+        name=name, config=config, dim=dim, aggregator=agg, scaffold=None, fedbuff=None, history=RoundHistory(),
+        identity_key=None, admits=lambda plan: True, charge=lambda plan: None,
+        train=lambda policy, rid, round_seed, control=None: (SimpleNamespace(vector=vec), None),
+        encode_attested=lambda plan, v: (v, b""))
+
+
+def _announcement(agg, names, *, round_seed=7, degree="plan", threshold=None, planned=None, dim=8):
+    from secure_fedrl.runtime.site import RoundOrder
+    from secure_fedrl.transport.base import RosterEntry, RoundAnnouncement
+
+    n = len(names)
+    plan = agg.plan(1, planned=planned or n, round_seed=round_seed)
+    cfg = RoundConfig(round_id=1, site_ids=tuple(range(1, n + 1)),
+                      identity_keys=tuple(bytes([i % 256]) * 32 for i in range(1, n + 1)),
+                      threshold=plan.threshold if threshold is None else threshold, dim=dim, bits=32,
+                      degree=plan.degree if degree == "plan" else degree, graph_seed=agg.graph_seed(round_seed))
+    roster = tuple(RosterEntry(site_id=i + 1, name=nm) for i, nm in enumerate(names))
+    order = RoundOrder(round=1, round_seed=round_seed, planned=planned or n, dim=dim)
+    return RoundAnnouncement(config=cfg, roster=roster, policy=np.zeros(dim, np.float32), extras=order.encode())
+
+
+def _take_part(monkeypatch, config, agg, ann):
     import secure_fedrl.runtime.round as R
 
     seen = {}
     monkeypatch.setattr(R, "run_site_round", lambda *a, **kw: seen.update(kw) or "done")
-    _, agg = _plan(_config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
-    ann_cfg = _announced(6, threshold=6)
-    assert announced_max_colluding(agg, ann_cfg) == agg.max_colluding(6, None) == 4
-    src = Path(R.__file__).read_text()
-    assert "max_colluding=announced_max_colluding(site.aggregator, ann.config)" in src
+    report = R.take_part(_stub_site(config, agg), _Transport(), ann)
+    return report, seen
+
+
+def test_take_part_passes_the_sites_own_c_max(monkeypatch):
+    """round.take_part (the real code path, up to the SecAgg round) hands run_site_round the c_max
+    of the ANNOUNCED round computed from the site's own config: all 4 colluders in a round of 6."""
+    config = _config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    names = [f"s-{i}" for i in range(6)]
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, threshold=6))
+    assert report.status == "done"
+    assert seen["max_colluding"] == agg.max_colluding(6, None) == 4
+    assert seen["min_honest_inputs"] == agg.min_honest()
+
+
+def test_site_refuses_a_roster_larger_than_its_n(monkeypatch):
+    """A CA that vouches for more than the config's N sites cannot add colluders beyond
+    floor(gamma N): a roster of N + 1 is refused before anything leaves the site."""
+    config = _config(num_sites=20, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    names = [f"s-{i}" for i in range(20)] + ["s-20"]
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, planned=20))
+    assert report.status.startswith("refused:") and "more than the config's 20" in report.status
+    assert seen == {}
+    with pytest.raises(PrivacyError, match="more than the config's 20"):
+        announced_max_colluding(agg, _announced(21, threshold=21))
+
+
+def test_site_refuses_a_roster_with_a_name_not_in_its_config(monkeypatch):
+    config = _config(num_sites=20, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    names = [f"s-{i}" for i in range(5)] + ["mallory"]
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, threshold=6))
+    assert report.status.startswith("refused:") and "not in this site's config" in report.status
+    assert "mallory" in report.status and seen == {}
+
+
+def test_c_mode_site_refuses_a_roster_larger_than_its_n(monkeypatch):
+    config = _config(num_sites=6, sa={"max_colluding_sites": 1}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, [f"s-{i}" for i in range(7)], planned=6,
+                                                                           threshold=7))
+    assert report.status.startswith("refused:") and "more than the config's 6" in report.status and seen == {}
+
+
+def test_site_checks_c_max_at_the_announced_degree(monkeypatch):
+    """Automatic degree (neighbors = 0), N = 2000, gamma = 0.05: a server announcing a degree above
+    the plan's makes each holder set larger, so it may hold more colluders; the site computes
+    c_max at the ANNOUNCED degree, and refuses the plan's threshold there (2t <= h + c_max)."""
+    config = _config(num_sites=2000, sa={"colluding_fraction": 0.05, "neighbors": 0}, privacy=False,
+                     sampling={"fraction": 1.0, "poisson": False})
+    _, agg = _plan(config)
+    n = agg.plan_sites
+    planned_k = agg.degree(n)
+    assert planned_k is not None and planned_k < n - 1
+    t_plan = agg.protocol_threshold(n)
+    c_plan = announced_max_colluding(agg, _announced(n, threshold=t_plan, degree=planned_k))
+    assert c_plan == agg.max_colluding(n)
+    # a server announces a larger degree k (holder sets h = k + 1) with a threshold t that is
+    # secure against the plan's c_max but not against c_max at k: h + c_plan < 2t <= h + c_max(k)
+    C = agg.colluders(n)
+    big_k = t_big = c_big = None
+    for k in range(planned_k + 2, n - 1, 2):
+        c = colluders_per_holder_set(n, k, C, sigma=GRAPH_SIGMA)[0]
+        h = holders_per_site(n, k)
+        t = (h + c_plan) // 2 + 1
+        if c > c_plan and 2 * t <= h + c:
+            big_k, t_big, c_big = k, t, c
+            break
+    assert big_k is not None
+    ann_cfg = _announced(n, threshold=t_big, degree=big_k)
+    assert announced_max_colluding(agg, ann_cfg) == c_big > c_plan
+    check_threshold_policy(ann_cfg, c_plan, min_honest=1)  # would pass at the plan's c_max
+    with pytest.raises(ProtocolError, match="too low"):
+        check_threshold_policy(ann_cfg, announced_max_colluding(agg, ann_cfg), min_honest=1)
+    # and through take_part: the announced degree reaches run_site_round's c_max
+    names = [f"s-{i}" for i in range(n)]
+    _, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, degree=big_k, threshold=t_big))
+    assert seen["max_colluding"] == c_big
 
 
 # ----------------------------------------------------------------------------- ledger / metrics / delta
