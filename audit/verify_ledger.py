@@ -48,6 +48,7 @@ import sqlite3
 import struct
 import sys
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -572,9 +573,36 @@ def _close(a: float, b: float) -> bool:
     return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-9 * max(abs(a), abs(b)))
 
 
-def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False
+GRAPH_FAILURE = 2.0 ** -40  # gamma mode: per recorded client round, added to the row's delta
+
+
+def gamma_mode_of(config: dict[str, Any] | None) -> tuple[float, int] | None:
+    """(gamma, N) if the resolved config runs secure aggregation in gamma mode
+    (`colluding_fraction` > 0, SPEC 8), else None. N: the sites after expanding `count`."""
+    if not config:
+        return None
+    sa = config.get("secure_aggregation") or {}
+    gamma = float(sa.get("colluding_fraction", 0.0) or 0.0)
+    if not sa.get("enabled") or gamma <= 0:
+        return None
+    sites = config.get("sites") or []
+    return gamma, sum(int(s.get("count", 1)) for s in sites) if sites else 0
+
+
+def corrupt_sites(gamma: float, num_sites: int) -> int:
+    """floor(gamma N), gamma read as the decimal it was written as (as the runtime does)."""
+    return math.floor(Fraction(repr(float(gamma))) * num_sites)
+
+
+def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False,
+                    gamma: tuple[float, int] | None = None
                     ) -> tuple[list[EpsilonCheck], list[Finding]]:
-    """Recompute every row's epsilon_server / epsilon_release per FORMAT.md v2, in row order."""
+    """Recompute every row's epsilon_server / epsilon_release per FORMAT.md v2, in row order.
+
+    `gamma` = (colluding_fraction, N) (gamma mode, from the run's config): a client row's delta
+    is privacy.delta + k 2^-40 (k-th client row); epsilon is recomputed at privacy.delta = the
+    row's delta - k 2^-40, and a DDG sum's honest inputs are counted against
+    C = min(floor(gamma N), n) colluders, not the per-holder-set c_max."""
     cache: dict[tuple, list[float]] = {}
 
     def grid_of(key: tuple, fn: Callable[[float], float]) -> list[float]:
@@ -589,6 +617,7 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
     ddg_rows: list[tuple[int, float, list[float]]] = []  # (steps, q, base curve on ORDERS)
     checks: list[EpsilonCheck] = []
     findings: list[Finding] = []
+    client_rows = 0
 
     def flag(seq: int, reason: str, detail: str) -> None:
         findings.append(Finding(seq, reason, detail))
@@ -600,6 +629,13 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
         e_server, e_release = from_f64(v2["epsilon_server"]), from_f64(v2["epsilon_release"])
         mech, unit, acct = row["mechanism"], row["unit"], row["accountant"]
         q, z, steps, delta = float(row["sample_rate"]), float(row["sigma_effective"]), int(row["steps"]), float(row["delta"])
+        if gamma is not None and unit == "client" and row["site"] is None:
+            client_rows += 1  # convert at privacy.delta: the graph's k 2^-40 is not accounting delta
+            delta = delta - client_rows * GRAPH_FAILURE
+            if not delta > 0:
+                flag(seq, "bad delta", f"delta {row['delta']!r} is not above {client_rows} x 2^-40 (gamma mode)")
+                checks.append(EpsilonCheck(seq, "unchecked", {}))
+                continue
         parts = list(v2["participants"])
         site_eps = {k: from_f64(v) for k, v in v2["site_epsilon_server"].items()}
         params = {k: from_f64(v) for k, v in v2["params"].items()}
@@ -668,9 +704,16 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
                     checks.append(EpsilonCheck(seq, "unchecked", {}))
                     continue
                 survived = int(row["sites_survived"])
-                if 0 < survived and survived - int(v2["max_colluding"]) < m:
+                colluding = int(v2["max_colluding"])
+                if gamma is not None:
+                    # gamma mode: the sum may hold all C = min(floor(gamma N), n) colluders (c_max
+                    # bounds a holder set, not the sum); an honest site whose privacy is at stake
+                    # is in the sum, so at most survived - 1 of it collude
+                    colluding = min(corrupt_sites(gamma[0], gamma[1]), int(row["sites_planned"]),
+                                    max(survived - 1, 0))
+                if 0 < survived and survived - colluding < m:
                     flag(seq, "bad ddg parameters", f"noise_shares = {m} but the unmasked sum holds "
-                         f"{survived} inputs of which up to {v2['max_colluding']} collude: it "
+                         f"{survived} inputs of which up to {colluding} collude: it "
                          f"cannot hold {m} honest shares")
                 if not _close(base.l2_bound, params["l2_bound"]) and abs(base.l2_bound - params["l2_bound"]) > 1e-9 * base.l2_bound:
                     flag(seq, "bad ddg parameters", f"recorded l2_bound {params['l2_bound']!r} is "
@@ -1059,7 +1102,8 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
         tm = "release" if mech == "gaussian" else "server"
     sigma = float(p.get("noise_multiplier", 0.0) or 0.0)
     # gamma mode (secure_aggregation.colluding_fraction > 0): each client-level row's delta is
-    # privacy.delta + 2^-40 per client-level round so far (the graph's per-attempt failure, SPEC 8),
+    # exactly privacy.delta + 2^-40 per client-level round so far (the graph's failure per
+    # recorded round, SPEC 8; aborted attempts are the sites' count, not the ledger's),
     # and max_colluding records the per-holder-set c_max the thresholds used (not recomputed here).
     gamma_mode = bool(sa.get("enabled")) and float(sa.get("colluding_fraction", 0.0) or 0.0) > 0
     client_rows = 0
@@ -1080,7 +1124,8 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
             bad("mechanism", r["mechanism"], mech)
         if gamma_mode and r["unit"] == "client":
             client_rows += 1
-            if "delta" in p and float(r["delta"]) < (float(p["delta"]) + client_rows * 2.0 ** -40) * (1 - 1e-12):
+            want_delta = float(p.get("delta", 1e-5)) + client_rows * GRAPH_FAILURE
+            if "delta" in p and abs(float(r["delta"]) - want_delta) > 1e-3 * GRAPH_FAILURE:
                 bad("delta", r["delta"], f"privacy.delta + {client_rows} x 2^-40 (gamma mode)")
         elif "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
             bad("delta", r["delta"], p["delta"])
@@ -1243,7 +1288,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"FAIL: {exc}")
         return 2
     if not args.no_epsilon:
-        checks, eps_findings = recheck_epsilon(ledger.rows, allow_reproducible=args.allow_reproducible)
+        gamma = None
+        if (run / "config.resolved.toml").is_file():
+            gamma = gamma_mode_of(_load_config(run, []))
+        checks, eps_findings = recheck_epsilon(ledger.rows, allow_reproducible=args.allow_reproducible,
+                                               gamma=gamma)
         findings += eps_findings
     run_files = any((run / f).exists() for f in ("config.resolved.toml", "metrics.jsonl", "state.json"))
     checked: list[str] = []
