@@ -72,9 +72,11 @@ class _Outbox:
     """The site's transport, watched: which phases left the site; an optional planned stop
     (simulated dropouts: the site goes silent from `stop_at` on, as a killed process would)."""
 
-    def __init__(self, inner: SiteTransport, stop_at: str | None, before_masked_input=None) -> None:
+    def __init__(self, inner: SiteTransport, stop_at: str | None, before_masked_input=None,
+                 before_graph_reveal=None) -> None:
         self.inner, self.stop_at, self.sent = inner, stop_at, []
         self.before_masked_input = before_masked_input
+        self.before_graph_reveal = before_graph_reveal
         self.name = inner.name
 
     def upload(self, round_id: int, phase: str, payload: bytes) -> None:
@@ -83,6 +85,8 @@ class _Outbox:
             raise Dropped(f"site {self.name!r} stops before {phase!r}")
         if phase == "masked_input" and self.before_masked_input is not None:
             self.before_masked_input()  # charged and saved before the input can leave (never under-counted)
+        if phase == "graph_reveal" and self.before_graph_reveal is not None:
+            self.before_graph_reveal()  # gamma mode: counted and saved before the reveal can leave
         self.sent.append(phase)  # before the call: an upload the server stored, then failed, was sent
         self.inner.upload(round_id, phase, payload)
 
@@ -155,7 +159,16 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         if persist is not None:
             persist()
 
-    out = _Outbox(transport, stop_at, charge_then_persist if site.config.privacy.unit == "client" else None)
+    def count_graph_reveal() -> None:
+        # gamma mode: every attempt whose graph this site helped seed may fail c_max w.p. 2^-40,
+        # aborted or not (SPEC 8): the site's own count, authoritative for its delta
+        site.graph_reveals += 1
+        if persist is not None:
+            persist()
+
+    gamma = bool(getattr(site.aggregator, "gamma_mode", False))
+    out = _Outbox(transport, stop_at, charge_then_persist if site.config.privacy.unit == "client" else None,
+                  count_graph_reveal if gamma else None)
     # c_max from this site's own config (c, or gamma and its N) and the round as announced (n,
     # degree): never the server's word. The SecAggClient refuses unless 2t > h + c_max and
     # t - c_max >= the honest inputs (DDG noise shares) this site's config plans for.

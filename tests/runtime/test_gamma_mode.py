@@ -199,6 +199,9 @@ class _Transport:
     def leave(self, round_id):
         self.left.append(round_id)
 
+    def upload(self, round_id, phase, payload):
+        self.left.append((round_id, phase))
+
 
 def _stub_site(config, agg, name="s-0", dim=8):
     """The least of a SiteRuntime that take_part reads before run_site_round."""
@@ -209,7 +212,7 @@ def _stub_site(config, agg, name="s-0", dim=8):
     vec = np.full(dim, 0.01, np.float32)
     return SimpleNamespace(
         name=name, config=config, dim=dim, aggregator=agg, scaffold=None, fedbuff=None, history=RoundHistory(),
-        identity_key=None, admits=lambda plan: True, charge=lambda plan: None,
+        identity_key=None, admits=lambda plan: True, charge=lambda plan: None, graph_reveals=0,
         train=lambda policy, rid, round_seed, control=None: (SimpleNamespace(vector=vec), None),
         encode_attested=lambda plan, v: (v, b""))
 
@@ -314,6 +317,42 @@ def test_site_checks_c_max_at_the_announced_degree(monkeypatch):
     names = [f"s-{i}" for i in range(n)]
     _, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, degree=big_k, threshold=t_big))
     assert seen["max_colluding"] == c_big
+
+
+def test_site_counts_its_graph_reveals_before_they_leave(monkeypatch):
+    """gamma mode: each attempt in which the site sends a GraphReveal is counted (and persisted)
+    before the reveal leaves, aborted or not: the site's own delta term A_u 2^-40 (SPEC 8)."""
+    import secure_fedrl.runtime.round as R
+    from secure_fedrl.runtime.site import SiteRuntime
+
+    config = _config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    site = _stub_site(config, agg)
+    saved = []
+
+    def fake_round(out, ann, **kw):
+        before = site.graph_reveals
+        out.upload(1, "advertise_keys", b"")
+        assert site.graph_reveals == before
+        out.upload(1, "graph_reveal", b"")
+        assert site.graph_reveals == before + 1 and saved == [before + 1]  # counted and saved before it left
+        return "dropped: the server aborted after the graph seed"
+
+    monkeypatch.setattr(R, "run_site_round", fake_round)
+    names = [f"s-{i}" for i in range(6)]
+    for _ in range(3):  # three aborted attempts, none of them in any ledger
+        saved.clear()
+        R.take_part(site, _Transport(), _announcement(agg, names, threshold=6),
+                    persist=lambda: saved.append(site.graph_reveals))
+    assert site.graph_reveals == 3
+    assert SiteRuntime.delta_graph_site(site) == 3 * 2.0 ** -40
+    # c mode: nothing counted
+    c_config = _config(sa={"max_colluding_sites": 1}, privacy=False, sampling={"fraction": 1.0})
+    _, c_agg = _plan(c_config)
+    c_site = _stub_site(c_config, c_agg)
+    monkeypatch.setattr(R, "run_site_round", lambda out, ann, **kw: out.upload(1, "graph_reveal", b"") or "done")
+    R.take_part(c_site, _Transport(), _announcement(c_agg, names, threshold=6))
+    assert c_site.graph_reveals == 0 and SiteRuntime.delta_graph_site(c_site) == 0.0
 
 
 # ----------------------------------------------------------------------------- ledger / metrics / delta
