@@ -513,6 +513,16 @@ def _check_ranges(c: Config) -> None:
          f"must be in [0, 0.5), got {sa.colluding_fraction!r}")
     need(not (sa.colluding_fraction > 0 and sa.max_colluding_sites > 0), "secure_aggregation.colluding_fraction",
          "give either colluding_fraction (gamma mode) or max_colluding_sites (c mode), not both")
+    if isinstance(sa.colluding_fraction, (int, float)) and not isinstance(sa.colluding_fraction, bool) \
+            and 0.0 < sa.colluding_fraction < 0.5:
+        from fractions import Fraction
+
+        need(sa.enabled, "secure_aggregation.colluding_fraction",
+             f"is {sa.colluding_fraction!r} but secure aggregation is disabled (set secure_aggregation.enabled = true)")
+        corrupt = math.floor(Fraction(repr(float(sa.colluding_fraction))) * c.num_sites)
+        need(corrupt >= 1, "secure_aggregation.colluding_fraction",
+             f"floor({sa.colluding_fraction!r} x {c.num_sites} sites) = 0 colluders: gamma mode would "
+             f"protect against no colluder (raise it to at least 1/{c.num_sites}, or set 0)")
     need(p.max_participations >= 0, "privacy.max_participations", f"must be >= 0, got {p.max_participations}")
     if p.unit == "client":
         mech = p.mechanism

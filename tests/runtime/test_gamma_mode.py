@@ -68,6 +68,22 @@ def test_colluding_fraction_is_validated(sa, needle):
     assert needle in msg and "secure_aggregation.colluding_fraction" in msg and len(msg.splitlines()) == 1
 
 
+def test_colluding_fraction_needs_secure_aggregation():
+    with pytest.raises(ConfigError) as err:
+        _config(sa={"colluding_fraction": 0.2, "enabled": False}, privacy=False)
+    msg = str(err.value)
+    assert "secure_aggregation.colluding_fraction" in msg and "disabled" in msg and len(msg.splitlines()) == 1
+
+
+def test_colluding_fraction_with_no_colluder_is_refused():
+    """floor(gamma N) = 0 (0.05 x 19): gamma mode would protect against no colluder."""
+    with pytest.raises(ConfigError) as err:
+        _config(19, sa={"colluding_fraction": 0.05})
+    msg = str(err.value)
+    assert "= 0 colluders" in msg and len(msg.splitlines()) == 1
+    assert _config(20, sa={"colluding_fraction": 0.05}).secure_aggregation.colluding_fraction == 0.05
+
+
 def test_colluding_fraction_edges_are_accepted():
     assert _config(sa={"colluding_fraction": 0.0}).secure_aggregation.colluding_fraction == 0.0
     assert _config(sa={"colluding_fraction": 0.49}).secure_aggregation.colluding_fraction == 0.49
