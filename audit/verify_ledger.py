@@ -594,6 +594,37 @@ def corrupt_sites(gamma: float, num_sites: int) -> int:
     return math.floor(Fraction(repr(float(gamma))) * num_sites)
 
 
+def colluders_per_holder_set(n: int, k: int, corrupt: int, sigma: int = 40) -> int:
+    """c_max (SPEC 2): exactly min(corrupt, k) on the complete graph (k = n - 1); under SecAgg+
+    the least c with n P[Hypergeometric(n-1, corrupt, k) > c] <= 2^-sigma, in exact rationals."""
+    corrupt = min(corrupt, n - 1)
+    if k >= n - 1 or corrupt == 0:
+        return min(corrupt, k)
+    total = math.comb(n - 1, k)
+    for c in range(0, k + 1):
+        tail = sum(math.comb(corrupt, x) * math.comb(n - 1 - corrupt, k - x)
+                   for x in range(c + 1, min(corrupt, k) + 1))
+        if n * tail * 2 ** sigma <= total:
+            return c
+    return k
+
+
+def expected_c_max(gamma: float, num_sites: int, n: int, neighbors: int) -> int | None:
+    """The c_max a gamma-mode round of n planned sites uses, where the config alone fixes the
+    degree (neighbors -1, or 0 up to 16 sites: complete graph; neighbors > 0: min(k, n-1),
+    even on odd n); None for the automatic SecAgg+ degree above 16 sites (not recomputed)."""
+    if neighbors == -1 or (neighbors == 0 and n <= 16):
+        k = n - 1
+    elif neighbors > 0:
+        k = min(neighbors, n - 1)
+        if k < n - 1 and k % 2 and n % 2:
+            k += 1
+        k = min(k, n - 1)
+    else:
+        return None
+    return colluders_per_holder_set(n, k, min(corrupt_sites(gamma, num_sites), n))
+
+
 def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False,
                     gamma: tuple[float, int] | None = None
                     ) -> tuple[list[EpsilonCheck], list[Finding]]:
@@ -1104,8 +1135,11 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     # gamma mode (secure_aggregation.colluding_fraction > 0): each client-level row's delta is
     # exactly privacy.delta + 2^-40 per client-level round so far (the graph's failure per
     # recorded round, SPEC 8; aborted attempts are the sites' count, not the ledger's),
-    # and max_colluding records the per-holder-set c_max the thresholds used (not recomputed here).
+    # and max_colluding records the per-holder-set c_max the thresholds used: recomputed (exact
+    # hypergeometric, pure Python) where the degree follows from the config alone (complete graph,
+    # an explicit `neighbors`), not for the automatic SecAgg+ degree above 16 sites.
     gamma_mode = bool(sa.get("enabled")) and float(sa.get("colluding_fraction", 0.0) or 0.0) > 0
+    gamma_n = gamma_mode_of(config)
     client_rows = 0
     for r in rows:
         seq = r["seq"]
@@ -1142,6 +1176,11 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
         if r["unit"] == "client" and sa.get("enabled") and "max_colluding_sites" in sa and not gamma_mode and \
                 v2["max_colluding"] != int(sa["max_colluding_sites"]):
             bad("max_colluding", v2["max_colluding"], sa["max_colluding_sites"])
+        if r["unit"] == "client" and gamma_n is not None and gamma_n[1] > 0:
+            want_c = expected_c_max(gamma_n[0], gamma_n[1], max(int(r["sites_planned"]), 2),
+                                    int(sa.get("neighbors", 0) or 0))
+            if want_c is not None and v2["max_colluding"] != want_c:
+                bad("max_colluding", v2["max_colluding"], f"c_max {want_c} (gamma mode)")
         if unit == "trajectory" and "sample_rate" in p and not _close(float(r["sample_rate"]), float(p["sample_rate"])):
             bad("sample_rate", r["sample_rate"], p["sample_rate"])
         fedbuff = (config.get("strategy") or {}).get("name") == "fedbuff"

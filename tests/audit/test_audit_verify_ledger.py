@@ -715,3 +715,18 @@ def test_gamma_mode_sum_check_counts_all_colluders(tmp_path: Path) -> None:
     assert any("cannot hold 2 honest shares" in f.detail for f in findings), findings
     _, findings = vl.recheck_epsilon(rows, gamma=(0.2, 5))  # C = 1: 2 honest
     assert not any("honest shares" in f.detail for f in findings), findings
+
+
+def test_gamma_mode_c_max_is_recomputed_and_pinned(tmp_path: Path, capsys) -> None:
+    """Complete graph (<= 16 sites, automatic degree): c_max = C = 1; a row recording 0 is flagged.
+    The auditor's exact (rational) hypergeometric c_max agrees with the runtime's on SecAgg+."""
+    from secure_fedrl.secagg.graph import colluders_per_holder_set as runtime_c_max
+
+    entries = [dataclasses.replace(e, max_colluding=0) if e.round == 2 else e for e in _gamma_entries()]
+    run = _run_dir(tmp_path, entries, config=GAMMA_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    assert "FAIL: row seq 2: disagrees with config: recorded max_colluding 0, the config says 'c_max 1" in \
+        capsys.readouterr().out
+    for n, k, c in [(40, 4, 8), (200, 30, 40), (2000, 152, 100), (61, 12, 6)]:
+        assert vl.colluders_per_holder_set(n, k, c) == runtime_c_max(n, k, c, sigma=40.0)[0]
+    assert vl.expected_c_max(0.05, 2000, 2000, 0) is None  # automatic SecAgg+ degree: not recomputed
