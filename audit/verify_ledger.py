@@ -48,6 +48,7 @@ import sqlite3
 import struct
 import sys
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -572,9 +573,67 @@ def _close(a: float, b: float) -> bool:
     return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-9 * max(abs(a), abs(b)))
 
 
-def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False
+GRAPH_FAILURE = 2.0 ** -40  # gamma mode: per recorded client round, added to the row's delta
+
+
+def gamma_mode_of(config: dict[str, Any] | None) -> tuple[float, int] | None:
+    """(gamma, N) if the resolved config runs secure aggregation in gamma mode
+    (`colluding_fraction` > 0, SPEC 8), else None. N: the sites after expanding `count`."""
+    if not config:
+        return None
+    sa = config.get("secure_aggregation") or {}
+    gamma = float(sa.get("colluding_fraction", 0.0) or 0.0)
+    if not sa.get("enabled") or gamma <= 0:
+        return None
+    sites = config.get("sites") or []
+    return gamma, sum(int(s.get("count", 1)) for s in sites) if sites else 0
+
+
+def corrupt_sites(gamma: float, num_sites: int) -> int:
+    """floor(gamma N), gamma read as the decimal it was written as (as the runtime does)."""
+    return math.floor(Fraction(repr(float(gamma))) * num_sites)
+
+
+def colluders_per_holder_set(n: int, k: int, corrupt: int, sigma: int = 40) -> int:
+    """c_max (SPEC 2): exactly min(corrupt, k) on the complete graph (k = n - 1); under SecAgg+
+    the least c with n P[Hypergeometric(n-1, corrupt, k) > c] <= 2^-sigma, in exact rationals."""
+    corrupt = min(corrupt, n - 1)
+    if k >= n - 1 or corrupt == 0:
+        return min(corrupt, k)
+    total = math.comb(n - 1, k)
+    for c in range(0, k + 1):
+        tail = sum(math.comb(corrupt, x) * math.comb(n - 1 - corrupt, k - x)
+                   for x in range(c + 1, min(corrupt, k) + 1))
+        if n * tail * 2 ** sigma <= total:
+            return c
+    return k
+
+
+def expected_c_max(gamma: float, num_sites: int, n: int, neighbors: int) -> int | None:
+    """The c_max a gamma-mode round of n planned sites uses, where the config alone fixes the
+    degree (neighbors -1, or 0 up to 16 sites: complete graph; neighbors > 0: min(k, n-1),
+    even on odd n); None for the automatic SecAgg+ degree above 16 sites (not recomputed)."""
+    if neighbors == -1 or (neighbors == 0 and n <= 16):
+        k = n - 1
+    elif neighbors > 0:
+        k = min(neighbors, n - 1)
+        if k < n - 1 and k % 2 and n % 2:
+            k += 1
+        k = min(k, n - 1)
+    else:
+        return None
+    return colluders_per_holder_set(n, k, min(corrupt_sites(gamma, num_sites), n))
+
+
+def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False,
+                    gamma: tuple[float, int] | None = None
                     ) -> tuple[list[EpsilonCheck], list[Finding]]:
-    """Recompute every row's epsilon_server / epsilon_release per FORMAT.md v2, in row order."""
+    """Recompute every row's epsilon_server / epsilon_release per FORMAT.md v2, in row order.
+
+    `gamma` = (colluding_fraction, N) (gamma mode, from the run's config): a client row's delta
+    is privacy.delta + k 2^-40 (k-th client row); epsilon is recomputed at privacy.delta = the
+    row's delta - k 2^-40, and a DDG sum's honest inputs are counted against
+    C = min(floor(gamma N), n) colluders, not the per-holder-set c_max."""
     cache: dict[tuple, list[float]] = {}
 
     def grid_of(key: tuple, fn: Callable[[float], float]) -> list[float]:
@@ -589,6 +648,7 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
     ddg_rows: list[tuple[int, float, list[float]]] = []  # (steps, q, base curve on ORDERS)
     checks: list[EpsilonCheck] = []
     findings: list[Finding] = []
+    client_rows = 0
 
     def flag(seq: int, reason: str, detail: str) -> None:
         findings.append(Finding(seq, reason, detail))
@@ -600,6 +660,13 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
         e_server, e_release = from_f64(v2["epsilon_server"]), from_f64(v2["epsilon_release"])
         mech, unit, acct = row["mechanism"], row["unit"], row["accountant"]
         q, z, steps, delta = float(row["sample_rate"]), float(row["sigma_effective"]), int(row["steps"]), float(row["delta"])
+        if gamma is not None and unit == "client" and row["site"] is None:
+            client_rows += 1  # convert at privacy.delta: the graph's k 2^-40 is not accounting delta
+            delta = delta - client_rows * GRAPH_FAILURE
+            if not delta > 0:
+                flag(seq, "bad delta", f"delta {row['delta']!r} is not above {client_rows} x 2^-40 (gamma mode)")
+                checks.append(EpsilonCheck(seq, "unchecked", {}))
+                continue
         parts = list(v2["participants"])
         site_eps = {k: from_f64(v) for k, v in v2["site_epsilon_server"].items()}
         params = {k: from_f64(v) for k, v in v2["params"].items()}
@@ -668,9 +735,16 @@ def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool 
                     checks.append(EpsilonCheck(seq, "unchecked", {}))
                     continue
                 survived = int(row["sites_survived"])
-                if 0 < survived and survived - int(v2["max_colluding"]) < m:
+                colluding = int(v2["max_colluding"])
+                if gamma is not None:
+                    # gamma mode: the sum may hold all C = min(floor(gamma N), n) colluders (c_max
+                    # bounds a holder set, not the sum); an honest site whose privacy is at stake
+                    # is in the sum, so at most survived - 1 of it collude
+                    colluding = min(corrupt_sites(gamma[0], gamma[1]), int(row["sites_planned"]),
+                                    max(survived - 1, 0))
+                if 0 < survived and survived - colluding < m:
                     flag(seq, "bad ddg parameters", f"noise_shares = {m} but the unmasked sum holds "
-                         f"{survived} inputs of which up to {v2['max_colluding']} collude: it "
+                         f"{survived} inputs of which up to {colluding} collude: it "
                          f"cannot hold {m} honest shares")
                 if not _close(base.l2_bound, params["l2_bound"]) and abs(base.l2_bound - params["l2_bound"]) > 1e-9 * base.l2_bound:
                     flag(seq, "bad ddg parameters", f"recorded l2_bound {params['l2_bound']!r} is "
@@ -1058,6 +1132,15 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     if tm == "auto":
         tm = "release" if mech == "gaussian" else "server"
     sigma = float(p.get("noise_multiplier", 0.0) or 0.0)
+    # gamma mode (secure_aggregation.colluding_fraction > 0): each client-level row's delta is
+    # exactly privacy.delta + 2^-40 per client-level round so far (the graph's failure per
+    # recorded round, SPEC 8; aborted attempts are the sites' count, not the ledger's),
+    # and max_colluding records the per-holder-set c_max the thresholds used: recomputed (exact
+    # hypergeometric, pure Python) where the degree follows from the config alone (complete graph,
+    # an explicit `neighbors`), not for the automatic SecAgg+ degree above 16 sites.
+    gamma_mode = bool(sa.get("enabled")) and float(sa.get("colluding_fraction", 0.0) or 0.0) > 0
+    gamma_n = gamma_mode_of(config)
+    client_rows = 0
     for r in rows:
         seq = r["seq"]
         try:
@@ -1073,7 +1156,12 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
             bad("unit", r["unit"], unit)
         if r["mechanism"] != mech:
             bad("mechanism", r["mechanism"], mech)
-        if "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
+        if gamma_mode and r["unit"] == "client":
+            client_rows += 1
+            want_delta = float(p.get("delta", 1e-5)) + client_rows * GRAPH_FAILURE
+            if "delta" in p and abs(float(r["delta"]) - want_delta) > 1e-3 * GRAPH_FAILURE:
+                bad("delta", r["delta"], f"privacy.delta + {client_rows} x 2^-40 (gamma mode)")
+        elif "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
             bad("delta", r["delta"], p["delta"])
         if "clip" in p and not p.get("adaptive_clipping") and not _close(float(r["clip"]), float(p["clip"])):
             bad("clip", r["clip"], p["clip"])
@@ -1085,9 +1173,14 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
                                f"than the config calls for"))
         if v2["threat_model"] != tm:
             bad("threat_model", v2["threat_model"], tm)
-        if r["unit"] == "client" and sa.get("enabled") and "max_colluding_sites" in sa and \
+        if r["unit"] == "client" and sa.get("enabled") and "max_colluding_sites" in sa and not gamma_mode and \
                 v2["max_colluding"] != int(sa["max_colluding_sites"]):
             bad("max_colluding", v2["max_colluding"], sa["max_colluding_sites"])
+        if r["unit"] == "client" and gamma_n is not None and gamma_n[1] > 0:
+            want_c = expected_c_max(gamma_n[0], gamma_n[1], max(int(r["sites_planned"]), 2),
+                                    int(sa.get("neighbors", 0) or 0))
+            if want_c is not None and v2["max_colluding"] != want_c:
+                bad("max_colluding", v2["max_colluding"], f"c_max {want_c} (gamma mode)")
         if unit == "trajectory" and "sample_rate" in p and not _close(float(r["sample_rate"]), float(p["sample_rate"])):
             bad("sample_rate", r["sample_rate"], p["sample_rate"])
         fedbuff = (config.get("strategy") or {}).get("name") == "fedbuff"
@@ -1234,7 +1327,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"FAIL: {exc}")
         return 2
     if not args.no_epsilon:
-        checks, eps_findings = recheck_epsilon(ledger.rows, allow_reproducible=args.allow_reproducible)
+        gamma = None
+        if (run / "config.resolved.toml").is_file():
+            gamma = gamma_mode_of(_load_config(run, []))
+        checks, eps_findings = recheck_epsilon(ledger.rows, allow_reproducible=args.allow_reproducible,
+                                               gamma=gamma)
         findings += eps_findings
     run_files = any((run / f).exists() for f in ("config.resolved.toml", "metrics.jsonl", "state.json"))
     checked: list[str] = []

@@ -128,6 +128,12 @@ class SecureAggregationSection:
     max_colluding_sites: int = 0
     """Sites that may collude with the server (SPEC 8): DDG noise is sized, and rounds charged
     against the server, with only the honest shares a sum must hold despite them."""
+    colluding_fraction: float = 0.0
+    """gamma mode (instead of max_colluding_sites): at most floor(gamma * N) of the federation's N
+    sites collude with the server, a set fixed before the round. A round of n sites may hold all
+    C = min(floor(gamma N), n) of them (the server picks who is in it); each holder set then holds
+    at most c_max of them except with probability 2^-40 per round attempt (hypergeometric tail,
+    SPEC 2 and 8), a probability added to delta. In [0, 0.5)."""
 
 
 @dataclass(frozen=True)
@@ -502,6 +508,21 @@ def _check_ranges(c: Config) -> None:
              "set weighting = 'uniform'")
     need(sa.max_colluding_sites >= 0, "secure_aggregation.max_colluding_sites",
          f"must be >= 0, got {sa.max_colluding_sites}")
+    need(isinstance(sa.colluding_fraction, (int, float)) and not isinstance(sa.colluding_fraction, bool)
+         and 0.0 <= sa.colluding_fraction < 0.5, "secure_aggregation.colluding_fraction",
+         f"must be in [0, 0.5), got {sa.colluding_fraction!r}")
+    need(not (sa.colluding_fraction > 0 and sa.max_colluding_sites > 0), "secure_aggregation.colluding_fraction",
+         "give either colluding_fraction (gamma mode) or max_colluding_sites (c mode), not both")
+    if isinstance(sa.colluding_fraction, (int, float)) and not isinstance(sa.colluding_fraction, bool) \
+            and 0.0 < sa.colluding_fraction < 0.5:
+        from fractions import Fraction
+
+        need(sa.enabled, "secure_aggregation.colluding_fraction",
+             f"is {sa.colluding_fraction!r} but secure aggregation is disabled (set secure_aggregation.enabled = true)")
+        corrupt = math.floor(Fraction(repr(float(sa.colluding_fraction))) * c.num_sites)
+        need(corrupt >= 1, "secure_aggregation.colluding_fraction",
+             f"floor({sa.colluding_fraction!r} x {c.num_sites} sites) = 0 colluders: gamma mode would "
+             f"protect against no colluder (raise it to at least 1/{c.num_sites}, or set 0)")
     need(p.max_participations >= 0, "privacy.max_participations", f"must be >= 0, got {p.max_participations}")
     if p.unit == "client":
         mech = p.mechanism

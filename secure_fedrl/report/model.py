@@ -55,6 +55,9 @@ def build_report(data: RunData, *, generated_at: datetime | None = None) -> dict
     site_names = _site_names(cfg)
     budget = _num(priv.get("target_epsilon")) if unit != "none" else None
     delta = _num(rows[-1].get("delta")) if rows else _num(priv.get("delta"))
+    gamma = float(sa.get("colluding_fraction", 0.0) or 0.0) if sa.get("enabled", False) else 0.0
+    client_rows = [r for r in rows if r.get("unit") == "client" and isinstance(r.get("max_colluding"), int)]
+    c_max = int(client_rows[-1]["max_colluding"]) if client_rows else None
 
     epsilon = _epsilon_section(rows, unit, threat, budget, delta)
     rounds = _rounds_section(data.metrics, rows)
@@ -74,6 +77,11 @@ def build_report(data: RunData, *, generated_at: datetime | None = None) -> dict
             "threat_model": threat if unit != "none" else None,
             "secure_aggregation": bool(sa.get("enabled", False)),
             "max_colluding_sites": int(sa.get("max_colluding_sites", 0) or 0),
+            # gamma mode (SPEC 8): the fraction, C = floor(gamma N) colluders in the federation and
+            # the per-holder-set bound c_max the last client row's thresholds used
+            "colluding_fraction": gamma,
+            "colluders": _corrupt(gamma, len(site_names)) if gamma > 0 else None,
+            "max_colluding_per_holder_set": c_max if gamma > 0 else None,
             "strategy": str(cfg.get("strategy", {}).get("name", "")),
             "sites": site_names,
         },
@@ -87,6 +95,14 @@ def build_report(data: RunData, *, generated_at: datetime | None = None) -> dict
 
     doc["plain_language"] = plain_language(doc, cfg)
     return doc
+
+
+def _corrupt(gamma: float, num_sites: int) -> int:
+    """floor(gamma N), gamma read as the decimal written (as the runtime does)."""
+    import math
+    from fractions import Fraction
+
+    return math.floor(Fraction(repr(float(gamma))) * num_sites)
 
 
 def _configured_mechanism(cfg: dict[str, Any]) -> str | None:

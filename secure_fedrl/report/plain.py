@@ -122,8 +122,20 @@ def plain_language(doc: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     sa = run["secure_aggregation"]
     threat = run.get("threat_model")
     colluding = run.get("max_colluding_sites", 0)
+    gamma = run.get("colluding_fraction") or 0.0
     sees = []
-    if sa:
+    if sa and gamma > 0:
+        c_max = run.get("max_colluding_per_holder_set")
+        sees.append("The server never sees an individual site's update: secure aggregation masks "
+                    "each upload so that only the sum over the surviving sites can be unmasked, "
+                    f"as long as no more than a fraction {gamma:g} of the {len(run.get('sites') or [])} "
+                    f"sites (C = {run.get('colluders')} sites, a set fixed before each round's graph "
+                    "is drawn) collude with it. Any one site's key shares are held by at most "
+                    + (f"{c_max} of them" if c_max is not None else "c_max of them")
+                    + " except with probability 2^-40 per round attempt, a probability added to delta "
+                    "(the server's delta counts recorded rounds; each site's own count of attempts is "
+                    "authoritative).")
+    elif sa:
         sees.append("The server never sees an individual site's update: secure aggregation masks "
                     "each upload so that only the sum over the surviving sites can be unmasked"
                     + (f", as long as no more than {colluding} site(s) collude with it." if colluding

@@ -318,6 +318,10 @@ class SiteProcess:
                 ahead = None  # sent, refused or lost with the round: train again from the model now
                 spent = spent or "budget" in report.status and report.status.startswith("refused")
                 row = {"round": ann.round_id, "site": name, "round_status": report.status}
+                if getattr(getattr(self.site, "aggregator", None), "gamma_mode", False):
+                    # the site's own delta term for the graph (SPEC 8): A_u 2^-40 over every attempt
+                    row.update(graph_reveals=self.site.graph_reveals, delta_graph_site=self.site.delta_graph_site(),
+                               delta_site=self.config.privacy.delta + self.site.delta_graph_site())
                 if report.result is not None:
                     row.update(site_row(ann.round_id, name, report.result, report.train_seconds))
                     row["round_status"] = report.status

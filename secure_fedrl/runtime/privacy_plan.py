@@ -50,6 +50,14 @@ class PrivacyPlan:
         self.buffered = config.strategy.name == "fedbuff"
         sa = config.secure_aggregation
         self.max_colluding = sa.max_colluding_sites if sa.enabled else 0
+        # gamma mode: the ledger's `max_colluding` is the per-holder-set c_max the round's
+        # thresholds used (no new ledger field: FORMAT v2), set once the aggregator is bound.
+        self.colluding_fraction = float(sa.colluding_fraction) if sa.enabled else 0.0
+        # Client level, gamma mode: each round attempt may fail the t - c_max bound with
+        # probability <= 2^-40 (graph_failure); the sum over the recorded rounds is added to the
+        # delta the rows and metrics state (epsilon itself is computed at privacy.delta).
+        self.graph_failure = 0.0
+        self._client_rows = 0
         self.max_participations = max_participations(config) if self.unit == "client" else 0
         self.sigma = 0.0
         self.sample_rate = 0.0
@@ -101,6 +109,10 @@ class PrivacyPlan:
         threat model all rounds at the release cost.
         """
         self.source = source
+        if self.colluding_fraction > 0 and hasattr(source, "max_colluding") and hasattr(source, "plan_sites"):
+            self.max_colluding = source.max_colluding(source.plan_sites)
+        if hasattr(source, "graph_failure"):
+            self.graph_failure = float(source.graph_failure()) if self.unit == "client" else 0.0
         if self.unit != "client":
             return
         if self.p.noise_multiplier > 0:
@@ -219,6 +231,7 @@ class PrivacyPlan:
             return
         if self.release is None:
             raise ConfigError(f"privacy ledger row {row.seq} is client-level; this config is not")
+        self._client_rows += 1
         cost = row_cost(row)
         for site, eps in self._charge_client_round(cost, row.participants, seq=row.seq).items():
             self._check_replayed(row, f"site_epsilon_server[{site}]", row.site_epsilon_server.get(site, 0.0), eps)
@@ -340,9 +353,19 @@ class PrivacyPlan:
         self._last_round_metrics["ledger_round"] = ledger_round
         return ledger_round
 
-    def _v2(self) -> dict[str, Any]:
+    def delta_total(self, rows: int | None = None) -> float:
+        """The delta the run's guarantees hold at: privacy.delta, plus in gamma mode (client level)
+        2^-40 for each client-level round recorded (`rows`, default all so far): a round whose
+        graph put more than c_max colluders into a holder set may unmask a sum with fewer than m
+        honest noise shares. Charged for every round, released or not (an upper bound: only
+        participants' privacy is at stake, each in fewer rounds)."""
+        n = self._client_rows if rows is None else rows
+        return min(self.p.delta + n * self.graph_failure, 1.0 - 1e-12)
+
+    def _v2(self, max_colluding: int | None = None) -> dict[str, Any]:
         enforcing = self.unit == "trajectory" or self.threat_model == "server"
-        return {"threat_model": self.threat_model, "max_colluding": self.max_colluding,
+        return {"threat_model": self.threat_model,
+                "max_colluding": self.max_colluding if max_colluding is None else int(max_colluding),
                 "sampling": self.sampling, "site_budget": self.p.target_epsilon if enforcing else math.inf}
 
     def record_site_spend(self, round_id: int) -> None:
@@ -403,6 +426,7 @@ class PrivacyPlan:
 
         ledger_round = self._ledger_round(round_id)
         info = aggregate.privacy
+        self._client_rows += 1
         planned = int(info.get("sites_planned", len(aggregate.included)))
         cost = info.get("cost") or self.round_cost(planned)
         participants = sorted(info.get("participants", aggregate.included))
@@ -416,11 +440,13 @@ class PrivacyPlan:
             round=ledger_round, unit="client", mechanism=self.mechanism, clip=clip,
             sigma_planned=self.sigma, sigma_effective=sigma_eff, sample_rate=self.sample_rate,
             sites_planned=max(planned, len(participants)), sites_survived=min(survivors, max(planned, len(participants))),
-            accountant=self.p.accountant, epsilon={self.p.accountant: enforced}, delta=self.p.delta,
+            accountant=self.p.accountant, epsilon={self.p.accountant: enforced}, delta=self.delta_total(),
             epsilon_server=server, epsilon_release=release, noise_shares=cost.noise_shares,
-            params=dict(cost.params), participants=participants, site_epsilon_server=site_eps, **self._v2()))
+            params=dict(cost.params), participants=participants, site_epsilon_server=site_eps,
+            **self._v2(info.get("max_colluding"))))
         self._last_round_metrics.update({"noise_multiplier_effective": sigma_eff, "clip": clip,
-                                         "participants": participants, "noise_shares": cost.noise_shares})
+                                         "participants": participants, "noise_shares": cost.noise_shares,
+                                         "max_colluding": int(info.get("max_colluding", self.max_colluding))})
 
     # -- reporting ------------------------------------------------------------------------------
     def epsilons(self) -> tuple[float, float] | None:
@@ -444,7 +470,9 @@ class PrivacyPlan:
         if self.unit == "none":
             return {}
         server, release = self.epsilons()
-        out = {"privacy_unit": self.unit, "noise_multiplier": self.sigma, "delta": self.p.delta,
+        out = {"privacy_unit": self.unit, "noise_multiplier": self.sigma, "delta": self.delta_total(),
+               "delta_accounting": self.p.delta, "delta_graph": self._client_rows * self.graph_failure,
+               "colluding_fraction": self.colluding_fraction, "max_colluding": self.max_colluding,
                "epsilon_budget": self.p.target_epsilon, "threat_model": self.threat_model,
                "epsilon_server": server, "epsilon_release": release, "sampling": self.sampling}
         if self.unit == "client":

@@ -72,9 +72,11 @@ class _Outbox:
     """The site's transport, watched: which phases left the site; an optional planned stop
     (simulated dropouts: the site goes silent from `stop_at` on, as a killed process would)."""
 
-    def __init__(self, inner: SiteTransport, stop_at: str | None, before_masked_input=None) -> None:
+    def __init__(self, inner: SiteTransport, stop_at: str | None, before_masked_input=None,
+                 before_graph_reveal=None) -> None:
         self.inner, self.stop_at, self.sent = inner, stop_at, []
         self.before_masked_input = before_masked_input
+        self.before_graph_reveal = before_graph_reveal
         self.name = inner.name
 
     def upload(self, round_id: int, phase: str, payload: bytes) -> None:
@@ -83,6 +85,8 @@ class _Outbox:
             raise Dropped(f"site {self.name!r} stops before {phase!r}")
         if phase == "masked_input" and self.before_masked_input is not None:
             self.before_masked_input()  # charged and saved before the input can leave (never under-counted)
+        if phase == "graph_reveal" and self.before_graph_reveal is not None:
+            self.before_graph_reveal()  # gamma mode: counted and saved before the reveal can leave
         self.sent.append(phase)  # before the call: an upload the server stored, then failed, was sent
         self.inner.upload(round_id, phase, payload)
 
@@ -120,6 +124,7 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         width = site.dim * (2 if site.scaffold is not None else 1)
         if ann.policy.shape != (width,):
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
+        check_roster_against_config(ann, site.config)
         number = _number(ann, site)
         weight = _staleness_weight(site, order, ahead)
         if ann.config.graph_seed != site.aggregator.graph_seed(order.round_seed):
@@ -154,15 +159,60 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         if persist is not None:
             persist()
 
-    out = _Outbox(transport, stop_at, charge_then_persist if site.config.privacy.unit == "client" else None)
-    sa = site.config.secure_aggregation
+    def count_graph_reveal() -> None:
+        # gamma mode: every attempt whose graph this site helped seed may fail c_max w.p. 2^-40,
+        # aborted or not (SPEC 8): the site's own count, authoritative for its delta
+        site.graph_reveals += 1
+        if persist is not None:
+            persist()
+
+    gamma = bool(getattr(site.aggregator, "gamma_mode", False))
+    out = _Outbox(transport, stop_at, charge_then_persist if site.config.privacy.unit == "client" else None,
+                  count_graph_reveal if gamma else None)
+    # c_max from this site's own config (c, or gamma and its N) and the round as announced (n,
+    # degree): never the server's word. The SecAggClient refuses unless 2t > h + c_max and
+    # t - c_max >= the honest inputs (DDG noise shares) this site's config plans for.
     status = run_site_round(out, ann, number=number, identity_key=site.identity_key, vector=encoded,
-                            trust=trust, timeout=timeout, history=site.history, max_colluding=sa.max_colluding_sites,
+                            trust=trust, timeout=timeout, history=site.history,
+                            max_colluding=announced_max_colluding(site.aggregator, ann.config),
                             min_honest_inputs=site.aggregator.min_honest(), before_advert=persist,
                             dp_attestation=dp_attestation)
     if status != "done":
         _leave(transport, rid)
     return SiteRoundReport(status, result, seconds)
+
+
+def check_roster_against_config(ann: RoundAnnouncement, config: Any) -> None:
+    """Refuse a roster this site's own config does not allow: more sites than its N
+    (`num_sites`), or a site name not among its config's expanded site names. The CA check
+    (`verify_roster`) says each member is a real site; this says it is one of THIS federation's
+    N, so a server with a CA that vouches for more cannot add colluders beyond floor(gamma N)
+    (gamma mode) or Sybils beyond the config's federation (c mode)."""
+    from secure_fedrl.config import expand_site_names
+
+    rid = ann.config.round_id
+    n, big_n = len(ann.config.site_ids), config.num_sites
+    if n > big_n or len(ann.roster) > big_n:
+        raise PrivacyError(f"round {rid}: a roster of {max(n, len(ann.roster))} sites, more than the "
+                           f"config's {big_n}")
+    names = {name for section in config.sites for name in expand_site_names(section)}
+    unknown = sorted({e.name for e in ann.roster} - names)
+    if unknown:
+        raise PrivacyError(f"round {rid}: roster names site(s) {unknown[:3]} not in this site's config")
+
+
+def announced_max_colluding(aggregator: Any, config: Any) -> int:
+    """c_max a site checks an announced round (SecAgg RoundConfig) against: its own aggregator's
+    bound for the announced roster size n and graph degree, with C = min(floor(gamma N), n) from
+    the site's own config in gamma mode (`SecureAggregator.max_colluding`). A roster larger than
+    the config's N is refused (it would let the server add colluders beyond floor(gamma N))."""
+    n = len(config.site_ids)
+    if n < 2:
+        raise PrivacyError(f"round {config.round_id}: a roster of {n} site(s)")
+    big_n = getattr(aggregator, "num_sites", None)
+    if big_n is not None and n > big_n:
+        raise PrivacyError(f"round {config.round_id}: a roster of {n} sites, more than the config's {big_n}")
+    return aggregator.max_colluding(n, config.degree)
 
 
 def _staleness_weight(site: SiteRuntime, order: RoundOrder, ahead: TrainedAhead | None) -> float:

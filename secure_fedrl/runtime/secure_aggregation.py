@@ -21,8 +21,8 @@ from secure_fedrl.privacy.accountants import RDP_ORDERS, GaussianStep, Mechanism
 from secure_fedrl.privacy.budget import RoundCost
 from secure_fedrl.runtime.aggregation import Aggregator, RoundAggregate, SiteUpload, simulated_dropouts
 from secure_fedrl.secagg import run_round
-from secure_fedrl.secagg.graph import (holders_per_site, min_honest_inputs, secagg_plus_parameters,
-                                      secure_threshold)
+from secure_fedrl.secagg.graph import (colluders_per_holder_set, holders_per_site, min_honest_inputs,
+                                      secagg_plus_parameters, secure_threshold)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,17 @@ DEFAULT_SECAGG_CLIP = 100.0
 COMPLETE_GRAPH_UP_TO = 16
 #: Dropout fraction the automatic SecAgg+ degree is sized for when the simulated rate is lower.
 AUTO_GRAPH_DROPOUT = 0.05
+#: gamma mode: every holder set holds <= c_max colluders except with probability <= 2^-GRAPH_SIGMA
+#: per round attempt (hypergeometric tail, SPEC 2 and 8); that probability is added to delta.
+GRAPH_SIGMA = 40.0
+
+
+def corrupt_sites(fraction: float, num_sites: int) -> int:
+    """floor(gamma N), with gamma read as the decimal it was written as (0.29 * 100 = 29, not the
+    28 binary floating point gives): never fewer colluders than the config states."""
+    from fractions import Fraction
+
+    return math.floor(Fraction(repr(float(fraction))) * num_sites)
 
 
 class CentralDPAggregator(Aggregator):
@@ -159,14 +170,53 @@ class SecureAggregator(Aggregator):
         if not self.ddg:
             self._scale(self.num_sites)  # fail now, not after a round of training, if bits cannot hold the sum
 
+    # -- colluders -----------------------------------------------------------------------------------
+    @property
+    def gamma_mode(self) -> bool:
+        """`colluding_fraction` > 0: at most floor(gamma N) of the N sites collude (SPEC 8)."""
+        return self.sa.colluding_fraction > 0
+
+    def colluders(self, n: int) -> int:
+        """C: colluders a round of n sites may hold. c mode: `max_colluding_sites`. gamma mode:
+        min(floor(gamma N), n), NOT floor(gamma n): the colluders are fixed before the round and
+        known to the server, which (under the sampling it runs) can put all of them into a small
+        round."""
+        if not self.gamma_mode:
+            return self.sa.max_colluding_sites
+        return min(corrupt_sites(self.sa.colluding_fraction, self.num_sites), n)
+
+    def max_colluding(self, n: int, degree: int | None | str = "plan") -> int:
+        """c_max: colluders any honest site's holder set may hold in a round of n sites with graph
+        `degree` (default: the degree this config picks for n). c mode: `max_colluding_sites`
+        (a hard bound). gamma mode: exactly C on the complete graph; under SecAgg+ the
+        hypergeometric bound at 2^-GRAPH_SIGMA, valid only because the graph seed is the
+        commit-reveal seed, uniform whatever the server and the (statically chosen) colluders did
+        (SPEC 2, 8): `graph_failure` is the probability it fails."""
+        if not self.gamma_mode:
+            return self.sa.max_colluding_sites
+        n = max(n, 2)
+        k = self.degree(n) if degree == "plan" else degree
+        return colluders_per_holder_set(n, k, self.colluders(n), sigma=GRAPH_SIGMA)[0]
+
+    def graph_failure(self) -> float:
+        """Per round attempt, the probability that some holder set holds more than c_max
+        colluders (then a sum may hold fewer than m honest noise shares): 0 in c mode; in gamma
+        mode the bound 2^-GRAPH_SIGMA every c_max is chosen to meet, charged for every round,
+        also on the complete graph (exactly 0 there: not credited, conservative)."""
+        return 2.0 ** -GRAPH_SIGMA if self.gamma_mode else 0.0
+
     # -- protocol parameters ------------------------------------------------------------------------
     def degree(self, n: int) -> int | None:
         k = self.sa.neighbors
         if k == -1 or (k == 0 and n <= COMPLETE_GRAPH_UP_TO):
             return None
         if k == 0:  # Bell et al.'s bounds at exact tails (SPEC.md section 2, table)
-            k = secagg_plus_parameters(n, max_colluding=min(self.sa.max_colluding_sites, n - 1),
-                                       dropout=max(self.sa.dropout_rate, AUTO_GRAPH_DROPOUT))[0]
+            dropout = max(self.sa.dropout_rate, AUTO_GRAPH_DROPOUT)
+            if self.gamma_mode:  # k from the hypergeometric bound with C colluders (not floor(gamma n))
+                k = secagg_plus_parameters(n, colluders=self.colluders(n), dropout=dropout, sigma=GRAPH_SIGMA)[0]
+            else:
+                k = secagg_plus_parameters(n, max_colluding=min(self.sa.max_colluding_sites, n - 1),
+                                           dropout=dropout)[0]
             if k is None:
                 return None
         return min(k, n - 1)
@@ -177,7 +227,8 @@ class SecureAggregator(Aggregator):
         holders = holders_per_site(n, k)
         t = self.sa.threshold
         value = int(t) if t >= 1 else math.ceil(t * holders)
-        return min(max(value, secure_threshold(holders, max_colluding=self.sa.max_colluding_sites), 2), holders)
+        c_max = self.max_colluding(n, k)
+        return min(max(value, secure_threshold(holders, max_colluding=c_max), 2), holders)
 
     def release_threshold(self, n: int) -> int:
         """Fewest survivors of `n` sampled sites whose sum the server releases."""
@@ -187,12 +238,15 @@ class SecureAggregator(Aggregator):
 
     def noise_shares(self, n: int | None = None) -> int:
         """m: the fewest HONEST inputs (hence noise shares) in any sum a malicious server, colluding
-        with `max_colluding_sites` sites and controlling delivery, can unmask (SPEC 8), for the
-        planned round size; `ddg_threshold` keeps every round that runs at >= m."""
-        n = self.plan_sites if n is None else n
-        m = min_honest_inputs(self.protocol_threshold(max(n, 2)), max_colluding=self.sa.max_colluding_sites)
+        with c_max sites per holder set (`max_colluding`: `max_colluding_sites`, or gamma mode's
+        bound) and controlling delivery, can unmask (SPEC 8), for the planned round size: m = t -
+        c_max; `ddg_threshold` keeps every round that runs at >= m."""
+        n = max(self.plan_sites if n is None else n, 2)
+        c_max = self.max_colluding(n)
+        m = min_honest_inputs(self.protocol_threshold(n), max_colluding=c_max)
         if m < 1:
-            raise ConfigError(f"secure_aggregation.max_colluding_sites: {self.sa.max_colluding_sites} colluders "
+            key = "colluding_fraction" if self.gamma_mode else "max_colluding_sites"
+            raise ConfigError(f"secure_aggregation.{key}: {c_max} colluders per holder set "
                               f"leave no honest input guaranteed in a sum of {n} sampled sites")
         return m
 
@@ -204,9 +258,9 @@ class SecureAggregator(Aggregator):
         return self.noise_shares()
 
     def ddg_threshold(self, n: int) -> int:
-        """Shamir threshold of a round of n sites: at least m + max_colluding, so that any
-        unmaskable sum still holds m honest inputs (min_honest_inputs(t) = t - c >= m)."""
-        return max(self.protocol_threshold(n), self.noise_shares() + self.sa.max_colluding_sites)
+        """Shamir threshold of a round of n sites: at least m + c_max (of THIS round's n and degree),
+        so that any unmaskable sum still holds m honest inputs (min_honest_inputs(t) = t - c >= m)."""
+        return max(self.protocol_threshold(n), self.noise_shares() + self.max_colluding(n))
 
     def ddg_params(self, sampled: int | None = None, sigma: float | None = None):
         """Noise shares sized so that the m guaranteed honest shares alone reach sigma.
@@ -254,7 +308,9 @@ class SecureAggregator(Aggregator):
 
     def round_info(self, plan: SecAggPlan) -> dict[str, Any]:
         """What the ledger records of a round whatever becomes of it."""
-        info: dict[str, Any] = {"sites_planned": plan.planned, "participants": []}
+        info: dict[str, Any] = {"sites_planned": plan.planned, "participants": [],
+                                "max_colluding": self.max_colluding(max(plan.planned, 2), plan.degree),
+                                "graph_failure": self.graph_failure()}
         if self.ddg:  # m honest shares: what every round is charged, released or not
             info["cost"] = self.round_cost(plan.planned)
             info["mechanism_step"] = info["cost"].release

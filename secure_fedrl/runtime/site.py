@@ -112,6 +112,11 @@ class SiteRuntime:
         self.last_round = 0
         self.witnessed: set[int] = set()  # rounds whose ledger head this site countersigned (this session)
         self.signed_heads: dict[int, str] = {}  # seq -> row hash this site ever countersigned (persisted)
+        # gamma mode: SecAgg+ round attempts in which this site sent a GraphReveal (persisted, counted
+        # before the reveal leaves). Each may fail the per-holder-set c_max bound with probability
+        # <= 2^-40, aborted attempts included (SPEC 8): this count, not the server's ledger, is
+        # authoritative for the site's own delta (`delta_graph_site`).
+        self.graph_reveals = 0
 
     @property
     def name(self) -> str:
@@ -204,13 +209,21 @@ class SiteRuntime:
             plan, vector, rng=np.random.default_rng(self.noise_seed(plan.round_id, 8, self.index)),
             signing_key=self.identity_key)
 
+    def delta_graph_site(self) -> float:
+        """A_u 2^-40: what this site adds to its delta for the graph (gamma mode, SPEC 8); its
+        guarantee is (eps_u, privacy.delta + delta_graph_site()). 0 outside gamma mode."""
+        agg = self.aggregator
+        failure = agg.graph_failure() if agg is not None and hasattr(agg, "graph_failure") else 0.0
+        return self.graph_reveals * failure
+
     # -- state that survives a restart -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "last_round": self.last_round, "local_critic": self.local_critic,
                 "control_variate": None if self.scaffold is None else self.scaffold.control_variate,
                 "compressor": self.compressor.state_dict(), "env": capture_env_state(self.env),
                 "history": self.history.state_dict(), "signed_heads": dict(self.signed_heads),
-                "guard": None if self.guard is None else guard_state(self.guard)}
+                "guard": None if self.guard is None else guard_state(self.guard),
+                "graph_reveals": self.graph_reveals}
 
     def load_state_dict(self, state: dict[str, Any], *, env: bool = True) -> None:
         self.last_round = int(state.get("last_round", 0))
@@ -222,6 +235,7 @@ class SiteRuntime:
             restore_env_state(self.env, state["env"])
         self.history = RoundHistory(state.get("history", ()))
         self.signed_heads = {int(k): str(v) for k, v in state.get("signed_heads", {}).items()}
+        self.graph_reveals = int(state.get("graph_reveals", 0))
         if self.guard is not None and state.get("guard") is not None:
             load_guard_state(self.guard, state["guard"])
 

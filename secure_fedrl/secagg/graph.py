@@ -123,17 +123,63 @@ def within_hops(graph: dict[int, frozenset[int]], start: "set[int] | frozenset[i
 
 @dataclass(frozen=True)
 class GraphParameters:
-    """SecAgg+ degree k and threshold t for n sites, with the failure bounds they were chosen by."""
+    """SecAgg+ degree k and threshold t for n sites, with the failure bounds they were chosen by.
+
+    `c_max`: the colluders any holder set may hold that t was sized for (2t > h + c_max): the hard
+    bound in c mode, the hypergeometric bound in gamma / colluders mode (whose tail is part of
+    `log2_privacy_failure`), exactly the corrupt count on the complete graph."""
 
     n: int
     k: int | None
     t: int
     log2_privacy_failure: float
     log2_robustness_failure: float
+    c_max: int = 0
 
 
 def _log2(p: float) -> float:
     return -math.inf if p <= 0 else math.log2(p)
+
+
+def colluders_per_holder_set(n: int, degree: int | None, colluders: int, *,
+                             sigma: float = 40.0) -> tuple[int, float]:
+    """(c_max, log2 failure): the colluders any honest site's holder set holds, when `colluders`
+    of the round's n sites collude and the graph is drawn independently of who they are.
+
+    Complete graph (degree None or >= n-1: every site holds every share): c_max = min(colluders,
+    n-1) exactly (an honest site's holders are it and all n-1 others), failure -inf (none).
+    SecAgg+ (Harary graph on a seeded permutation): an honest u's h-1 neighbours are a uniform
+    (h-1)-subset of the other n-1 sites, so its corrupt holders are Hypergeometric(n-1,
+    colluders, h-1); c_max is the least c with n * P[> c] <= 2^-sigma (union bound over sites).
+
+    The probability is only meaningful because the graph seed is the commit-reveal seed
+    (SPEC.md sections 2 and 8, "Graph seed"): uniform to every honest site whatever the server
+    and the colluders (a set fixed before the round) did, short of aborting. It is a per round
+    attempt failure of the privacy bound t - c_max, so the runtime adds it to delta.
+    """
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0:
+        raise ValueError(f"colluders must be a non-negative integer, got {colluders!r}")
+    if not sigma > 0:
+        raise ValueError("sigma must be positive")
+    return _colluders_per_holder_set(n, effective_degree(n, degree), min(colluders, n - 1), float(sigma))
+
+
+@lru_cache(maxsize=4096)
+def _colluders_per_holder_set(n: int, k: int, corrupt: int, sigma: float) -> tuple[int, float]:
+    from scipy.stats import hypergeom
+
+    h = k + 1
+    if k >= n - 1 or corrupt == 0:
+        return min(corrupt, h - 1), -math.inf
+    log2n = math.log2(n)
+    c_max = 0
+    while True:
+        lp = _log2(float(hypergeom.sf(c_max, n - 1, corrupt, h - 1))) + log2n
+        if lp <= -sigma or c_max >= h - 1:
+            return c_max, lp
+        c_max += 1
 
 
 def secagg_plus_parameters(
@@ -141,6 +187,7 @@ def secagg_plus_parameters(
     *,
     max_colluding: int | None = None,
     gamma: float | None = None,
+    colluders: int | None = None,
     dropout: float = 0.05,
     sigma: float = 40.0,
     eta: float = 20.0,
@@ -148,10 +195,13 @@ def secagg_plus_parameters(
     """(k, t) for n sites: the least Harary degree k (None = complete graph) such that
 
     * privacy: 2t > (k+1) + c for every holder set, where c is `max_colluding` (a hard bound on
-      colluders, no probability involved), or with a corruption fraction `gamma` (colluders
-      placed independently of the graph seed) the number of corrupt holders c_u in every
-      neighbourhood stays <= c_max except with probability <= 2^-sigma (exact hypergeometric
-      tail, union bound over the n neighbourhoods), and t = floor((k+1+c_max)/2)+1;
+      colluders, no probability involved), or with a corruption fraction `gamma` (floor(gamma n)
+      colluders placed independently of the graph seed) or an explicit corrupt count
+      `colluders` (the runtime's gamma mode gives min(floor(gamma N), n): a server that knows its
+      colluders can put all of them into a small round) the number of corrupt holders c_u in
+      every neighbourhood stays <= c_max except with probability <= 2^-sigma (exact
+      hypergeometric tail, union bound over the n neighbourhoods, `colluders_per_holder_set`),
+      and t = floor((k+1+c_max)/2)+1;
     * the honest-survivor graph stays connected except with probability <= 2^-sigma: on the
       Harary ring a site removed (dropped with prob `dropout`, or corrupt) disconnects it only
       through k/2 consecutive removed positions (union bound n * p^(k/2), Bell et al. 2020 §3);
@@ -161,53 +211,60 @@ def secagg_plus_parameters(
     Bell et al. (CCS 2020) show k = O(log n) suffices; this computes the concrete k from exact
     tails instead of the asymptotic constant. See SPEC.md section 2 (and its table).
     """
-    return _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta)[:2]
+    return _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta, colluders)[:2]
 
 
 def secagg_plus_parameters_detail(n: int, **kw) -> GraphParameters:
-    """As secagg_plus_parameters, with the log2 failure probabilities actually reached."""
-    k, t, lp, lr = _secagg_plus(n, kw.get("max_colluding"), kw.get("gamma"), kw.get("dropout", 0.05),
-                                kw.get("sigma", 40.0), kw.get("eta", 20.0))
-    return GraphParameters(n, k, t, lp, lr)
+    """As secagg_plus_parameters, with the log2 failure probabilities actually reached and c_max."""
+    unknown = set(kw) - {"max_colluding", "gamma", "colluders", "dropout", "sigma", "eta"}
+    if unknown:
+        raise TypeError(f"unexpected arguments {sorted(unknown)}")
+    k, t, lp, lr, c_max = _secagg_plus(n, kw.get("max_colluding"), kw.get("gamma"), kw.get("dropout", 0.05),
+                                       kw.get("sigma", 40.0), kw.get("eta", 20.0), kw.get("colluders"))
+    return GraphParameters(n, k, t, lp, lr, c_max)
 
 
 @lru_cache(maxsize=256)
-def _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta):
-    from scipy.stats import binom, hypergeom
+def _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta, colluders=None):
+    from scipy.stats import binom
 
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
-    if (max_colluding is None) == (gamma is None):
-        if max_colluding is None:
-            max_colluding = 0
-        else:
-            raise ValueError("give either max_colluding or gamma, not both")
+    given = [x is not None for x in (max_colluding, gamma, colluders)]
+    if sum(given) > 1:
+        raise ValueError("give either max_colluding or gamma, not both" if colluders is None
+                         else "give only one of max_colluding, gamma and colluders")
+    if not any(given):
+        max_colluding = 0
     if max_colluding is not None and (not isinstance(max_colluding, int) or not 0 <= max_colluding < n):
         raise ValueError(f"max_colluding must be an integer in [0, n), got {max_colluding!r}")
     if gamma is not None and not 0.0 <= gamma < 1.0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma!r}")
+    if colluders is not None and (isinstance(colluders, bool) or not isinstance(colluders, int)
+                                  or not 0 <= colluders <= n):
+        raise ValueError(f"colluders must be an integer in [0, n], got {colluders!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if sigma <= 0 or eta <= 0:
         raise ValueError("sigma and eta must be positive")
     log2n = math.log2(n)
-    corrupt = max_colluding if gamma is None else math.floor(gamma * n)
+    probabilistic = max_colluding is None
+    if gamma is not None:
+        corrupt = math.floor(gamma * n)
+    elif colluders is not None:
+        corrupt = colluders
+    else:
+        corrupt = max_colluding
     p_removed = min(1.0, dropout + corrupt / n)
 
     def evaluate(k):
         h = effective_degree(n, k) + 1
         complete = k is None or effective_degree(n, k) >= n - 1
         # colluders a holder set may hold (hard bound, or hypergeometric tail)
-        if gamma is None:
+        if not probabilistic:
             c_max, lp_corrupt = min(max_colluding, h - 1), -math.inf
         else:
-            c_max = 0
-            while True:
-                tail = float(hypergeom.sf(c_max, n - 1, corrupt, h - 1)) if corrupt else 0.0
-                lp_corrupt = _log2(tail) + log2n
-                if lp_corrupt <= -sigma or c_max >= h - 1:
-                    break
-                c_max += 1
+            c_max, lp_corrupt = colluders_per_holder_set(n, k, corrupt, sigma=sigma)
         t = secure_threshold(h, max_colluding=c_max)
         if t > h:
             return None
@@ -221,15 +278,15 @@ def _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta):
         # robustness: honest survivors among the h holders >= t; worst case c_max colluders
         honest = h - c_max
         lr = _log2(float(binom.cdf(t - 1, honest, 1.0 - dropout))) + (0 if complete else log2n)
-        return t, lp, lr
+        return t, lp, lr, c_max
 
     for k in list(range(2, n - 1)) + [None]:
         res = evaluate(k)
         if res is None:
             continue
-        t, lp, lr = res
+        t, lp, lr, c_max = res
         if k is None or (lp <= -sigma and lr <= -eta):
             if k is not None and effective_degree(n, k) >= n - 1:
                 k = None
-            return k, t, lp, lr
+            return k, t, lp, lr, c_max
     raise AssertionError("unreachable")  # pragma: no cover

@@ -642,3 +642,91 @@ def test_recorded_parameters_that_disagree_with_the_config(tmp_path: Path, capsy
     assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
     out = capsys.readouterr().out
     assert f"FAIL: row seq 1: disagrees with config: recorded {field}" in out, out
+
+
+# -- gamma mode (secure_aggregation.colluding_fraction) ---------------------------------------------
+GAMMA_TOML = CONFIG_TOML.replace("max_colluding_sites = 0", "colluding_fraction = 0.2") + """
+[[sites]]
+name = "s"
+count = 5
+"""
+
+
+def _gamma_entries(rounds=ROUNDS, *, lowered: int | None = None, **kw) -> list[LedgerEntry]:
+    """The runtime's gamma-mode rows: delta = privacy.delta + k 2^-40 on the k-th client row;
+    `lowered` = that row's seq recorded at privacy.delta instead."""
+    out = []
+    kw.setdefault("m", 2)  # C = floor(0.2 x 5) = 1 colluder: 3 survivors hold >= 2 honest shares
+    for k, e in enumerate(ddg_entries(rounds, **kw), 1):
+        d = DELTA if k == lowered else DELTA + k * 2.0 ** -40
+        out.append(dataclasses.replace(e, delta=d, max_colluding=1))
+    return out
+
+
+def test_gamma_mode_ledger_passes(tmp_path: Path, capsys) -> None:
+    run = _run_dir(tmp_path, _gamma_entries(), config=GAMMA_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 0, capsys.readouterr().out
+
+
+def test_gamma_mode_row_delta_lowered_to_privacy_delta_is_flagged(tmp_path: Path, capsys) -> None:
+    """A gamma-mode ledger whose row 2 states privacy.delta (dropping the graph's 2 x 2^-40),
+    re-signed with the run's own key: the auditor flags the row's delta."""
+    run = _run_dir(tmp_path, _gamma_entries(lowered=2), config=GAMMA_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL: row seq 2: disagrees with config: recorded delta" in out, out
+    assert "2 x 2^-40" in out
+
+
+def test_gamma_mode_row_delta_above_is_pinned_too(tmp_path: Path, capsys) -> None:
+    entries = _gamma_entries()
+    entries[2] = dataclasses.replace(entries[2], delta=DELTA + 10 * 2.0 ** -40)
+    run = _run_dir(tmp_path, entries, config=GAMMA_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    assert "FAIL: row seq 3: disagrees with config: recorded delta" in capsys.readouterr().out
+
+
+def _rows_of(tmp_path: Path, entries: list[LedgerEntry]) -> list[dict]:
+    d = tmp_path / f"ledger-{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    _ledger_with(d, entries)
+    return vl.load(d).rows
+
+
+def test_gamma_mode_converts_at_privacy_delta(tmp_path: Path) -> None:
+    """In gamma mode epsilon is recomputed at privacy.delta = row delta - k 2^-40 (what the
+    runtime's epsilon is at), not at the larger row delta (which would give a smaller epsilon)."""
+    gamma_rows = _rows_of(tmp_path, _gamma_entries())
+    plain_rows = _rows_of(tmp_path, ddg_entries(ROUNDS, m=2))
+    got, findings = vl.recheck_epsilon(gamma_rows, gamma=(0.2, 5))
+    assert not findings, findings
+    ref, _ = vl.recheck_epsilon(plain_rows)
+    at_row_delta, _ = vl.recheck_epsilon(gamma_rows)
+    for g, r, lax in zip(got, ref, at_row_delta):
+        for k in ("server", "release"):
+            assert g.recomputed[k] == pytest.approx(r.recomputed[k], rel=1e-12)
+            assert lax.recomputed[k] < g.recomputed[k]
+
+
+def test_gamma_mode_sum_check_counts_all_colluders(tmp_path: Path) -> None:
+    """noise_shares m with survived - C < m (C = min(floor(gamma N), n), not c_max) is flagged."""
+    rows = _rows_of(tmp_path, _gamma_entries([["a", "b", "c"]], m=2))  # max_colluding (c_max) = 1
+    _, findings = vl.recheck_epsilon(rows, gamma=(0.4, 5))  # C = 2, survived 3: 1 honest
+    assert any("cannot hold 2 honest shares" in f.detail for f in findings), findings
+    _, findings = vl.recheck_epsilon(rows, gamma=(0.2, 5))  # C = 1: 2 honest
+    assert not any("honest shares" in f.detail for f in findings), findings
+
+
+def test_gamma_mode_c_max_is_recomputed_and_pinned(tmp_path: Path, capsys) -> None:
+    """Complete graph (<= 16 sites, automatic degree): c_max = C = 1; a row recording 0 is flagged.
+    The auditor's exact (rational) hypergeometric c_max agrees with the runtime's on SecAgg+."""
+    from secure_fedrl.secagg.graph import colluders_per_holder_set as runtime_c_max
+
+    entries = [dataclasses.replace(e, max_colluding=0) if e.round == 2 else e for e in _gamma_entries()]
+    run = _run_dir(tmp_path, entries, config=GAMMA_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    assert "FAIL: row seq 2: disagrees with config: recorded max_colluding 0, the config says 'c_max 1" in \
+        capsys.readouterr().out
+    for n, k, c in [(40, 4, 8), (200, 30, 40), (2000, 152, 100), (61, 12, 6)]:
+        assert vl.colluders_per_holder_set(n, k, c) == runtime_c_max(n, k, c, sigma=40.0)[0]
+    assert vl.expected_c_max(0.05, 2000, 2000, 0) is None  # automatic SecAgg+ degree: not recomputed

@@ -252,3 +252,16 @@ def test_plain_language_survives_a_huge_epsilon():
     assert plain.odds_after(5000.0) == 1.0
     assert plain.max_tpr(5000.0, 1e-5, 0.01) == 1.0
     assert "trillion" in plain._fmt_factor(plain._exp(5000.0))
+
+
+def test_gamma_mode_report_states_the_fraction_and_colluders(tmp_path):
+    """gamma mode: max_colluding_sites is 0, yet the report must not say "no site colludes"."""
+    run, _ = make_run(tmp_path / "run", unit="client")
+    cfg = run / "config.resolved.toml"
+    cfg.write_text(cfg.read_text().replace("threshold = 0.6", "threshold = 0.6\ncolluding_fraction = 0.34"))
+    doc = validate(make_report(run))
+    assert doc["run"]["colluding_fraction"] == 0.34 and doc["run"]["colluders"] == 1
+    assert doc["run"]["max_colluding_per_holder_set"] == 0  # the rows' recorded c_max
+    text = " ".join(p for s in doc["plain_language"]["sections"] for p in s["paragraphs"])
+    assert "no site colludes" not in text
+    assert "a fraction 0.34 of the 3 sites (C = 1 sites" in text and "2^-40 per round attempt" in text

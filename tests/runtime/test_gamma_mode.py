@@ -1,0 +1,450 @@
+"""gamma mode (`secure_aggregation.colluding_fraction`): at most floor(gamma N) of the N sites
+collude with the server, fixed before the round. A round of n sites may hold all
+C = min(floor(gamma N), n) of them; each holder set holds <= c_max (exactly C on the complete
+graph; the hypergeometric bound at 2^-40 under SecAgg+), and that c_max sizes every threshold,
+the DDG noise shares, the site's own check, the ledger row and the delta (SPEC 2, 7.2, 8)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_fedrl.config import config_from_dict
+from secure_fedrl.errors import ConfigError, PrivacyError, ProtocolError
+from secure_fedrl.runtime.aggregation import build_aggregator
+from secure_fedrl.runtime.privacy_plan import PrivacyPlan
+from secure_fedrl.runtime.round import announced_max_colluding
+from secure_fedrl.runtime.secure_aggregation import GRAPH_SIGMA, corrupt_sites
+from secure_fedrl.secagg.client import check_threshold_policy
+from secure_fedrl.secagg.graph import (colluders_per_holder_set, effective_degree, holders_per_site,
+                                      secagg_plus_parameters, secagg_plus_parameters_detail, secure_threshold)
+from secure_fedrl.secagg.protocol import RoundConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(num_sites=20, *, sa=None, privacy=None, sampling=None):
+    raw = {
+        "federation": {"rounds": 10, "seed": 1},
+        "local": {"algorithm": "ppo", "steps": 64},
+        "strategy": {"name": "fedavg", "weighting": "uniform"},
+        "sampling": sampling or {"fraction": 0.5, "poisson": True},
+        "secure_aggregation": {"enabled": True, "threshold": 0.6, "neighbors": -1, **(sa or {})},
+        "sites": [{"name": "s", "env": "CartPole-v1", "count": num_sites}],
+    }
+    if privacy is not False:
+        raw["privacy"] = {"unit": "client", "clip": 1.0, "target_epsilon": 8.0, "noise_multiplier": 1.0,
+                          **(privacy or {})}
+    return config_from_dict(raw)
+
+
+def _plan(config):
+    names = [f"s-{i}" for i in range(config.num_sites)]
+    plan = PrivacyPlan(config, names, ledger_path=None)
+    agg = build_aggregator(config, dim=100, privacy=plan)
+    plan.bind(agg)
+    return plan, agg
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("sa, needle", [
+    ({"colluding_fraction": 0.5}, "secure_aggregation.colluding_fraction"),
+    ({"colluding_fraction": -0.01}, "secure_aggregation.colluding_fraction"),
+    ({"colluding_fraction": 0.7}, "secure_aggregation.colluding_fraction"),
+    ({"colluding_fraction": 0.1, "max_colluding_sites": 1}, "not both"),
+])
+def test_colluding_fraction_is_validated(sa, needle):
+    with pytest.raises(ConfigError) as err:
+        _config(sa=sa)
+    msg = str(err.value)
+    assert needle in msg and "secure_aggregation.colluding_fraction" in msg and len(msg.splitlines()) == 1
+
+
+def test_colluding_fraction_needs_secure_aggregation():
+    with pytest.raises(ConfigError) as err:
+        _config(sa={"colluding_fraction": 0.2, "enabled": False}, privacy=False)
+    msg = str(err.value)
+    assert "secure_aggregation.colluding_fraction" in msg and "disabled" in msg and len(msg.splitlines()) == 1
+
+
+def test_colluding_fraction_with_no_colluder_is_refused():
+    """floor(gamma N) = 0 (0.05 x 19): gamma mode would protect against no colluder."""
+    with pytest.raises(ConfigError) as err:
+        _config(19, sa={"colluding_fraction": 0.05})
+    msg = str(err.value)
+    assert "= 0 colluders" in msg and len(msg.splitlines()) == 1
+    assert _config(20, sa={"colluding_fraction": 0.05}).secure_aggregation.colluding_fraction == 0.05
+
+
+def test_colluding_fraction_edges_are_accepted():
+    assert _config(sa={"colluding_fraction": 0.0}).secure_aggregation.colluding_fraction == 0.0
+    assert _config(sa={"colluding_fraction": 0.49}).secure_aggregation.colluding_fraction == 0.49
+
+
+def test_floor_gamma_n_is_read_as_the_decimal_written():
+    assert math.floor(0.29 * 100) == 28  # what binary floating point gives
+    assert corrupt_sites(0.29, 100) == 29 and corrupt_sites(0.1, 10) == 1 and corrupt_sites(0.05, 19) == 0
+
+
+# ----------------------------------------------------------------------------- graph.py
+
+
+def test_graph_takes_an_explicit_corrupt_count_and_reports_c_max():
+    # gamma = 0.05 at n = 100 is floor(gamma n) = 5 colluders: the same parameters and c_max
+    a = secagg_plus_parameters_detail(100, gamma=0.05)
+    b = secagg_plus_parameters_detail(100, colluders=5)
+    assert a == b and (a.k, a.t) == (39, 23)  # the SPEC table, unchanged
+    assert 2 * a.t > a.k + 1 + a.c_max
+    c_max, lp = colluders_per_holder_set(100, a.k, 5, sigma=40.0)
+    assert c_max == a.c_max and lp <= -40
+    # more colluders than floor(gamma n): a larger bound
+    assert secagg_plus_parameters_detail(100, colluders=20).c_max > a.c_max
+    with pytest.raises(ValueError, match="only one of"):
+        secagg_plus_parameters(100, gamma=0.05, colluders=5)
+
+
+@pytest.mark.parametrize("n, C", [(5, 3), (10, 1), (16, 4), (30, 7)])
+def test_complete_graph_c_max_is_exactly_the_corrupt_count(n, C):
+    assert colluders_per_holder_set(n, None, C) == (C, -math.inf)
+    assert colluders_per_holder_set(n, n - 1, C) == (C, -math.inf)
+    assert colluders_per_holder_set(n, None, n) == (n - 1, -math.inf)  # an honest site's other n-1
+
+
+def test_sparse_graph_c_max_meets_the_tail():
+    from scipy.stats import hypergeom
+
+    n, k, C = 200, 40, 20
+    c_max, lp = colluders_per_holder_set(n, k, C, sigma=40.0)
+    h = effective_degree(n, k) + 1
+    assert n * hypergeom.sf(c_max, n - 1, C, h - 1) <= 2.0 ** -40
+    assert n * hypergeom.sf(c_max - 1, n - 1, C, h - 1) > 2.0 ** -40  # the least such c
+
+
+# ----------------------------------------------------------------------------- C = min(floor(gamma N), n)
+
+
+def test_a_small_round_gets_all_colluders():
+    """N = 20, gamma = 0.2: 4 colluders. A round of 6 may hold all 4 (floor(gamma n) = 1 would
+    give t = 4 on the complete graph); so t >= secure_threshold(6, 4) = 6."""
+    _, agg = _plan(_config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
+    assert math.floor(0.2 * 6) == 1
+    assert agg.colluders(6) == 4 and agg.max_colluding(6) == 4
+    assert agg.protocol_threshold(6) == secure_threshold(6, max_colluding=4) == 6
+    assert agg.colluders(3) == 3 and agg.max_colluding(3) == 2  # an honest site's other 2 holders
+    # SecAgg+ at n = 20 (automatic degree): k from the bound with C = 4, not floor(gamma n)
+    _, auto = _plan(_config(sa={"colluding_fraction": 0.2, "neighbors": 0}, privacy=False,
+                            sampling={"fraction": 1.0}))
+    k = auto.degree(40)
+    assert k == secagg_plus_parameters(40, colluders=4, dropout=0.05, sigma=GRAPH_SIGMA)[0]
+    c_max = auto.max_colluding(40)
+    assert c_max == colluders_per_holder_set(40, k, 4, sigma=GRAPH_SIGMA)[0]
+    assert auto.protocol_threshold(40) >= secure_threshold(holders_per_site(40, k), max_colluding=c_max)
+
+
+def test_ddg_noise_shares_are_t_minus_c_max():
+    """N = 20, q = 0.5: rounds planned at 10 sites; gamma = 0.2 puts all 4 colluders in a round
+    (floor(gamma 10) = 2 would give t = 7, m = 5). Complete graph: t = 8, m = t - 4 = 4."""
+    plan, agg = _plan(_config(sa={"colluding_fraction": 0.2}))
+    assert agg.plan_sites == 10 and agg.max_colluding(10) == 4
+    t = agg.protocol_threshold(10)
+    assert t == 8 and agg.noise_shares() == t - 4 == 4
+    assert agg.ddg_params().expected_sites == 4
+    assert plan.round_cost(10).noise_shares == 4
+    # the same numbers as c mode with c = C = 4
+    _, hard = _plan(_config(sa={"max_colluding_sites": 4}))
+    assert hard.noise_shares() == 4 and hard.protocol_threshold(10) == 8
+    # every round that runs keeps t - c_max >= m; a round of 6 (all 4 colluders in it) cannot
+    for n in (8, 10, 12, 16):
+        t_n = agg.ddg_threshold(n)
+        assert t_n - agg.max_colluding(n) >= 4 and 2 * t_n > holders_per_site(n, agg.degree(n)) + agg.max_colluding(n)
+    p6 = agg.plan(1, planned=6, round_seed=3)
+    assert agg.cannot_run(p6, 6) is not None
+
+
+def test_a_planned_round_smaller_than_the_colluders_leaves_one_honest_share():
+    """gamma = 0.45 of 20 sites = 9 colluders, rounds planned at 4: every other site of an honest
+    site's round may collude (c_max = 3), so t = 4 and the one honest share carries all the noise."""
+    _, agg = _plan(_config(sa={"colluding_fraction": 0.45}, sampling={"fraction": 0.2, "poisson": True}))
+    assert agg.plan_sites == 4 and agg.colluders(4) == 4 and agg.max_colluding(4) == 3
+    assert agg.protocol_threshold(4) == 4 and agg.noise_shares() == 1
+
+
+# ----------------------------------------------------------------------------- the site's own check
+
+
+def _announced(n, *, threshold, degree=None):
+    return RoundConfig(round_id=1, site_ids=tuple(range(1, n + 1)),
+                       identity_keys=tuple(bytes([i % 256]) * 32 for i in range(1, n + 1)),
+                       threshold=threshold, dim=8, bits=32, degree=degree, graph_seed=bytes(32))
+
+
+def test_site_refuses_a_threshold_below_its_own_c_max():
+    """The site computes c_max itself (its gamma and N, the announced n and degree): in a round
+    of 6 it counts all 4 colluders, so t = 5 (enough for floor(gamma n) = 1) is refused."""
+    _, agg = _plan(_config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
+    m = agg.min_honest()
+    assert announced_max_colluding(agg, _announced(6, threshold=5)) == 4
+    with pytest.raises(ProtocolError, match="too low"):
+        check_threshold_policy(_announced(6, threshold=5), announced_max_colluding(agg, _announced(6, threshold=5)),
+                               min_honest=m)
+    # with floor(gamma n) = 1 the same announcement would have passed the 2t > h + c rule
+    assert 2 * 5 > 6 + 1
+    # a sparse degree announced for 40 sites (N = 40, C = 8): c_max from that degree, not the planned one
+    _, agg = _plan(_config(40, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
+    ann = _announced(40, threshold=4, degree=4)
+    c = announced_max_colluding(agg, ann)
+    assert c == colluders_per_holder_set(40, 4, 8, sigma=GRAPH_SIGMA)[0] >= 1
+    with pytest.raises(ProtocolError):
+        check_threshold_policy(ann, c, min_honest=1)
+
+
+class _Transport:
+    name = "s-0"
+
+    def __init__(self):
+        self.left = []
+
+    def leave(self, round_id):
+        self.left.append(round_id)
+
+    def upload(self, round_id, phase, payload):
+        self.left.append((round_id, phase))
+
+
+def _stub_site(config, agg, name="s-0", dim=8):
+    """The least of a SiteRuntime that take_part reads before run_site_round."""
+    from types import SimpleNamespace
+
+    from secure_fedrl.secagg.client import RoundHistory
+
+    vec = np.full(dim, 0.01, np.float32)
+    return SimpleNamespace(
+        name=name, config=config, dim=dim, aggregator=agg, scaffold=None, fedbuff=None, history=RoundHistory(),
+        identity_key=None, admits=lambda plan: True, charge=lambda plan: None, graph_reveals=0,
+        train=lambda policy, rid, round_seed, control=None: (SimpleNamespace(vector=vec), None),
+        encode_attested=lambda plan, v: (v, b""))
+
+
+def _announcement(agg, names, *, round_seed=7, degree="plan", threshold=None, planned=None, dim=8):
+    from secure_fedrl.runtime.site import RoundOrder
+    from secure_fedrl.transport.base import RosterEntry, RoundAnnouncement
+
+    n = len(names)
+    plan = agg.plan(1, planned=planned or n, round_seed=round_seed)
+    cfg = RoundConfig(round_id=1, site_ids=tuple(range(1, n + 1)),
+                      identity_keys=tuple(bytes([i % 256]) * 32 for i in range(1, n + 1)),
+                      threshold=plan.threshold if threshold is None else threshold, dim=dim, bits=32,
+                      degree=plan.degree if degree == "plan" else degree, graph_seed=agg.graph_seed(round_seed))
+    roster = tuple(RosterEntry(site_id=i + 1, name=nm) for i, nm in enumerate(names))
+    order = RoundOrder(round=1, round_seed=round_seed, planned=planned or n, dim=dim)
+    return RoundAnnouncement(config=cfg, roster=roster, policy=np.zeros(dim, np.float32), extras=order.encode())
+
+
+def _take_part(monkeypatch, config, agg, ann):
+    import secure_fedrl.runtime.round as R
+
+    seen = {}
+    monkeypatch.setattr(R, "run_site_round", lambda *a, **kw: seen.update(kw) or "done")
+    report = R.take_part(_stub_site(config, agg), _Transport(), ann)
+    return report, seen
+
+
+def test_take_part_passes_the_sites_own_c_max(monkeypatch):
+    """round.take_part (the real code path, up to the SecAgg round) hands run_site_round the c_max
+    of the ANNOUNCED round computed from the site's own config: all 4 colluders in a round of 6."""
+    config = _config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    names = [f"s-{i}" for i in range(6)]
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, threshold=6))
+    assert report.status == "done"
+    assert seen["max_colluding"] == agg.max_colluding(6, None) == 4
+    assert seen["min_honest_inputs"] == agg.min_honest()
+
+
+def test_site_refuses_a_roster_larger_than_its_n(monkeypatch):
+    """A CA that vouches for more than the config's N sites cannot add colluders beyond
+    floor(gamma N): a roster of N + 1 is refused before anything leaves the site."""
+    config = _config(num_sites=20, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    names = [f"s-{i}" for i in range(20)] + ["s-20"]
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, planned=20))
+    assert report.status.startswith("refused:") and "more than the config's 20" in report.status
+    assert seen == {}
+    with pytest.raises(PrivacyError, match="more than the config's 20"):
+        announced_max_colluding(agg, _announced(21, threshold=21))
+
+
+def test_site_refuses_a_roster_with_a_name_not_in_its_config(monkeypatch):
+    config = _config(num_sites=20, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    names = [f"s-{i}" for i in range(5)] + ["mallory"]
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, threshold=6))
+    assert report.status.startswith("refused:") and "not in this site's config" in report.status
+    assert "mallory" in report.status and seen == {}
+
+
+def test_c_mode_site_refuses_a_roster_larger_than_its_n(monkeypatch):
+    config = _config(num_sites=6, sa={"max_colluding_sites": 1}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    report, seen = _take_part(monkeypatch, config, agg, _announcement(agg, [f"s-{i}" for i in range(7)], planned=6,
+                                                                           threshold=7))
+    assert report.status.startswith("refused:") and "more than the config's 6" in report.status and seen == {}
+
+
+def test_site_checks_c_max_at_the_announced_degree(monkeypatch):
+    """Automatic degree (neighbors = 0), N = 2000, gamma = 0.05: a server announcing a degree above
+    the plan's makes each holder set larger, so it may hold more colluders; the site computes
+    c_max at the ANNOUNCED degree, and refuses the plan's threshold there (2t <= h + c_max)."""
+    config = _config(num_sites=2000, sa={"colluding_fraction": 0.05, "neighbors": 0}, privacy=False,
+                     sampling={"fraction": 1.0, "poisson": False})
+    _, agg = _plan(config)
+    n = agg.plan_sites
+    planned_k = agg.degree(n)
+    assert planned_k is not None and planned_k < n - 1
+    t_plan = agg.protocol_threshold(n)
+    c_plan = announced_max_colluding(agg, _announced(n, threshold=t_plan, degree=planned_k))
+    assert c_plan == agg.max_colluding(n)
+    # a server announces a larger degree k (holder sets h = k + 1) with a threshold t that is
+    # secure against the plan's c_max but not against c_max at k: h + c_plan < 2t <= h + c_max(k)
+    C = agg.colluders(n)
+    big_k = t_big = c_big = None
+    for k in range(planned_k + 2, n - 1, 2):
+        c = colluders_per_holder_set(n, k, C, sigma=GRAPH_SIGMA)[0]
+        h = holders_per_site(n, k)
+        t = (h + c_plan) // 2 + 1
+        if c > c_plan and 2 * t <= h + c:
+            big_k, t_big, c_big = k, t, c
+            break
+    assert big_k is not None
+    ann_cfg = _announced(n, threshold=t_big, degree=big_k)
+    assert announced_max_colluding(agg, ann_cfg) == c_big > c_plan
+    check_threshold_policy(ann_cfg, c_plan, min_honest=1)  # would pass at the plan's c_max
+    with pytest.raises(ProtocolError, match="too low"):
+        check_threshold_policy(ann_cfg, announced_max_colluding(agg, ann_cfg), min_honest=1)
+    # and through take_part: the announced degree reaches run_site_round's c_max
+    names = [f"s-{i}" for i in range(n)]
+    _, seen = _take_part(monkeypatch, config, agg, _announcement(agg, names, degree=big_k, threshold=t_big))
+    assert seen["max_colluding"] == c_big
+
+
+def test_site_counts_its_graph_reveals_before_they_leave(monkeypatch):
+    """gamma mode: each attempt in which the site sends a GraphReveal is counted (and persisted)
+    before the reveal leaves, aborted or not: the site's own delta term A_u 2^-40 (SPEC 8)."""
+    import secure_fedrl.runtime.round as R
+    from secure_fedrl.runtime.site import SiteRuntime
+
+    config = _config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    site = _stub_site(config, agg)
+    saved = []
+
+    def fake_round(out, ann, **kw):
+        before = site.graph_reveals
+        out.upload(1, "advertise_keys", b"")
+        assert site.graph_reveals == before
+        out.upload(1, "graph_reveal", b"")
+        assert site.graph_reveals == before + 1 and saved == [before + 1]  # counted and saved before it left
+        return "dropped: the server aborted after the graph seed"
+
+    monkeypatch.setattr(R, "run_site_round", fake_round)
+    names = [f"s-{i}" for i in range(6)]
+    for _ in range(3):  # three aborted attempts, none of them in any ledger
+        saved.clear()
+        R.take_part(site, _Transport(), _announcement(agg, names, threshold=6),
+                    persist=lambda: saved.append(site.graph_reveals))
+    assert site.graph_reveals == 3
+    assert SiteRuntime.delta_graph_site(site) == 3 * 2.0 ** -40
+    # c mode: nothing counted
+    c_config = _config(sa={"max_colluding_sites": 1}, privacy=False, sampling={"fraction": 1.0})
+    _, c_agg = _plan(c_config)
+    c_site = _stub_site(c_config, c_agg)
+    monkeypatch.setattr(R, "run_site_round", lambda out, ann, **kw: out.upload(1, "graph_reveal", b"") or "done")
+    R.take_part(c_site, _Transport(), _announcement(c_agg, names, threshold=6))
+    assert c_site.graph_reveals == 0 and SiteRuntime.delta_graph_site(c_site) == 0.0
+
+
+# ----------------------------------------------------------------------------- ledger / metrics / delta
+
+
+def test_ledger_records_c_max_and_delta_grows_by_the_graph_failure(tmp_path):
+    from types import SimpleNamespace
+
+    from secure_fedrl.ledger import PrivacyLedger
+
+    config = _config(sa={"colluding_fraction": 0.2})
+    plan, agg = _plan(config)
+    (tmp_path / "run").mkdir()
+    plan.ledger_path = tmp_path / "run" / "ledger.sqlite"
+    plan.open(config_hash=config.fingerprint(), resume_after_round=0, key_dir=tmp_path / "keys")
+    assert plan.max_colluding == 4 and plan.graph_failure == 2.0 ** -40
+    for r in (1, 2, 3):
+        p = agg.plan(r, planned=10, round_seed=r)
+        info = agg.round_info(p)
+        info["participants"] = [f"s-{i}" for i in range(10)]
+        plan.record_round(r, SimpleNamespace(privacy=info, included=[], dropped=[]))
+    m = plan.round_metrics()
+    assert m["max_colluding"] == 4 and m["colluding_fraction"] == 0.2
+    assert m["delta"] == config.privacy.delta + 3 * 2.0 ** -40 and m["delta_graph"] == 3 * 2.0 ** -40
+    rows = plan.ledger.rows()
+    plan.close()
+    assert [r.max_colluding for r in rows] == [4, 4, 4]
+    assert [r.delta for r in rows] == [config.privacy.delta + i * 2.0 ** -40 for i in (1, 2, 3)]
+    assert all(r.noise_shares == 4 for r in rows)
+    # replay after a restart counts the rows again: the next delta keeps growing
+    again, _ = _plan(config)
+    again.ledger_path = tmp_path / "run" / "ledger.sqlite"
+    again.open(config_hash=config.fingerprint(), resume_after_round=3, key_dir=tmp_path / "keys")
+    assert again.delta_total() == config.privacy.delta + 3 * 2.0 ** -40
+    again.close()
+
+
+def test_c_mode_delta_is_unchanged():
+    plan, agg = _plan(_config(sa={"max_colluding_sites": 2}))
+    assert agg.graph_failure() == 0.0 and plan.delta_total(1000) == plan.p.delta
+
+
+# ----------------------------------------------------------------------------- a federation run
+
+
+def test_two_round_federation_in_gamma_mode(tmp_path):
+    from secure_fedrl.ledger import PUBLIC_KEY_FILE, PrivacyLedger, default_key_dir
+    from secure_fedrl.runtime.simulate import run_simulation
+
+    c = config_from_dict({
+        "federation": {"rounds": 2, "seed": 3},
+        "local": {"algorithm": "ppo", "steps": 64, "ppo": {"num_steps": 32, "update_epochs": 1}},
+        "strategy": {"name": "fedavg", "weighting": "uniform"},
+        "evaluation": {"every": 100, "episodes": 1},
+        "secure_aggregation": {"enabled": True, "threshold": 3, "colluding_fraction": 0.1},
+        "privacy": {"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 50.0},
+        "sampling": {"fraction": 1.0},
+        "sites": [{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 10}],
+    })
+    run = tmp_path / "run"
+    summary = run_simulation(c, run, progress=False)
+    assert summary.rounds_done == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    # N = 10, gamma = 0.1: one colluder, complete graph: c_max = 1; t = max(3, 6 + ...) from 2t > 10 + 1
+    assert all(r["max_colluding"] == 1 and r["colluding_fraction"] == 0.1 for r in rows)
+    assert rows[-1]["delta"] == pytest.approx(c.privacy.delta + 2 * 2.0 ** -40, rel=0, abs=1e-20)
+    assert rows[-1]["sites_aggregated"] == 10
+    ledger = PrivacyLedger.open(run / "privacy_ledger.sqlite", config_hash=c.fingerprint(),
+                                key_dir=default_key_dir(c.federation.name))
+    entries = ledger.rows()
+    ledger.close()
+    assert [e.max_colluding for e in entries] == [1, 1]
+    assert entries[-1].delta > c.privacy.delta
+    assert entries[0].noise_shares == secure_threshold(10, max_colluding=1) - 1
+    pinned = default_key_dir(c.federation.name) / PUBLIC_KEY_FILE
+    audit = subprocess.run([sys.executable, str(REPO / "audit" / "verify_ledger.py"), str(run),
+                            "--public-key-file", str(pinned)], capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
