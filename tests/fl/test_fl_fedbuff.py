@@ -216,7 +216,10 @@ def _announcement(site, *, version: int | None, planned: int = 4):
     cfg = RoundConfig(round_id=3, site_ids=(1, 2), identity_keys=(b"\x01" * 32, b"\x02" * 32), threshold=2,
                       dim=4, bits=32, degree=None, graph_seed=b"\x00" * 32)
     order = RoundOrder(round=3, round_seed=7, planned=planned, dim=site.dim, version=version)
-    return RoundAnnouncement(cfg, (RosterEntry(1, site.name), RosterEntry(2, "other")),
+    from secure_fedrl.config import expand_site_names
+
+    other = next(n for sec in site.config.sites for n in expand_site_names(sec) if n != site.name)  # a config peer
+    return RoundAnnouncement(cfg, (RosterEntry(1, site.name), RosterEntry(2, other)),
                              np.zeros(site.dim, np.float32), order.encode())
 
 
