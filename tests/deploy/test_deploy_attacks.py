@@ -619,3 +619,21 @@ def test_simulated_server_checkpoint_holds_no_site_critic(tmp_path):
     for s in sim.sites:
         assert not np.allclose(saved, s.local_critic), f"server checkpoint holds {s.name}'s local critic"
     np.testing.assert_allclose(saved, initial)  # what a deployed server (no site trains in it) saves
+
+
+def test_gamma_mode_graph_reveal_count_survives_a_restart(monkeypatch):
+    """gamma mode, SecAgg+ (explicit degree): a real round over the hub counts one GraphReveal at
+    every site; the count is in the site's saved state and comes back after a restart, with the
+    site's own delta term A_u 2^-40 (SPEC 8). Dropping it from the state fails this test."""
+    config = make_config(8, colluding=0, secure_aggregation={"colluding_fraction": 0.25, "neighbors": 4})
+    fed = Federation(config)
+    result, reports = fed.run(fed.announcement(1, fed.names))
+    assert result.outcome is not None, reports
+    assert {n: s.graph_reveals for n, s in fed.sites.items()} == dict.fromkeys(fed.names, 1)
+    monkeypatch.setattr("secure_fedrl.runtime.site.capture_env_state", lambda env: None)
+    name = fed.names[0]
+    saved = pickle.loads(pickle.dumps(fed.sites[name].state_dict()))
+    again = Federation(config).sites[name]
+    assert again.graph_reveals == 0
+    again.load_state_dict(saved, env=False)
+    assert again.graph_reveals == 1 and again.delta_graph_site() == 2.0 ** -40
