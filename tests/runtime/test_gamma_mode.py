@@ -448,3 +448,135 @@ def test_two_round_federation_in_gamma_mode(tmp_path):
     audit = subprocess.run([sys.executable, str(REPO / "audit" / "verify_ledger.py"), str(run),
                             "--public-key-file", str(pinned)], capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+# ----------------------------------------------------------------------------- mutation-testing gaps
+
+
+def test_delta_total_counts_the_rows_given_and_is_capped_below_one():
+    plan, _ = _plan(_config(sa={"colluding_fraction": 0.2}))
+    assert plan.graph_failure == 2.0 ** -GRAPH_SIGMA
+    assert plan.delta_total(3) == plan.p.delta + 3 * 2.0 ** -GRAPH_SIGMA != plan.delta_total()
+    assert plan.delta_total(10 ** 15) == 1.0 - 1e-12
+
+
+def _roster_ann(n_ids, names, round_id=5):
+    from secure_fedrl.transport.base import RosterEntry, RoundAnnouncement
+
+    cfg = _announced(n_ids, threshold=2)
+    cfg = RoundConfig(round_id=round_id, site_ids=cfg.site_ids, identity_keys=cfg.identity_keys, threshold=2, dim=8,
+                      bits=32, degree=None, graph_seed=bytes(32))
+    roster = tuple(RosterEntry(site_id=i + 1, name=nm) for i, nm in enumerate(names))
+    return RoundAnnouncement(config=cfg, roster=roster, policy=np.zeros(8, np.float32), extras=b"")
+
+
+def test_roster_check_refuses_either_list_longer_than_n():
+    from secure_fedrl.runtime.round import check_roster_against_config
+
+    config = _config(num_sites=6, sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0})
+    names = [f"s-{i}" for i in range(6)]
+    check_roster_against_config(_roster_ann(6, names), config)  # exactly N: accepted
+    with pytest.raises(PrivacyError, match=r"^round 5: a roster of 7 sites, more than the config's 6"):
+        check_roster_against_config(_roster_ann(6, names + ["s-6"]), config)  # roster longer, ids not
+    with pytest.raises(PrivacyError, match=r"^round 5: a roster of 7 sites"):
+        check_roster_against_config(_roster_ann(7, names), config)  # ids longer, roster not
+    with pytest.raises(PrivacyError) as err:
+        check_roster_against_config(_roster_ann(6, names[:2] + ["m1", "m2", "m3", "m4"]), config)
+    assert str(err.value).startswith("round 5: ") and "['m1', 'm2', 'm3']" in str(err.value)
+
+
+def test_announced_max_colluding_bounds_on_n():
+    from types import SimpleNamespace
+
+    _, agg = _plan(_config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
+    assert announced_max_colluding(agg, _announced(2, threshold=2)) == 1  # two sites: the other may collude
+    with pytest.raises(PrivacyError, match="round 1: a roster of 1 site"):  # (RoundConfig refuses it too)
+        announced_max_colluding(agg, SimpleNamespace(round_id=1, site_ids=(1,), degree=None))
+    # an aggregator without num_sites (a test double): only its own bound
+    assert announced_max_colluding(SimpleNamespace(max_colluding=lambda n, d: 7), _announced(30, threshold=2)) == 7
+
+
+def test_max_colluding_and_noise_shares_of_a_two_site_round():
+    _, agg = _plan(_config(sa={"colluding_fraction": 0.2}, privacy=False, sampling={"fraction": 1.0}))
+    assert agg.max_colluding(2) == 1 and agg.max_colluding(1) == 1
+    assert agg.noise_shares(6) == 6 - 4 and agg.noise_shares(3) == 1
+    _, c0 = _plan(_config(sa={"max_colluding_sites": 0, "threshold": 0.9}, privacy=False, sampling={"fraction": 1.0}))
+    assert c0.noise_shares(2) == 2 and c0.noise_shares(3) == 3
+
+
+def test_noise_shares_names_the_c_mode_key():
+    _, agg = _plan(_config(sa={"max_colluding_sites": 5}, privacy=False, sampling={"fraction": 1.0}))
+    with pytest.raises(ConfigError, match=r"^secure_aggregation\.max_colluding_sites: 5 colluders per holder set "
+                                          r"leave no honest input guaranteed in a sum of 3 sampled sites"):
+        agg.noise_shares(3)
+
+
+def test_degree_explicit_and_automatic():
+    _, fixed = _plan(_config(sa={"colluding_fraction": 0.2, "neighbors": 4}, privacy=False, sampling={"fraction": 1.0}))
+    assert fixed.degree(10) == 4 and fixed.degree(16) == 4 and fixed.degree(4) == 3
+    _, big = _plan(_config(sa={"colluding_fraction": 0.2, "neighbors": 10}, privacy=False, sampling={"fraction": 1.0}))
+    assert big.degree(8) == 7
+    # c mode, automatic degree: k from max_colluding_sites and the config's dropout
+    _, c = _plan(_config(100, sa={"max_colluding_sites": 2, "neighbors": 0, "dropout_rate": 0.2}, privacy=False,
+                         sampling={"fraction": 1.0}))
+    assert c.degree(100) == secagg_plus_parameters(100, max_colluding=2, dropout=0.2)[0] == 84
+    assert c.degree(16) is None
+    # gamma mode, automatic degree: the config's dropout too
+    _, g = _plan(_config(200, sa={"colluding_fraction": 0.1, "neighbors": 0, "dropout_rate": 0.2}, privacy=False,
+                         sampling={"fraction": 1.0}))
+    assert g.degree(200) == secagg_plus_parameters(200, colluders=20, dropout=0.2, sigma=GRAPH_SIGMA)[0] == 198
+
+
+def test_protocol_threshold_is_exactly_the_max_of_its_bounds():
+    # a fraction above the secure threshold: ceil(0.9 h) wins
+    _, agg = _plan(_config(sa={"colluding_fraction": 0.2, "threshold": 0.9}, privacy=False, sampling={"fraction": 1.0}))
+    assert agg.protocol_threshold(20) == 18
+    # SecAgg+ in gamma mode: c_max of THIS degree (not the complete graph's C)
+    _, auto = _plan(_config(200, sa={"colluding_fraction": 0.15, "neighbors": 40}, privacy=False,
+                            sampling={"fraction": 1.0}))
+    k = auto.degree(200)
+    h = holders_per_site(200, k)
+    c_max = colluders_per_holder_set(200, k, 30, sigma=GRAPH_SIGMA)[0]
+    assert k == 40 and c_max == 23
+    assert auto.protocol_threshold(200) == min(max(math.ceil(0.6 * h), secure_threshold(h, max_colluding=c_max)), h) \
+        < min(max(math.ceil(0.6 * h), secure_threshold(h, max_colluding=30)), h)
+    # three sites, no colluder: t = 2
+    _, c0 = _plan(_config(sa={"max_colluding_sites": 0, "threshold": 0.5}, privacy=False, sampling={"fraction": 1.0}))
+    assert c0.protocol_threshold(3) == 2
+
+
+def test_colluders_per_holder_set_validates_and_defaults():
+    assert colluders_per_holder_set(2, None, 1) == (1, -math.inf)
+    assert colluders_per_holder_set(100, 40, 30) == colluders_per_holder_set(100, 40, 30, sigma=40.0) == \
+        (28, colluders_per_holder_set(100, 40, 30, sigma=40.0)[1])
+    assert colluders_per_holder_set(20, 4, 20) == (4, -math.inf)  # all others corrupt: exactly h - 1
+    assert colluders_per_holder_set(5, None, 2, sigma=0.5)[0] == 2
+    for bad_n in (1, 0, 3.0, "3"):
+        with pytest.raises(ValueError, match="n must be an integer >= 2"):
+            colluders_per_holder_set(bad_n, None, 1)
+    for bad_c in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="colluders must be a non-negative integer"):
+            colluders_per_holder_set(10, None, bad_c)
+    for bad_s in (0, 0.0, -1.0):
+        with pytest.raises(ValueError, match="^sigma must be positive$"):
+            colluders_per_holder_set(10, None, 1, sigma=bad_s)
+
+
+def test_secagg_plus_parameters_defaults_and_detail_arguments():
+    assert secagg_plus_parameters(36, colluders=2) == (28, 16)  # sigma 40 (41 gives (30, 17))
+    assert secagg_plus_parameters(40, colluders=4) == (34, 20)  # eta 20 (21 gives (36, 21))
+    assert secagg_plus_parameters(100, colluders=10) == (58, 35)
+    d = secagg_plus_parameters_detail(100, max_colluding=2, dropout=0.2, sigma=40.0, eta=20.0)
+    assert (d.n, d.k, d.t) == (100, 84, 44)
+    assert (secagg_plus_parameters_detail(36, colluders=2, sigma=41.0).k,
+            secagg_plus_parameters_detail(40, colluders=4, eta=21.0).k) == (30, 36)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['foo'\]"):
+        secagg_plus_parameters_detail(100, colluders=5, foo=1)
+
+
+def test_detail_defaults_and_c_mode_degree_with_c_above_n():
+    assert secagg_plus_parameters_detail(36, colluders=2).k == 28  # sigma 40 by default
+    # c mode, max_colluding_sites >= n - 1 at a sparse-eligible n: the bound capped at n - 1
+    _, c = _plan(_config(30, sa={"max_colluding_sites": 20, "neighbors": 0}, privacy=False,
+                         sampling={"fraction": 1.0}))
+    assert c.degree(17) == secagg_plus_parameters(17, max_colluding=16, dropout=0.05)[0]
