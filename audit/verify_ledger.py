@@ -1138,8 +1138,8 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     # and max_colluding records the per-holder-set c_max the thresholds used: recomputed (exact
     # hypergeometric, pure Python) where the degree follows from the config alone (complete graph,
     # an explicit `neighbors`), not for the automatic SecAgg+ degree above 16 sites.
-    gamma_mode = bool(sa.get("enabled")) and float(sa.get("colluding_fraction", 0.0) or 0.0) > 0
     gamma_n = gamma_mode_of(config)
+    gamma_mode = gamma_n is not None
     client_rows = 0
     for r in rows:
         seq = r["seq"]

@@ -513,13 +513,10 @@ def _check_ranges(c: Config) -> None:
          f"must be in [0, 0.5), got {sa.colluding_fraction!r}")
     need(not (sa.colluding_fraction > 0 and sa.max_colluding_sites > 0), "secure_aggregation.colluding_fraction",
          "give either colluding_fraction (gamma mode) or max_colluding_sites (c mode), not both")
-    if isinstance(sa.colluding_fraction, (int, float)) and not isinstance(sa.colluding_fraction, bool) \
-            and 0.0 < sa.colluding_fraction < 0.5:
-        from fractions import Fraction
-
+    if sa.colluding_fraction > 0:
         need(sa.enabled, "secure_aggregation.colluding_fraction",
              f"is {sa.colluding_fraction!r} but secure aggregation is disabled (set secure_aggregation.enabled = true)")
-        corrupt = math.floor(Fraction(repr(float(sa.colluding_fraction))) * c.num_sites)
+        corrupt = corrupt_sites(sa.colluding_fraction, c.num_sites)
         need(corrupt >= 1, "secure_aggregation.colluding_fraction",
              f"floor({sa.colluding_fraction!r} x {c.num_sites} sites) = 0 colluders: gamma mode would "
              f"protect against no colluder (raise it to at least 1/{c.num_sites}, or set 0)")
@@ -592,6 +589,14 @@ def max_participations(c: Config) -> int:
     q = s.fraction if s.poisson and c.strategy.name != "fedbuff" else 1.0
     mean = q * rounds
     return max(1, min(rounds, math.ceil(mean + 3.0 * math.sqrt(mean * (1.0 - q)) - 1e-9)))
+
+
+def corrupt_sites(fraction: float, num_sites: int) -> int:
+    """floor(gamma N) colluders of gamma mode, with gamma read as the decimal it was written as
+    (0.29 x 100 = 29, not the 28 binary floating point gives): never fewer than the config states."""
+    from fractions import Fraction
+
+    return math.floor(Fraction(repr(float(fraction))) * num_sites)
 
 
 def expand_site_names(site: SiteSection) -> list[str]:

@@ -11,6 +11,7 @@ import statistics
 from datetime import datetime, timezone
 from typing import Any
 
+from secure_fedrl.config import corrupt_sites
 from secure_fedrl.report.load import RunData, row_epsilons, witness_info
 
 REPORT_FORMAT = "secure-fedrl/privacy-report/v1"
@@ -80,7 +81,7 @@ def build_report(data: RunData, *, generated_at: datetime | None = None) -> dict
             # gamma mode (SPEC 8): the fraction, C = floor(gamma N) colluders in the federation and
             # the per-holder-set bound c_max the last client row's thresholds used
             "colluding_fraction": gamma,
-            "colluders": _corrupt(gamma, len(site_names)) if gamma > 0 else None,
+            "colluders": corrupt_sites(gamma, len(site_names)) if gamma > 0 else None,
             "max_colluding_per_holder_set": c_max if gamma > 0 else None,
             "strategy": str(cfg.get("strategy", {}).get("name", "")),
             "sites": site_names,
@@ -95,14 +96,6 @@ def build_report(data: RunData, *, generated_at: datetime | None = None) -> dict
 
     doc["plain_language"] = plain_language(doc, cfg)
     return doc
-
-
-def _corrupt(gamma: float, num_sites: int) -> int:
-    """floor(gamma N), gamma read as the decimal written (as the runtime does)."""
-    import math
-    from fractions import Fraction
-
-    return math.floor(Fraction(repr(float(gamma))) * num_sites)
 
 
 def _configured_mechanism(cfg: dict[str, Any]) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from secure_fedrl.config import Config
+from secure_fedrl.config import Config, corrupt_sites
 from secure_fedrl.errors import BelowThresholdError, ConfigError, PrivacyError, ProtocolError, UpdateRejected
 from secure_fedrl.fl.compression import shared_mask_indices
 from secure_fedrl.privacy.accountants import RDP_ORDERS, GaussianStep, Mechanism, RDPCurveStep
@@ -49,14 +49,6 @@ AUTO_GRAPH_DROPOUT = 0.05
 #: gamma mode: every holder set holds <= c_max colluders except with probability <= 2^-GRAPH_SIGMA
 #: per round attempt (hypergeometric tail, SPEC 2 and 8); that probability is added to delta.
 GRAPH_SIGMA = 40.0
-
-
-def corrupt_sites(fraction: float, num_sites: int) -> int:
-    """floor(gamma N), with gamma read as the decimal it was written as (0.29 * 100 = 29, not the
-    28 binary floating point gives): never fewer colluders than the config states."""
-    from fractions import Fraction
-
-    return math.floor(Fraction(repr(float(fraction))) * num_sites)
 
 
 class CentralDPAggregator(Aggregator):
