@@ -265,9 +265,7 @@ def _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta, colluders=None):
             c_max, lp_corrupt = min(max_colluding, h - 1), -math.inf
         else:
             c_max, lp_corrupt = colluders_per_holder_set(n, k, corrupt, sigma=sigma)
-        t = secure_threshold(h, max_colluding=c_max)
-        if t > h:
-            return None
+        t = secure_threshold(h, max_colluding=c_max)  # <= h: c_max <= h - 1 on both paths
         # connectivity of honest survivors on the Harary ring (k even: runs of k/2 removed)
         if complete:
             lp_conn = -math.inf
@@ -281,10 +279,7 @@ def _secagg_plus(n, max_colluding, gamma, dropout, sigma, eta, colluders=None):
         return t, lp, lr, c_max
 
     for k in list(range(2, n - 1)) + [None]:
-        res = evaluate(k)
-        if res is None:
-            continue
-        t, lp, lr, c_max = res
+        t, lp, lr, c_max = evaluate(k)
         if k is None or (lp <= -sigma and lr <= -eta):
             if k is not None and effective_degree(n, k) >= n - 1:
                 k = None

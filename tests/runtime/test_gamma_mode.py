@@ -580,3 +580,13 @@ def test_detail_defaults_and_c_mode_degree_with_c_above_n():
     _, c = _plan(_config(30, sa={"max_colluding_sites": 20, "neighbors": 0}, privacy=False,
                          sampling={"fraction": 1.0}))
     assert c.degree(17) == secagg_plus_parameters(17, max_colluding=16, dropout=0.05)[0]
+
+
+def test_secagg_plus_parameters_validates_an_explicit_colluder_count():
+    """colluders in [0, n] (an int, not a bool): the ends are accepted, everything else refused by name."""
+    assert secagg_plus_parameters(40, colluders=0) == secagg_plus_parameters(40, max_colluding=0)
+    k, t = secagg_plus_parameters(20, colluders=20)  # every site colludes: still a well-defined answer
+    assert k is None and t == 20
+    for bad in (-1, 21, True, 1.5, "3"):
+        with pytest.raises(ValueError, match=r"^colluders must be an integer in \[0, n\], got "):
+            secagg_plus_parameters(20, colluders=bad)
