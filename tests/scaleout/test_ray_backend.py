@@ -22,7 +22,7 @@ if not hasattr(ray, "init"):  # pragma: no cover - a stray directory named ray, 
     pytest.skip("ray is not installed", allow_module_level=True)
 
 from secure_fedrl.config import load_config  # noqa: E402
-from secure_fedrl.runtime.ray_backend import RaySimulation, run_ray_simulation  # noqa: E402
+from secure_fedrl.runtime.ray_backend import RaySimulation, run_ray_simulation, start_ray  # noqa: E402
 from secure_fedrl.runtime.simulate import run_simulation  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
@@ -101,7 +101,7 @@ def site_rows(run: Path) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(ray, num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
