@@ -150,6 +150,7 @@ class SecAggClient:
         self._confirm: dict[int, bytes] = {}
         self._pairs: tuple[int, ...] = ()
         self._view: tuple[tuple[int, bytes], ...] = ()  # SecAgg+: (v, N_v) the graph seed hashes
+        self._view_commits: dict[int, bytes] = {}  # dict(self._view)
 
     # -------------------------------------------------------------- helpers
     def _expect(self, phase: str, msg, cls) -> R.RoundConfig:
@@ -200,6 +201,7 @@ class SecAggClient:
                 f"site {self.id}: view of {len(commits)} sites, threshold is {self.cfg.threshold}"
             )
         self._view = view.commits
+        self._view_commits = commits  # the dict of self._view, read again by share_keys (n entries)
         self.phase = "share_keys"
         # the signed H_V makes a split view provable from two sites' reveals (SPEC.md section 8)
         return M.GraphReveal(self.cfg.digest, self.id, self._nonce,
@@ -224,7 +226,7 @@ class SecAggClient:
     def share_keys(self, bundle: M.KeysBundle) -> M.ShareKeys:
         base = self.cfg
         self.cfg = self._expect("share_keys", bundle, M.KeysBundle)  # every later digest and key: D'
-        view = dict(self._view)
+        view = self._view_commits
         holders = self.cfg.holders(self.id)
         keys: dict[int, tuple[bytes, bytes]] = {}
         own_seen = False
@@ -331,8 +333,8 @@ class SecAggClient:
             self._x, plus=[self._b] + [seeds[v] for v in paired if v > self.id],
             minus=[seeds[v] for v in paired if v < self.id], out=np.empty(self.cfg.dim, dtype=np.uint32))
         P.reduce_bits(y, self.cfg.bits)
-        core = M.attestation_core(self.cfg.digest, self.id, paired, self._dp)
-        tags = tuple(R.confirm_tag(self._confirm_key(v), core, v) for v in paired)
+        core_hash = P.sha256(M.attestation_core(self.cfg.digest, self.id, paired, self._dp))
+        tags = tuple(R.confirm_tag_of_hash(self._confirm_key(v), core_hash, v) for v in paired)
         self.phase = "consistency_check"
         return M.MaskedInput(self.cfg.digest, self.id, paired, tags, y, dp_attestation=self._dp).signed(self._sk)
 
@@ -340,16 +342,17 @@ class SecAggClient:
     def consistency_check(self, req: M.ConsistencyRequest) -> M.ConsistencySig:
         self._expect("consistency_check", req, M.ConsistencyRequest)
         survivors = tuple(req.survivors)
-        if self.id not in survivors:
+        alive = set(survivors)
+        if self.id not in alive:
             raise ProtocolError(f"site {self.id}: survivor set omits this site")
-        if not set(survivors) <= set(self.cfg.site_ids):
+        if not alive <= self.cfg.identity.keys():
             raise ProtocolError(f"site {self.id}: survivor set names unknown sites")
         if len(survivors) < self.cfg.threshold:
             raise BelowThresholdError(f"site {self.id}: {len(survivors)} survivors, threshold is {self.cfg.threshold}")
         self._survivors = survivors
-        alive = set(survivors)
-        core = M.consistency_core(self.cfg.digest, self.id, survivors)
-        tags = tuple((v, R.confirm_tag(self._confirm_key(v), core, v)) for v in sorted(self._enc_shared) if v in alive)
+        core_hash = P.sha256(M.consistency_core(self.cfg.digest, self.id, survivors))  # one core, k tags
+        tags = tuple((v, R.confirm_tag_of_hash(self._confirm_key(v), core_hash, v))
+                     for v in sorted(self._enc_shared) if v in alive)
         self.phase = "unmasking"
         self._consistency = M.ConsistencySig(self.cfg.digest, self.id, survivors, tags).signed(self._sk)
         return self._consistency
@@ -377,18 +380,19 @@ class SecAggClient:
             if signer not in alive or signer == self.id or (signer in tags and signer not in holders):
                 raise ProtocolError(f"site {self.id}: consistency check failed: bad signer {signer}")
         valid: dict[int, bool] = {self.id: True}
+        u3_ids = M.encode_ids(self._survivors)  # every signer's core ends with ids(U3): encoded once
 
         def confirmed(s: int) -> bool:  # did s confirm our U3? (abort if the evidence is forged)
             ok = valid.get(s)
             if ok is not None:
                 return ok
             if s in tags and s in self._enc_shared:
-                core = M.consistency_core(cfg.digest, s, self._survivors)
+                core = M.consistency_core_ids(cfg.digest, s, u3_ids)
                 ok = P.tags_equal(tags[s], R.confirm_tag(self._confirm_key(s), core, self.id))
-            elif s in sigs:
-                body = M.ConsistencySig(cfg.digest, s, self._survivors, (), sigs[s])
+            elif s in sigs:  # what ConsistencySig(D, s, U3, (), sig).verify checks: sig over H(core)
                 try:
-                    body.verify(cfg.identity[s])
+                    P.verify(cfg.identity[s], sigs[s], P.sha256(M.consistency_core_ids(cfg.digest, s, u3_ids)),
+                             what=f"{M.ConsistencySig.NAME} from site {s}")
                     ok = True
                 except ProtocolError:
                     ok = False
@@ -406,14 +410,18 @@ class SecAggClient:
         certified: dict[int, bool] = {}
 
         def certify(x: int) -> bool:  # t holders of x confirmed our U3?
-            if x in certified:
-                return certified[x]
+            ok = certified.get(x)
+            if ok is not None:
+                return ok
             group = evidence if cfg.complete else evidence.intersection(cfg.holders(x))
-            count = 0
-            for s in sorted(group, key=lambda s: (s not in valid, s not in tags, s)):  # cheapest first
-                if count >= t:
-                    break
-                count += confirmed(s)
+            # cheapest first: the confirmations already checked (no side effect, so just counted),
+            # then the unchecked ones by (no tag, id), until t
+            count = sum(valid[s] for s in group if s in valid)
+            if count < t:
+                for s in sorted((s for s in group if s not in valid), key=lambda s: (s not in tags, s)):
+                    if count >= t:
+                        break
+                    count += confirmed(s)
             certified[x] = ok = count >= t
             if cfg.complete:  # one holder set for everyone: certified once, certified for all
                 certified.update(dict.fromkeys(cfg.site_ids, ok))
@@ -451,8 +459,8 @@ class SecAggClient:
                     )
                 # t-1 of them must be certified (their masking keys then cannot be revealed under
                 # any other view); try the ones our own neighbours' tags can certify first
-                safe = 0
-                for v in sorted(survivors, key=lambda v: (v not in holders, v)):
+                safe = 0  # in the order of sorted(survivors, key=lambda v: (v not in holders, v)):
+                for v in sorted([v for v in survivors if v in holders]) + sorted([v for v in survivors if v not in holders]):
                     if safe >= t - 1:
                         break
                     safe += certify(v)

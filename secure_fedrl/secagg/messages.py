@@ -326,6 +326,17 @@ def consistency_core(digest: bytes, sender: int, survivors: tuple[int, ...]) -> 
     return _header(T_CONSISTENCY, digest, sender) + _survivor_ids(tuple(survivors))
 
 
+def consistency_core_ids(digest: bytes, sender: int, survivor_ids: bytes) -> bytes:
+    """`consistency_core` with ids(U3) already encoded (`encode_ids`): a site checks one core
+    per signer, all over the same U3 (n ids), so it encodes U3 once instead of once per signer."""
+    return _header(T_CONSISTENCY, digest, sender) + survivor_ids
+
+
+def encode_ids(ids: tuple[int, ...]) -> bytes:
+    """`u32(count) || u32(id)*`, the wire encoding of an id list (unchecked: callers pass sorted ids)."""
+    return _ids(tuple(ids))
+
+
 @dataclass(frozen=True)
 class ConsistencySig(_Signed):
     """A site's confirmation of the survivor set U3 the server announced to it.
@@ -417,9 +428,21 @@ def _read_pairs32(r: _Reader) -> tuple[tuple[int, bytes], ...]:
     count = r.u32()
     if 36 * count > len(r.data) - r.pos:
         raise ProtocolError(f"{r.what}: truncated list")
-    flat = struct.unpack(f">{'I32s' * count}", r.take(36 * count))
-    items = tuple(zip(flat[0::2], flat[1::2]))
-    _check_sorted(flat[0::2], r.what)
+    return _pairs32(r.take(36 * count), r.what)
+
+
+_PAIR32 = struct.Struct(">I32s")
+
+
+@lru_cache(maxsize=8)
+def _pairs32(raw: bytes, what: str) -> tuple[tuple[int, bytes], ...]:
+    """The (u32 id, 32 bytes) entries of `raw`, ids strictly increasing. Memoised on the bytes (a
+    pure function of them; errors are not cached): the server sends one view and one list of
+    reveals to every site, n entries each, so the sites that share a process (simulation,
+    benchmarks) decode each once and hold one tuple, which the memos keyed on it (view_hash,
+    RoundConfig.seeded) then match by identity instead of comparing n entries per site."""
+    items = tuple(_PAIR32.iter_unpack(raw))
+    _check_sorted([i for i, _ in items], what)
     return items
 
 

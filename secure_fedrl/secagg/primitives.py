@@ -158,7 +158,7 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> by
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
+    return hmac.digest(key, data, "sha256")  # one-shot OpenSSL HMAC: same bytes as hmac.new(...).digest()
 
 
 def tags_equal(a: bytes, b: bytes) -> bool:

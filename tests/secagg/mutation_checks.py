@@ -18,7 +18,7 @@ shutil.copy(REPO / "pyproject.toml", R / "pyproject.toml")
 C = "secure_fedrl/secagg/client.py"; S = "secure_fedrl/secagg/server.py"
 MUTANTS = [
  ("signer in holders/U3 (client)", C, "if signer not in alive or signer == self.id or (signer in tags and signer not in holders):", "if False:"),
- ("site itself in U3", C, "if self.id not in survivors:", "if False:"),
+ ("site itself in U3", C, "if self.id not in alive:", "if False:"),
  ("|U3| >= t", C, "if len(survivors) < self.cfg.threshold:\n            raise BelowThresholdError(f\"site {self.id}: {len(survivors)} survivors", "if False:\n            raise BelowThresholdError(f\"site {self.id}: {len(survivors)} survivors"),
  ("own-advert byte comparison", C, "if wire != self._advert.encode():", "if False:"),
  ("distinct advertised keys", C, "if len(set(pks)) != len(pks):", "if False:"),
@@ -41,7 +41,7 @@ MUTANTS = [
  ("NEW server survivor pre-check", S, "if alive + 1 < t:", "if False:"),
  ("NEW server low-order key", S, "P.check_x25519_public(msg.c_pk, what=f\"AdvertiseKeys from site {msg.sender}: encryption key\")", "pass"),
  ("NEW site skips low-order peer", C, "                enc = P.x25519(self._c_key, keys[v][0])\n                mask = P.x25519(self._s_key, keys[v][1])\n            except ProtocolError as err:", "                enc = P.x25519(self._c_key, keys[v][0])\n                mask = P.x25519(self._s_key, keys[v][1])\n            except KeyError as err:"),
- ("NEW refuse to mask |M|+1<t", C, "if len(pairs) + 1 < self.cfg.threshold:", "if False:"),
+ ("NEW refuse to mask |M|+1<t", C, "if len(shares) + 1 < self.cfg.threshold:", "if False:"),
  ("GRAPH own commitment in the view", C, "if commits.get(self.id) != self._advert.graph_commit:", "if False:"),
  ("GRAPH view within the round", C, "if not commits.keys() <= self.cfg.identity.keys():", "if False:"),
  ("GRAPH view >= t", C, "if len(commits) < self.cfg.threshold:", "if False:"),
