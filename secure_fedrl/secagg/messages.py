@@ -41,6 +41,9 @@ KIND_B, KIND_S = 0, 1
 TAG_BYTES = 32
 
 
+_U8, _U32, _U32X2 = struct.Struct(">B"), struct.Struct(">I"), struct.Struct(">II")
+
+
 class _Reader:
     def __init__(self, data: bytes, what: str) -> None:
         self.data = memoryview(data)
@@ -54,6 +57,31 @@ class _Reader:
         self.pos += n
         return bytes(out)
 
+    def unpack(self, layout: struct.Struct) -> tuple:
+        """The next layout.size bytes as `layout` fields: what one take() per field would read,
+        with the same error when truncated (one call instead of one per field)."""
+        pos = self.pos
+        if pos + layout.size > len(self.data):
+            raise ProtocolError(f"{self.what}: truncated message")
+        self.pos = pos + layout.size
+        return layout.unpack_from(self.data, pos)
+
+    def entries(self, layout: struct.Struct) -> "list[tuple] | None":
+        """u32(count), then, if all count entries of the fixed `layout` are there, them as tuples
+        (one C call); None if they are not (the caller reads entry by entry for the exact error)."""
+        count = self.u32()
+        if layout.size * count > len(self.data) - self.pos:
+            return None
+        pos, self.pos = self.pos, self.pos + layout.size * count
+        return list(layout.iter_unpack(self.data[pos : self.pos]))
+
+    def fixed_entries(self, layout: struct.Struct) -> list[tuple]:
+        """`entries` for a list whose only in-loop error is truncation: raised for the whole list."""
+        out = self.entries(layout)
+        if out is None:
+            raise ProtocolError(f"{self.what}: truncated message")
+        return out
+
     def view(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
             raise ProtocolError(f"{self.what}: truncated message")
@@ -62,16 +90,17 @@ class _Reader:
         return out
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        return self.unpack(_U8)[0]
 
     def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
+        return self.unpack(_U32)[0]
 
     def ids(self) -> tuple[int, ...]:
         count = self.u32()
         if 4 * count > len(self.data) - self.pos:
             raise ProtocolError(f"{self.what}: truncated id list")
-        ids = struct.unpack(f">{count}I", self.take(4 * count))
+        ids = struct.unpack_from(f">{count}I", self.data, self.pos)
+        self.pos += 4 * count
         _check_sorted(ids, self.what)
         return ids
 
@@ -101,7 +130,7 @@ def _header(mtype: int, digest: bytes, party: int) -> bytes:
 
 
 def _read_header(r: _Reader, expected: int) -> tuple[bytes, int]:
-    magic, version, mtype, digest, party = HEADER.unpack(r.take(HEADER.size))
+    magic, version, mtype, digest, party = r.unpack(HEADER)
     if magic != MAGIC or version != VERSION:
         raise ProtocolError(f"{r.what}: bad magic or version")
     if mtype != expected:
@@ -155,6 +184,9 @@ class _Signed:
         return b"".join([*self._parts(), self.signature])
 
 
+_ADVERT_FIELDS = struct.Struct(">32s32s32s64s")  # c_pk, s_pk, graph_commit, signature
+
+
 @dataclass(frozen=True)
 class AdvertiseKeys(_Signed):
     """The two X25519 public keys, plus `graph_commit` = N_u, the commitment to the site's
@@ -177,9 +209,12 @@ class AdvertiseKeys(_Signed):
     def decode(cls, data: bytes) -> "AdvertiseKeys":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
-        c_pk, s_pk, commit, sig = r.take(32), r.take(32), r.take(32), r.take(64)
+        c_pk, s_pk, commit, sig = r.unpack(_ADVERT_FIELDS)
         r.end()
         return cls(digest, sender, c_pk, s_pk, sig, commit)
+
+
+_REVEAL_FIELDS = struct.Struct(f">{NONCE_BYTES}s32s64s")  # nonce, view_hash, signature
 
 
 @dataclass(frozen=True)
@@ -206,7 +241,7 @@ class GraphReveal(_Signed):
     def decode(cls, data: bytes) -> "GraphReveal":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
-        nonce, view_hash, sig = r.take(NONCE_BYTES), r.take(32), r.take(64)
+        nonce, view_hash, sig = r.unpack(_REVEAL_FIELDS)
         r.end()
         return cls(digest, sender, nonce, sig, view_hash)
 
@@ -236,8 +271,8 @@ class ShareKeys(_Signed):
         commit = r.take(32)
         cts = []
         for _ in range(r.u32()):
-            receiver = r.u32()
-            cts.append((receiver, r.take(r.u32())))
+            receiver, size = r.unpack(_U32X2)
+            cts.append((receiver, r.take(size)))
         _check_sorted([c[0] for c in cts], cls.NAME)
         sig = r.take(64)
         r.end()
@@ -286,7 +321,8 @@ class MaskedInput(_Signed):
         digest, sender = _read_header(r, cls.TYPE)
         paired = r.ids()
         dp = _read_dp_attestation(r)
-        tags = tuple(r.take(TAG_BYTES) for _ in paired)
+        tags = r.take(TAG_BYTES * len(paired))  # one read; truncated exactly when a tag-by-tag read is
+        tags = tuple(tags[i : i + TAG_BYTES] for i in range(0, len(tags), TAG_BYTES))
         dim = r.u32()
         if 4 * dim > len(data) - r.pos:
             raise ProtocolError(f"{cls.NAME}: truncated message")
@@ -370,14 +406,16 @@ class ConsistencySig(_Signed):
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
         ids = r.ids()
-        tags = []
-        for _ in range(r.u32()):
-            receiver = r.u32()
-            tags.append((receiver, r.take(TAG_BYTES)))
+        tags = r.fixed_entries(_ID_TAG)
         _check_sorted([t[0] for t in tags], cls.NAME)
         sig = r.take(64)
         r.end()
         return cls(digest, sender, ids, tuple(tags), sig)
+
+
+_ID_TAG = struct.Struct(f">I{TAG_BYTES}s")  # (signer or receiver, HMAC tag) list entry
+_ID_SIG = struct.Struct(f">I{P.SIG_BYTES}s")  # (signer, Ed25519 signature) list entry
+_SHARE_ENTRY = struct.Struct(f">IB{SHARE_BYTES}s")  # (peer, kind, share)
 
 
 @dataclass(frozen=True)
@@ -399,12 +437,19 @@ class UnmaskResponse(_Signed):
     def decode(cls, data: bytes) -> "UnmaskResponse":
         r = _Reader(data, cls.NAME)
         digest, sender = _read_header(r, cls.TYPE)
-        shares = []
-        for _ in range(r.u32()):
-            peer, kind = r.u32(), r.u8()
-            if kind not in (KIND_B, KIND_S):
-                raise ProtocolError(f"{cls.NAME}: unknown share kind {kind}")
-            shares.append((peer, kind, r.take(SHARE_BYTES)))
+        start = r.pos
+        shares = r.entries(_SHARE_ENTRY)
+        if shares is None:  # truncated: read entry by entry, for the error that loop meets first
+            r.pos, shares = start, []
+            for _ in range(r.u32()):
+                peer, kind = r.u32(), r.u8()
+                if kind not in (KIND_B, KIND_S):
+                    raise ProtocolError(f"{cls.NAME}: unknown share kind {kind}")
+                shares.append((peer, kind, r.take(SHARE_BYTES)))
+        else:  # all there: only a share kind can be wrong, checked in the same order
+            for _, kind, _ in shares:
+                if kind not in (KIND_B, KIND_S):
+                    raise ProtocolError(f"{cls.NAME}: unknown share kind {kind}")
         _check_sorted([s[0] for s in shares], cls.NAME)
         sig = r.take(64)
         r.end()
@@ -521,8 +566,8 @@ class CiphertextBundle:
         digest, receiver = _read_header(r, cls.TYPE)
         cts = []
         for _ in range(r.u32()):
-            sender = r.u32()
-            cts.append((sender, r.take(r.u32())))
+            sender, size = r.unpack(_U32X2)
+            cts.append((sender, r.take(size)))
         r.end()
         return cls(digest, receiver, tuple(cts))
 
@@ -590,14 +635,9 @@ class UnmaskRequest:
         r = _Reader(data, cls.NAME)
         digest, receiver = _read_header(r, cls.TYPE)
         ids = r.ids()
-        tags, sigs = [], []
-        for _ in range(r.u32()):
-            signer = r.u32()
-            tags.append((signer, r.take(TAG_BYTES)))
+        tags = r.fixed_entries(_ID_TAG)
         _check_sorted([t[0] for t in tags], cls.NAME)
-        for _ in range(r.u32()):
-            signer = r.u32()
-            sigs.append((signer, r.take(64)))
+        sigs = r.fixed_entries(_ID_SIG)
         _check_sorted([t[0] for t in sigs], cls.NAME)
         atts, dps = [], []
         for _ in range(r.u32()):
