@@ -520,6 +520,10 @@ def _check_ranges(c: Config) -> None:
         need(corrupt >= 1, "secure_aggregation.colluding_fraction",
              f"floor({sa.colluding_fraction!r} x {c.num_sites} sites) = 0 colluders: gamma mode would "
              f"protect against no colluder (raise it to at least 1/{c.num_sites}, or set 0)")
+        # each site caps its SecAgg+ attempts at floor(delta / (100 x 2^-40)) (its own SiteGuard), DP or not
+        need(0.0 < p.delta < 1.0, "privacy.delta", f"must be in (0, 1) in gamma mode (it caps each site's "
+             f"SecAgg+ attempts), got {p.delta}")
+        need(p.target_epsilon > 0, "privacy.target_epsilon", f"must be > 0, got {p.target_epsilon}")
     need(p.max_participations >= 0, "privacy.max_participations", f"must be >= 0, got {p.max_participations}")
     if p.unit == "client":
         mech = p.mechanism

@@ -4,12 +4,14 @@ Pure objects over an accountant: ``preview`` answers "what would epsilon be afte
 ``commit`` records the round only if it fits. ``SiteBudgets`` keeps one budget per site for
 trajectory-level DP, where every site is its own privacy unit. ``SiteGuard`` is a site's own
 check against the server (client level): it charges only the site's own participations and
-refuses a round that would exceed its budget.
+refuses a round that would exceed its budget; in gamma mode it also counts the SecAgg+ attempts
+the site helped seed (GraphReveals) and refuses one that would take its delta past the cap.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -23,7 +25,11 @@ from secure_fedrl.privacy.accountants import (
     make_accountant,
 )
 
-__all__ = ["PrivacyBudget", "RoundCost", "SiteBudgets", "SiteGuard"]
+__all__ = ["GRAPH_DELTA_SHARE", "PrivacyBudget", "RoundCost", "SiteBudgets", "SiteGuard"]
+
+#: gamma mode: a site's graph term A_u x failure stays <= privacy.delta / GRAPH_DELTA_SHARE, so its
+#: delta stays <= (1 + 1/GRAPH_DELTA_SHARE) privacy.delta (SPEC 8, docs/privacy-model.md).
+GRAPH_DELTA_SHARE = 100
 
 
 @dataclass(frozen=True)
@@ -192,20 +198,85 @@ class SiteGuard:
     alone decides whether to take part. The decision uses only the site's own participations
     and the round's attested mechanism, never its data, so it does not itself leak. In-process
     today; the site runtime owns it in a deployment. ``enforce=False`` (release threat model)
-    keeps the accounting but never refuses.
+    keeps the accounting but never refuses on epsilon.
+
+    Gamma mode (``graph_failure`` > 0: the per-attempt probability, 2^-40, that some SecAgg+
+    holder set holds more than c_max colluders, SPEC 8): the guard also counts A_u, the round
+    attempts in which the site sent a GraphReveal (aborted ones included: each is a fresh draw
+    of the graph), and states the site's guarantee (epsilon at ``delta``, ``delta`` + A_u x
+    failure). A malicious server can abort and retry without end, so the guard refuses the
+    reveal that would take A_u x failure above delta / GRAPH_DELTA_SHARE (whatever ``enforce``
+    says): at most ``max_graph_reveals`` = floor(delta / (100 failure)) attempts, ~1.1e5 at
+    delta = 1e-5, and the site's delta never exceeds 1.01 delta. Pure: no I/O.
     """
 
     def __init__(self, site: str, *, target_epsilon: float, delta: float,
-                 accountant: Accountant | str = "rdp", enforce: bool = True) -> None:
+                 accountant: Accountant | str = "rdp", enforce: bool = True, graph_failure: float = 0.0) -> None:
         self.site = site
         self.enforce = bool(enforce)
         self.budget = PrivacyBudget(target_epsilon, delta, accountant, label=f"site {site}")
         self.participations = 0
+        if isinstance(graph_failure, bool) or not isinstance(graph_failure, (int, float)) \
+                or not 0.0 <= graph_failure < 1.0:
+            raise PrivacyError(f"site {site}: graph_failure must be a probability in [0, 1), got {graph_failure!r}")
+        self.graph_failure = float(graph_failure)
+        self.graph_reveals = 0
 
     @property
     def epsilon(self) -> float:
-        """The site's epsilon against the server so far."""
+        """The site's epsilon against the server so far (at ``delta``)."""
         return self.budget.spent
+
+    @property
+    def delta(self) -> float:
+        """privacy.delta: the delta every epsilon is computed at."""
+        return self.budget.delta
+
+    @property
+    def delta_graph(self) -> float:
+        """A_u x failure: what the SecAgg+ graph adds to the site's delta (0 outside gamma mode)."""
+        return self.graph_reveals * self.graph_failure
+
+    def guarantee(self) -> tuple[float, float]:
+        """(epsilon_u, delta_u): the site's own statement against the server, epsilon at
+        ``delta`` and delta_u = ``delta`` + A_u x failure (<= 1.01 ``delta`` under the cap)."""
+        return self.epsilon, self.delta + self.delta_graph
+
+    @property
+    def max_graph_reveals(self) -> int | None:
+        """The most GraphReveals the site sends: floor(delta / (GRAPH_DELTA_SHARE x failure)),
+        in exact rationals; None outside gamma mode (failure 0: nothing to bound)."""
+        if self.graph_failure == 0.0:
+            return None
+        return math.floor(Fraction(self.delta) / (GRAPH_DELTA_SHARE * Fraction(self.graph_failure)))
+
+    def admits_graph_reveal(self) -> bool:
+        """Would the site send one more GraphReveal? (Records nothing.)"""
+        cap = self.max_graph_reveals
+        return cap is None or self.graph_reveals < cap
+
+    def check_graph_reveal(self) -> None:
+        """Raise ``PrivacyBudgetExceeded`` (one line: the site, its count, the cap) unless
+        ``admits_graph_reveal``."""
+        if not self.admits_graph_reveal():
+            raise PrivacyBudgetExceeded(
+                f"site {self.site}: its graph-attempt budget is spent: {self.graph_reveals} SecAgg+ graph "
+                f"reveals sent, the cap is {self.max_graph_reveals} (delta {self.delta:g} / "
+                f"{GRAPH_DELTA_SHARE} over {self.graph_failure:.3g} per attempt); refusing another attempt")
+
+    def count_graph_reveal(self) -> int:
+        """Record one GraphReveal about to leave the site (before it leaves); returns A_u.
+        Refuses (records nothing) where ``check_graph_reveal`` does."""
+        self.check_graph_reveal()
+        self.graph_reveals += 1
+        return self.graph_reveals
+
+    def restore_graph_reveals(self, count: Any) -> None:
+        """A saved A_u (the site's state): never lowers the count (a crash may over-count,
+        never under-count); refuses a count that is not a non-negative integer."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise PrivacyError(f"site {self.site}: saved graph_reveals must be a non-negative integer, got {count!r}")
+        self.graph_reveals = max(self.graph_reveals, count)
 
     def admits(self, mechanism: Mechanism) -> bool:
         """Would the site take part in a round costing ``mechanism``? (Records nothing.)"""

@@ -318,10 +318,9 @@ class SiteProcess:
                 ahead = None  # sent, refused or lost with the round: train again from the model now
                 spent = spent or "budget" in report.status and report.status.startswith("refused")
                 row = {"round": ann.round_id, "site": name, "round_status": report.status}
-                if getattr(getattr(self.site, "aggregator", None), "gamma_mode", False):
-                    # the site's own delta term for the graph (SPEC 8): A_u 2^-40 over every attempt
-                    row.update(graph_reveals=self.site.graph_reveals, delta_graph_site=self.site.delta_graph_site(),
-                               delta_site=self.config.privacy.delta + self.site.delta_graph_site())
+                # the site's own guarantee: epsilon_site at privacy.delta, delta_site = privacy.delta
+                # + A_u 2^-40 (gamma mode: A_u its GraphReveals over every attempt, SPEC 8)
+                row.update(self.site.privacy_metrics())
                 if report.result is not None:
                     row.update(site_row(ann.round_id, name, report.result, report.train_seconds))
                     row["round_status"] = report.status

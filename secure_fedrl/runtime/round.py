@@ -131,6 +131,10 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
             # The config digest D binds the graph seed, a hash of the round seed: so D binds the round
             # seed too, and no two sites of one round can be handed different rotations or masks.
             raise PrivacyError("round broadcast: the graph seed is not the one the round seed gives")
+        if "graph_reveal" in ann.config.phases:
+            # gamma mode: a SecAgg+ attempt past the guard's cap on A_u is refused before we train
+            # (a server that aborts and retries without end gets no more than the cap)
+            site.check_graph_reveal()
     except SecureFedRLError as exc:
         log_event("site_round_refused", site=site.name, round=rid, reason=str(exc))
         _leave(transport, rid)
@@ -161,8 +165,9 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
 
     def count_graph_reveal() -> None:
         # gamma mode: every attempt whose graph this site helped seed may fail c_max w.p. 2^-40,
-        # aborted or not (SPEC 8): the site's own count, authoritative for its delta
-        site.graph_reveals += 1
+        # aborted or not (SPEC 8): the site's own count, authoritative for its delta. Past the
+        # cap the guard raises PrivacyBudgetExceeded: the reveal never leaves, the round is left.
+        site.count_graph_reveal()
         if persist is not None:
             persist()
 

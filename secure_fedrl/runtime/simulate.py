@@ -157,6 +157,11 @@ class Simulation(ServerRuntime):
                 self.site_rows[name] = site_row(r, name, report.result, report.train_seconds)
                 if not report.status.startswith("done"):
                     self.site_rows[name]["round_status"] = report.status
+            else:  # refused or stopped before training: the site still states where it stands
+                self.site_rows[name] = {"round": r, "site": name, "round_status": report.status}
+            # as a deployed site does (runtime/deploy.py): its own epsilon_site / delta_site and, in
+            # gamma mode, its GraphReveals A_u (site-local: sites/<site>/metrics.jsonl only)
+            self.site_rows[name].update(self._by_name[name].privacy_metrics())
         self._threads = {}
 
     def plain_uploads(self, r: int, sampled: list[str]):
@@ -174,6 +179,7 @@ class Simulation(ServerRuntime):
             self.privacy.after_local_training(name, r, result)
             if self.config.privacy.unit == "trajectory":
                 site.charge(None)  # the site's own account of its DP-SGD spend
+            self.site_rows[name].update(site.privacy_metrics())
             self.accept_upload(r, upload, uploads, rejected)
         return uploads, rejected
 

@@ -104,19 +104,18 @@ class SiteRuntime:
         self.fedbuff = strategy if isinstance(strategy, FedBuff) else None  # staleness weights, our own config's
         p = config.privacy
         threat = resolved_threat_model(config) if p.unit != "none" else "none"
+        # gamma mode: each SecAgg+ attempt whose graph this site helps seed fails c_max w.p. 2^-40
+        # (SPEC 8): the guard counts them and caps them, also without DP (no epsilon then).
+        failure = aggregator.graph_failure() if hasattr(aggregator, "graph_failure") else 0.0
         self.guard = SiteGuard(spec.name, target_epsilon=p.target_epsilon, delta=p.delta,
                                accountant="rdp" if getattr(mechanism, "mechanism", "") == "ddg" else p.accountant,
-                               enforce=p.unit == "trajectory" or threat == "server") if p.unit != "none" else None
+                               enforce=p.unit == "trajectory" or threat == "server",
+                               graph_failure=failure) if p.unit != "none" or failure > 0 else None
         self.pending: PendingCommit | None = None
         self.pending_round = 0
         self.last_round = 0
         self.witnessed: set[int] = set()  # rounds whose ledger head this site countersigned (this session)
         self.signed_heads: dict[int, str] = {}  # seq -> row hash this site ever countersigned (persisted)
-        # gamma mode: SecAgg+ round attempts in which this site sent a GraphReveal (persisted, counted
-        # before the reveal leaves). Each may fail the per-holder-set c_max bound with probability
-        # <= 2^-40, aborted attempts included (SPEC 8): this count, not the server's ledger, is
-        # authoritative for the site's own delta (`delta_graph_site`).
-        self.graph_reveals = 0
 
     @property
     def name(self) -> str:
@@ -209,12 +208,44 @@ class SiteRuntime:
             plan, vector, rng=np.random.default_rng(self.noise_seed(plan.round_id, 8, self.index)),
             signing_key=self.identity_key)
 
+    # -- gamma mode: the SecAgg+ attempts this site helped seed (its guard counts them) -----------
+    @property
+    def graph_reveals(self) -> int:
+        """A_u: SecAgg+ round attempts in which this site sent a GraphReveal (its guard's count,
+        persisted, counted before the reveal leaves, aborted attempts included; SPEC 8): this
+        count, not the server's ledger, is authoritative for the site's own delta."""
+        return 0 if self.guard is None else self.guard.graph_reveals
+
     def delta_graph_site(self) -> float:
         """A_u 2^-40: what this site adds to its delta for the graph (gamma mode, SPEC 8); its
         guarantee is (eps_u, privacy.delta + delta_graph_site()). 0 outside gamma mode."""
-        agg = self.aggregator
-        failure = agg.graph_failure() if agg is not None and hasattr(agg, "graph_failure") else 0.0
-        return self.graph_reveals * failure
+        return 0.0 if self.guard is None else self.guard.delta_graph
+
+    def check_graph_reveal(self) -> None:
+        """PrivacyBudgetExceeded if one more GraphReveal would pass the guard's cap (gamma mode)."""
+        if self.guard is not None:
+            self.guard.check_graph_reveal()
+
+    def count_graph_reveal(self) -> None:
+        """A GraphReveal is about to leave: count it (refused, uncounted, past the cap)."""
+        if self.guard is not None:
+            self.guard.count_graph_reveal()
+
+    def privacy_metrics(self) -> dict[str, Any]:
+        """The site's own guarantee for its metrics (sites/<site>/metrics.jsonl, never the
+        server's file): epsilon_site at privacy.delta and delta_site = privacy.delta + A_u 2^-40
+        under DP; in gamma mode also graph_reveals (A_u), delta_graph_site and the cap."""
+        g = self.guard
+        if g is None:
+            return {}
+        row: dict[str, Any] = {}
+        if self.config.privacy.unit != "none":
+            row["epsilon_site"], row["delta_site"] = g.guarantee()
+        if g.graph_failure > 0:
+            row.update(graph_reveals=g.graph_reveals, delta_graph_site=g.delta_graph,
+                       max_graph_reveals=g.max_graph_reveals)
+            row.setdefault("delta_site", g.guarantee()[1])
+        return row
 
     # -- state that survives a restart -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -222,8 +253,7 @@ class SiteRuntime:
                 "control_variate": None if self.scaffold is None else self.scaffold.control_variate,
                 "compressor": self.compressor.state_dict(), "env": capture_env_state(self.env),
                 "history": self.history.state_dict(), "signed_heads": dict(self.signed_heads),
-                "guard": None if self.guard is None else guard_state(self.guard),
-                "graph_reveals": self.graph_reveals}
+                "guard": None if self.guard is None else guard_state(self.guard)}
 
     def load_state_dict(self, state: dict[str, Any], *, env: bool = True) -> None:
         self.last_round = int(state.get("last_round", 0))
@@ -235,21 +265,25 @@ class SiteRuntime:
             restore_env_state(self.env, state["env"])
         self.history = RoundHistory(state.get("history", ()))
         self.signed_heads = {int(k): str(v) for k, v in state.get("signed_heads", {}).items()}
-        self.graph_reveals = int(state.get("graph_reveals", 0))
-        if self.guard is not None and state.get("guard") is not None:
-            load_guard_state(self.guard, state["guard"])
+        if self.guard is not None:
+            if state.get("guard") is not None:
+                load_guard_state(self.guard, state["guard"])
+            if "graph_reveals" in state:  # a state saved before the guard held the count
+                self.guard.restore_graph_reveals(state["graph_reveals"])
 
 
 def guard_state(guard: SiteGuard) -> dict[str, Any]:
-    """A SiteGuard's account as plain data: the applied mechanisms' history."""
+    """A SiteGuard's account as plain data: the applied mechanisms' history and, gamma mode,
+    the GraphReveals sent (A_u)."""
     return {"participations": guard.participations, "rounds": guard.budget.rounds_committed,
-            "accountant": guard.budget.accountant.state_dict()}
+            "accountant": guard.budget.accountant.state_dict(), "graph_reveals": guard.graph_reveals}
 
 
 def load_guard_state(guard: SiteGuard, state: dict[str, Any]) -> None:
     guard.participations = int(state["participations"])
     guard.budget.rounds_committed = int(state["rounds"])
     guard.budget.accountant.load_state_dict(state["accountant"])
+    guard.restore_graph_reveals(state.get("graph_reveals", 0))
 
 
 def build_compressor(section: Any) -> Compressor:

@@ -219,7 +219,8 @@ def test_a_deployed_site_never_sends_one_trained_update_in_two_rounds(monkeypatc
     monkeypatch.setattr("secure_fedrl.runtime.round.train_ahead", fake_train_ahead)
     monkeypatch.setattr(deploy, "take_part", fake_take_part)
     p = SiteProcess.__new__(SiteProcess)
-    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set(), dim=DIM)
+    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set(), dim=DIM,
+                             privacy_metrics=dict)
     p.transport = _ScriptedServer([(1, True), (2, True), (3, False), (4, True)])
     p.took_part = set()
     p.identity = SimpleNamespace(trust=None)

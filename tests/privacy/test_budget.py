@@ -103,3 +103,94 @@ def test_site_budgets_are_independent_and_all_or_nothing():
     again = SiteBudgets(["a", "b"], target_epsilon=5.0, delta=DELTA)
     again.load_state_dict(state)
     assert again.spent() == pytest.approx(sites.spent())
+
+
+# -- SiteGuard in gamma mode: the site's own (epsilon, delta) and its cap on GraphReveals --------
+from fractions import Fraction  # noqa: E402
+import math  # noqa: E402
+
+from secure_fedrl.privacy.budget import GRAPH_DELTA_SHARE, SiteGuard  # noqa: E402
+
+FAILURE = 2.0 ** -40
+
+
+def _guard(delta=DELTA, failure=FAILURE, **kw):
+    return SiteGuard("s-7", target_epsilon=kw.pop("target", 5.0), delta=delta, graph_failure=failure, **kw)
+
+
+def test_guard_states_epsilon_at_delta_and_delta_plus_its_reveals():
+    g = _guard()
+    assert g.guarantee() == (0.0, DELTA) and g.delta == DELTA and g.delta_graph == 0.0
+    g.charge(STEP)
+    assert g.count_graph_reveal() == 1 and g.count_graph_reveal() == 2
+    eps, d = g.guarantee()
+    assert eps == g.epsilon == g.budget.spent > 0  # epsilon at privacy.delta, not at d
+    assert g.delta_graph == 2 * FAILURE and d == DELTA + 2 * FAILURE
+
+
+def test_guard_cap_is_floor_delta_over_100_failures():
+    """~1.1e5 attempts at delta 1e-5; exact at the boundary (rationals): cap x failure <= delta /
+    100 < (cap + 1) x failure."""
+    g = _guard()
+    assert GRAPH_DELTA_SHARE == 100
+    assert g.max_graph_reveals == 109951 == math.floor(1e-5 * 2 ** 40 / 100)
+    for delta, cap in [(350 * FAILURE, 3), (300 * FAILURE, 3), (299 * FAILURE, 2), (100 * FAILURE, 1),
+                       (99 * FAILURE, 0)]:
+        g = _guard(delta)
+        assert g.max_graph_reveals == cap, delta
+        assert Fraction(cap) * Fraction(FAILURE) <= Fraction(delta) / 100 < Fraction(cap + 1) * Fraction(FAILURE)
+    assert _guard(failure=1e-9).max_graph_reveals == 100  # not only 2^-40
+
+
+def test_a_retrying_server_is_stopped_at_the_cap():
+    """The server aborts and retries; the guard counts every reveal and refuses the one past the
+    cap in one line naming the site, the count and the cap, recording nothing; delta_u stays
+    <= 1.01 delta. enforce=False (release threat model) does not lift the cap."""
+    for enforce in (True, False):
+        g = _guard(350 * FAILURE, enforce=enforce)
+        sent = 0
+        while g.admits_graph_reveal():
+            g.check_graph_reveal()
+            g.count_graph_reveal()
+            sent += 1
+        assert sent == 3 == g.graph_reveals
+        for call in (g.check_graph_reveal, g.count_graph_reveal):
+            with pytest.raises(PrivacyBudgetExceeded) as err:
+                call()
+            msg = str(err.value)
+            assert len(msg.splitlines()) == 1
+            assert "site s-7" in msg and "3 SecAgg+ graph reveals sent" in msg and "the cap is 3" in msg
+        assert g.graph_reveals == 3
+        assert g.guarantee()[1] <= 1.01 * g.delta
+
+
+def test_no_cap_outside_gamma_mode():
+    g = _guard(failure=0.0)
+    assert g.max_graph_reveals is None and g.admits_graph_reveal()
+    g.restore_graph_reveals(10 ** 9)
+    g.check_graph_reveal()
+    assert g.count_graph_reveal() == 10 ** 9 + 1 and g.delta_graph == 0.0 and g.guarantee()[1] == DELTA
+    assert SiteGuard("s", target_epsilon=1.0, delta=DELTA).graph_failure == 0.0
+
+
+def test_restore_never_lowers_and_refuses_bad_counts():
+    g = _guard()
+    g.restore_graph_reveals(4)
+    assert g.graph_reveals == 4
+    g.restore_graph_reveals(2)  # an older state: the higher count stays (over-count, never under)
+    assert g.graph_reveals == 4
+    g.restore_graph_reveals(0)
+    assert g.graph_reveals == 4
+    for bad in (-1, True, 2.0, "3", None):
+        with pytest.raises(PrivacyError, match="site s-7: saved graph_reveals must be a non-negative integer"):
+            g.restore_graph_reveals(bad)
+    assert g.graph_reveals == 4
+    g = _guard(350 * FAILURE)
+    g.restore_graph_reveals(3)  # restored at the cap: refuses at once
+    assert not g.admits_graph_reveal()
+
+
+@pytest.mark.parametrize("bad", [-1e-12, 1.0, 2.0, True, "2^-40", None, float("nan")])
+def test_guard_refuses_a_bad_graph_failure(bad):
+    with pytest.raises(PrivacyError, match="graph_failure must be a probability"):
+        _guard(failure=bad)

@@ -220,17 +220,29 @@ class _Transport:
 
 
 def _stub_site(config, agg, name="s-0", dim=8):
-    """The least of a SiteRuntime that take_part reads before run_site_round."""
+    """The least of a SiteRuntime that take_part reads before run_site_round, with a real
+    SiteGuard holding the GraphReveal count (graph_failure from the aggregator, as the site's)."""
     from types import SimpleNamespace
 
+    from secure_fedrl.privacy.budget import SiteGuard
     from secure_fedrl.secagg.client import RoundHistory
 
     vec = np.full(dim, 0.01, np.float32)
-    return SimpleNamespace(
+    guard = SiteGuard(name, target_epsilon=8.0, delta=config.privacy.delta, enforce=False,
+                      graph_failure=agg.graph_failure())
+    site = SimpleNamespace(
         name=name, config=config, dim=dim, aggregator=agg, scaffold=None, fedbuff=None, history=RoundHistory(),
-        identity_key=None, admits=lambda plan: True, charge=lambda plan: None, graph_reveals=0,
+        identity_key=None, admits=lambda plan: True, charge=lambda plan: None, guard=guard,
         train=lambda policy, rid, round_seed, control=None: (SimpleNamespace(vector=vec), None),
         encode_attested=lambda plan, v: (v, b""))
+    from secure_fedrl.runtime.site import SiteRuntime
+
+    site.check_graph_reveal = lambda: SiteRuntime.check_graph_reveal(site)
+    site.count_graph_reveal = lambda: SiteRuntime.count_graph_reveal(site)
+    site.trained = []
+    train = site.train
+    site.train = lambda *a, **kw: site.trained.append(a[1]) or train(*a, **kw)
+    return site
 
 
 def _announcement(agg, names, *, round_seed=7, degree="plan", threshold=None, planned=None, dim=8):
@@ -347,11 +359,11 @@ def test_site_counts_its_graph_reveals_before_they_leave(monkeypatch):
     saved = []
 
     def fake_round(out, ann, **kw):
-        before = site.graph_reveals
+        before = site.guard.graph_reveals
         out.upload(1, "advertise_keys", b"")
-        assert site.graph_reveals == before
+        assert site.guard.graph_reveals == before
         out.upload(1, "graph_reveal", b"")
-        assert site.graph_reveals == before + 1 and saved == [before + 1]  # counted and saved before it left
+        assert site.guard.graph_reveals == before + 1 and saved == [before + 1]  # counted and saved before it left
         return "dropped: the server aborted after the graph seed"
 
     monkeypatch.setattr(R, "run_site_round", fake_round)
@@ -359,8 +371,8 @@ def test_site_counts_its_graph_reveals_before_they_leave(monkeypatch):
     for _ in range(3):  # three aborted attempts, none of them in any ledger
         saved.clear()
         R.take_part(site, _Transport(), _announcement(agg, names, threshold=6),
-                    persist=lambda: saved.append(site.graph_reveals))
-    assert site.graph_reveals == 3
+                    persist=lambda: saved.append(site.guard.graph_reveals))
+    assert site.guard.graph_reveals == 3
     assert SiteRuntime.delta_graph_site(site) == 3 * 2.0 ** -40
     # c mode: nothing counted
     c_config = _config(sa={"max_colluding_sites": 1}, privacy=False, sampling={"fraction": 1.0})
@@ -368,7 +380,7 @@ def test_site_counts_its_graph_reveals_before_they_leave(monkeypatch):
     c_site = _stub_site(c_config, c_agg)
     monkeypatch.setattr(R, "run_site_round", lambda out, ann, **kw: out.upload(1, "graph_reveal", b"") or "done")
     R.take_part(c_site, _Transport(), _announcement(c_agg, names, threshold=6))
-    assert c_site.graph_reveals == 0 and SiteRuntime.delta_graph_site(c_site) == 0.0
+    assert c_site.guard.graph_reveals == 0 and SiteRuntime.delta_graph_site(c_site) == 0.0
 
 
 # ----------------------------------------------------------------------------- ledger / metrics / delta
@@ -590,3 +602,209 @@ def test_secagg_plus_parameters_validates_an_explicit_colluder_count():
     for bad in (-1, 21, True, 1.5, "3"):
         with pytest.raises(ValueError, match=r"^colluders must be an integer in \[0, n\], got "):
             secagg_plus_parameters(20, colluders=bad)
+
+
+# ----------------------------------------------------------------------------- the site's cap on A_u
+
+#: privacy.delta at which the guard's cap floor(delta / (100 x 2^-40)) is 3 GraphReveals
+THREE_ATTEMPTS_DELTA = 350 * 2.0 ** -40
+
+
+def _sparse_gamma(delta=THREE_ATTEMPTS_DELTA, privacy=False):
+    """gamma mode, SecAgg+ (explicit degree 4 on 6 sites: the round has a graph_reveal phase)."""
+    config = _config(sa={"colluding_fraction": 0.2, "neighbors": 4, "threshold": 0.5},
+                     privacy=privacy if privacy is not False else False, sampling={"fraction": 1.0})
+    if privacy is False:
+        import dataclasses
+
+        config = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy, delta=delta))
+    _, agg = _plan(config)
+    return config, agg
+
+
+def _retrying_server(monkeypatch, site, log):
+    """A malicious server: every attempt is aborted after the site's GraphReveal, then retried."""
+    import secure_fedrl.runtime.round as R
+
+    def fake_round(out, ann, **kw):
+        out.upload(ann.round_id, "advertise_keys", b"advert")
+        out.upload(ann.round_id, "graph_reveal", b"reveal")
+        return "dropped: the server aborted after the graph seed"
+
+    monkeypatch.setattr(R, "run_site_round", fake_round)
+    return R
+
+
+def test_a_server_that_retries_without_end_stops_at_the_sites_cap(monkeypatch):
+    """The server aborts every SecAgg+ attempt after the graph reveal and retries: each attempt
+    is another 2^-40 chance of a holder set with more than c_max colluders. The site sends
+    exactly floor(delta / (100 x 2^-40)) = 3 reveals, then refuses the next attempt in one line
+    (naming itself, its count and the cap) before it trains or sends anything, and its delta
+    stays <= 1.01 privacy.delta. Without the cap the 4th reveal leaves."""
+    config, agg = _sparse_gamma()
+    site = _stub_site(config, agg)
+    assert site.guard.max_graph_reveals == 3
+    R = _retrying_server(monkeypatch, site, [])
+    names = [f"s-{i}" for i in range(6)]
+    statuses, sent = [], []
+    for attempt in range(1, 6):
+        t = _Transport()
+        ann = _announcement(agg, names)
+        assert "graph_reveal" in ann.config.phases
+        statuses.append(R.take_part(site, t, ann).status)
+        sent.append([x for x in t.left if isinstance(x, tuple)])
+    assert [s.startswith("dropped:") for s in statuses] == [True, True, True, False, False]
+    for refused, out in zip(statuses[3:], sent[3:]):
+        assert refused.startswith("refused: ") and len(refused.splitlines()) == 1
+        assert "site s-0" in refused and "3 SecAgg+ graph reveals sent" in refused and "the cap is 3" in refused
+        assert out == []  # no advert, no reveal left the site
+    assert site.trained == [1, 1, 1]  # refused before training
+    assert site.guard.graph_reveals == 3
+    eps, delta_u = site.guard.guarantee()
+    assert delta_u == config.privacy.delta + 3 * 2.0 ** -40 <= 1.01 * config.privacy.delta
+
+
+def test_the_reveal_itself_is_refused_past_the_cap(monkeypatch):
+    """Defence in depth: were the check before training bypassed (a complete-graph announcement
+    whose client still sent a reveal), the count at the reveal refuses it: it never reaches the
+    transport and the count stays at the cap."""
+    from secure_fedrl.errors import PrivacyBudgetExceeded
+    import secure_fedrl.runtime.round as R
+
+    config, agg = _sparse_gamma()
+    site = _stub_site(config, agg)
+    site.guard.restore_graph_reveals(3)
+    raised = []
+
+    def fake_round(out, ann, **kw):
+        with pytest.raises(PrivacyBudgetExceeded, match="the cap is 3") as err:
+            out.upload(ann.round_id, "graph_reveal", b"reveal")
+        raised.append(str(err.value))
+        return "refused: " + str(err.value)
+
+    monkeypatch.setattr(R, "run_site_round", fake_round)
+    t = _Transport()
+    names = [f"s-{i}" for i in range(6)]
+    complete = _announcement(agg, names, degree=None, threshold=6)
+    assert "graph_reveal" not in complete.config.phases  # the check before training does not apply
+    report = R.take_part(site, t, complete)
+    assert raised and report.status.startswith("refused:")
+    assert not any(isinstance(x, tuple) and x[1] == "graph_reveal" for x in t.left)
+    assert site.guard.graph_reveals == 3
+
+
+def test_a_restored_site_at_its_cap_still_refuses(monkeypatch):
+    """The count is in the site's saved state (guard_state): a site restarted from it (the
+    server hoping a restart forgets the count) refuses at once; a state saved before the guard
+    held the count (top-level `graph_reveals`) is read too, and never lowers a higher count."""
+    from secure_fedrl.privacy.budget import SiteGuard
+    from secure_fedrl.runtime.site import guard_state, load_guard_state
+
+    config, agg = _sparse_gamma()
+    site = _stub_site(config, agg)
+    R = _retrying_server(monkeypatch, site, [])
+    names = [f"s-{i}" for i in range(6)]
+    for _ in range(3):
+        R.take_part(site, _Transport(), _announcement(agg, names))
+    saved = json.loads(json.dumps(guard_state(site.guard)))
+    assert saved["graph_reveals"] == 3
+    again = _stub_site(config, agg)
+    assert again.guard.graph_reveals == 0
+    load_guard_state(again.guard, saved)
+    assert again.guard.graph_reveals == 3
+    t = _Transport()
+    report = R.take_part(again, t, _announcement(agg, names))
+    assert report.status.startswith("refused:") and "the cap is 3" in report.status and again.trained == []
+    # an old state without the guard's count: the top-level count is taken, a lower one ignored
+    old = dict(saved)
+    del old["graph_reveals"]
+    fresh = SiteGuard("s-0", target_epsilon=8.0, delta=THREE_ATTEMPTS_DELTA, graph_failure=2.0 ** -40)
+    load_guard_state(fresh, old)
+    assert fresh.graph_reveals == 0
+    fresh.restore_graph_reveals(2)
+    fresh.restore_graph_reveals(1)
+    assert fresh.graph_reveals == 2
+
+
+def test_c_mode_and_complete_graph_sites_have_no_cap(monkeypatch):
+    """Outside gamma mode the failure is 0: no count, no cap, nothing refused."""
+    import secure_fedrl.runtime.round as R
+
+    config = _config(sa={"max_colluding_sites": 1, "neighbors": 4, "threshold": 0.5}, privacy=False,
+                     sampling={"fraction": 1.0})
+    _, agg = _plan(config)
+    site = _stub_site(config, agg)
+    assert site.guard.max_graph_reveals is None
+    monkeypatch.setattr(R, "run_site_round", lambda out, ann, **kw: out.upload(1, "graph_reveal", b"") or "done")
+    names = [f"s-{i}" for i in range(6)]
+    for _ in range(3):
+        assert R.take_part(site, _Transport(), _announcement(agg, names)).status == "done"
+    assert site.guard.graph_reveals == 0
+
+
+def _sim_config(rounds=1, delta=1e-5):
+    return config_from_dict({
+        "federation": {"rounds": rounds, "seed": 3, "name": "gamma-sim"},
+        "local": {"algorithm": "ppo", "steps": 32, "ppo": {"num_steps": 32, "update_epochs": 1}},
+        "strategy": {"name": "fedavg", "weighting": "uniform"},
+        "evaluation": {"every": 100, "episodes": 1},
+        "secure_aggregation": {"enabled": True, "colluding_fraction": 0.25, "neighbors": 4},
+        "privacy": {"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 50.0, "delta": delta},
+        "sampling": {"fraction": 1.0},
+        "sites": [{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 8}],
+    })
+
+
+def test_simulate_counts_each_sites_graph_reveals_in_its_own_metrics(tmp_path):
+    """`simulate` (SecAgg+ over the in-memory hub, runtime/round.py's take_part): every site
+    counts its GraphReveal of each round and writes epsilon_site / delta_site = privacy.delta +
+    A_u 2^-40 into sites/<site>/metrics.jsonl, as a deployed site does; the server's
+    metrics.jsonl holds none of it. The count survives a restart through the site's state."""
+    from secure_fedrl.runtime.simulate import Simulation
+
+    c = _sim_config(rounds=2)
+    run = tmp_path / "run"
+    sim = Simulation(c, run, progress=False, ledger_key=tmp_path / "keys")
+    assert sim.run().rounds_done == 2
+    for site in sim.sites:
+        assert site.graph_reveals == 2 and site.guard.graph_reveals == 2
+        rows = [json.loads(x) for x in (run / "sites" / site.name / "metrics.jsonl").read_text().splitlines()]
+        priv = [r for r in rows if "graph_reveals" in r]
+        assert [r["graph_reveals"] for r in priv] == [1, 2], rows
+        last = priv[-1]
+        assert last["delta_graph_site"] == 2 * 2.0 ** -40
+        assert last["delta_site"] == c.privacy.delta + 2 * 2.0 ** -40
+        assert last["epsilon_site"] == site.guard.epsilon > 0
+        assert last["max_graph_reveals"] == math.floor(1e-5 / 100 * 2 ** 40)
+    server_rows = (run / "metrics.jsonl").read_text()
+    for key in ("graph_reveals", "delta_site", "epsilon_site", "delta_graph_site"):
+        assert key not in server_rows
+    # restart: the saved state brings the count back
+    state = sim.sites[0].state_dict()
+    assert "graph_reveals" not in state and state["guard"]["graph_reveals"] == 2
+    fresh = Simulation(c, tmp_path / "run2", progress=False, ledger_key=tmp_path / "keys").sites[0]
+    assert fresh.graph_reveals == 0
+    fresh.load_state_dict(state, env=False)
+    assert fresh.graph_reveals == 2 and fresh.delta_graph_site() == 2 * 2.0 ** -40
+    old = dict(state, graph_reveals=5, guard=dict(state["guard"]))  # a state saved before the guard held it
+    del old["guard"]["graph_reveals"]
+    fresh.load_state_dict(old, env=False)
+    assert fresh.graph_reveals == 5
+    with pytest.raises(PrivacyError, match="non-negative integer"):
+        fresh.load_state_dict(dict(state, graph_reveals=-1), env=False)
+
+
+def test_gamma_mode_needs_a_delta_even_without_dp():
+    """privacy.delta caps each site's SecAgg+ attempts in gamma mode, so it is checked even
+    with privacy.unit = "none" (one line, the key named)."""
+    def raw(sa, delta):
+        return {"federation": {"rounds": 1}, "local": {"algorithm": "ppo", "steps": 64},
+                "strategy": {"name": "fedavg", "weighting": "uniform"}, "secure_aggregation": {"enabled": True, **sa},
+                "privacy": {"unit": "none", "delta": delta}, "sites": [{"name": "s", "env": "CartPole-v1", "count": 20}]}
+
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="privacy.delta") as err:
+            config_from_dict(raw({"colluding_fraction": 0.2}, bad))
+        assert len(str(err.value).splitlines()) == 1 and "gamma mode" in str(err.value)
+    config_from_dict(raw({"colluding_fraction": 0.2}, 1e-5))
+    config_from_dict(raw({"max_colluding_sites": 1}, 0.0))  # c mode without DP: no cap, delta unused
