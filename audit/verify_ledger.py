@@ -49,6 +49,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -594,35 +595,165 @@ def corrupt_sites(gamma: float, num_sites: int) -> int:
     return math.floor(Fraction(repr(float(gamma))) * num_sites)
 
 
+# SecAgg+ parameters (SPEC 2), re-implemented: the automatic degree the runtime picks for a round of
+# n sites when `neighbors = 0` and n > 16, and the per-holder-set c_max at a degree. Exact rationals
+# where the runtime uses scipy floats; a decision within BOUNDARY_LOG2 of its threshold could go
+# either way in floats, so every outcome it allows is accepted (never a correct run flagged).
+AUTO_COMPLETE_UP_TO = 16  # the complete graph up to this many sites (automatic degree)
+AUTO_DROPOUT_FLOOR = 0.05  # the automatic degree is sized for at least this dropout fraction
+GRAPH_SIGMA_BITS = 40  # privacy and connectivity: 2^-40 per round attempt
+GRAPH_ETA_BITS = 20  # robustness: 2^-20
+BOUNDARY_LOG2 = 1e-6
+
+
+def effective_degree(n: int, k: int | None) -> int:
+    """SPEC 2: n - 1 for the complete graph (None or k >= n - 1), k + 1 for odd k on odd n."""
+    if k is None or k >= n - 1:
+        return n - 1
+    return k + 1 if k % 2 and n % 2 else k
+
+
+def _log2_ratio(num: int, den: int) -> float:
+    return -math.inf if num == 0 else math.log2(num) - math.log2(den)
+
+
+def _holder_tails(n: int, k: int, corrupt: int) -> tuple[list[int], int]:
+    """([T_0..T_k], total): n P[X > c] = n T_c / total for X ~ Hypergeometric(n-1, corrupt, k)
+    (an honest site's corrupt neighbours among its k of the other n-1), exact integers, one pass."""
+    rest, top = n - 1 - corrupt, min(corrupt, k)
+    low = max(0, k - rest)  # below it C(rest, k - x) = 0
+    pmf = [0] * (top + 1)
+    if low <= top:
+        pmf[low] = math.comb(corrupt, low) * math.comb(rest, k - low)
+        for x in range(low, top):  # C(a, x+1) C(b, k-x-1) from C(a, x) C(b, k-x), exactly
+            pmf[x + 1] = pmf[x] * (corrupt - x) * (k - x) // ((x + 1) * (rest - k + x + 1))
+    tails, acc = [0] * (k + 1), 0
+    for x in range(top, -1, -1):  # tails[c] = sum_{x > c} C(corrupt, x) C(rest, k-x)
+        tails[x] = acc
+        acc += pmf[x]
+    return tails, math.comb(n - 1, k)
+
+
+def _c_max_options(n: int, k: int, corrupt: int, sigma: int = GRAPH_SIGMA_BITS) -> tuple[tuple[int, float], ...]:
+    """(c_max, log2 n P[> c_max]) pairs a float evaluation of SPEC 2's rule may return, least
+    first: the exact one (least c with n P[> c] <= 2^-sigma) and any c before it whose tail is
+    within BOUNDARY_LOG2 of 2^-sigma. Complete graph (k >= n - 1) or no colluder: exactly
+    min(corrupt, k), no failure."""
+    corrupt = min(corrupt, n - 1)
+    if k >= n - 1 or corrupt == 0:
+        return ((min(corrupt, k), -math.inf),)
+    tails, total = _holder_tails(n, k, corrupt)
+    options = []
+    for c in range(k + 1):
+        lp = _log2_ratio(n * tails[c], total)
+        if n * tails[c] * 2 ** sigma <= total:  # the exact stop (T_k = 0: always by c = k)
+            options.append((c, lp))
+            break
+        if lp <= -sigma + BOUNDARY_LOG2:
+            options.append((c, lp))  # a float may stop here already
+    return tuple(options)
+
+
 def colluders_per_holder_set(n: int, k: int, corrupt: int, sigma: int = 40) -> int:
     """c_max (SPEC 2): exactly min(corrupt, k) on the complete graph (k = n - 1); under SecAgg+
     the least c with n P[Hypergeometric(n-1, corrupt, k) > c] <= 2^-sigma, in exact rationals."""
-    corrupt = min(corrupt, n - 1)
-    if k >= n - 1 or corrupt == 0:
-        return min(corrupt, k)
-    total = math.comb(n - 1, k)
-    for c in range(0, k + 1):
-        tail = sum(math.comb(corrupt, x) * math.comb(n - 1 - corrupt, k - x)
-                   for x in range(c + 1, min(corrupt, k) + 1))
-        if n * tail * 2 ** sigma <= total:
-            return c
-    return k
+    return _c_max_options(n, k, corrupt, sigma)[-1][0]
 
 
-def expected_c_max(gamma: float, num_sites: int, n: int, neighbors: int) -> int | None:
-    """The c_max a gamma-mode round of n planned sites uses, where the config alone fixes the
-    degree (neighbors -1, or 0 up to 16 sites: complete graph; neighbors > 0: min(k, n-1),
-    even on odd n); None for the automatic SecAgg+ degree above 16 sites (not recomputed)."""
-    if neighbors == -1 or (neighbors == 0 and n <= 16):
-        k = n - 1
-    elif neighbors > 0:
-        k = min(neighbors, n - 1)
-        if k < n - 1 and k % 2 and n % 2:
-            k += 1
-        k = min(k, n - 1)
+def _binom_cdf_log2(t: int, trials: int, p: float) -> float:
+    """log2 P[Binomial(trials, p) <= t] in log space (lgamma; relative error ~1e-12, far inside
+    BOUNDARY_LOG2)."""
+    if t < 0:
+        return -math.inf
+    if t >= trials:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return -math.inf
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(trials + 1) - math.lgamma(j + 1) - math.lgamma(trials - j + 1) + j * lp + (trials - j) * lq
+             for j in range(t + 1)]
+    top = max(terms)
+    return (top + math.log(sum(math.exp(x - top) for x in terms))) / math.log(2)
+
+
+def _degree_outcome(n: int, k: int, corrupt: int, dropout: float) -> tuple[str, tuple[tuple[int, float], ...]]:
+    """SPEC 2's test of degree k for a round of n: "pass", "fail" or "either" (a float
+    evaluation may decide either way), and the c_max options at k."""
+    keff = effective_degree(n, k)
+    complete = keff >= n - 1
+    h = keff + 1
+    log2n = math.log2(n)
+    if complete:
+        lp_conn = -math.inf
     else:
-        return None
-    return colluders_per_holder_set(n, k, min(corrupt_sites(gamma, num_sites), n))
+        p_removed = min(1.0, dropout + corrupt / n)
+        lp_conn = log2n + (keff // 2) * math.log2(p_removed) if p_removed > 0 else -math.inf
+    if lp_conn > -GRAPH_SIGMA_BITS + BOUNDARY_LOG2:
+        return "fail", ()  # connectivity alone fails: c_max does not matter
+    options = _c_max_options(n, keff, corrupt)
+    verdicts = set()
+    for c, lp_corrupt in options:
+        lp = max(lp_corrupt, lp_conn)
+        t = (h + c) // 2 + 1
+        lr = _binom_cdf_log2(t - 1, h - c, 1.0 - dropout) + (0.0 if complete else log2n)
+        if lp <= -GRAPH_SIGMA_BITS - BOUNDARY_LOG2 and lr <= -GRAPH_ETA_BITS - BOUNDARY_LOG2:
+            verdicts.add("pass")
+        elif lp > -GRAPH_SIGMA_BITS + BOUNDARY_LOG2 or lr > -GRAPH_ETA_BITS + BOUNDARY_LOG2:
+            verdicts.add("fail")
+        else:
+            verdicts.add("either")
+    verdict = verdicts.pop() if len(verdicts) == 1 else "either"
+    return verdict, options
+
+
+@lru_cache(maxsize=1024)
+def auto_degrees(n: int, corrupt: int, dropout: float) -> tuple[int, ...]:
+    """The effective degrees the automatic rule (SPEC 2, `neighbors = 0`, n > 16) may pick for a
+    round of n with `corrupt` colluders and dropout max(dropout_rate, 0.05): the least k in
+    2..n-2 whose privacy/connectivity failure is <= 2^-40 and robustness failure <= 2^-20, else
+    the complete graph (n - 1). Several only where a float evaluation could decide either way."""
+    out = []
+    for k in range(2, n - 1):
+        verdict, _ = _degree_outcome(n, k, corrupt, dropout)
+        if verdict == "fail":
+            continue
+        out.append(effective_degree(n, k))
+        if verdict == "pass":
+            return tuple(dict.fromkeys(out))
+    out.append(n - 1)
+    return tuple(dict.fromkeys(out))
+
+
+def round_degrees(n: int, neighbors: int, corrupt: int, dropout_rate: float) -> tuple[int, ...]:
+    """Effective degree(s) a gamma-mode round of n planned sites runs with, from the config:
+    neighbors -1, or 0 up to 16 sites: complete graph; neighbors > 0: that degree (min(k, n-1),
+    rounded up to even on odd n); 0 above 16 sites: the automatic rule (`auto_degrees`)."""
+    if neighbors == -1 or (neighbors == 0 and n <= AUTO_COMPLETE_UP_TO):
+        return (n - 1,)
+    if neighbors > 0:
+        return (effective_degree(n, min(neighbors, n - 1)),)
+    return auto_degrees(n, corrupt, max(float(dropout_rate), AUTO_DROPOUT_FLOOR))
+
+
+def accepted_c_max(gamma: float, num_sites: int, n: int, neighbors: int,
+                   dropout_rate: float = 0.0) -> dict[int, int]:
+    """{c_max: effective degree} for every c_max a gamma-mode round of n planned sites may
+    record (SPEC 2, 7.2): C = min(floor(gamma N), n) colluders, c_max at the round's degree
+    (`round_degrees`); one entry except at a float boundary."""
+    corrupt = min(corrupt_sites(gamma, num_sites), n)
+    out: dict[int, int] = {}
+    for k in round_degrees(n, neighbors, corrupt, dropout_rate):
+        for c, _ in _c_max_options(n, k, corrupt):
+            out.setdefault(c, k)
+    return out
+
+
+def expected_c_max(gamma: float, num_sites: int, n: int, neighbors: int, dropout_rate: float = 0.0) -> int:
+    """The c_max a gamma-mode round of n planned sites uses (the least accepted value), at the
+    degree the config gives: explicit, complete, or the automatic SecAgg+ degree above 16 sites."""
+    return min(accepted_c_max(gamma, num_sites, n, neighbors, dropout_rate))
 
 
 def recheck_epsilon(rows: Sequence[dict[str, Any]], *, allow_reproducible: bool = False,
@@ -1136,10 +1267,22 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     # exactly privacy.delta + 2^-40 per client-level round so far (the graph's failure per
     # recorded round, SPEC 8; aborted attempts are the sites' count, not the ledger's),
     # and max_colluding records the per-holder-set c_max the thresholds used: recomputed (exact
-    # hypergeometric, pure Python) where the degree follows from the config alone (complete graph,
-    # an explicit `neighbors`), not for the automatic SecAgg+ degree above 16 sites.
+    # hypergeometric, pure Python) at the row's n (sites_planned) and the degree the config gives
+    # it (complete graph, an explicit `neighbors`, or the automatic SecAgg+ degree above 16 sites,
+    # searched here as SPEC 2 defines it). The degree itself is in no row: a round run at another
+    # degree shows only through its c_max.
     gamma_n = gamma_mode_of(config)
     gamma_mode = gamma_n is not None
+    graph_rule: tuple[int, float] | None = None  # (neighbors, dropout_rate): the degree's inputs
+    if gamma_mode:
+        try:
+            graph_rule = (int(sa.get("neighbors", 0) or 0), float(sa.get("dropout_rate", 0.0) or 0.0))
+            if graph_rule[0] < -1 or not 0.0 <= graph_rule[1] < 1.0:
+                raise ValueError(f"neighbors {graph_rule[0]}, dropout_rate {graph_rule[1]}")
+        except (TypeError, ValueError) as exc:
+            out.append(Finding(None, "bad run file", f"config.resolved.toml: secure_aggregation: {exc}: "
+                               f"c_max not recomputed"))
+            graph_rule = None
     client_rows = 0
     for r in rows:
         seq = r["seq"]
@@ -1177,10 +1320,16 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
                 v2["max_colluding"] != int(sa["max_colluding_sites"]):
             bad("max_colluding", v2["max_colluding"], sa["max_colluding_sites"])
         if r["unit"] == "client" and gamma_n is not None and gamma_n[1] > 0:
-            want_c = expected_c_max(gamma_n[0], gamma_n[1], max(int(r["sites_planned"]), 2),
-                                    int(sa.get("neighbors", 0) or 0))
-            if want_c is not None and v2["max_colluding"] != want_c:
-                bad("max_colluding", v2["max_colluding"], f"c_max {want_c} (gamma mode)")
+            n = max(int(r["sites_planned"]), 2)
+            if int(r["sites_planned"]) > gamma_n[1]:
+                bad("sites_planned", r["sites_planned"], f"at most the federation's {gamma_n[1]} sites")
+            elif graph_rule is not None:
+                accepted = accepted_c_max(gamma_n[0], gamma_n[1], n, *graph_rule)
+                if v2["max_colluding"] not in accepted:
+                    want_c = min(accepted)
+                    degree = "complete graph" if accepted[want_c] >= n - 1 else f"degree {accepted[want_c]}"
+                    bad("max_colluding", v2["max_colluding"], f"c_max {want_c} (gamma mode, {degree} at "
+                        f"n = {n})")
         if unit == "trajectory" and "sample_rate" in p and not _close(float(r["sample_rate"]), float(p["sample_rate"])):
             bad("sample_rate", r["sample_rate"], p["sample_rate"])
         fedbuff = (config.get("strategy") or {}).get("name") == "fedbuff"

@@ -657,6 +657,7 @@ def _gamma_entries(rounds=ROUNDS, *, lowered: int | None = None, **kw) -> list[L
     `lowered` = that row's seq recorded at privacy.delta instead."""
     out = []
     kw.setdefault("m", 2)  # C = floor(0.2 x 5) = 1 colluder: 3 survivors hold >= 2 honest shares
+    kw.setdefault("planned", 5)  # never more than the federation's N = 5
     for k, e in enumerate(ddg_entries(rounds, **kw), 1):
         d = DELTA if k == lowered else DELTA + k * 2.0 ** -40
         out.append(dataclasses.replace(e, delta=d, max_colluding=1))
@@ -727,6 +728,81 @@ def test_gamma_mode_c_max_is_recomputed_and_pinned(tmp_path: Path, capsys) -> No
     assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
     assert "FAIL: row seq 2: disagrees with config: recorded max_colluding 0, the config says 'c_max 1" in \
         capsys.readouterr().out
-    for n, k, c in [(40, 4, 8), (200, 30, 40), (2000, 152, 100), (61, 12, 6)]:
+    for n, k, c in [(40, 4, 8), (200, 30, 40), (2000, 152, 100), (61, 12, 6), (20, 4, 19), (30, 28, 5)]:
         assert vl.colluders_per_holder_set(n, k, c) == runtime_c_max(n, k, c, sigma=40.0)[0]
-    assert vl.expected_c_max(0.05, 2000, 2000, 0) is None  # automatic SecAgg+ degree: not recomputed
+    # the automatic SecAgg+ degree above 16 sites is recomputed too (SPEC 2's table: n = 2000, 152)
+    assert vl.expected_c_max(0.05, 2000, 2000, 0) == runtime_c_max(2000, 152, 100, sigma=40.0)[0]
+
+
+@pytest.mark.parametrize("n, big_n, gamma, dropout", [
+    (17, 17, 0.2, 0.0), (40, 40, 0.2, 0.0), (40, 100, 0.05, 0.1), (100, 100, 0.05, 0.0), (61, 200, 0.1, 0.2),
+    (333, 333, 0.3, 0.0), (2000, 2000, 0.05, 0.0), (25, 60, 0.45, 0.0), (18, 18, 0.01, 0.3)])
+def test_auditor_degree_search_agrees_with_the_runtime(n, big_n, gamma, dropout):
+    """The auditor's own search of SPEC 2's automatic degree (no secure_fedrl import) gives the
+    runtime's degree and c_max for a gamma-mode round of n planned sites of N."""
+    from secure_fedrl.config import corrupt_sites
+    from secure_fedrl.secagg.graph import colluders_per_holder_set as runtime_c_max
+    from secure_fedrl.secagg.graph import effective_degree, secagg_plus_parameters
+
+    corrupt = min(corrupt_sites(gamma, big_n), n)
+    d = max(dropout, 0.05)
+    k = secagg_plus_parameters(n, colluders=corrupt, dropout=d, sigma=40.0)[0]
+    assert vl.auto_degrees(n, corrupt, d) == (effective_degree(n, k),)
+    want = runtime_c_max(n, k, corrupt, sigma=40.0)[0]
+    assert vl.accepted_c_max(gamma, big_n, n, 0, dropout) == {want: effective_degree(n, k)}
+
+
+GAMMA2000_TOML = CONFIG_TOML.replace("max_colluding_sites = 0", "colluding_fraction = 0.05") + """
+[[sites]]
+name = "s"
+count = 2000
+"""
+
+
+def _gamma2000_entries(c_max: int) -> list[LedgerEntry]:
+    """Gamma-mode rows of 2000 planned sites of N = 2000 (automatic degree: SecAgg+), 102 of
+    them surviving (C = 100 colluders leave the 2 honest shares m = 2 needs)."""
+    names = [f"s-{i:04d}" for i in range(102)]
+    out = []
+    for k, e in enumerate(ddg_entries([names, names], m=2, planned=2000), 1):
+        out.append(dataclasses.replace(e, delta=DELTA + k * 2.0 ** -40, max_colluding=c_max))
+    return out
+
+
+def test_a_forged_c_max_under_the_automatic_degree_is_flagged(tmp_path: Path, capsys) -> None:
+    """N = 2000, gamma = 0.05 (C = 100), neighbors = 0: the runtime runs SecAgg+ at the automatic
+    degree (152, SPEC 2's table) and records its c_max (< C: the hypergeometric bound). A ledger
+    re-signed with another c_max (one fewer colluders per holder set than that degree allows,
+    one more, or the complete graph's C) is flagged, naming the degree; the honest value passes."""
+    from secure_fedrl.secagg.graph import colluders_per_holder_set as runtime_c_max
+    from secure_fedrl.secagg.graph import effective_degree, secagg_plus_parameters
+
+    k = secagg_plus_parameters(2000, colluders=100, dropout=0.05, sigma=40.0)[0]
+    assert k == 152 == effective_degree(2000, k)
+    honest = runtime_c_max(2000, k, 100, sigma=40.0)[0]
+    assert 0 < honest < 100
+    run = _run_dir(tmp_path / "ok", _gamma2000_entries(honest), config=GAMMA2000_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 0, capsys.readouterr().out
+    for forged in (honest - 1, honest + 1, 100):
+        d = tmp_path / f"forged-{forged}"
+        run = _run_dir(d, _gamma2000_entries(forged), config=GAMMA2000_TOML)
+        assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+        out = capsys.readouterr().out
+        assert (f"FAIL: row seq 1: disagrees with config: recorded max_colluding {forged}, the config says "
+                f"'c_max {honest} (gamma mode, degree 152 at n = 2000)'") in out, out
+
+
+def test_a_row_planning_more_sites_than_the_federation_is_flagged(tmp_path: Path, capsys) -> None:
+    run = _run_dir(tmp_path, _gamma_entries(planned=6), config=GAMMA_TOML)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    out = capsys.readouterr().out
+    assert "recorded sites_planned 6, the config says \"at most the federation's 5 sites\"" in out, out
+
+
+@pytest.mark.parametrize("line", ['neighbors = "four"', "neighbors = -2", "dropout_rate = 1.5"])
+def test_a_malformed_graph_setting_is_one_finding(tmp_path: Path, capsys, line: str) -> None:
+    config = GAMMA_TOML.replace("colluding_fraction = 0.2", f"colluding_fraction = 0.2\n{line}")
+    run = _run_dir(tmp_path, _gamma_entries(), config=config)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    out = capsys.readouterr().out
+    assert "bad run file: config.resolved.toml: secure_aggregation:" in out and "Traceback" not in out, out
