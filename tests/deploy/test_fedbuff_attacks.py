@@ -368,3 +368,34 @@ def test_b3_staleness_weight_applies_after_the_secagg_clip_without_dp():
     assert np.linalg.norm(staleness_scaled(site, big, 0.5)) == pytest.approx(0.25, rel=1e-5)
     small = np.full(DIM, 1e-3, np.float32)
     assert np.allclose(staleness_scaled(site, small, 0.5), small * 0.5)
+
+
+def test_a_deployed_site_writes_its_own_epsilon_and_delta(monkeypatch):
+    """gamma mode: a deployed site's metrics row of every round it was handed states its own
+    guarantee from its guard: epsilon_site (at privacy.delta), delta_site = privacy.delta +
+    A_u 2^-40, graph_reveals A_u (aborted attempts included) and the cap."""
+    from secure_fedrl.privacy.budget import SiteGuard
+    from secure_fedrl.runtime import deploy
+    from secure_fedrl.runtime.deploy import SiteProcess
+    from secure_fedrl.runtime.site import SiteRuntime
+
+    guard = SiteGuard("s-0", target_epsilon=8.0, delta=1e-5, graph_failure=2.0 ** -40)
+
+    def fake_take_part(site, transport, ann, **kw):
+        guard.count_graph_reveal()  # the site sent its GraphReveal; the server then aborted
+        return SiteRoundReport("dropped: aborted after the graph seed")
+    monkeypatch.setattr(deploy, "take_part", fake_take_part)
+    p = SiteProcess.__new__(SiteProcess)
+    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=None, witnessed=set(), dim=DIM, guard=guard,
+                             config=SimpleNamespace(privacy=SimpleNamespace(unit="client")))
+    p.site.privacy_metrics = lambda: SiteRuntime.privacy_metrics(p.site)
+    p.transport = _ScriptedServer([(1, True), (2, True)])
+    p.took_part = set()
+    p.identity = SimpleNamespace(trust=None)
+    rows: list[dict] = []
+    p.save = p.read_notice = lambda *a, **k: None
+    p.append_metrics = rows.append
+    assert p.run() == 0
+    assert [r["graph_reveals"] for r in rows] == [1, 2]
+    assert rows[-1]["delta_site"] == 1e-5 + 2 * 2.0 ** -40 and rows[-1]["delta_graph_site"] == 2 * 2.0 ** -40
+    assert rows[-1]["epsilon_site"] == 0.0 and rows[-1]["max_graph_reveals"] == 109951

@@ -808,3 +808,46 @@ def test_gamma_mode_needs_a_delta_even_without_dp():
         assert len(str(err.value).splitlines()) == 1 and "gamma mode" in str(err.value)
     config_from_dict(raw({"colluding_fraction": 0.2}, 1e-5))
     config_from_dict(raw({"max_colluding_sites": 1}, 0.0))  # c mode without DP: no cap, delta unused
+
+
+def test_site_privacy_metrics_by_mode():
+    """What a site writes of itself: epsilon_site / delta_site under DP; in gamma mode A_u, its
+    delta term and the cap (also without DP, where there is no epsilon); nothing without either."""
+    from types import SimpleNamespace
+
+    from secure_fedrl.privacy.budget import SiteGuard
+    from secure_fedrl.runtime.site import SiteRuntime
+
+    def metrics(unit, failure, guard=True):
+        g = SiteGuard("s", target_epsilon=8.0, delta=1e-5, graph_failure=failure) if guard else None
+        if failure:
+            g.count_graph_reveal()
+        return SiteRuntime.privacy_metrics(SimpleNamespace(guard=g, config=SimpleNamespace(
+            privacy=SimpleNamespace(unit=unit))))
+
+    f = 2.0 ** -40
+    assert metrics("none", 0.0, guard=False) == {}
+    assert metrics("client", 0.0) == {"epsilon_site": 0.0, "delta_site": 1e-5}
+    assert metrics("none", f) == {"graph_reveals": 1, "delta_graph_site": f, "max_graph_reveals": 109951,
+                                  "delta_site": 1e-5 + f}
+    assert metrics("trajectory", f) == {"epsilon_site": 0.0, "delta_site": 1e-5 + f, "graph_reveals": 1,
+                                        "delta_graph_site": f, "max_graph_reveals": 109951}
+
+
+def test_a_site_without_dp_in_gamma_mode_still_caps_its_attempts(tmp_path):
+    """privacy.unit = "none": no epsilon, but the graph's failure still voids the "hidden among
+    m honest inputs" statement, so the site has a guard for its GraphReveals (and none in c mode)."""
+    import dataclasses
+
+    from secure_fedrl.runtime.simulate import Simulation
+
+    c = _sim_config()
+    none = dataclasses.replace(c, privacy=dataclasses.replace(c.privacy, unit="none"))
+    sim = Simulation(none, tmp_path / "a", progress=False, ledger_key=tmp_path / "keys")
+    g = sim.sites[0].guard
+    assert g is not None and g.max_graph_reveals == 109951 and g.graph_failure == 2.0 ** -40
+    c_mode = dataclasses.replace(none, secure_aggregation=dataclasses.replace(
+        none.secure_aggregation, colluding_fraction=0.0, max_colluding_sites=1))
+    assert Simulation(c_mode, tmp_path / "b", progress=False, ledger_key=tmp_path / "keys").sites[0].guard is None
+    assert Simulation(c, tmp_path / "c", progress=False,
+                      ledger_key=tmp_path / "keys").sites[0].guard.max_graph_reveals == 109951
