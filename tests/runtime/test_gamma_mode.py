@@ -851,3 +851,19 @@ def test_a_site_without_dp_in_gamma_mode_still_caps_its_attempts(tmp_path):
     assert Simulation(c_mode, tmp_path / "b", progress=False, ledger_key=tmp_path / "keys").sites[0].guard is None
     assert Simulation(c, tmp_path / "c", progress=False,
                       ledger_key=tmp_path / "keys").sites[0].guard.max_graph_reveals == 109951
+
+
+def test_a_resumed_simulation_never_under_counts_graph_reveals(tmp_path):
+    """simulate saves the sites' states only at the end of a round, so a run stopped mid-round
+    may have sent a GraphReveal after the last save: a resume counts one more attempt per site
+    (over-count, never under-count); round 2 then adds its own."""
+    from secure_fedrl.runtime.simulate import Simulation
+
+    run = tmp_path / "run"
+    first = Simulation(_sim_config(rounds=1), run, progress=False, ledger_key=tmp_path / "keys")
+    first.run()
+    assert [s.graph_reveals for s in first.sites] == [1] * 8
+    again = Simulation(_sim_config(rounds=2), run, resume=True, progress=False, ledger_key=tmp_path / "keys")
+    assert [s.graph_reveals for s in again.sites] == [2] * 8
+    again.run()
+    assert [s.graph_reveals for s in again.sites] == [3] * 8
