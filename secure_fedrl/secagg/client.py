@@ -391,8 +391,7 @@ class SecAggClient:
                 ok = P.tags_equal(tags[s], R.confirm_tag(self._confirm_key(s), core, self.id))
             elif s in sigs:  # what ConsistencySig(D, s, U3, (), sig).verify checks: sig over H(core)
                 try:
-                    P.verify(cfg.identity[s], sigs[s], P.sha256(M.consistency_core_ids(cfg.digest, s, u3_ids)),
-                             what=f"{M.ConsistencySig.NAME} from site {s}")
+                    P.verify(cfg.identity[s], sigs[s], P.sha256(M.consistency_core_ids(cfg.digest, s, u3_ids)))
                     ok = True
                 except ProtocolError:
                     ok = False

@@ -12,13 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from secure_fedrl.errors import ProtocolError
+from secure_fedrl.errors import BelowThresholdError, ProtocolError
 from secure_fedrl.secagg import messages as M
 from secure_fedrl.secagg import primitives as P
 from secure_fedrl.secagg import protocol as R
 from secure_fedrl.secagg.driver import run_round
+from secure_fedrl.secagg.server import SecAggServer
 
-from secagg_attacker import advertised_round
+from secagg_attacker import advertised_round, honest_phases, make_round
 
 D = bytes(range(32))
 SHARE = bytes(M.SHARE_BYTES)
@@ -249,3 +250,106 @@ def test_rounds_still_sum_exactly(neighbors, drops, plain_sum):
     assert np.array_equal(res.sum, plain_sum(inputs, res.accepted_sites))
     before = ("advertise_keys", "graph_reveal", "share_keys", "masked_input")  # dropped before its masked input
     assert set(res.accepted_sites) == set(inputs) - {k for k, ph in drops.items() if ph in before}
+
+
+# --------------------------------------------------------------------------- mutation follow-up
+
+
+def test_list_order_errors_name_the_message():
+    sk = M.ShareKeys(D, 2, b"\x01" * 32, ((3, b"a"), (1, b"b")), b"\x02" * 64)
+    with pytest.raises(ProtocolError, match=r"^ShareKeys: id list not strictly increasing \(duplicate id 1\?\)$"):
+        M.ShareKeys.decode(sk.encode())
+    with pytest.raises(ProtocolError, match="^ConsistencySig: id list not strictly increasing"):
+        M.ConsistencySig.decode(_consistency(((3, bytes(32)), (1, bytes(32)))))
+    with pytest.raises(ProtocolError, match="^UnmaskResponse: id list not strictly increasing"):
+        M.UnmaskResponse.decode(_unmask_response(_share_list([(4, M.KIND_B, SHARE), (4, M.KIND_S, SHARE)])))
+    with pytest.raises(ProtocolError, match="^ConsistencyRequest: id list not strictly increasing"):
+        M.ConsistencyRequest.decode(M._header(M.T_CONSISTENCY_REQ, D, 2) + struct.pack(">III", 2, 5, 5))
+
+
+def test_reader_view_is_a_window_of_exactly_n_bytes():
+    r = M._Reader(b"abcdef", "X")
+    r.take(2)
+    assert bytes(r.view(4)) == b"cdef" and r.pos == 6
+    r.end()
+    for start, n in ((2, 5), (0, 7), (6, 1)):
+        r = M._Reader(b"abcdef", "X")
+        r.pos = start
+        with pytest.raises(ProtocolError, match="^X: truncated message$"):
+            r.view(n)
+    r = M._Reader(b"abcdef", "X")
+    r.pos = 3
+    with pytest.raises(ProtocolError, match="^X: truncated message$"):
+        r.view(-1)
+    assert bytes(r.view(0)) == b"" and bytes(r.view(3)) == b"def"
+
+
+def test_seeded_fast_path_only_for_the_same_three_objects(monkeypatch):
+    cfg, clients, inputs, keys, adverts, view = advertised_round(10, threshold=3, degree=4, seed=1)
+    got = {u: clients[u].graph_reveal(M.GraphView(cfg.digest, u, view)).nonce for u in cfg.site_ids}
+    reveals = tuple(sorted(got.items()))
+    monkeypatch.setattr(R, "_last_seeded", None)  # as in a fresh process
+    first = cfg.seeded(view, reveals)
+    calls = []
+    memo = R._seeded
+    monkeypatch.setattr(R, "_seeded", lambda *a: calls.append(a) or memo(*a))
+    assert cfg.seeded(view, reveals) is first and calls == []  # found by identity, the memo untouched
+    with pytest.raises(ProtocolError, match="does not match its commitment"):
+        cfg.seeded(reveals, reveals)  # the last call's reveals, now as the view: checked, not found
+    assert len(calls) == 1
+    assert cfg.seeded(list(view), reveals) == first and len(calls) == 2  # an equal copy: the memo
+
+
+def test_unmask_ends_the_round_for_the_site():
+    from test_secagg_pairing import _honest_until_unmask  # noqa: PLC0415
+    cfg, clients, server, reqs = _honest_until_unmask(n=10, t=3, degree=4, seed=2)
+    clients[4].unmask(reqs[4])
+    assert clients[4].phase == "done"
+    with pytest.raises(ProtocolError, match=r"UnmaskRequest received in phase 'done'"):
+        clients[4].unmask(reqs[4])
+
+
+def test_too_few_certified_paired_survivors_names_t_minus_1():
+    from test_secagg_pairing import _honest_until_unmask  # noqa: PLC0415
+    cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=3, seed=1)
+    keep = tuple((s, g) for s, g in reqs[1].signatures if s not in (3, 7, 14))
+    with pytest.raises(BelowThresholdError, match=r"are confirmed by 3 of their holders, threshold - 1 is 2$"):
+        clients[1].unmask(replace(reqs[1], signatures=keep))
+
+
+def test_confirmations_the_tags_make_unneeded_are_never_checked():
+    """certify counts the cheapest evidence first (checked, then tags, then signatures, by id) and
+    stops at t, so a site whose neighbours' tags certify everything it needs never looks at the
+    signatures of farther sites: bad ones there change nothing (pins the order and the stop)."""
+    from test_secagg_pairing import _honest_until_unmask  # noqa: PLC0415
+    cfg, clients, server, reqs = _honest_until_unmask(n=10, t=3, degree=4, seed=2)
+    with_sigs = [r for r in reqs if reqs[r].signatures]
+    assert with_sigs
+    for r in with_sigs:
+        req = reqs[r]
+        bad = replace(req, signatures=tuple((w, bytes(64)) for w, _ in req.signatures))
+        assert clients[r].unmask(bad).shares
+    # bad signatures do abort a site that needs them (degree 3: some peers share < t holders with it)
+    cfg, clients, server, reqs = _honest_until_unmask(n=20, t=3, degree=3, seed=1)
+    bad = replace(reqs[1], signatures=tuple((w, bytes(64)) for w, _ in reqs[1].signatures))
+    with pytest.raises(ProtocolError, match="signed a different survivor set"):
+        clients[1].unmask(bad)
+
+
+def test_a_tag_the_site_cannot_check_never_counts():
+    """The server kept site 2's advert from site 1 (so they share no key) yet forwards 2's tag to
+    1, and withholds site 3's confirmations: 2's tag is no evidence for 1, not on its first look
+    and not on later ones (memoised as unconfirmed), so too few paired survivors of site 10 are
+    certified (n = 10, k = 4, t = 4; found by search over this deterministic round)."""
+    cfg, clients, inputs, keys = make_round(10, threshold=4, degree=4, seed=0)
+    server = SecAggServer(config=cfg)
+    out = honest_phases(server, clients, "graph_reveal")
+    out[1] = replace(out[1], adverts=tuple(a for a in out[1].adverts if M.AdvertiseKeys.decode(a).sender != 2))
+    out = honest_phases(server, clients, "consistency_check", out=out)
+    req = out[1]
+    assert 2 in dict(req.tags) and 2 not in clients[1]._enc_shared and 2 not in dict(req.signatures)
+    req = replace(req, tags=tuple(x for x in req.tags if x[0] != 3),
+                  signatures=tuple(x for x in req.signatures if x[0] != 3))
+    with pytest.raises(BelowThresholdError, match="only 2 paired survivors of site 10 are confirmed by 4"):
+        clients[1].unmask(req)
+    assert clients[1].guard.revealed == {}
