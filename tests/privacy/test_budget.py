@@ -194,3 +194,22 @@ def test_restore_never_lowers_and_refuses_bad_counts():
 def test_guard_refuses_a_bad_graph_failure(bad):
     with pytest.raises(PrivacyError, match="graph_failure must be a probability"):
         _guard(failure=bad)
+
+
+def test_guard_defaults_enforce_and_counts_participations_one_by_one():
+    """SiteGuard's own accounting (mutation-testing gaps): enforcing by default, the accountant it
+    is given, errors labelled with the site, one participation and one round per charge."""
+    g = SiteGuard("s-7", target_epsilon=0.5, delta=DELTA)
+    assert g.enforce is True and g.participations == 0 and g.budget.rounds_committed == 0
+    big = GaussianStep(0.3, 1.0)
+    assert not g.admits(big)
+    assert SiteGuard("s-7", target_epsilon=0.5, delta=DELTA, enforce=False).admits(big)
+    assert SiteGuard("s-7", target_epsilon=0.5, delta=DELTA, enforce=0).enforce is False
+    assert g.admits(GaussianStep(50.0, 0.01))
+    with pytest.raises(PrivacyBudgetExceeded, match=r"^site s-7: next round"):
+        g.budget.check(big)
+    assert type(SiteGuard("s", target_epsilon=1.0, delta=DELTA, accountant="prv").budget.accountant) is \
+        type(make_accountant("prv"))
+    for k in (1, 2):
+        g.charge(STEP)
+        assert g.participations == k == g.budget.rounds_committed
