@@ -736,7 +736,8 @@ def test_gamma_mode_c_max_is_recomputed_and_pinned(tmp_path: Path, capsys) -> No
 
 @pytest.mark.parametrize("n, big_n, gamma, dropout", [
     (17, 17, 0.2, 0.0), (40, 40, 0.2, 0.0), (40, 100, 0.05, 0.1), (100, 100, 0.05, 0.0), (61, 200, 0.1, 0.2),
-    (333, 333, 0.3, 0.0), (2000, 2000, 0.05, 0.0), (25, 60, 0.45, 0.0), (18, 18, 0.01, 0.3)])
+    (333, 333, 0.3, 0.0), (2000, 2000, 0.05, 0.0), (25, 60, 0.45, 0.0), (18, 18, 0.01, 0.3),
+    (200, 200, 0.01, 0.0), (40, 40, 0.05, 0.0), (201, 201, 0.01, 0.0), (400, 400, 0.05, 0.2)])
 def test_auditor_degree_search_agrees_with_the_runtime(n, big_n, gamma, dropout):
     """The auditor's own search of SPEC 2's automatic degree (no secure_fedrl import) gives the
     runtime's degree and c_max for a gamma-mode round of n planned sites of N."""
@@ -814,7 +815,7 @@ def test_auditor_graph_helpers_match_the_runtime_and_scipy():
     from scipy.stats import binom
 
     from secure_fedrl.secagg.graph import colluders_per_holder_set as runtime_c_max
-    from secure_fedrl.secagg.graph import effective_degree
+    from secure_fedrl.secagg.graph import effective_degree, secagg_plus_parameters
 
     for n in (5, 6, 17, 40, 41):
         for k in (None, 1, 2, 3, 4, 5, n - 2, n - 1, n, n + 3):
@@ -830,6 +831,22 @@ def test_auditor_graph_helpers_match_the_runtime_and_scipy():
         assert vl.round_degrees(n, neighbors, corrupt, 0.0) == (k,)
         assert vl.accepted_c_max(0.2, 60, n, neighbors) == {want: k}, (n, neighbors)
         assert vl.expected_c_max(0.2, 60, n, neighbors) == want
+    # -1 and 1 are not the automatic degree (which is sparse here: 28 at n = 40 with 2 colluders)
+    assert vl.auto_degrees(40, 2, 0.05) == (28,)
+    assert vl.round_degrees(40, -1, 2, 0.0) == (39,) and vl.round_degrees(40, 1, 2, 0.0) == (1,)
+    assert vl.round_degrees(40, 0, 2, 0.0) == (28,)
+    assert vl.accepted_c_max(0.05, 40, 40, -1) == {2: 39}
+    assert vl.accepted_c_max(0.05, 2000, 2000, 0) == {runtime_c_max(2000, 152, 100, sigma=40.0)[0]: 152}
+    assert vl.expected_c_max(0.05, 2000, 2000, 0, 0.2) == runtime_c_max(
+        2000, secagg_plus_parameters(2000, colluders=100, dropout=0.2, sigma=40.0)[0], 100, sigma=40.0)[0] != \
+        vl.expected_c_max(0.05, 2000, 2000, 0)
+    assert vl.colluders_per_holder_set(2000, 152, 100, sigma=20) == runtime_c_max(2000, 152, 100, sigma=20.0)[0] \
+        != vl.colluders_per_holder_set(2000, 152, 100)
+    assert vl.colluders_per_holder_set(20, 4, 20) == runtime_c_max(20, 4, 20, sigma=40.0)[0] == 4  # all corrupt
+    # exact integers where floats overflow (comb(1999, 600) > 1e308)
+    tails, total = vl._holder_tails(2000, 600, 100)
+    assert tails[29] == sum(math.comb(100, x) * math.comb(1899, 600 - x) for x in range(30, 101))
+    assert total == math.comb(1999, 600) and isinstance(tails[29], int)
     assert vl.round_degrees(17, 0, 3, 0.0) == vl.auto_degrees(17, 3, 0.05)  # dropout floored at 0.05
     assert vl.round_degrees(400, 0, 20, 0.2) == vl.auto_degrees(400, 20, 0.2) != vl.auto_degrees(400, 20, 0.05)
     for t, trials, p in [(0, 5, 0.95), (3, 10, 0.95), (12, 40, 0.95), (60, 150, 0.8), (9, 10, 0.5), (1, 3, 0.3)]:
