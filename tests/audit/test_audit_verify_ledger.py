@@ -737,7 +737,8 @@ def test_gamma_mode_c_max_is_recomputed_and_pinned(tmp_path: Path, capsys) -> No
 @pytest.mark.parametrize("n, big_n, gamma, dropout", [
     (17, 17, 0.2, 0.0), (40, 40, 0.2, 0.0), (40, 100, 0.05, 0.1), (100, 100, 0.05, 0.0), (61, 200, 0.1, 0.2),
     (333, 333, 0.3, 0.0), (2000, 2000, 0.05, 0.0), (25, 60, 0.45, 0.0), (18, 18, 0.01, 0.3),
-    (200, 200, 0.01, 0.0), (40, 40, 0.05, 0.0), (201, 201, 0.01, 0.0), (400, 400, 0.05, 0.2)])
+    (200, 200, 0.01, 0.0), (40, 40, 0.05, 0.0), (201, 201, 0.01, 0.0), (400, 400, 0.05, 0.2),
+    (32, 32, 0.05, 0.0), (32, 32, 0.07, 0.0)])
 def test_auditor_degree_search_agrees_with_the_runtime(n, big_n, gamma, dropout):
     """The auditor's own search of SPEC 2's automatic degree (no secure_fedrl import) gives the
     runtime's degree and c_max for a gamma-mode round of n planned sites of N."""
