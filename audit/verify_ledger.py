@@ -1284,6 +1284,9 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
                                f"c_max not recomputed"))
             graph_rule = None
     client_rows = 0
+    if gamma_mode and "delta" not in p:  # the runtime always writes it: a deleted line must not skip the pin
+        out.append(Finding(None, "bad run file", "config.resolved.toml: [privacy] has no delta (the runtime "
+                           "writes it); the gamma-mode delta is pinned at the default 1e-5"))
     for r in rows:
         seq = r["seq"]
         try:
@@ -1302,7 +1305,7 @@ def check_config(rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
         if gamma_mode and r["unit"] == "client":
             client_rows += 1
             want_delta = float(p.get("delta", 1e-5)) + client_rows * GRAPH_FAILURE
-            if "delta" in p and abs(float(r["delta"]) - want_delta) > 1e-3 * GRAPH_FAILURE:
+            if abs(float(r["delta"]) - want_delta) > 1e-3 * GRAPH_FAILURE:  # a missing delta: the default
                 bad("delta", r["delta"], f"privacy.delta + {client_rows} x 2^-40 (gamma mode)")
         elif "delta" in p and not _close(float(r["delta"]), float(p["delta"])):
             bad("delta", r["delta"], p["delta"])

@@ -473,7 +473,15 @@ def _read_pairs32(r: _Reader) -> tuple[tuple[int, bytes], ...]:
     count = r.u32()
     if 36 * count > len(r.data) - r.pos:
         raise ProtocolError(f"{r.what}: truncated list")
-    return _pairs32(r.take(36 * count), r.what)
+    raw = r.take(36 * count)
+    if count > _PAIRS32_MEMO_MAX:  # never memoise what no real round sends: a refused list would stay
+        return _pairs32.__wrapped__(raw, r.what)
+    return _pairs32(raw, r.what)
+
+
+# Lists longer than this (2.4 MB) are decoded without the memo: a server could otherwise make a site
+# keep up to 8 refused, attacker-sized lists (up to the transport's payload limit each) in memory.
+_PAIRS32_MEMO_MAX = 1 << 16
 
 
 _PAIR32 = struct.Struct(">I32s")

@@ -892,3 +892,16 @@ def test_auditor_accepts_either_outcome_at_a_float_boundary(monkeypatch):
         assert vl._degree_outcome(n, degrees[0], C, 0.05)[0] == "either"
     finally:
         vl.auto_degrees.cache_clear()
+
+
+def test_gamma_mode_a_deleted_delta_line_does_not_switch_the_pin_off(tmp_path: Path, capsys) -> None:
+    """A server that drops `delta =` from config.resolved.toml and records every row at privacy.delta
+    (the 2^-40 per round left out) is still caught: the pin uses the default, and the file is flagged."""
+    config = "\n".join(line for line in GAMMA_TOML.splitlines() if not line.startswith("delta ="))
+    assert config != GAMMA_TOML
+    entries = [dataclasses.replace(e, delta=1e-5) for e in _gamma_entries()]
+    run = _run_dir(tmp_path, entries, config=config)
+    assert vl.main([str(run), "--public-key-file", _pin(run), "--quiet"]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL: row seq 1: disagrees with config: recorded delta" in out, out
+    assert "config.resolved.toml: [privacy] has no delta" in out

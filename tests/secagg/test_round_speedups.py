@@ -353,3 +353,32 @@ def test_a_tag_the_site_cannot_check_never_counts():
     with pytest.raises(BelowThresholdError, match="only 2 paired survivors of site 10 are confirmed by 4"):
         clients[1].unmask(req)
     assert clients[1].guard.revealed == {}
+
+
+def _pairs_wire(count: int) -> bytes:
+    return struct.pack(">I", count) + b"".join(struct.pack(">I", i) + bytes([i % 251]) * 32 for i in range(count))
+
+
+def test_lists_a_round_can_hold_are_memoised_longer_ones_are_not():
+    """A server can send views far longer than any round and have them refused: those must not stay
+    in the decoder's memo (memory kept by refused messages), ordinary ones are shared."""
+    M._pairs32.cache_clear()
+    small = _pairs_wire(3)
+    a = M._read_pairs32(M._Reader(small, "GraphView"))
+    b = M._read_pairs32(M._Reader(small, "GraphView"))
+    assert a is b and M._pairs32.cache_info().currsize == 1
+    big = _pairs_wire(M._PAIRS32_MEMO_MAX + 1)
+    x = M._read_pairs32(M._Reader(big, "GraphView"))
+    assert len(x) == M._PAIRS32_MEMO_MAX + 1 and x[-1][0] == M._PAIRS32_MEMO_MAX
+    assert M._pairs32.cache_info().currsize == 1  # the long list was decoded, not kept
+    at_cap = _pairs_wire(M._PAIRS32_MEMO_MAX)
+    M._read_pairs32(M._Reader(at_cap, "GraphView"))
+    assert M._pairs32.cache_info().currsize == 2
+    M._pairs32.cache_clear()
+
+
+def test_a_long_unsorted_list_is_refused_without_the_memo_too():
+    wire = bytearray(_pairs_wire(M._PAIRS32_MEMO_MAX + 1))
+    wire[4:8], wire[40:44] = wire[40:44], wire[4:8]  # swap the first two ids
+    with pytest.raises(ProtocolError, match="GraphView"):
+        M._read_pairs32(M._Reader(bytes(wire), "GraphView"))
