@@ -229,6 +229,10 @@ class SiteHostService:
         for name, state in states.items():
             self.sites[name].load_state_dict(state)
 
+    def count_resumed_graph_reveals(self) -> None:
+        for site in self.sites.values():
+            site.count_resumed_graph_reveal()
+
     def rss(self) -> int:
         return _rss()
 
@@ -344,6 +348,10 @@ class RaySimulation(ServerRuntime):
                 for h, names in self._by_host([n for n in self.site_names if n in states]).items()]
         self._ray.get(refs)
         self._site_states.update(states)
+
+    def count_resumed_graph_reveals(self) -> None:
+        self._ray.get([h.count_resumed_graph_reveals.remote() for h in self._hosts])
+        self._site_states.clear()
 
     def site_states(self) -> list[dict[str, Any]]:
         # Only the sites of this round changed: fetch those (all of them the first time).

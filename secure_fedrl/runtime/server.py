@@ -158,6 +158,7 @@ class ServerRuntime:
         self._resumed_ledger_head = None if state is None else state.get("ledger_head")
         if state is None:
             self.run_dir.truncate_metrics(0)
+            self.count_resumed_graph_reveals()  # a run stopped in round 1 may have sent reveals too
             return
         self.round = state["round"]
         self.env_steps = state["env_steps"]
@@ -167,6 +168,7 @@ class ServerRuntime:
         self._notice = state.get("notice", {})
         self.aggregator.load_state_dict(state.get("aggregator", {}))
         self.load_site_states(state.get("sites"))
+        self.count_resumed_graph_reveals()
         self.load_buffer_state(state.get("buffer"))
         self.run_dir.truncate_metrics(self.round)
         self.run_dir.update_config(self.config.to_toml())
@@ -176,6 +178,11 @@ class ServerRuntime:
 
     def load_site_states(self, saved: Any) -> None:
         """In-process sites' state (simulate keeps it with the server's checkpoint); none here."""
+
+    def count_resumed_graph_reveals(self) -> None:
+        """Every resume, with or without a saved state: in-process sites (simulate, Ray) count one
+        more GraphReveal each in gamma mode (`SiteRuntime.count_resumed_graph_reveal`); deployed
+        sites persist their count before a reveal leaves: nothing here."""
 
     def site_states(self) -> list[dict[str, Any]] | None:
         return None

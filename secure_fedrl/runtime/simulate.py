@@ -119,12 +119,10 @@ class Simulation(ServerRuntime):
     def load_site_states(self, saved: Any) -> None:
         for site, state in zip(self.sites, saved or []):
             site.load_state_dict(state)
-            guard = site.guard
-            if guard is not None and guard.graph_failure > 0:
-                # gamma mode: in process nothing is saved before a GraphReveal leaves (a deployed site
-                # persists first), so the round in flight when the run stopped may have sent one after
-                # the last save: count it (a crash may over-count A_u, never under-count it)
-                guard.restore_graph_reveals(guard.graph_reveals + 1)
+
+    def count_resumed_graph_reveals(self) -> None:
+        for site in self.sites:
+            site.count_resumed_graph_reveal()
 
     def site_states(self) -> list[dict[str, Any]]:
         return [s.state_dict() for s in self.sites]

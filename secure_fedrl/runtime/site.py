@@ -231,6 +231,15 @@ class SiteRuntime:
         if self.guard is not None:
             self.guard.count_graph_reveal()
 
+    def count_resumed_graph_reveal(self) -> None:
+        """An in-process run (simulate, Ray) resumes: count one more GraphReveal in gamma mode.
+        In process nothing is saved before a reveal leaves (a deployed site persists first), so
+        the round in flight when the run stopped may have sent one after the last save, also in
+        round 1, before any save: count it (a crash may over-count A_u, never under-count it)."""
+        g = self.guard
+        if g is not None and g.graph_failure > 0:
+            g.restore_graph_reveals(g.graph_reveals + 1)
+
     def privacy_metrics(self) -> dict[str, Any]:
         """The site's own guarantee for its metrics (sites/<site>/metrics.jsonl, never the
         server's file): epsilon_site at privacy.delta and delta_site = privacy.delta + A_u 2^-40

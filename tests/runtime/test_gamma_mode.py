@@ -867,3 +867,31 @@ def test_a_resumed_simulation_never_under_counts_graph_reveals(tmp_path):
     assert [s.graph_reveals for s in again.sites] == [2] * 8
     again.run()
     assert [s.graph_reveals for s in again.sites] == [3] * 8
+
+
+def test_a_simulation_stopped_in_round_1_resumes_counting_its_graph_reveals(tmp_path, monkeypatch):
+    """A run killed at the end of round 1, after every site sent its GraphReveal but before the
+    first checkpoint, has no saved state: its resume still counts one more attempt per site
+    (never A_u = 0 for a reveal that left)."""
+    from secure_fedrl.runtime.server import ServerRuntime
+    from secure_fedrl.runtime.simulate import Simulation
+
+    class Killed(Exception):
+        pass
+
+    def die(self):
+        raise Killed
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(ServerRuntime, "_save", die)
+        first = Simulation(_sim_config(rounds=2), run, progress=False, ledger_key=tmp_path / "keys")
+        with pytest.raises(Killed):
+            first.run()
+    assert [s.graph_reveals for s in first.sites] == [1] * 8
+    first.privacy.close()
+    again = Simulation(_sim_config(rounds=2), run, resume=True, progress=False, ledger_key=tmp_path / "keys")
+    assert again.round == 0
+    assert [s.graph_reveals for s in again.sites] == [1] * 8
+    again.run()
+    assert [s.graph_reveals for s in again.sites] == [3] * 8
