@@ -524,6 +524,18 @@ def _check_ranges(c: Config) -> None:
         need(0.0 < p.delta < 1.0, "privacy.delta", f"must be in (0, 1) in gamma mode (it caps each site's "
              f"SecAgg+ attempts), got {p.delta}")
         need(p.target_epsilon > 0, "privacy.target_epsilon", f"must be > 0, got {p.target_epsilon}")
+        from fractions import Fraction
+
+        from secure_fedrl.privacy.budget import GRAPH_DELTA_SHARE
+        from secure_fedrl.runtime.secure_aggregation import COMPLETE_GRAPH_UP_TO, GRAPH_SIGMA
+
+        k = sa.neighbors  # may a round's graph be sparse (SecAgg+: GraphReveals, capped)?
+        sparse = (k == 0 and c.num_sites > COMPLETE_GRAPH_UP_TO) or 0 < k < c.num_sites - 1
+        floor_delta = GRAPH_DELTA_SHARE * Fraction(2) ** -int(GRAPH_SIGMA)
+        need(not sparse or Fraction(p.delta) >= floor_delta, "privacy.delta",
+             f"must be >= {GRAPH_DELTA_SHARE} x 2^-{int(GRAPH_SIGMA)} (~{float(floor_delta):.3g}) in gamma mode "
+             f"with a SecAgg+ graph, got {p.delta}: each site caps its SecAgg+ attempts at floor(delta / "
+             f"({GRAPH_DELTA_SHARE} x 2^-{int(GRAPH_SIGMA)})), 0 below that (every round refused)")
     need(p.max_participations >= 0, "privacy.max_participations", f"must be >= 0, got {p.max_participations}")
     if p.unit == "client":
         mech = p.mechanism

@@ -895,3 +895,23 @@ def test_a_simulation_stopped_in_round_1_resumes_counting_its_graph_reveals(tmp_
     assert [s.graph_reveals for s in again.sites] == [1] * 8
     again.run()
     assert [s.graph_reveals for s in again.sites] == [3] * 8
+
+
+def test_gamma_mode_refuses_a_delta_that_caps_secagg_plus_attempts_at_zero(tmp_path):
+    """Below 100 x 2^-40 the cap floor(delta / (100 x 2^-40)) is 0: every SecAgg+ round would be
+    refused. The config says so in one line, naming privacy.delta and the minimum; at the minimum
+    a site may send one reveal; the complete graph (no GraphReveal) is not capped."""
+    from secure_fedrl.runtime.simulate import Simulation
+
+    for delta in (9e-11, 2.0 ** -40, 1e-20):
+        with pytest.raises(ConfigError) as err:
+            _sim_config(delta=delta)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith("privacy.delta: must be >= 100 x 2^-40 (~9.09e-11) in gamma mode")
+        assert "floor(delta / (100 x 2^-40))" in msg
+    c = _sim_config(delta=100 * 2.0 ** -40)
+    assert Simulation(c, tmp_path / "a", progress=False, ledger_key=tmp_path / "keys").sites[0].guard.max_graph_reveals == 1
+    d = c.to_dict()
+    d["privacy"]["delta"] = 1e-12
+    d["secure_aggregation"]["neighbors"] = -1  # the complete graph: no GraphReveal to cap
+    assert config_from_dict(d).privacy.delta == 1e-12
