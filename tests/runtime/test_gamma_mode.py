@@ -357,22 +357,30 @@ def test_site_counts_its_graph_reveals_before_they_leave(monkeypatch):
     _, agg = _plan(config)
     site = _stub_site(config, agg)
     saved = []
+    seen = []  # (count, saved) as the transport saw them when the reveal left
+
+    class Wire(_Transport):
+        def upload(self, round_id, phase, payload):
+            if phase == "graph_reveal":  # leaving now: the persisted count must already hold it
+                seen.append((site.guard.graph_reveals, list(saved)))
+            super().upload(round_id, phase, payload)
 
     def fake_round(out, ann, **kw):
         before = site.guard.graph_reveals
         out.upload(1, "advertise_keys", b"")
-        assert site.guard.graph_reveals == before
+        assert site.guard.graph_reveals == before and saved == []
         out.upload(1, "graph_reveal", b"")
-        assert site.guard.graph_reveals == before + 1 and saved == [before + 1]  # counted and saved before it left
+        assert seen[-1] == (before + 1, [before + 1])  # counted and saved before it left
+        assert site.guard.graph_reveals == before + 1 and saved == [before + 1]
         return "dropped: the server aborted after the graph seed"
 
     monkeypatch.setattr(R, "run_site_round", fake_round)
     names = [f"s-{i}" for i in range(6)]
     for _ in range(3):  # three aborted attempts, none of them in any ledger
         saved.clear()
-        R.take_part(site, _Transport(), _announcement(agg, names, threshold=6),
+        R.take_part(site, Wire(), _announcement(agg, names, threshold=6),
                     persist=lambda: saved.append(site.guard.graph_reveals))
-    assert site.guard.graph_reveals == 3
+    assert site.guard.graph_reveals == 3 and [s[0] for s in seen] == [1, 2, 3]
     assert SiteRuntime.delta_graph_site(site) == 3 * 2.0 ** -40
     # c mode: nothing counted
     c_config = _config(sa={"max_colluding_sites": 1}, privacy=False, sampling={"fraction": 1.0})
