@@ -159,7 +159,8 @@ class SiteHostService:
 
     # -- secure aggregation rounds ----------------------------------------------------------------
     def take_part(self, announcements: dict, stops: dict) -> dict:
-        """Every hosted site of the round runs `take_part` on its own thread; their reports."""
+        """Every hosted site of the round runs `take_part` on its own thread; name -> (its
+        report, its `privacy_metrics()` after the round: the site's own epsilon/delta/A_u)."""
         from secure_fedrl.runtime.round import SiteRoundReport, take_part
 
         reports: dict = {}
@@ -184,7 +185,7 @@ class SiteHostService:
             t.start()
         for t in threads:
             t.join()
-        return reports
+        return {n: (rep, self.sites[n].privacy_metrics()) for n, rep in reports.items()}
 
     # -- plaintext baselines ----------------------------------------------------------------------
     def train_plain(self, names: list[str], global_params: np.ndarray, r: int, round_seed: int,
@@ -197,7 +198,7 @@ class SiteHostService:
             seconds = time.perf_counter() - t0
             if self.config.privacy.unit == "trajectory":
                 site.charge(None)  # the site's own account of its DP-SGD spend
-            out.append((upload, result, seconds))
+            out.append((upload, result, seconds, site.privacy_metrics()))
         return out
 
     def settle(self, r: int, outcome: dict[str, bool]) -> None:
@@ -350,6 +351,7 @@ class RaySimulation(ServerRuntime):
         self._site_states.update(states)
 
     def count_resumed_graph_reveals(self) -> None:
+        # every host's sites (loaded or fresh); the cached states now hold lower counts: fetch all anew
         self._ray.get([h.count_resumed_graph_reveals.remote() for h in self._hosts])
         self._site_states.clear()
 
@@ -399,18 +401,23 @@ class RaySimulation(ServerRuntime):
                 reports.update(self._ray.get(ref))
             except self._ray.exceptions.RayError as exc:  # a host died: its sites failed the round
                 log.error("round %d: site host failed: %s", r, str(exc).splitlines()[0])
-                reports.update({n: SiteRoundReport("failed: site host died") for n in names})
+                reports.update({n: (SiteRoundReport("failed: site host died"), {}) for n in names})
         self._refs = []
         if getattr(self, "_watchdog", None) is not None:
             self._watchdog.join()
             self._watchdog = None
         for name in sorted(reports):
-            report = reports[name]
+            report, privacy = reports[name]
             if report.result is not None:
                 self.env_steps += report.result.steps
                 self.site_rows[name] = site_row(r, name, report.result, report.train_seconds)
                 if not report.status.startswith("done"):
                     self.site_rows[name]["round_status"] = report.status
+            else:  # refused or stopped before training: the site still states where it stands
+                self.site_rows[name] = {"round": r, "site": name, "round_status": report.status}
+            # as simulate and a deployed site do: the site's own epsilon_site / delta_site and, in gamma
+            # mode, its GraphReveals A_u (site-local: sites/<site>/metrics.jsonl only; none from a dead host)
+            self.site_rows[name].update(privacy)
 
     def plain_uploads(self, r: int, sampled: list[str]):
         """Baselines without secure aggregation: the hosts train and hand the updates over."""
@@ -426,9 +433,10 @@ class RaySimulation(ServerRuntime):
             if self._host_of[name] not in done:
                 self.site_rows[name] = {"round": r, "site": name, "round_status": "failed: site host died"}
                 continue
-            upload, result, seconds = done[self._host_of[name]][name]
+            upload, result, seconds, privacy = done[self._host_of[name]][name]
             self.env_steps += result.steps
             self.site_rows[name] = site_row(r, name, result, seconds)
+            self.site_rows[name].update(privacy)
             self.privacy.after_local_training(name, r, result)
             self.accept_upload(r, upload, uploads, rejected)
         return uploads, rejected

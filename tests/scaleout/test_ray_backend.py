@@ -180,3 +180,71 @@ def test_a_site_host_that_dies_drops_its_sites_and_the_run_goes_on(tmp_path):
         sim.close()
     later = rows(tmp_path / "ray")[1:]
     assert any(dead & set(row["sites_dropped"]) for row in later)  # 3 of 4 sampled: a dead one each round
+
+
+def _gamma_config(rounds: int):
+    from secure_fedrl.config import config_from_dict
+
+    return config_from_dict({
+        "federation": {"rounds": rounds, "seed": 3, "name": "ray-gamma"},
+        "local": {"algorithm": "ppo", "steps": 32, "ppo": {"num_steps": 32, "update_epochs": 1}},
+        "strategy": {"name": "fedavg", "weighting": "uniform"},
+        "evaluation": {"every": 100, "episodes": 1},
+        "secure_aggregation": {"enabled": True, "colluding_fraction": 0.25, "neighbors": 4},
+        "privacy": {"unit": "client", "clip": 0.5, "noise_multiplier": 1.0, "target_epsilon": 50.0, "delta": 1e-5},
+        "sampling": {"fraction": 1.0},
+        "sites": [{"name": "s", "env": "CartPole-v1", "num_envs": 1, "seed": 10, "count": 8}],
+    })
+
+
+def _host_counts(sim) -> dict[str, int]:
+    out = {}
+    for h, names in sim._by_host(sim.site_names).items():
+        for n, st in ray.get(sim._hosts[h].state_dicts.remote(names)).items():
+            out[n] = st["guard"]["graph_reveals"]
+    return out
+
+
+def test_gamma_mode_ray_resume_never_under_counts_and_sites_state_their_delta(tmp_path, monkeypatch):
+    """Gamma mode on Ray, as simulate: every resume counts one more GraphReveal per site, also a
+    run killed in round 1 before its first checkpoint (no saved state) and one resumed from a
+    checkpoint; each site writes epsilon_site / delta_site / graph_reveals into its own metrics."""
+    from secure_fedrl.runtime.server import ServerRuntime
+
+    class Killed(Exception):
+        pass
+
+    def die(self):
+        raise Killed
+
+    run, keys = tmp_path / "run", tmp_path / "keys"
+    with monkeypatch.context() as m:  # killed at the end of round 1, after the reveals, before the save
+        m.setattr(ServerRuntime, "_save", die)
+        sim = RaySimulation(_gamma_config(2), run, progress=False, ledger_key=keys)
+        try:
+            with pytest.raises(Killed):
+                sim.run()
+            assert set(_host_counts(sim).values()) == {1}
+        finally:
+            sim.close()
+    sim = RaySimulation(_gamma_config(2), run, resume=True, progress=False, ledger_key=keys)
+    try:
+        assert sim.round == 0 and set(_host_counts(sim).values()) == {1}  # not 0
+        sim.run()
+        assert set(_host_counts(sim).values()) == {3}
+    finally:
+        sim.close()
+    sites = site_rows(run)
+    assert len(sites) == 8
+    for name, site in sites.items():
+        last = [r for r in site if "graph_reveals" in r][-1]
+        assert last["round"] == 2 and last["graph_reveals"] == 3, (name, site)
+        assert last["delta_site"] == 1e-5 + 3 * 2.0 ** -40 and last["epsilon_site"] > 0
+    server = (run / "metrics.jsonl").read_text()
+    assert "graph_reveals" not in server and "delta_site" not in server
+    sim = RaySimulation(_gamma_config(3), run, resume=True, progress=False, ledger_key=keys)
+    try:  # from the checkpoint of round 2: 3 + 1 (what the checkpoint holds, never a stale cache)
+        assert sim.round == 2 and set(_host_counts(sim).values()) == {4}
+        assert {s["guard"]["graph_reveals"] for s in sim.site_states()} == {4}
+    finally:
+        sim.close()
