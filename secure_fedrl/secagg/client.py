@@ -458,8 +458,8 @@ class SecAggClient:
                     )
                 # t-1 of them must be certified (their masking keys then cannot be revealed under
                 # any other view); try the ones our own neighbours' tags can certify first
-                safe = 0  # in the order of sorted(survivors, key=lambda v: (v not in holders, v)):
-                for v in sorted([v for v in survivors if v in holders]) + sorted([v for v in survivors if v not in holders]):
+                safe = 0
+                for v in sorted(survivors, key=lambda v: (v not in holders, v)):
                     if safe >= t - 1:
                         break
                     safe += certify(v)

@@ -359,7 +359,7 @@ def attestation_core(digest: bytes, sender: int, paired: tuple[int, ...], dp_att
 
 def consistency_core(digest: bytes, sender: int, survivors: tuple[int, ...]) -> bytes:
     """`header(ConsistencySig, D, signer) || ids(U3)`: what a confirmation signs / tags."""
-    return _header(T_CONSISTENCY, digest, sender) + _survivor_ids(tuple(survivors))
+    return consistency_core_ids(digest, sender, _survivor_ids(tuple(survivors)))
 
 
 def consistency_core_ids(digest: bytes, sender: int, survivor_ids: bytes) -> bytes:
@@ -418,6 +418,12 @@ _ID_SIG = struct.Struct(f">I{P.SIG_BYTES}s")  # (signer, Ed25519 signature) list
 _SHARE_ENTRY = struct.Struct(f">IB{SHARE_BYTES}s")  # (peer, kind, share)
 
 
+def _share_kind(kind: int, what: str) -> int:
+    if kind not in (KIND_B, KIND_S):
+        raise ProtocolError(f"{what}: unknown share kind {kind}")
+    return kind
+
+
 @dataclass(frozen=True)
 class UnmaskResponse(_Signed):
     """Revealed shares, sorted by peer: kind 0 = share of b_peer, kind 1 = share of s_peer."""
@@ -442,14 +448,11 @@ class UnmaskResponse(_Signed):
         if shares is None:  # truncated: read entry by entry, for the error that loop meets first
             r.pos, shares = start, []
             for _ in range(r.u32()):
-                peer, kind = r.u32(), r.u8()
-                if kind not in (KIND_B, KIND_S):
-                    raise ProtocolError(f"{cls.NAME}: unknown share kind {kind}")
+                peer, kind = r.u32(), _share_kind(r.u8(), cls.NAME)
                 shares.append((peer, kind, r.take(SHARE_BYTES)))
         else:  # all there: only a share kind can be wrong, checked in the same order
             for _, kind, _ in shares:
-                if kind not in (KIND_B, KIND_S):
-                    raise ProtocolError(f"{cls.NAME}: unknown share kind {kind}")
+                _share_kind(kind, cls.NAME)
         _check_sorted([s[0] for s in shares], cls.NAME)
         sig = r.take(64)
         r.end()
@@ -469,6 +472,11 @@ def pack_pairs32(items: tuple[tuple[int, bytes], ...], what: str) -> bytes:
     return struct.pack(f">I{'I32s' * len(items)}", len(items), *(x for item in items for x in item))
 
 
+# Lists longer than this (2.4 MB) are decoded without the memo: a server could otherwise make a site
+# keep up to 8 refused, attacker-sized lists (up to the transport's payload limit each) in memory.
+_PAIRS32_MEMO_MAX = 1 << 16
+
+
 def _read_pairs32(r: _Reader) -> tuple[tuple[int, bytes], ...]:
     count = r.u32()
     if 36 * count > len(r.data) - r.pos:
@@ -477,11 +485,6 @@ def _read_pairs32(r: _Reader) -> tuple[tuple[int, bytes], ...]:
     if count > _PAIRS32_MEMO_MAX:  # never memoise what no real round sends: a refused list would stay
         return _pairs32.__wrapped__(raw, r.what)
     return _pairs32(raw, r.what)
-
-
-# Lists longer than this (2.4 MB) are decoded without the memo: a server could otherwise make a site
-# keep up to 8 refused, attacker-sized lists (up to the transport's payload limit each) in memory.
-_PAIRS32_MEMO_MAX = 1 << 16
 
 
 _PAIR32 = struct.Struct(">I32s")
