@@ -154,7 +154,7 @@ def alone(raw: dict[str, Any], site: dict[str, Any], name: str, *, private: bool
 
 
 def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    raw = tomllib.loads((ROOT / "clients/healthcare/federation.toml").read_text())
+    raw = tomllib.loads((args.config or ROOT / "clients/healthcare/federation.toml").read_text())
     if args.rounds:
         raw["federation"]["rounds"] = args.rounds
     if args.sites:
@@ -170,7 +170,7 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     specs = expand_sites(config_from_dict(raw).sites)
     print(f"healthcare: {len(specs)} patients, {raw['federation']['rounds']} rounds", flush=True)
     results: dict[str, Any] = {"config": {"sites": len(specs), "rounds": raw["federation"]["rounds"],
-                                          "steps": raw["local"]["steps"], "episodes": args.episodes,
+                                          "steps": raw["local"].get("steps", 0), "episodes": args.episodes,
                                           "fraction": raw["sampling"]["fraction"],
                                           "settings": {".".join(k): v for k, v in args.settings}}}
     arms = args.arms.split(",")
@@ -292,7 +292,7 @@ def policy_actor(policy: Any) -> Callable[[PortfolioEnv, np.ndarray], np.ndarray
 
 
 def finance(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    raw = tomllib.loads((ROOT / "clients/finance/federation.toml").read_text())
+    raw = tomllib.loads((args.config or ROOT / "clients/finance/federation.toml").read_text())
     if args.rounds:
         raw["federation"]["rounds"] = args.rounds
     apply_settings(raw, args.settings)
@@ -462,6 +462,8 @@ def env_speed(seconds: float = 3.0) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pilot", choices=("healthcare", "finance", "speed"), required=True)
+    p.add_argument("--config", type=Path, default=None,
+                   help="federation config to run (default: clients/<pilot>/federation.toml)")
     p.add_argument("--rounds", type=int, default=0, help="override federation.rounds")
     p.add_argument("--sites", type=int, default=0, help="healthcare: number of patients (default: the config's)")
     p.add_argument("--steps", type=int, default=0, help="healthcare: local env steps per round")

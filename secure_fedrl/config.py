@@ -50,8 +50,8 @@ class FederationSection:
 
 @dataclass(frozen=True)
 class LocalSection:
-    algorithm: Literal["ppo", "reinforce"] = "ppo"
-    """Local RL algorithm run by every site."""
+    algorithm: Literal["ppo", "reinforce", "es"] = "ppo"
+    """Local RL algorithm run by every site ("es": antithetic evolution strategies, rl/es.py)."""
     steps: int = 0
     """Env steps per site per round (all vector copies together); 0 = use `episodes`."""
     episodes: int = 0
@@ -205,7 +205,7 @@ class SiteSection:
 class Config:
     federation: FederationSection
     local: LocalSection
-    algorithm: Any  # PPOConfig | ReinforceConfig
+    algorithm: Any  # PPOConfig | ReinforceConfig | ESConfig
     strategy: StrategySection
     sampling: SamplingSection
     compression: CompressionSection
@@ -288,7 +288,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
 
     sections: dict[str, Any] = {}
     local_raw = dict(_table(raw, "local"))
-    algo_tables = {name: local_raw.pop(name) for name in ("ppo", "reinforce") if name in local_raw}
+    algo_tables = {name: local_raw.pop(name) for name in ("ppo", "reinforce", "es") if name in local_raw}
     for name, cls in SECTIONS.items():
         table = local_raw if name == "local" else _table(raw, name)
         sections[name] = build_dataclass(cls, table, name)
@@ -319,6 +319,10 @@ def _algorithm_class(name: str) -> type:
         from secure_fedrl.rl.ppo import PPOConfig
 
         return PPOConfig
+    if name == "es":
+        from secure_fedrl.rl.es import ESConfig
+
+        return ESConfig
     from secure_fedrl.rl.reinforce import ReinforceConfig
 
     return ReinforceConfig
@@ -453,6 +457,16 @@ def _check_ranges(c: Config) -> None:
     need(all(h >= 1 for h in lo.hidden_sizes) and lo.hidden_sizes, "local.hidden_sizes", "must be positive widths")
     need(-5.0 <= lo.init_log_std <= 2.0, "local.init_log_std",
          f"must be in [-5, 2] (std exp(-5) = 0.0067 to exp(2) = 7.4), got {lo.init_log_std}")
+    if lo.algorithm == "es":
+        need(lo.steps == 0 and lo.episodes >= 2 and lo.episodes % 2 == 0, "local.episodes",
+             "algorithm 'es' runs antithetic pairs of whole episodes: set local.episodes to an even number "
+             ">= 2 and local.steps = 0")
+        need(c.privacy.unit != "trajectory", "local.algorithm",
+             "'es' takes no per-trajectory gradient steps, so trajectory-level DP cannot apply: "
+             "use privacy.unit = 'client' (or 'none')")
+        need(c.strategy.name not in ("fedprox", "scaffold"), "local.algorithm",
+             f"'es' takes one step per round, not local gradient steps: strategy {c.strategy.name!r} "
+             "(a correction of those steps) does not apply")
     s = c.sampling
     need(s.clients_per_round >= 0, "sampling.clients_per_round", "must be >= 0")
     need(0.0 < s.fraction <= 1.0, "sampling.fraction", f"must be in (0, 1], got {s.fraction}")

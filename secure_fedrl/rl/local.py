@@ -14,6 +14,7 @@ from torch import Generator, Tensor
 from secure_fedrl.errors import ConfigError
 from secure_fedrl.rl.dp_training import TrajectoryDP, train_dp
 from secure_fedrl.rl.envs import SiteVectorEnv
+from secure_fedrl.rl.es import ESConfig, train_es
 from secure_fedrl.rl.policies import ActorCritic
 from secure_fedrl.rl.ppo import PPOConfig, train_ppo
 from secure_fedrl.rl.reinforce import ReinforceConfig, train_reinforce
@@ -57,7 +58,7 @@ def _check_budget(name: str, value: int | None) -> None:
 def train_local(
     policy: ActorCritic,
     env: SiteVectorEnv,
-    algo: PPOConfig | ReinforceConfig,
+    algo: PPOConfig | ReinforceConfig | ESConfig,
     *,
     steps: int | None = None,
     episodes: int | None = None,
@@ -97,6 +98,12 @@ def train_local(
         raise ConfigError("train_local: federated_params must be parameters of the policy")
     if first_gradient is not None and not isinstance(first_gradient, FirstGradient):
         raise ConfigError(f"train_local: first_gradient must be a FirstGradient, got {type(first_gradient).__name__}")
+    if isinstance(algo, ESConfig):
+        if dp is not None or prox_mu or grad_correction is not None or first_gradient is not None or steps is not None:
+            raise ConfigError("train_local: 'es' takes episodes only, without trajectory DP, FedProx or SCAFFOLD")
+        if episodes is None:
+            raise ConfigError("train_local: 'es' needs episodes (two per antithetic pair)")
+        return train_es(policy, env, algo, episodes=episodes, generator=generator)
     if first_gradient is None:
         corrections = Corrections(federated, prox_mu=prox_mu, anchor=anchor, grad_correction=grad_correction)
     else:
@@ -113,4 +120,4 @@ def train_local(
     if isinstance(algo, ReinforceConfig):
         return train_reinforce(policy, env, algo, steps=steps, episodes=episodes, generator=generator,
                                corrections=corrections)
-    raise ConfigError(f"train_local: algo must be PPOConfig or ReinforceConfig, got {type(algo).__name__}")
+    raise ConfigError(f"train_local: algo must be PPOConfig, ReinforceConfig or ESConfig, got {type(algo).__name__}")
