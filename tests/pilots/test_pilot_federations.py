@@ -78,3 +78,14 @@ def test_finance_two_rounds_end_to_end(tmp_path):
         assert key in row["eval_domain_mean"]
     assert row["eval_domain_worst"]["sharpe"] <= row["eval_domain_mean"]["sharpe"]
     assert (tmp_path / "run" / "privacy_ledger.sqlite").is_file()
+
+
+@pytest.mark.slow
+def test_healthcare_es_experiment_two_rounds_end_to_end(tmp_path):
+    """bench/configs/healthcare-es.toml (docs/pilots.md): local ES under client-level DDG and SecAgg."""
+    raw = tiny(ROOT / "bench" / "configs" / "healthcare-es.toml", local__episodes=2, sampling__fraction=1.0)
+    raw["sites"][0].update(count=3, num_envs=2)
+    summary = run_simulation(config_from_dict(raw), tmp_path / "run", progress=False)
+    assert summary.rounds_done == 2 and summary.epsilon is not None and 0 < summary.epsilon <= 8.0
+    assert "time_in_range" in _last_row(tmp_path / "run")["eval_domain_mean"]
+    assert (tmp_path / "run" / "privacy_ledger.sqlite").is_file()
