@@ -103,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the site's state directory, kept across restarts (default ./site-state/NAME; "
                          "with several --site, DIR/NAME each)")
 
+    pers = sub.add_parser("personalise", help="fine-tune the federated policy at one site on its own env "
+                                              "(nothing leaves the site; the result has no DP guarantee)")
+    pers.add_argument("config", type=Path, help="the federation config (the site's env and local learner)")
+    pers.add_argument("--site", required=True, metavar="NAME", help="the site to fine-tune at")
+    pers.add_argument("--model", type=Path, required=True, metavar="PATH",
+                      help="the federated policy: a run directory (its last checkpoint) or one checkpoint file")
+    pers.add_argument("--rounds", type=_positive_int, required=True, help="local training rounds")
+    pers.add_argument("--learning-rate", type=float, metavar="X", help="the local learner's learning rate "
+                      "(default: the config's)")
+    pers.add_argument("--eval-episodes", type=_positive_int, default=4, metavar="N",
+                      help="episodes of the before/after evaluation (default 4)")
+    pers.add_argument("--out", type=Path, required=True,
+                      help="where policy.pt and personalise.json go (mode 0600: keep them at the site)")
+
     conf = sub.add_parser("conformance", help="check this implementation against protocol test vectors")
     conf.add_argument("--vectors", type=Path, default=None, help="directory of vector files (default: protocols/vectors)")
 
@@ -132,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _join(args)
         if args.command == "conformance":
             return _conformance(args)
+        if args.command == "personalise":
+            return _personalise(args)
         if args.command == "pki":
             from secure_fedrl.transport.pki_cli import run_pki
 
@@ -230,6 +246,20 @@ def _join(args: argparse.Namespace) -> int:
         raise ConfigError(f"--give-up-after: must be > 0 seconds, got {args.give_up_after}")
     return join(config, args.site, server=_host_port("--server", args.server), pki=args.pki, state=args.state,
                 give_up_after=args.give_up_after)
+
+
+def _personalise(args: argparse.Namespace) -> int:
+    from secure_fedrl.config import load_config
+    from secure_fedrl.runtime.personalise import personalise_site
+
+    report = personalise_site(load_config(args.config), args.site, args.model, args.out, rounds=args.rounds,
+                              learning_rate=args.learning_rate, eval_episodes=args.eval_episodes)
+    before, after = report["before"], report["after"]
+    shown = ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before)
+    print(f"site {report['site']}: {report['rounds']} local rounds from round {report['from_round']} of the "
+          f"federation ({report['env_steps']} env steps); {shown}; wrote {args.out / 'policy.pt'} "
+          "(keep it at the site: no DP guarantee)")
+    return 0
 
 
 def _conformance(args: argparse.Namespace) -> int:

@@ -30,11 +30,11 @@ from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError, PrivacyBudgetExceeded, ProtocolError
 from secure_fedrl.fl.sampling import sample_clients
 from secure_fedrl.fl.strategies import FedAsync, FedBuff, Scaffold, make_strategy
-from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
+from secure_fedrl.rl.policies import get_flat, set_flat
 from secure_fedrl.runtime.aggregation import RoundAggregate, build_aggregator, simulated_dropouts
 from secure_fedrl.runtime.privacy_plan import PrivacyPlan
 from secure_fedrl.runtime.rundir import RunDirectory
-from secure_fedrl.runtime.site import RoundOrder, derive_seed
+from secure_fedrl.runtime.site import RoundOrder, derive_seed, initial_policy
 from secure_fedrl.runtime.sites import expand_sites
 from secure_fedrl.secagg.protocol import RoundConfig
 from secure_fedrl.transport.base import Hub, PhaseDeadlines, RosterEntry, RoundAnnouncement
@@ -97,10 +97,7 @@ class ServerRuntime:
         self.specs = expand_sites(config.sites)
         self.site_names = [s.name for s in self.specs]
         obs_space, act_space = spaces
-        torch.manual_seed(derive_seed(fed.seed, 0xC0FFEE))
-        self.policy = ActorCritic(obs_space, act_space, hidden_sizes=config.local.hidden_sizes,
-                                   linear_actor=config.local.linear_actor,
-                                   init_log_std=config.local.init_log_std).to(self.device)
+        self.policy = initial_policy(config, obs_space, act_space).to(self.device)
         self.federated_params = list(self.policy.shared_parameters(config.local.federate_critic))
         self.dim = sum(p.numel() for p in self.federated_params)
         self.global_params = get_flat(self.federated_params)

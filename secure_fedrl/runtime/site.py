@@ -30,7 +30,7 @@ from secure_fedrl.fl.strategies import ScaffoldClient
 from secure_fedrl.privacy.accountants import GaussianStep
 from secure_fedrl.privacy.budget import SiteGuard
 from secure_fedrl.rl.local import FirstGradient, train_local
-from secure_fedrl.rl.policies import get_flat, set_flat
+from secure_fedrl.rl.policies import ActorCritic, get_flat, set_flat
 from secure_fedrl.runtime.aggregation import SiteUpload
 from secure_fedrl.runtime.envstate import capture_env_state, restore_env_state
 from secure_fedrl.runtime.sites import SiteSpec
@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from a tuple of ints (numpy's SeedSequence mixes them well)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def initial_policy(config: Config, observation_space: Any, action_space: Any) -> ActorCritic:
+    """The federation's round-0 policy: the same at the server and at every site (from the
+    federation seed alone), so a site can start without waiting for a broadcast."""
+    torch.manual_seed(derive_seed(config.federation.seed, 0xC0FFEE))
+    return ActorCritic(observation_space, action_space, hidden_sizes=config.local.hidden_sizes,
+                       linear_actor=config.local.linear_actor, init_log_std=config.local.init_log_std)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from secure_fedrl.config import Config
 from secure_fedrl.fl.strategies import FedAsync, Scaffold, make_strategy
-from secure_fedrl.runtime.site import SiteRuntime, derive_seed
+from secure_fedrl.runtime.site import SiteRuntime, initial_policy
 from secure_fedrl.runtime.sites import expand_sites
 
 
@@ -58,7 +58,7 @@ class SiteBuilder:
         import torch
 
         from secure_fedrl.rl.envs import make_site_env
-        from secure_fedrl.rl.policies import ActorCritic, get_flat
+        from secure_fedrl.rl.policies import get_flat
 
         cfg = self.config
         spec = self.specs[index]
@@ -68,11 +68,8 @@ class SiteBuilder:
         if self._shared is not None:
             policy, federated, initial_critic = self._shared
         else:
-            torch.manual_seed(derive_seed(cfg.federation.seed, 0xC0FFEE))  # the server's initial policy
-            policy = ActorCritic(env.single_observation_space, env.single_action_space,
-                                 hidden_sizes=cfg.local.hidden_sizes,
-                                 linear_actor=cfg.local.linear_actor,
-                                 init_log_std=cfg.local.init_log_std).to(torch.device(cfg.federation.device))
+            policy = initial_policy(cfg, env.single_observation_space, env.single_action_space).to(
+                torch.device(cfg.federation.device))
             federated = list(policy.shared_parameters(cfg.local.federate_critic))
             initial_critic = get_flat(list(policy.critic_parameters()))  # before any site trains in it
             if self.share_policy:

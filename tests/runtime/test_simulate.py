@@ -219,3 +219,20 @@ def test_every_strategy_and_option_runs(tmp_path, extra):
     if "compression" in extra:
         dense = 4 * ckpt["global_params"].numel()
         assert rows[-1]["bytes_per_site"] < dense
+
+
+def test_initial_policy_is_the_servers_round_zero_policy(tmp_path):
+    """bench/pilots.py starts its patients-alone arm from `initial_policy`: it must be the
+    federation's own start, and depend on the federation seed."""
+    from secure_fedrl.config import load_config
+    from secure_fedrl.rl.policies import get_flat
+    from secure_fedrl.runtime.simulate import Simulation
+    from secure_fedrl.runtime.site import initial_policy
+
+    config = load_config(write(tmp_path))
+    sim = Simulation(config, tmp_path / "run", progress=False)
+    env = gym.make("CartPole-v1")
+    start = get_flat(list(initial_policy(config, env.observation_space, env.action_space).parameters()))
+    assert (start == get_flat(list(sim.policy.parameters()))).all()
+    other = load_config(write(tmp_path, SMALL.replace("seed = 7", "seed = 8"), "other.toml"))
+    assert not (start == get_flat(list(initial_policy(other, env.observation_space, env.action_space).parameters()))).all()

@@ -1,0 +1,134 @@
+"""Personalisation at one site after the federation (`secure-fedrl personalise`): train the
+federated global policy further on the site's own environment, at the site.
+
+Why: one policy shared by every site does not fit sites that differ much (the healthcare pilot's
+patients, docs/pilots.md); a short local fine-tune from the federated start fits each one, and
+the federated start is what makes the fine-tune better than training alone on the same data.
+
+Privacy. Nothing leaves the site: the fine-tune spends no privacy budget and the server learns
+nothing from it. The fine-tuned policy is computed from the site's own data WITHOUT noise, so it
+carries NO differential-privacy guarantee for that data and must stay at the site; only its input,
+the federated global policy, is covered by the federation's guarantee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_fedrl.config import Config
+from secure_fedrl.errors import ConfigError
+from secure_fedrl.fsutil import atomic_write
+from secure_fedrl.rl.envs import SiteVectorEnv, make_site_env
+from secure_fedrl.rl.evaluate import evaluate_with_metrics
+from secure_fedrl.rl.local import train_local
+from secure_fedrl.rl.policies import ActorCritic, set_flat
+from secure_fedrl.runtime.rundir import CHECKPOINT_DIR
+from secure_fedrl.runtime.site import derive_seed, initial_policy
+from secure_fedrl.runtime.sites import SiteSpec, expand_sites
+
+__all__ = ["fine_tune", "load_global_params", "personalise_site"]
+
+
+def _checkpoint_globals() -> list[Any]:
+    """What a run checkpoint holds besides tensors (a strategy's numpy state): the only classes
+    `torch.load(weights_only=True)` may build, so a checkpoint cannot run code when read."""
+    dtypes = [getattr(np.dtypes, n) for n in ("Float32DType", "Float64DType", "Int64DType") if hasattr(np.dtypes, n)]
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def load_global_params(source: Path) -> tuple[np.ndarray, int]:
+    """The federated parameters of one run checkpoint, or of a run directory's last one; with its round."""
+    source = Path(source)
+    if source.is_dir():
+        found = sorted((source / CHECKPOINT_DIR).glob("round-*.pt"))
+        if not found:
+            raise ConfigError(f"--model {source}: a run directory without checkpoints ({CHECKPOINT_DIR}/round-*.pt)")
+        source = found[-1]
+    elif not source.is_file():
+        raise ConfigError(f"--model {source}: no such checkpoint file or run directory")
+    try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            blob = torch.load(source, map_location="cpu", weights_only=True)
+        params, round_id = blob["global_params"], int(blob["round"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
+        raise ConfigError(f"--model {source}: not a secure-fedrl run checkpoint ({type(exc).__name__})") from None
+    return np.asarray(params, dtype=np.float32).reshape(-1), round_id
+
+
+def fine_tune(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int, generator: torch.Generator) -> int:
+    """`rounds` rounds of the config's local learner on `env`, in place (one site, no server);
+    returns the env steps taken."""
+    steps = 0
+    for _ in range(rounds):
+        result = train_local(policy, env, config.algorithm, steps=config.local.steps or None,
+                             episodes=None if config.local.steps else config.local.episodes, generator=generator)
+        steps += result.steps
+    return steps
+
+
+def _site(config: Config, name: str) -> tuple[int, SiteSpec]:
+    specs = expand_sites(config.sites)
+    for index, spec in enumerate(specs):
+        if spec.name == name:
+            return index, spec
+    shown = ", ".join(s.name for s in specs[:5]) + (", ..." if len(specs) > 5 else "")
+    raise ConfigError(f"--site {name!r}: not a site of this config (its sites: {shown})")
+
+
+def _evaluate(policy: ActorCritic, spec: SiteSpec, episodes: int, seed: int) -> dict[str, float]:
+    res = evaluate_with_metrics(policy, spec.env_id, spec.overrides, episodes=episodes, seed=seed,
+                                num_envs=min(episodes, 4), site=spec.name)
+    return {"return": float(np.mean(res.returns)), **res.metrics}
+
+
+def personalise_site(config: Config, site: str, model: Path, out: Path, *, rounds: int,
+                     learning_rate: float | None = None, eval_episodes: int = 4) -> dict[str, Any]:
+    """Fine-tune the global policy of `model` at `site` for `rounds` local rounds; write
+    OUT/policy.pt (the site's own policy) and OUT/personalise.json (the evaluation before and after
+    on the same seeded episodes of the site's env). Refuses to overwrite an earlier result."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"--rounds: must be a positive integer, got {rounds!r}")
+    if learning_rate is not None:
+        if not learning_rate > 0:
+            raise ConfigError(f"--learning-rate: must be > 0, got {learning_rate}")
+        config = dataclasses.replace(config, algorithm=dataclasses.replace(config.algorithm, learning_rate=learning_rate))
+    out = Path(out)
+    if (out / "policy.pt").exists():
+        raise ConfigError(f"--out {out}: already holds a personalised policy (policy.pt); choose another directory")
+    index, spec = _site(config, site)
+    params, from_round = load_global_params(model)
+    env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
+    try:
+        policy = initial_policy(config, env.single_observation_space, env.single_action_space)
+        federated = list(policy.shared_parameters(config.local.federate_critic))
+        if sum(p.numel() for p in federated) != params.size:
+            raise ConfigError(f"--model {model}: holds {params.size} federated parameters; this config's policy has "
+                              f"{sum(p.numel() for p in federated)} (another federation's model?)")
+        set_flat(federated, params)
+        eval_seed = derive_seed(config.federation.seed, index, 0xE7A1)
+        before = _evaluate(policy, spec, eval_episodes, eval_seed)
+        generator = torch.Generator().manual_seed(derive_seed(config.federation.seed, index, 0xF17E))
+        steps = fine_tune(policy, env, config, rounds, generator)
+    finally:
+        env.close()
+    after = _evaluate(policy, spec, eval_episodes, eval_seed)
+    report = {"site": spec.name, "federation": config.federation.name, "model": str(model), "from_round": from_round,
+              "rounds": rounds, "env_steps": steps, "algorithm": config.local.algorithm,
+              "learning_rate": getattr(config.algorithm, "learning_rate", None), "eval_episodes": eval_episodes,
+              "before": before, "after": after,
+              "privacy": "local only: no budget spent, nothing sent; this policy has no DP guarantee for the "
+                         "site's data and must stay at the site"}
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    buffer = io.BytesIO()
+    torch.save({"policy_state_dict": policy.state_dict(), "site": spec.name, "from_round": from_round,
+                "rounds": rounds}, buffer)
+    atomic_write(out / "policy.pt", buffer.getvalue(), mode=0o600)  # the site's data, without noise
+    atomic_write(out / "personalise.json", (json.dumps(report, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
+    return report

@@ -1,0 +1,153 @@
+"""`secure-fedrl personalise`: fine-tune the federated policy at one site (runtime/personalise.py)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secure_fedrl.cli import main
+from secure_fedrl.config import load_config
+from secure_fedrl.errors import ConfigError
+from secure_fedrl.rl.policies import get_flat
+from secure_fedrl.runtime.personalise import load_global_params, personalise_site
+from secure_fedrl.runtime.simulate import run_simulation
+
+CONFIG = textwrap.dedent("""
+    [federation]
+    name = "personalise"
+    rounds = 2
+    seed = 3
+
+    [local]
+    algorithm = "ppo"
+    steps = 128
+    hidden_sizes = [8]
+
+    [local.ppo]
+    num_steps = 64
+    update_epochs = 1
+    num_minibatches = 2
+
+    [evaluation]
+    every = 100
+    episodes = 1
+
+    [[sites]]
+    name = "short"
+    env = "CartPole-v1"
+    num_envs = 2
+    seed = 1
+    overrides = { length = 0.3 }
+
+    [[sites]]
+    name = "long"
+    env = "CartPole-v1"
+    num_envs = 2
+    seed = 2
+    overrides = { length = 0.9 }
+""")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("personalise")
+    path = root / "fed.toml"
+    path.write_text(CONFIG)
+    run_simulation(load_config(path), root / "run", progress=False)
+    return path, root / "run"
+
+
+def test_fine_tunes_from_the_federated_policy_and_keeps_it_private(run, tmp_path):
+    path, run_dir = run
+    config = load_config(path)
+    report = personalise_site(config, "long", run_dir, tmp_path / "out", rounds=2, eval_episodes=2)
+    assert report["from_round"] == 2 and report["rounds"] == 2 and report["env_steps"] >= 2 * 128
+    saved = torch.load(tmp_path / "out" / "policy.pt", weights_only=True)
+    global_params, _ = load_global_params(run_dir)
+    import gymnasium as gym
+
+    from secure_fedrl.runtime.site import initial_policy
+
+    env = gym.make("CartPole-v1")
+    policy = initial_policy(config, env.observation_space, env.action_space)
+    policy.load_state_dict(saved["policy_state_dict"])
+    tuned = get_flat(list(policy.shared_parameters(config.local.federate_critic)))
+    assert tuned.size == global_params.size and not np.allclose(tuned, global_params)  # it trained
+    for name in ("policy.pt", "personalise.json"):  # the site's data without noise: owner-only
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o600
+    assert json.loads((tmp_path / "out" / "personalise.json").read_text())["before"] == report["before"]
+    # 'before' is the federated policy's own evaluation: a run of 0 extra rounds of a second site
+    # would start from the same parameters, so the start is the checkpoint's, not the initial policy
+    again = personalise_site(config, "long", run_dir, tmp_path / "again", rounds=1, eval_episodes=2)
+    assert again["before"] == report["before"]
+    assert load_global_params(run_dir)[0].tobytes() == global_params.tobytes()  # the model is not touched
+
+
+def test_before_is_the_checkpoint_not_the_initial_policy(run, tmp_path):
+    path, run_dir = run
+    config = load_config(path)
+    first = personalise_site(config, "short", run_dir / "checkpoints" / "round-00001.pt", tmp_path / "a", rounds=1,
+                             eval_episodes=2)
+    last = personalise_site(config, "short", run_dir, tmp_path / "b", rounds=1, eval_episodes=2)
+    assert first["from_round"] == 1 and last["from_round"] == 2
+    assert first["before"] != last["before"]
+
+
+def test_learning_rate_override_reaches_the_learner(run, tmp_path):
+    path, run_dir = run
+    report = personalise_site(load_config(path), "short", run_dir, tmp_path / "out", rounds=1, learning_rate=1e-2,
+                              eval_episodes=1)
+    assert report["learning_rate"] == pytest.approx(1e-2)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "nothing", "no such checkpoint"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "without checkpoints"),
+    (lambda d: (d / "t.pt").write_text("hello") and d / "t.pt", "not a secure-fedrl run checkpoint"),
+    (lambda d: torch.save({"global_params": torch.zeros(3), "round": 1, "x": _Payload()}, d / "evil.pt") or d / "evil.pt",
+     "not a secure-fedrl run checkpoint"),
+    (lambda d: torch.save({"round": 1}, d / "partial.pt") or d / "partial.pt", "not a secure-fedrl run checkpoint"),
+])
+def test_bad_model_is_refused_in_one_line(tmp_path, make, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        load_global_params(make(tmp_path))
+    assert "code ran" not in capsys.readouterr().out  # weights_only: a checkpoint cannot run code
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--site", "nobody"], "--site 'nobody': not a site of this config"),
+    (["--site", "short", "--learning-rate", "0"], "--learning-rate: must be > 0"),
+])
+def test_cli_user_errors_exit_2(run, tmp_path, extra, message, capsys):
+    path, run_dir = run
+    rc = main(["personalise", str(path), "--model", str(run_dir), "--rounds", "1", "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_another_federations_model_and_an_existing_result(run, tmp_path, capsys):
+    path, run_dir = run
+    other = tmp_path / "other.toml"
+    other.write_text(CONFIG.replace("hidden_sizes = [8]", "hidden_sizes = [4]"))
+    assert main(["personalise", str(other), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "federated parameters" in capsys.readouterr().err
+    args = ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+            "--eval-episodes", "1", "--out", str(tmp_path / "ok")]
+    assert main(args) == 0
+    assert "keep it at the site" in capsys.readouterr().out
+    before = (tmp_path / "ok" / "policy.pt").read_bytes()
+    assert main(args) == 2  # never overwrite a site's personalised policy
+    assert "already holds a personalised policy" in capsys.readouterr().err
+    assert (tmp_path / "ok" / "policy.pt").read_bytes() == before
