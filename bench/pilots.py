@@ -15,6 +15,13 @@ Every arm is evaluated on the same seeded days per patient (`--episodes`). Goals
 TIR(federated DP) >= TIR(basal-bolus) on >= 80 % of patients, >= TIR(site alone) on average over
 the patients trained alone, and time below 54 no worse than basal-bolus (mean over patients).
 
+Personalised healthcare arm (`--arms basal_bolus,federated_dp,finetune --finetune ROUNDS`): every
+DP draw's global policy is fine-tuned at every patient for ROUNDS local rounds of the config's
+learner (`secure-fedrl personalise`; `--finetune-set` changes its config only), and the first
+`--alone` patients are trained alone with the same learner for rounds + ROUNDS rounds, from the
+federation's initial policy: the same local data as a fine-tuned patient. The same three goals
+are judged for the fine-tuned policies against those patients alone.
+
 Finance (clients/finance/federation.toml): buy-and-hold, equal weights rebalanced weekly, the
 federated trajectory-DP policy, the non-private federation and each desk trained alone (same
 rounds, episodes and DP settings as in the federation: the desk's data is as private alone),
@@ -48,7 +55,9 @@ from secure_fedrl.rl.envs import make_site_env  # noqa: E402
 from secure_fedrl.rl.evaluate import evaluate_with_metrics  # noqa: E402
 from secure_fedrl.rl.pilots.portfolio import PortfolioEnv  # noqa: E402
 from secure_fedrl.rl.policies import set_flat  # noqa: E402
+from secure_fedrl.runtime.personalise import fine_tune  # noqa: E402
 from secure_fedrl.runtime.simulate import Simulation  # noqa: E402
+from secure_fedrl.runtime.site import derive_seed, initial_policy  # noqa: E402
 from secure_fedrl.runtime.sites import expand_sites  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -117,13 +126,36 @@ def met_on_every_draw(draws: list[dict[str, Any]]) -> dict[str, bool]:
     return {k: all(d["goals"][k] for d in draws) for k in draws[0]["goals"]}
 
 
+def evaluate_site(policy: Any, spec: Any, index: int, episodes: int) -> dict[str, float]:
+    """Site `index`'s metrics on its seeded evaluation days (the same days for every arm)."""
+    res = evaluate_with_metrics(policy, spec.env_id, spec.overrides, episodes=episodes,
+                                seed=900_000 + 1000 * index, num_envs=min(episodes, 4))
+    return {**res.metrics, "return": float(np.mean(res.returns))}
+
+
 def evaluate_sites(policy: Any, specs: list, episodes: int) -> dict[str, dict[str, float]]:
-    out = {}
-    for i, spec in enumerate(specs):
-        res = evaluate_with_metrics(policy, spec.env_id, spec.overrides, episodes=episodes,
-                                    seed=900_000 + 1000 * i, num_envs=min(episodes, 4))
-        out[spec.name] = {**res.metrics, "return": float(np.mean(res.returns))}
-    return out
+    return {spec.name: evaluate_site(policy, spec, i, episodes) for i, spec in enumerate(specs)}
+
+
+def train_at_site(job: tuple) -> dict[str, float]:
+    """One patient's own training from `policy`, nothing leaving the pump: `rounds` rounds of the
+    config's local learner on its env (the site's seed), then its evaluation."""
+    policy, spec, index, config, rounds, seed, episodes = job
+    torch.set_num_threads(1)
+    env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
+    fine_tune(policy, env, config, rounds, torch.Generator().manual_seed(seed))
+    env.close()
+    return evaluate_site(policy, spec, index, episodes)
+
+
+def train_at_sites(starts: list[Any], specs: list, config: Any, rounds: int, episodes: int, tag: int) -> dict[str, dict[str, float]]:
+    """train_at_site for every (start policy, site), on all cores."""
+    import multiprocessing
+
+    jobs = [(start, spec, i, config, rounds, derive_seed(config.federation.seed, tag, i, 0xF17E), episodes)
+            for i, (start, spec) in enumerate(zip(starts, specs))]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        return dict(zip([s.name for s in specs], pool.map(train_at_site, jobs)))
 
 
 def private_to_plain(raw: dict[str, Any]) -> dict[str, Any]:
@@ -178,8 +210,40 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "basal_bolus" in arms:
         results["basal_bolus"] = evaluate_sites(ZeroPolicy(2), specs, args.episodes)
         print(f"  basal-bolus evaluated in {time.perf_counter() - t:.0f}s", flush=True)
+    personalise = "finetune" in arms
+    if personalise and (args.finetune < 1 or "federated_dp" not in arms or "basal_bolus" not in arms):
+        raise SystemExit("pilots.py: --arms finetune needs --finetune ROUNDS >= 1 and the basal_bolus and "
+                         "federated_dp arms in the same run")
+    tuned_raw = json.loads(json.dumps(raw))
+    apply_settings(tuned_raw, args.finetune_settings)
+    tuned = config_from_dict(tuned_raw)
+    tuned_draws: list[dict[str, Any]] = []
+
+    def judge(policy: Any) -> dict[str, Any]:
+        """Evaluate a DP draw's global policy; with `finetune`, also every patient's fine-tune of it."""
+        if personalise:
+            t0 = time.perf_counter()
+            tuned_draws.append(train_at_sites([policy] * len(specs), specs, tuned, args.finetune, args.episodes,
+                                              tag=len(tuned_draws)))
+            print(f"  {len(specs)} patients fine-tuned for {args.finetune} rounds in {time.perf_counter() - t0:.0f}s", flush=True)
+        return evaluate_sites(policy, specs, args.episodes)
+
     if "federated_dp" in arms:
-        dp_draws(results, raw, work / "hc-dp", args.draws, lambda policy: evaluate_sites(policy, specs, args.episodes))
+        dp_draws(results, raw, work / "hc-dp", args.draws, judge)
+    if personalise:
+        # Each patient alone with the fine-tune's learner for as many rounds as a fine-tuned patient
+        # trained in all (federated + fine-tune): the same local data, no federation.
+        n, total = min(args.alone, len(specs)), raw["federation"]["rounds"] + args.finetune
+        env = make_site_env(specs[0].env_id, overrides=specs[0].overrides, num_envs=1, seed=0, site=specs[0].name)
+        start = initial_policy(tuned, env.single_observation_space, env.single_action_space)
+        env.close()
+        t0 = time.perf_counter()
+        results["alone_same_data"] = train_at_sites([start] * n, specs[:n], tuned, total, args.episodes, tag=10_000)
+        print(f"  {n} patients trained alone for {total} rounds in {time.perf_counter() - t0:.0f}s", flush=True)
+        results["federated_dp_finetuned_draws"] = tuned_draws
+        results["finetune"] = {"rounds": args.finetune, "alone_rounds": total,
+                               "settings": {".".join(k): v for k, v in args.finetune_settings}}
+        results["finetune_summary"] = finetune_summary(results)
     if "federated_plain" in arms:
         policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
         results["federated_plain"] = evaluate_sites(policy, specs, args.episodes)
@@ -235,6 +299,80 @@ def healthcare_summary(r: dict[str, Any]) -> dict[str, Any]:
         s["draws"].append(d)
     s["goals"] = met_on_every_draw(s["draws"])
     return s
+
+
+def finetune_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """Personalised arm: each DP draw's global policy fine-tuned at every pump, judged on the goals
+    against the rule and against patients alone given the same local data (`alone_same_data`)."""
+    base, alone = r["basal_bolus"], r["alone_same_data"]
+    names, alone_names = list(base), list(alone)
+    base_tir = np.array([base[n]["time_in_range"] for n in names])
+    alone_tir = float(np.mean([alone[n]["time_in_range"] for n in alone_names]))
+    base_b54 = float(np.mean([base[n]["time_below_54"] for n in names]))
+    s: dict[str, Any] = {"alone_same_data": {
+        "sites": len(alone_names), "rounds": r["finetune"]["alone_rounds"], "time_in_range": alone_tir,
+        "time_below_54": float(np.mean([alone[n]["time_below_54"] for n in alone_names])),
+        "basal_bolus_tir": float(np.mean([base[n]["time_in_range"] for n in alone_names]))},
+        "basal_bolus_below_54": base_b54, "draws": []}
+    for global_eval, draw in zip(r["federated_dp_draws"], r["federated_dp_finetuned_draws"]):
+        tir = np.array([draw[n]["time_in_range"] for n in names])
+        d = {"global_time_in_range": float(np.mean([global_eval[n]["time_in_range"] for n in names])),
+             "time_in_range": float(tir.mean()), "worst_time_in_range": float(tir.min()),
+             "ge_baseline_fraction": float(np.mean(tir >= base_tir - 1e-12)),
+             **{k: float(np.mean([draw[n][k] for n in names])) for k in ("time_below_70", "time_below_54", "mean_risk")},
+             "alone_subset_tir": float(np.mean([draw[n]["time_in_range"] for n in alone_names]))}
+        d["goals"] = {"tir_ge_baseline_on_80pct": d["ge_baseline_fraction"] >= 0.8,
+                      "tir_ge_alone_on_average": d["alone_subset_tir"] >= alone_tir,
+                      "below54_no_worse_than_baseline": d["time_below_54"] <= base_b54 + 1e-12}
+        s["draws"].append(d)
+    s["goals"] = met_on_every_draw(s["draws"])
+    return s
+
+
+def markdown_finetune(r: dict[str, Any]) -> str:
+    s, f = r["finetune_summary"], r["finetune"]
+    a = s["alone_same_data"]
+    lines = [f"Each DP draw's global policy fine-tuned at every pump for {f['rounds']} rounds"
+             f"{' (' + ', '.join(f'{k} = {v}' for k, v in f['settings'].items()) + ')' if f['settings'] else ''}; "
+             f"{a['sites']} patients alone with the same learner for {a['rounds']} rounds: TIR {100 * a['time_in_range']:.1f} % "
+             f"(basal-bolus on them {100 * a['basal_bolus_tir']:.1f} %), below 54 {100 * a['time_below_54']:.2f} %.", "",
+             "| DP draw | TIR, global policy | TIR, fine-tuned | >= basal-bolus on | worst patient | below 70 | below 54 "
+             f"(rule: {100 * s['basal_bolus_below_54']:.2f} %) | mean risk | TIR on the patients alone |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {k + 1} | {100 * d['global_time_in_range']:.1f} % | {100 * d['time_in_range']:.1f} % | "
+              f"{100 * d['ge_baseline_fraction']:.0f} % | {100 * d['worst_time_in_range']:.1f} % | {100 * d['time_below_70']:.2f} % | "
+              f"{100 * d['time_below_54']:.2f} % | {d['mean_risk']:.2f} | {100 * d['alone_subset_tir']:.1f} % |"
+              for k, d in enumerate(s["draws"])]
+    lines += ["", "Goals, fine-tuned (on every draw): " + ", ".join(f"{k} {'MET' if v else 'NOT met'}" for k, v in s["goals"].items())]
+    return "\n".join(lines)
+
+
+def plot_finetune(r: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base, tuned, alone = r["basal_bolus"], r["federated_dp_finetuned_draws"][0], r["alone_same_data"]
+    names = sorted(base, key=lambda n: base[n]["time_in_range"])
+    idx = {n: i for i, n in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.plot(range(len(names)), [100 * base[n]["time_in_range"] for n in names], "k-", lw=1.5, label="basal-bolus rule")
+    ax.plot(range(len(names)), [100 * r["federated_dp"][n]["time_in_range"] for n in names], "o", color="tab:blue", ms=3,
+            label="federated DP (eps 8), global policy")
+    ax.plot(range(len(names)), [100 * tuned[n]["time_in_range"] for n in names], "^", color="tab:purple", ms=4,
+            label=f"federated DP + {r['finetune']['rounds']} rounds fine-tuned at the pump")
+    ax.plot([idx[n] for n in alone], [100 * alone[n]["time_in_range"] for n in alone], "x", color="tab:red", ms=6,
+            label=f"patient alone, {r['finetune']['alone_rounds']} rounds (same local data)")
+    ax.set_xlabel("patient (sorted by time in range under the basal-bolus rule)")
+    ax.set_ylabel("time in range 70-180 mg/dL (%)")
+    ax.set_ylim(0, 101)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "pilot_healthcare_tir_personalised.png", dpi=120)
+    plt.close(fig)
 
 
 def plot_healthcare(r: dict[str, Any]) -> None:
@@ -481,9 +619,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config key by its dotted path, VALUE in TOML syntax (repeatable), "
                         "e.g. --set local.init_log_std=-1.2 --set local.ppo.learning_rate=3e-3")
     p.add_argument("--tag", default="", help="appended to the results file name (experiments)")
+    p.add_argument("--finetune", type=int, default=0, metavar="ROUNDS",
+                   help="healthcare, arm `finetune`: local rounds each patient trains the DP global policy further")
+    p.add_argument("--finetune-set", dest="finetune_settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="like --set, for the fine-tune's (and its alone comparison's) config only")
     args = p.parse_args(argv)
     try:
         args.settings = [parse_setting(text) for text in args.settings]
+        args.finetune_settings = [parse_setting(text) for text in args.finetune_settings]
     except ValueError as exc:
         p.error(str(exc))
     if args.pilot == "speed":
@@ -520,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_healthcare(res) if args.pilot == "healthcare" else markdown_finance(res))
     elif args.pilot == "healthcare":
         print(markdown_healthcare_arms(res))
+    if "finetune_summary" in res:
+        plot_finetune(res)
+        print(json.dumps(res["finetune_summary"], indent=1))
+        print(markdown_finetune(res))
     return 0
 
 
