@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the config's)")
     pers.add_argument("--eval-episodes", type=_positive_int, default=4, metavar="N",
                       help="episodes of the before/after evaluation (default 4)")
+    pers.add_argument("--keep-best", metavar="[max:|min:]METRIC",
+                      help="keep the best checkpoint (the federated start included) by METRIC on separate "
+                           "validation episodes, e.g. time_in_range (default: keep the last)")
+    pers.add_argument("--require", action="append", default=[], metavar="METRIC<=BOUND",
+                      help="with --keep-best: only checkpoints meeting it (repeatable, in priority order)")
+    pers.add_argument("--check-every", type=_positive_int, metavar="K",
+                      help="with --keep-best: validate every K rounds (default: a quarter of --rounds)")
+    pers.add_argument("--validation-episodes", type=_positive_int, default=4, metavar="N",
+                      help="with --keep-best: validation episodes per check (default 4)")
     pers.add_argument("--out", type=Path, required=True,
                       help="where policy.pt and personalise.json go (mode 0600: keep them at the site)")
 
@@ -250,14 +259,21 @@ def _join(args: argparse.Namespace) -> int:
 
 def _personalise(args: argparse.Namespace) -> int:
     from secure_fedrl.config import load_config
-    from secure_fedrl.runtime.personalise import personalise_site
+    from secure_fedrl.runtime.personalise import parse_selection, personalise_site
 
-    report = personalise_site(load_config(args.config), args.site, args.model, args.out, rounds=args.rounds,
-                              learning_rate=args.learning_rate, eval_episodes=args.eval_episodes)
+    if args.keep_best is None and (args.require or args.check_every is not None):
+        raise ConfigError("--require and --check-every need --keep-best METRIC")
+    selection = None if args.keep_best is None else parse_selection(args.keep_best, args.require)
+    config = load_config(args.config)
+    report = personalise_site(config, args.site, args.model, args.out, rounds=args.rounds,
+                              learning_rate=args.learning_rate, eval_episodes=args.eval_episodes,
+                              selection=selection, check_every=args.check_every,
+                              validation_episodes=args.validation_episodes)
     before, after = report["before"], report["after"]
     shown = ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before)
+    kept = "" if selection is None else f", kept the round-{report['kept_round']} checkpoint on validation"
     print(f"site {report['site']}: {report['rounds']} local rounds from round {report['from_round']} of the "
-          f"federation ({report['env_steps']} env steps); {shown}; wrote {args.out / 'policy.pt'} "
+          f"federation ({report['env_steps']} env steps{kept}); {shown}; wrote {args.out / 'policy.pt'} "
           "(keep it at the site: no DP guarantee)")
     return 0
 

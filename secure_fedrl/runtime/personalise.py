@@ -9,13 +9,22 @@ Privacy. Nothing leaves the site: the fine-tune spends no privacy budget and the
 nothing from it. The fine-tuned policy is computed from the site's own data WITHOUT noise, so it
 carries NO differential-privacy guarantee for that data and must stay at the site; only its input,
 the federated global policy, is covered by the federation's guarantee.
+
+Selection. A fine-tune optimises the env's reward, which need not be the site's goal (a pump's
+reward can prefer no lows over time in range). With a `Selection` the site checks the policy every
+few rounds on its own validation episodes (seeds apart from the evaluation's) and keeps the best
+checkpoint, the federated start included, by a metric and bounds it chooses: early stopping with a
+clinical (or business) criterion, all at the site.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,8 @@ from secure_fedrl.runtime.rundir import CHECKPOINT_DIR
 from secure_fedrl.runtime.site import derive_seed, initial_policy
 from secure_fedrl.runtime.sites import SiteSpec, expand_sites
 
-__all__ = ["fine_tune", "load_global_params", "personalise_site"]
+__all__ = ["Selection", "choose", "fine_tune", "fine_tune_select", "load_global_params", "parse_selection",
+           "personalise_site"]
 
 
 def _checkpoint_globals() -> list[Any]:
@@ -73,6 +83,81 @@ def fine_tune(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: i
     return steps
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which checkpoint a site keeps: the best by `metric` (maximised, or minimised when not
+    `maximise`) among those meeting every `(metric, upper bound)` of `requirements`. The bounds are
+    in priority order: when no checkpoint meets them all, the one least over the first bound is
+    kept, then the second, and so on."""
+
+    metric: str = "return"
+    maximise: bool = True
+    requirements: tuple[tuple[str, float], ...] = ()
+
+    def metrics(self) -> list[str]:
+        return [self.metric, *(name for name, _ in self.requirements)]
+
+
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*<=\s*(\S+)\s*$")
+
+
+def parse_selection(keep_best: str, requirements: list[str] | tuple[str, ...] = ()) -> Selection:
+    """`--keep-best [max:|min:]METRIC` and `--require METRIC<=BOUND` (repeatable, in priority order)."""
+    direction, _, metric = keep_best.rpartition(":")
+    if direction not in ("", "max", "min") or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", metric):
+        raise ConfigError(f"--keep-best {keep_best!r}: expected METRIC, max:METRIC or min:METRIC")
+    bounds = []
+    for text in requirements:
+        match = _REQUIREMENT.match(text)
+        try:
+            bound = float(match.group(2)) if match else float("nan")
+        except ValueError:
+            bound = float("nan")
+        if not match or not np.isfinite(bound):
+            raise ConfigError(f"--require {text!r}: expected METRIC<=NUMBER, e.g. time_below_54<=0.01")
+        bounds.append((match.group(1), bound))
+    return Selection(metric, direction != "min", tuple(bounds))
+
+
+def choose(candidates: list[dict[str, float]], selection: Selection) -> int:
+    """The index of the checkpoint to keep (the earliest among equals: fewer local rounds)."""
+    def key(index: int) -> tuple:
+        m = candidates[index]
+        excess = tuple(max(0.0, m[name] - bound) for name, bound in selection.requirements)
+        return (*excess, -m[selection.metric] if selection.maximise else m[selection.metric], index)
+
+    return min(range(len(candidates)), key=key)
+
+
+def fine_tune_select(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int,
+                     generator: torch.Generator, *, selection: Selection, check_every: int,
+                     validate: Callable[[ActorCritic], dict[str, float]]) -> tuple[int, int, list[dict[str, Any]]]:
+    """fine_tune, validating the start and every `check_every` rounds (and the last); leaves the
+    chosen checkpoint in `policy`. Returns (env steps, the kept checkpoint's round, the checks)."""
+    checks: list[dict[str, Any]] = []
+    states: list[dict[str, torch.Tensor]] = []
+
+    def check(done: int) -> None:
+        metrics = validate(policy)
+        missing = [name for name in selection.metrics() if name not in metrics]
+        if missing:
+            raise ConfigError(f"--keep-best/--require: the site's env reports no metric {missing[0]!r} "
+                              f"(it reports: {', '.join(sorted(metrics))})")
+        checks.append({"round": done, **metrics})
+        states.append(copy.deepcopy(policy.state_dict()))
+
+    check(0)
+    steps = done = 0
+    while done < rounds:
+        todo = min(check_every, rounds - done)
+        steps += fine_tune(policy, env, config, todo, generator)
+        done += todo
+        check(done)
+    kept = choose([{k: v for k, v in c.items() if k != "round"} for c in checks], selection)
+    policy.load_state_dict(states[kept])
+    return steps, checks[kept]["round"], checks
+
+
 def _site(config: Config, name: str) -> tuple[int, SiteSpec]:
     specs = expand_sites(config.sites)
     for index, spec in enumerate(specs):
@@ -89,12 +174,18 @@ def _evaluate(policy: ActorCritic, spec: SiteSpec, episodes: int, seed: int) -> 
 
 
 def personalise_site(config: Config, site: str, model: Path, out: Path, *, rounds: int,
-                     learning_rate: float | None = None, eval_episodes: int = 4) -> dict[str, Any]:
+                     learning_rate: float | None = None, eval_episodes: int = 4,
+                     selection: Selection | None = None, check_every: int | None = None,
+                     validation_episodes: int = 4) -> dict[str, Any]:
     """Fine-tune the global policy of `model` at `site` for `rounds` local rounds; write
     OUT/policy.pt (the site's own policy) and OUT/personalise.json (the evaluation before and after
-    on the same seeded episodes of the site's env). Refuses to overwrite an earlier result."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"--rounds: must be a positive integer, got {rounds!r}")
+    on the same seeded episodes of the site's env). With `selection`, keep the best checkpoint on
+    separate validation episodes (every `check_every` rounds, default a quarter of `rounds`).
+    Refuses to overwrite an earlier result."""
+    for flag, value in (("--rounds", rounds), ("--check-every", 1 if check_every is None else check_every),
+                        ("--validation-episodes", validation_episodes), ("--eval-episodes", eval_episodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{flag}: must be a positive integer, got {value!r}")
     if learning_rate is not None:
         if not learning_rate > 0:
             raise ConfigError(f"--learning-rate: must be > 0, got {learning_rate}")
@@ -115,20 +206,32 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
         eval_seed = derive_seed(config.federation.seed, index, 0xE7A1)
         before = _evaluate(policy, spec, eval_episodes, eval_seed)
         generator = torch.Generator().manual_seed(derive_seed(config.federation.seed, index, 0xF17E))
-        steps = fine_tune(policy, env, config, rounds, generator)
+        checks: list[dict[str, Any]] = []
+        if selection is None:
+            steps, kept = fine_tune(policy, env, config, rounds, generator), rounds
+        else:
+            validation_seed = derive_seed(config.federation.seed, index, 0x7A11D)
+            steps, kept, checks = fine_tune_select(
+                policy, env, config, rounds, generator, selection=selection,
+                check_every=check_every or max(1, rounds // 4),
+                validate=lambda p: _evaluate(p, spec, validation_episodes, validation_seed))
     finally:
         env.close()
     after = _evaluate(policy, spec, eval_episodes, eval_seed)
     report = {"site": spec.name, "federation": config.federation.name, "model": str(model), "from_round": from_round,
               "rounds": rounds, "env_steps": steps, "algorithm": config.local.algorithm,
               "learning_rate": getattr(config.algorithm, "learning_rate", None), "eval_episodes": eval_episodes,
-              "before": before, "after": after,
+              "before": before, "after": after, "kept_round": kept,
+              "selection": None if selection is None else {
+                  "metric": selection.metric, "maximise": selection.maximise,
+                  "requirements": [{"metric": m, "at_most": b} for m, b in selection.requirements],
+                  "validation_episodes": validation_episodes, "checks": checks},
               "privacy": "local only: no budget spent, nothing sent; this policy has no DP guarantee for the "
                          "site's data and must stay at the site"}
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     buffer = io.BytesIO()
     torch.save({"policy_state_dict": policy.state_dict(), "site": spec.name, "from_round": from_round,
-                "rounds": rounds}, buffer)
+                "rounds": rounds, "kept_round": kept}, buffer)
     atomic_write(out / "policy.pt", buffer.getvalue(), mode=0o600)  # the site's data, without noise
     atomic_write(out / "personalise.json", (json.dumps(report, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
     return report

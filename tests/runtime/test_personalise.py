@@ -151,3 +151,104 @@ def test_cli_refuses_another_federations_model_and_an_existing_result(run, tmp_p
     assert main(args) == 2  # never overwrite a site's personalised policy
     assert "already holds a personalised policy" in capsys.readouterr().err
     assert (tmp_path / "ok" / "policy.pt").read_bytes() == before
+
+
+# --- keeping the best checkpoint on validation episodes (--keep-best / --require) ---------------
+
+from secure_fedrl.runtime.personalise import Selection, choose, fine_tune, fine_tune_select, parse_selection  # noqa: E402
+
+TARGETS = Selection("time_in_range", True, (("time_below_54", 0.01), ("time_below_70", 0.04)))
+
+
+def test_choose_keeps_the_best_checkpoint_meeting_every_bound():
+    checks = [{"time_in_range": 0.82, "time_below_54": 0.02, "time_below_70": 0.06},   # best TIR, too many lows
+              {"time_in_range": 0.78, "time_below_54": 0.005, "time_below_70": 0.03},
+              {"time_in_range": 0.80, "time_below_54": 0.0, "time_below_70": 0.01},
+              {"time_in_range": 0.17, "time_below_54": 0.0, "time_below_70": 0.0}]     # no lows, no use
+    assert choose(checks, TARGETS) == 2
+    assert choose(checks, Selection("time_in_range")) == 0  # no bounds: the metric alone
+    assert choose(checks, Selection("time_below_70", maximise=False)) == 3
+
+
+def test_choose_without_a_feasible_checkpoint_goes_by_the_bounds_in_priority_order():
+    checks = [{"time_in_range": 0.9, "time_below_54": 0.03, "time_below_70": 0.05},
+              {"time_in_range": 0.5, "time_below_54": 0.02, "time_below_70": 0.09},
+              {"time_in_range": 0.7, "time_below_54": 0.02, "time_below_70": 0.07}]
+    assert choose(checks, TARGETS) == 2  # least over the first bound, then the second
+    assert choose([{"return": 1.0}, {"return": 1.0}], Selection()) == 0  # equals: fewer local rounds
+
+
+@pytest.mark.parametrize("best, require, message", [
+    ("avg:return", [], "--keep-best 'avg:return'"),
+    ("max:", [], "--keep-best 'max:'"),
+    ("return", ["time_below_54<0.01"], "--require 'time_below_54<0.01'"),
+    ("return", ["time_below_54<=low"], "--require 'time_below_54<=low'"),
+    ("return", ["time_below_54<=nan"], "--require 'time_below_54<=nan'"),
+])
+def test_parse_selection_refuses_bad_input(best, require, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        parse_selection(best, require)
+
+
+def test_parse_selection_reads_direction_and_bounds():
+    assert parse_selection("min:mean_risk", ["time_below_54 <= 0.01", "time_below_70<=4e-2"]) == Selection(
+        "mean_risk", False, (("time_below_54", 0.01), ("time_below_70", 0.04)))
+    assert parse_selection("max:return") == parse_selection("return") == Selection()
+
+
+def _cartpole_policy(config):
+    from secure_fedrl.rl.envs import make_site_env
+    from secure_fedrl.runtime.site import initial_policy
+
+    env = make_site_env("CartPole-v1", overrides={}, num_envs=2, seed=1, site="t")
+    return initial_policy(config, env.single_observation_space, env.single_action_space), env
+
+
+@pytest.mark.parametrize("prefer, kept", [("first", 0), ("last", 3)])
+def test_fine_tune_select_leaves_the_chosen_checkpoint_in_the_policy(run, prefer, kept):
+    config = load_config(run[0])
+    policy, env = _cartpole_policy(config)
+    start = get_flat(list(policy.parameters())).copy()
+    calls = []
+
+    def validate(p):
+        calls.append(get_flat(list(p.parameters())).copy())
+        return {"return": -len(calls) if prefer == "first" else len(calls)}
+
+    steps, kept_round, checks = fine_tune_select(policy, env, config, 3, torch.Generator().manual_seed(4),
+                                                 selection=Selection(), check_every=2, validate=validate)
+    assert [c["round"] for c in checks] == [0, 2, 3] and steps >= 3 * 128
+    assert kept_round == (0 if prefer == "first" else 3)
+    now = get_flat(list(policy.parameters()))
+    assert np.array_equal(now, calls[0] if prefer == "first" else calls[-1])
+    assert np.array_equal(calls[0], start)
+    plain, env2 = _cartpole_policy(config)
+    fine_tune(plain, env2, config, 3, torch.Generator().manual_seed(4))
+    env.close(), env2.close()
+    assert np.array_equal(calls[-1], get_flat(list(plain.parameters())))  # validation does not perturb training
+
+
+def test_personalise_keep_best_reports_its_checks_on_separate_episodes(run, tmp_path):
+    path, run_dir = run
+    config = load_config(path)
+    report = personalise_site(config, "long", run_dir, tmp_path / "out", rounds=2, eval_episodes=2,
+                              selection=Selection(), check_every=1, validation_episodes=2)
+    checks = report["selection"]["checks"]
+    assert [c["round"] for c in checks] == [0, 1, 2]
+    assert report["kept_round"] == max(checks, key=lambda c: (c["return"], -c["round"]))["round"]
+    saved = torch.load(tmp_path / "out" / "policy.pt", weights_only=True)
+    assert saved["kept_round"] == report["kept_round"]
+
+
+def test_cli_keep_best_errors_are_one_line(run, tmp_path, capsys):
+    path, run_dir = run
+    base = ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+            "--eval-episodes", "1", "--validation-episodes", "1"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--require", "return<=1"]) == 2
+    assert "need --keep-best" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "time_in_range"]) == 2
+    err = capsys.readouterr().err
+    assert "reports no metric 'time_in_range'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "policy.pt").exists()
+    assert main([*base, "--out", str(tmp_path / "c"), "--keep-best", "return", "--check-every", "1"]) == 0
+    assert "kept the round-" in capsys.readouterr().out
