@@ -10,11 +10,13 @@ same `serve` command on an existing run directory resumes from the last complete
 ledger replayed (epsilon never lower). A site keeps its state (critic, control variate,
 residual, its own budget, its SecAgg replay history) in `--state DIR`, saved by atomic replace
 before its advert leaves and after every round, so a SIGKILLed site restarted with the same
-command rejoins with it intact.
+command rejoins with it intact. When the federation ends, each site keeps its final global model
+in `STATE/final_policy.pt`, the starting point of `secure-fedrl personalise` at that site.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError
@@ -165,6 +168,10 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
         missing = hub.wait_told_finished(set(runtime.site_names), min(max(wait_s, 5.0), 60.0))
         if missing:
             log_event("sites_not_told_finished", sites=",".join(sorted(missing)[:20]), count=len(missing))
+        # ...and has fetched the final model it keeps (it asks as soon as it hears): bounded too.
+        unfetched = hub.wait_fetched_final(set(runtime.site_names) - missing, 10.0)
+        if unfetched:
+            log_event("final_model_not_fetched", sites=",".join(sorted(unfetched)[:20]), count=len(unfetched))
     finally:
         server.stop(grace=2.0)
     return summary
@@ -175,8 +182,6 @@ class SiteProcess:
     """One site of a `join` process: its runtime, its channel, its state directory."""
 
     def __init__(self, config: Config, name: str, *, server: str, pki: Path, state: Path) -> None:
-        import torch
-
         from secure_fedrl.runtime.site_build import SiteBuilder
         from secure_fedrl.transport.grpc_transport import GrpcSite
         from secure_fedrl.transport.pki import load_site_identity
@@ -307,6 +312,7 @@ class SiteProcess:
             self.read_notice(b.notice)
             if b.finished:
                 self.save()
+                self.keep_final_model()
                 log_event("federation_finished", site=name, level="info")
                 return 0
             ann = b.announcement
@@ -329,6 +335,21 @@ class SiteProcess:
                 self.transport.ready(ahead.version)
             after = max(after, b.round_id)
             self.save()
+
+    def keep_final_model(self) -> None:
+        """Fetch the federation's final global model into STATE/final_policy.pt (the run
+        checkpoint's format: `secure-fedrl personalise --model` reads it). A DP release, not
+        the site's data; if the server is gone already, the site says so and still exits 0."""
+        try:
+            round_id, params = self.transport.fetch_model()
+        except TransportError as err:
+            log_event("final_model_unavailable", site=self.site.name, reason=str(err))
+            return
+        buffer = io.BytesIO()
+        torch.save({"global_params": torch.from_numpy(np.asarray(params, dtype=np.float32).copy()),
+                    "round": int(round_id), "federation": self.config.federation.name}, buffer)
+        atomic_write(self.state_dir / FINAL_MODEL_FILE, buffer.getvalue(), mode=0o600)
+        log_event("final_model_kept", site=self.site.name, round=int(round_id), level="info")
 
     def train_ahead(self, info: Any):
         """FedBuff: fetch the model now, train on it at this site's pace, report ready."""
@@ -397,6 +418,7 @@ class SiteProcess:
 
 
 STATE_MAGIC = b"secure-fedrl site state v1\n"
+FINAL_MODEL_FILE = "final_policy.pt"  # the federation's last global model, kept by each site
 
 
 def check_private_dir(d: Path) -> None:

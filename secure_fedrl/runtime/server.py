@@ -239,7 +239,8 @@ class ServerRuntime:
             if bar is not None:
                 bar.close()
             try:
-                self.hub.finish(notice=self._notice_bytes())
+                # the final model, for sites to keep (a DP release like every round's, nothing more)
+                self.hub.finish(notice=self._notice_bytes(), final_model=(self.round, np.asarray(self.global_params)))
                 self.await_final_witnesses()
             finally:
                 self.privacy.close()

@@ -192,6 +192,8 @@ class Hub:
         self._notice = b""
         self._witnesses: list[tuple[str, int, str, bytes]] = []
         self._told_finished: set[str] = set()
+        self._final: tuple[int, np.ndarray] | None = None  # the federation's last global model
+        self._fetched_final: set[str] = set()
         # FedBuff (buffered asynchronous rounds): the current global model, and who is ready.
         self.buffered = buffered  # a FedBuff federation: until the model is published, sites retry
         self._model: tuple[int, np.ndarray] | None = None
@@ -363,9 +365,15 @@ class Hub:
             self._witnesses.append((name, int(seq), str(row_hash), bytes(signature)))
 
     def fetch_model(self, name: str, session: bytes) -> tuple[int, np.ndarray]:
-        """FedBuff: (version, global model) to train from at the site's own pace."""
+        """FedBuff: (version, global model) to train from at the site's own pace. Once the
+        federation has finished, any federation: (last round, final global model), which a site
+        keeps to personalise from (`secure-fedrl personalise`)."""
         with self._cv:
             self._session(name, session)
+            if self._finished and self._final is not None:
+                self._fetched_final.add(name)
+                self._cv.notify_all()
+                return self._final
             self._check_published()
             return self._model
 
@@ -500,10 +508,17 @@ class Hub:
             self._rounds[round_id].phase = "aborted"
             self._cv.notify_all()
 
-    def finish(self, *, notice: bytes | None = None) -> None:
+    def finish(self, *, notice: bytes | None = None, final_model: tuple[int, np.ndarray] | None = None) -> None:
+        """No more rounds; `final_model` (round, global parameters) is what sites fetch from now on
+        (FedBuff: the model published last, so a site that fetches it to train ahead before it hears
+        "finished" holds a version the hub knows)."""
         with self._cv:
             if notice is not None:
                 self._notice = bytes(notice)
+            if final_model is not None and self.buffered and self._model is not None:
+                self._final = self._model  # FedBuff: the last published model, its version the one sites know
+            elif final_model is not None:
+                self._final = (int(final_model[0]), np.asarray(final_model[1], dtype=np.float32).copy())
             self._finished = True
             self._cv.notify_all()
 
@@ -519,6 +534,14 @@ class Hub:
             while not set(names) <= self._told_finished and self.clock() < end:
                 self._cv.wait(min(max(end - self.clock(), 0.0), 1.0))
             return set(names) - self._told_finished
+
+    def wait_fetched_final(self, names: set[str], timeout: float) -> set[str]:
+        """After finish(final_model=...): wait until these sites have fetched it; returns who has not."""
+        end = self.clock() + timeout
+        with self._cv:
+            while not set(names) <= self._fetched_final and self.clock() < end:
+                self._cv.wait(min(max(end - self.clock(), 0.0), 1.0))
+            return set(names) - self._fetched_final
 
 
 class InMemorySite:

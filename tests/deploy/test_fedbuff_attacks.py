@@ -224,6 +224,7 @@ def test_a_deployed_site_never_sends_one_trained_update_in_two_rounds(monkeypatc
     p.transport = _ScriptedServer([(1, True), (2, True), (3, False), (4, True)])
     p.took_part = set()
     p.identity = SimpleNamespace(trust=None)
+    p.keep_final_model = lambda: None  # its own test: tests/deploy/test_serve_join.py
     p.save = p.append_metrics = p.read_notice = lambda *a, **k: None
     assert p.run() == 0
     assert len(sent) == 3 and all(a is not None for a in sent)
@@ -392,6 +393,7 @@ def test_a_deployed_site_writes_its_own_epsilon_and_delta(monkeypatch):
     p.transport = _ScriptedServer([(1, True), (2, True)])
     p.took_part = set()
     p.identity = SimpleNamespace(trust=None)
+    p.keep_final_model = lambda: None  # its own test: tests/deploy/test_serve_join.py
     rows: list[dict] = []
     p.save = p.read_notice = lambda *a, **k: None
     p.append_metrics = rows.append

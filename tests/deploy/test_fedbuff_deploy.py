@@ -121,3 +121,11 @@ def test_served_fedbuff_aggregates_each_k_arrivals_with_staleness(tmp_path: Path
     # What a site did stays at the site: its own metrics file, rounds it took part in.
     took = [json.loads(x) for n in SITES[:3] for x in (tmp_path / "state" / n / "metrics.jsonl").read_text().splitlines()]
     assert any(t["round_status"] == "done" for t in took)
+    # Every site kept the final model: the one the server published last, its last checkpoint's.
+    from secure_fedrl.runtime.personalise import load_global_params
+
+    last = sorted((out / "checkpoints").glob("round-*.pt"))[-1]
+    final = load_global_params(last)[0]
+    for n in SITES[:3]:
+        kept, _ = load_global_params(tmp_path / "state" / n / "final_policy.pt")
+        assert kept.tobytes() == final.tobytes()

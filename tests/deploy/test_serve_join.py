@@ -136,6 +136,16 @@ def test_serve_join_reaches_the_simulated_policy_bit_for_bit(tmp_path: Path, pki
     served = torch.load(out / "checkpoints" / "round-00002.pt", weights_only=False)["global_params"]
     simulated = torch.load(sim / "checkpoints" / "round-00002.pt", weights_only=False)["global_params"]
     assert torch.equal(served, simulated)
+    # Every site keeps the final global model, in the checkpoint's format, to personalise from.
+    from secure_fedrl.runtime.personalise import load_global_params
+
+    for name in SITES:
+        kept = tmp_path / "state" / name / "final_policy.pt"
+        assert oct(kept.stat().st_mode & 0o777) == "0o600"
+        params, round_id = load_global_params(kept)
+        assert round_id == 2 and torch.equal(torch.from_numpy(params), served.float())
+    assert main(["personalise", str(config), "--site", "clinic-1", "--model", str(tmp_path / "state" / "clinic-1" /
+                 "final_policy.pt"), "--rounds", "1", "--eval-episodes", "1", "--out", str(tmp_path / "personal")]) == 0
 
 
 def test_serve_refuses_a_plaintext_federation(tmp_path: Path, pki: Path, capsys) -> None:

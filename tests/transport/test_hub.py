@@ -272,3 +272,42 @@ def test_fedbuff_hub_says_unavailable_until_the_model_is_published():
             with pytest.raises(TransportError) as exc:
                 call()
             assert exc.value.status == status
+
+
+def test_the_final_model_is_fetched_only_after_the_federation_finished():
+    """A synchronous federation has no model to fetch while it runs (the site gets its round's
+    policy with the round); once it finishes, every joined site can fetch the final one."""
+    hub = Hub()
+    sites = {n: InMemorySite(hub, n, i + 1) for i, n in enumerate("ab")}
+    for s in sites.values():
+        s.join()
+    with pytest.raises(TransportError) as exc:
+        sites["a"].fetch_model()
+    assert exc.value.status == "FAILED_PRECONDITION"
+    final = np.arange(5, dtype=np.float32)
+    hub.finish(final_model=(7, final))
+    final[:] = -1  # the hub keeps its own copy
+    version, model = sites["a"].fetch_model()
+    assert version == 7 and model.dtype == np.float32 and model.tolist() == [0, 1, 2, 3, 4]
+    hub.finish(final_model=(7, np.arange(5)))  # integers: the wire's float32 all the same
+    assert sites["a"].fetch_model()[1].dtype == np.float32
+    assert hub.wait_fetched_final({"a", "b"}, timeout=0.0) == {"b"}
+    sites["b"].fetch_model()
+    assert hub.wait_fetched_final({"a", "b"}, timeout=0.0) == set()
+    stranger = InMemorySite(hub, "c", 3)
+    with pytest.raises(TransportError) as exc:
+        stranger.fetch_model()  # never joined: no session
+    assert exc.value.status == "PERMISSION_DENIED"
+
+
+def test_fedbuff_final_model_is_the_last_published_one():
+    """A FedBuff site may fetch to train ahead just before it hears "finished": the final model
+    it gets carries a version the hub published, so its Ready is not refused."""
+    hub = Hub(buffered=True)
+    site = InMemorySite(hub, "a", 1)
+    site.join()
+    hub.publish_model(3, np.ones(4, dtype=np.float32))
+    hub.finish(final_model=(4, np.ones(4)))
+    version, model = site.fetch_model()
+    assert version == 3 and model.tolist() == [1, 1, 1, 1]
+    site.ready(version)

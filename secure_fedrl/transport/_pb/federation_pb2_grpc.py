@@ -132,6 +132,8 @@ class FederationServicer:
 
     def FetchModel(self, request, context):
         """FedBuff: the current global model, chunked; the header's round_id is the model's version.
+        Any federation, once finished: the final global model (round_id: the last round), which a
+        site keeps to personalise from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
