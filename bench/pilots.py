@@ -51,11 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from secure_fedrl.config import config_from_dict  # noqa: E402
+from secure_fedrl.errors import ConfigError  # noqa: E402
 from secure_fedrl.rl.envs import make_site_env  # noqa: E402
 from secure_fedrl.rl.evaluate import evaluate_with_metrics  # noqa: E402
 from secure_fedrl.rl.pilots.portfolio import PortfolioEnv  # noqa: E402
 from secure_fedrl.rl.policies import set_flat  # noqa: E402
-from secure_fedrl.runtime.personalise import fine_tune  # noqa: E402
+from secure_fedrl.runtime.personalise import fine_tune, fine_tune_select, parse_selection  # noqa: E402
 from secure_fedrl.runtime.simulate import Simulation  # noqa: E402
 from secure_fedrl.runtime.site import derive_seed, initial_policy  # noqa: E402
 from secure_fedrl.runtime.sites import expand_sites  # noqa: E402
@@ -139,20 +140,35 @@ def evaluate_sites(policy: Any, specs: list, episodes: int) -> dict[str, dict[st
 
 def train_at_site(job: tuple) -> dict[str, float]:
     """One patient's own training from `policy`, nothing leaving the pump: `rounds` rounds of the
-    config's local learner on its env (the site's seed), then its evaluation."""
-    policy, spec, index, config, rounds, seed, episodes = job
+    config's local learner on its env (the site's seed), then its evaluation. With a selection, the
+    pump keeps its best checkpoint on validation days (seeds apart from the evaluation's)."""
+    policy, spec, index, config, rounds, seed, episodes, keep = job
     torch.set_num_threads(1)
     env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
-    fine_tune(policy, env, config, rounds, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    kept = rounds
+    if keep is None:
+        fine_tune(policy, env, config, rounds, generator)
+    else:
+        selection, check_every, val_episodes = keep
+
+        def validate(p: Any) -> dict[str, float]:
+            res = evaluate_with_metrics(p, spec.env_id, spec.overrides, episodes=val_episodes,
+                                        seed=700_000 + 1000 * index, num_envs=min(val_episodes, 4))
+            return {**res.metrics, "return": float(np.mean(res.returns))}
+
+        _, kept, _ = fine_tune_select(policy, env, config, rounds, generator, selection=selection,
+                                      check_every=check_every, validate=validate)
     env.close()
-    return evaluate_site(policy, spec, index, episodes)
+    return {**evaluate_site(policy, spec, index, episodes), "kept_round": kept}
 
 
-def train_at_sites(starts: list[Any], specs: list, config: Any, rounds: int, episodes: int, tag: int) -> dict[str, dict[str, float]]:
+def train_at_sites(starts: list[Any], specs: list, config: Any, rounds: int, episodes: int, tag: int,
+                   keep: tuple | None = None) -> dict[str, dict[str, float]]:
     """train_at_site for every (start policy, site), on all cores."""
     import multiprocessing
 
-    jobs = [(start, spec, i, config, rounds, derive_seed(config.federation.seed, tag, i, 0xF17E), episodes)
+    jobs = [(start, spec, i, config, rounds, derive_seed(config.federation.seed, tag, i, 0xF17E), episodes, keep)
             for i, (start, spec) in enumerate(zip(starts, specs))]
     with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
         return dict(zip([s.name for s in specs], pool.map(train_at_site, jobs)))
@@ -218,13 +234,17 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     apply_settings(tuned_raw, args.finetune_settings)
     tuned = config_from_dict(tuned_raw)
     tuned_draws: list[dict[str, Any]] = []
+    keep = None
+    if args.finetune_keep_best:
+        keep = (parse_selection(args.finetune_keep_best, args.finetune_require),
+                args.finetune_check_every or max(1, args.finetune // 4), args.finetune_validation_episodes)
 
     def judge(policy: Any) -> dict[str, Any]:
         """Evaluate a DP draw's global policy; with `finetune`, also every patient's fine-tune of it."""
         if personalise:
             t0 = time.perf_counter()
             tuned_draws.append(train_at_sites([policy] * len(specs), specs, tuned, args.finetune, args.episodes,
-                                              tag=len(tuned_draws)))
+                                              tag=len(tuned_draws), keep=keep))
             print(f"  {len(specs)} patients fine-tuned for {args.finetune} rounds in {time.perf_counter() - t0:.0f}s", flush=True)
         return evaluate_sites(policy, specs, args.episodes)
 
@@ -238,11 +258,15 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         start = initial_policy(tuned, env.single_observation_space, env.single_action_space)
         env.close()
         t0 = time.perf_counter()
-        results["alone_same_data"] = train_at_sites([start] * n, specs[:n], tuned, total, args.episodes, tag=10_000)
+        results["alone_same_data"] = train_at_sites([start] * n, specs[:n], tuned, total, args.episodes, tag=10_000,
+                                                 keep=keep)
         print(f"  {n} patients trained alone for {total} rounds in {time.perf_counter() - t0:.0f}s", flush=True)
         results["federated_dp_finetuned_draws"] = tuned_draws
         results["finetune"] = {"rounds": args.finetune, "alone_rounds": total,
-                               "settings": {".".join(k): v for k, v in args.finetune_settings}}
+                               "settings": {".".join(k): v for k, v in args.finetune_settings},
+                               "keep_best": args.finetune_keep_best, "require": args.finetune_require,
+                               "check_every": None if keep is None else keep[1],
+                               "validation_episodes": None if keep is None else keep[2]}
         results["finetune_summary"] = finetune_summary(results)
     if "federated_plain" in arms:
         policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
@@ -320,7 +344,9 @@ def finetune_summary(r: dict[str, Any]) -> dict[str, Any]:
              "time_in_range": float(tir.mean()), "worst_time_in_range": float(tir.min()),
              "ge_baseline_fraction": float(np.mean(tir >= base_tir - 1e-12)),
              **{k: float(np.mean([draw[n][k] for n in names])) for k in ("time_below_70", "time_below_54", "mean_risk")},
-             "alone_subset_tir": float(np.mean([draw[n]["time_in_range"] for n in alone_names]))}
+             "alone_subset_tir": float(np.mean([draw[n]["time_in_range"] for n in alone_names])),
+             "kept_start_fraction": float(np.mean([draw[n].get("kept_round", -1) == 0 for n in names])),
+             "mean_kept_round": float(np.mean([draw[n].get("kept_round", r["finetune"]["rounds"]) for n in names]))}
         d["goals"] = {"tir_ge_baseline_on_80pct": d["ge_baseline_fraction"] >= 0.8,
                       "tir_ge_alone_on_average": d["alone_subset_tir"] >= alone_tir,
                       "below54_no_worse_than_baseline": d["time_below_54"] <= base_b54 + 1e-12}
@@ -343,6 +369,12 @@ def markdown_finetune(r: dict[str, Any]) -> str:
               f"{100 * d['ge_baseline_fraction']:.0f} % | {100 * d['worst_time_in_range']:.1f} % | {100 * d['time_below_70']:.2f} % | "
               f"{100 * d['time_below_54']:.2f} % | {d['mean_risk']:.2f} | {100 * d['alone_subset_tir']:.1f} % |"
               for k, d in enumerate(s["draws"])]
+    if f.get("keep_best"):
+        lines += ["", f"Each pump kept its best checkpoint (every {f['check_every']} rounds, the federated start "
+                  f"included) by {f['keep_best']}" + (f" subject to {', '.join(f['require'])}" if f["require"] else "")
+                  + " on its own validation days: " + "; ".join(
+                      f"draw {k + 1}: start kept at {100 * d['kept_start_fraction']:.0f} % of pumps, mean kept round "
+                      f"{d['mean_kept_round']:.1f}" for k, d in enumerate(s["draws"])) + "."]
     lines += ["", "Goals, fine-tuned (on every draw): " + ", ".join(f"{k} {'MET' if v else 'NOT met'}" for k, v in s["goals"].items())]
     return "\n".join(lines)
 
@@ -361,18 +393,11 @@ def plot_finetune(r: dict[str, Any]) -> None:
     ax.plot(range(len(names)), [100 * r["federated_dp"][n]["time_in_range"] for n in names], "o", color="tab:blue", ms=3,
             label="federated DP (eps 8), global policy")
     ax.plot(range(len(names)), [100 * tuned[n]["time_in_range"] for n in names], "^", color="tab:purple", ms=4,
-            label=f"federated DP + {r['finetune']['rounds']} rounds fine-tuned at the pump")
+            label=f"federated DP + {r['finetune']['rounds']} rounds fine-tuned at the pump"
+                  + (" (best checkpoint on validation days)" if r["finetune"].get("keep_best") else ""))
     ax.plot([idx[n] for n in alone], [100 * alone[n]["time_in_range"] for n in alone], "x", color="tab:red", ms=6,
             label=f"patient alone, {r['finetune']['alone_rounds']} rounds (same local data)")
-    ax.set_xlabel("patient (sorted by time in range under the basal-bolus rule)")
-    ax.set_ylabel("time in range 70-180 mg/dL (%)")
-    ax.set_ylim(0, 101)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    IMG.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMG / "pilot_healthcare_tir_personalised.png", dpi=120)
-    plt.close(fig)
+    save_tir_plot(fig, ax, "pilot_healthcare_tir_personalised.png")
 
 
 def plot_healthcare(r: dict[str, Any]) -> None:
@@ -393,6 +418,13 @@ def plot_healthcare(r: dict[str, Any]) -> None:
     alone_names = list(r["alone"])
     ax.plot([idx[n] for n in alone_names], [100 * r["alone"][n]["time_in_range"] for n in alone_names], "x",
             color="tab:red", ms=6, label="patient trained alone")
+    save_tir_plot(fig, ax, "pilot_healthcare_tir.png")
+
+
+def save_tir_plot(fig: Any, ax: Any, name: str) -> None:
+    """The TIR-per-patient plots' axes, legend and file under docs/img/."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("patient (sorted by time in range under the basal-bolus rule)")
     ax.set_ylabel("time in range 70-180 mg/dL (%)")
     ax.set_ylim(0, 101)
@@ -400,7 +432,7 @@ def plot_healthcare(r: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     IMG.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMG / "pilot_healthcare_tir.png", dpi=120)
+    fig.savefig(IMG / name, dpi=120)
     plt.close(fig)
 
 
@@ -623,11 +655,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="healthcare, arm `finetune`: local rounds each patient trains the DP global policy further")
     p.add_argument("--finetune-set", dest="finetune_settings", action="append", default=[], metavar="KEY=VALUE",
                    help="like --set, for the fine-tune's (and its alone comparison's) config only")
+    p.add_argument("--finetune-keep-best", metavar="[max:|min:]METRIC", default=None,
+                   help="the fine-tune (and the alone comparison) keeps its best checkpoint by METRIC on "
+                        "separate validation days (`secure-fedrl personalise --keep-best`)")
+    p.add_argument("--finetune-require", action="append", default=[], metavar="METRIC<=BOUND",
+                   help="with --finetune-keep-best: bounds a kept checkpoint must meet (repeatable, priority order)")
+    p.add_argument("--finetune-check-every", type=int, default=0, metavar="K",
+                   help="with --finetune-keep-best: validate every K rounds (default: a quarter of --finetune)")
+    p.add_argument("--finetune-validation-episodes", type=int, default=4, metavar="N",
+                   help="with --finetune-keep-best: validation days per check (seeds apart from the evaluation's)")
     args = p.parse_args(argv)
     try:
         args.settings = [parse_setting(text) for text in args.settings]
         args.finetune_settings = [parse_setting(text) for text in args.finetune_settings]
-    except ValueError as exc:
+        if args.finetune_keep_best:
+            parse_selection(args.finetune_keep_best, args.finetune_require)
+    except (ValueError, ConfigError) as exc:
         p.error(str(exc))
     if args.pilot == "speed":
         print(json.dumps({k: round(v) for k, v in env_speed().items()}), "env steps/s")
