@@ -44,6 +44,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -56,25 +57,13 @@ from secure_fedrl.rl.envs import make_site_env  # noqa: E402
 from secure_fedrl.rl.evaluate import evaluate_with_metrics  # noqa: E402
 from secure_fedrl.rl.pilots.portfolio import PortfolioEnv  # noqa: E402
 from secure_fedrl.rl.policies import set_flat  # noqa: E402
-from secure_fedrl.runtime.personalise import fine_tune, fine_tune_select, parse_selection  # noqa: E402
+from secure_fedrl.runtime.personalise import ZeroAction, fine_tune, fine_tune_select, parse_selection  # noqa: E402
 from secure_fedrl.runtime.simulate import Simulation  # noqa: E402
 from secure_fedrl.runtime.site import derive_seed, initial_policy  # noqa: E402
 from secure_fedrl.runtime.sites import expand_sites  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 IMG = ROOT / "docs" / "img"
-
-
-class ZeroPolicy:
-    """Action 0 everywhere: in the Hovorka env's therapy mode, the basal-bolus rule itself."""
-
-    discrete = False
-
-    def __init__(self, act_dim: int) -> None:
-        self.act_dim = act_dim
-
-    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(obs.shape[0], self.act_dim)
 
 
 def parse_setting(text: str) -> tuple[list[str], Any]:
@@ -150,15 +139,15 @@ def train_at_site(job: tuple) -> dict[str, float]:
     if keep is None:
         fine_tune(policy, env, config, rounds, generator)
     else:
-        selection, check_every, val_episodes = keep
+        selection, check_every, val_episodes, baseline = keep
 
         def validate(p: Any) -> dict[str, float]:
             res = evaluate_with_metrics(p, spec.env_id, spec.overrides, episodes=val_episodes,
                                         seed=700_000 + 1000 * index, num_envs=min(val_episodes, 4))
             return {**res.metrics, "return": float(np.mean(res.returns))}
 
-        _, kept, _ = fine_tune_select(policy, env, config, rounds, generator, selection=selection,
-                                      check_every=check_every, validate=validate)
+        _, kept, _, _ = fine_tune_select(policy, env, config, rounds, generator, selection=selection,
+                                         check_every=check_every, validate=validate, baseline=baseline)
     env.close()
     return {**evaluate_site(policy, spec, index, episodes), "kept_round": kept}
 
@@ -224,7 +213,7 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     arms = args.arms.split(",")
     t = time.perf_counter()
     if "basal_bolus" in arms:
-        results["basal_bolus"] = evaluate_sites(ZeroPolicy(2), specs, args.episodes)
+        results["basal_bolus"] = evaluate_sites(ZeroAction(gym.spaces.Box(-1.0, 1.0, (2,))), specs, args.episodes)
         print(f"  basal-bolus evaluated in {time.perf_counter() - t:.0f}s", flush=True)
     personalise = "finetune" in arms
     if personalise and (args.finetune < 1 or "federated_dp" not in arms or "basal_bolus" not in arms):
@@ -237,7 +226,8 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     keep = None
     if args.finetune_keep_best:
         keep = (parse_selection(args.finetune_keep_best, args.finetune_require),
-                args.finetune_check_every or max(1, args.finetune // 4), args.finetune_validation_episodes)
+                args.finetune_check_every or max(1, args.finetune // 4), args.finetune_validation_episodes,
+                args.finetune_baseline)
 
     def judge(policy: Any) -> dict[str, Any]:
         """Evaluate a DP draw's global policy; with `finetune`, also every patient's fine-tune of it."""
@@ -266,7 +256,8 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                "settings": {".".join(k): v for k, v in args.finetune_settings},
                                "keep_best": args.finetune_keep_best, "require": args.finetune_require,
                                "check_every": None if keep is None else keep[1],
-                               "validation_episodes": None if keep is None else keep[2]}
+                               "validation_episodes": None if keep is None else keep[2],
+                               "baseline": None if keep is None else keep[3]}
         results["finetune_summary"] = finetune_summary(results)
     if "federated_plain" in arms:
         policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
@@ -660,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
                         "separate validation days (`secure-fedrl personalise --keep-best`)")
     p.add_argument("--finetune-require", action="append", default=[], metavar="METRIC<=BOUND",
                    help="with --finetune-keep-best: bounds a kept checkpoint must meet (repeatable, priority order)")
+    p.add_argument("--finetune-baseline", choices=("zero", "start"), default=None,
+                   help="with --finetune-keep-best: what baseline[+-X] bounds are measured from (zero: the "
+                        "pump's programmed therapy, on the same validation days)")
     p.add_argument("--finetune-check-every", type=int, default=0, metavar="K",
                    help="with --finetune-keep-best: validate every K rounds (default: a quarter of --finetune)")
     p.add_argument("--finetune-validation-episodes", type=int, default=4, metavar="N",
@@ -668,8 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.settings = [parse_setting(text) for text in args.settings]
         args.finetune_settings = [parse_setting(text) for text in args.finetune_settings]
-        if args.finetune_keep_best:
-            parse_selection(args.finetune_keep_best, args.finetune_require)
+        if args.finetune_keep_best and parse_selection(args.finetune_keep_best, args.finetune_require).relative \
+                and args.finetune_baseline is None:
+            raise ConfigError("--finetune-require ...baseline needs --finetune-baseline zero or start")
     except (ValueError, ConfigError) as exc:
         p.error(str(exc))
     if args.pilot == "speed":

@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the best checkpoint (the federated start included) by METRIC on separate "
                            "validation episodes, e.g. time_in_range (default: keep the last)")
     pers.add_argument("--require", action="append", default=[], metavar="METRIC<=BOUND",
-                      help="with --keep-best: only checkpoints meeting it (repeatable, in priority order)")
+                      help="with --keep-best: only checkpoints meeting it (repeatable, in priority order); "
+                           "<= or >=, BOUND a number or baseline[+-NUMBER], e.g. time_in_range>=baseline")
+    pers.add_argument("--baseline", choices=("zero", "start"), default=None,
+                      help="with --keep-best: what BOUNDs written baseline[+-NUMBER] are measured from, on the "
+                           "same validation episodes: zero, the policy that always takes action 0 (the "
+                           "healthcare pump's programmed therapy), or start, the federated policy")
     pers.add_argument("--check-every", type=_positive_int, metavar="K",
                       help="with --keep-best: validate every K rounds (default: a quarter of --rounds)")
     pers.add_argument("--validation-episodes", type=_positive_int, default=4, metavar="N",
@@ -261,14 +266,16 @@ def _personalise(args: argparse.Namespace) -> int:
     from secure_fedrl.config import load_config
     from secure_fedrl.runtime.personalise import parse_selection, personalise_site
 
-    if args.keep_best is None and (args.require or args.check_every is not None):
-        raise ConfigError("--require and --check-every need --keep-best METRIC")
+    if args.keep_best is None and (args.require or args.check_every is not None or args.baseline is not None):
+        raise ConfigError("--require, --check-every and --baseline need --keep-best METRIC")
     selection = None if args.keep_best is None else parse_selection(args.keep_best, args.require)
+    if selection is not None and selection.relative and args.baseline is None:
+        raise ConfigError("--require ...baseline: a bound relative to the baseline needs --baseline zero or start")
     config = load_config(args.config)
     report = personalise_site(config, args.site, args.model, args.out, rounds=args.rounds,
                               learning_rate=args.learning_rate, eval_episodes=args.eval_episodes,
                               selection=selection, check_every=args.check_every,
-                              validation_episodes=args.validation_episodes)
+                              validation_episodes=args.validation_episodes, baseline=args.baseline)
     before, after = report["before"], report["after"]
     shown = ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before)
     kept = "" if selection is None else f", kept the round-{report['kept_round']} checkpoint on validation"

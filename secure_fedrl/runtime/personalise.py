@@ -14,7 +14,10 @@ Selection. A fine-tune optimises the env's reward, which need not be the site's 
 reward can prefer no lows over time in range). With a `Selection` the site checks the policy every
 few rounds on its own validation episodes (seeds apart from the evaluation's) and keeps the best
 checkpoint, the federated start included, by a metric and bounds it chooses: early stopping with a
-clinical (or business) criterion, all at the site.
+clinical (or business) criterion, all at the site. A bound can be relative to a baseline measured on
+the same validation episodes: `zero`, the policy that always takes action 0 (in the healthcare env's
+therapy mode, the pump's programmed basal-bolus therapy: "no more lows than my current therapy"),
+or `start`, the federated start itself.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -42,7 +46,7 @@ from secure_fedrl.runtime.rundir import CHECKPOINT_DIR
 from secure_fedrl.runtime.site import derive_seed, initial_policy
 from secure_fedrl.runtime.sites import SiteSpec, expand_sites
 
-__all__ = ["Selection", "choose", "fine_tune", "fine_tune_select", "load_global_params", "parse_selection",
+__all__ = ["BASELINES", "Requirement", "Selection", "ZeroAction", "choose", "fine_tune", "fine_tune_select", "load_global_params", "parse_selection",
            "personalise_site"]
 
 
@@ -83,79 +87,148 @@ def fine_tune(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: i
     return steps
 
 
+class Requirement(NamedTuple):
+    """`metric <= bound` (or `>=` when not `at_most`); with `relative`, the bound is an offset from
+    the baseline's value of the metric on the same validation episodes."""
+
+    metric: str
+    bound: float
+    at_most: bool = True
+    relative: bool = False
+
+    def limit(self, baseline: dict[str, float] | None) -> float:
+        if not self.relative:
+            return self.bound
+        if baseline is None:
+            raise ValueError(f"requirement on {self.metric!r} is relative to a baseline, and none was measured")
+        return baseline[self.metric] + self.bound
+
+    def excess(self, value: float, baseline: dict[str, float] | None) -> float:
+        """How far `value` is on the wrong side of the bound (0 when met)."""
+        limit = self.limit(baseline)
+        return max(0.0, value - limit) if self.at_most else max(0.0, limit - value)
+
+    def __str__(self) -> str:
+        offset = f"{self.bound:+g}" if self.bound else ""
+        return f"{self.metric}{'<=' if self.at_most else '>='}" + (f"baseline{offset}" if self.relative else f"{self.bound:g}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Selection:
     """Which checkpoint a site keeps: the best by `metric` (maximised, or minimised when not
-    `maximise`) among those meeting every `(metric, upper bound)` of `requirements`. The bounds are
-    in priority order: when no checkpoint meets them all, the one least over the first bound is
-    kept, then the second, and so on."""
+    `maximise`) among those meeting every requirement. The requirements are in priority order: when
+    no checkpoint meets them all, the one least past the first is kept, then the second, and so on."""
 
     metric: str = "return"
     maximise: bool = True
-    requirements: tuple[tuple[str, float], ...] = ()
+    requirements: tuple[Requirement, ...] = ()
 
     def metrics(self) -> list[str]:
-        return [self.metric, *(name for name, _ in self.requirements)]
+        return [self.metric, *(r.metric for r in self.requirements)]
+
+    @property
+    def relative(self) -> bool:
+        return any(r.relative for r in self.requirements)
 
 
-_REQUIREMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*<=\s*(\S+)\s*$")
+BASELINES = ("zero", "start")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_REQUIREMENT = re.compile(rf"^\s*({_NAME})\s*(<=|>=)\s*(?:(baseline)\s*(?:([+-])\s*(\S+))?|(\S+))\s*$")
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else float("nan")
+    except ValueError:
+        return float("nan")
 
 
 def parse_selection(keep_best: str, requirements: list[str] | tuple[str, ...] = ()) -> Selection:
-    """`--keep-best [max:|min:]METRIC` and `--require METRIC<=BOUND` (repeatable, in priority order)."""
+    """`--keep-best [max:|min:]METRIC` and `--require METRIC<=BOUND` or `METRIC>=BOUND` (repeatable, in
+    priority order); BOUND is a number, `baseline`, or `baseline+NUMBER` / `baseline-NUMBER`."""
     direction, _, metric = keep_best.rpartition(":")
-    if direction not in ("", "max", "min") or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", metric):
+    if direction not in ("", "max", "min") or not re.fullmatch(_NAME, metric):
         raise ConfigError(f"--keep-best {keep_best!r}: expected METRIC, max:METRIC or min:METRIC")
     bounds = []
     for text in requirements:
         match = _REQUIREMENT.match(text)
-        try:
-            bound = float(match.group(2)) if match else float("nan")
-        except ValueError:
-            bound = float("nan")
+        if match and match.group(3):
+            sign, offset = match.group(4), match.group(5)
+            bound = 0.0 if sign is None else _number(offset) * (-1.0 if sign == "-" else 1.0)
+        else:
+            bound = _number(match.group(6)) if match else float("nan")
         if not match or not np.isfinite(bound):
-            raise ConfigError(f"--require {text!r}: expected METRIC<=NUMBER, e.g. time_below_54<=0.01")
-        bounds.append((match.group(1), bound))
+            raise ConfigError(f"--require {text!r}: expected METRIC<=BOUND or METRIC>=BOUND, BOUND a number or "
+                              "baseline[+-NUMBER], e.g. time_below_54<=0.01 or time_in_range>=baseline")
+        bounds.append(Requirement(match.group(1), bound, match.group(2) == "<=", bool(match.group(3))))
     return Selection(metric, direction != "min", tuple(bounds))
 
 
-def choose(candidates: list[dict[str, float]], selection: Selection) -> int:
-    """The index of the checkpoint to keep (the earliest among equals: fewer local rounds)."""
+def choose(candidates: list[dict[str, float]], selection: Selection, baseline: dict[str, float] | None = None) -> int:
+    """The index of the checkpoint to keep (the earliest among equals: fewer local rounds); `baseline`
+    holds the metrics that relative requirements are measured from."""
     def key(index: int) -> tuple:
         m = candidates[index]
-        excess = tuple(max(0.0, m[name] - bound) for name, bound in selection.requirements)
+        excess = tuple(r.excess(m[r.metric], baseline) for r in selection.requirements)
         return (*excess, -m[selection.metric] if selection.maximise else m[selection.metric], index)
 
     return min(range(len(candidates)), key=key)
 
 
+class ZeroAction:
+    """The policy that always takes action 0: the `zero` baseline (in the healthcare env's therapy
+    mode, the pump's programmed basal-bolus therapy itself)."""
+
+    def __init__(self, action_space: Any) -> None:
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.shape = () if self.discrete else tuple(action_space.shape)
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((obs.shape[0], *self.shape))
+
+
 def fine_tune_select(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int,
                      generator: torch.Generator, *, selection: Selection, check_every: int,
-                     validate: Callable[[ActorCritic], dict[str, float]]) -> tuple[int, int, list[dict[str, Any]]]:
+                     validate: Callable[[Any], dict[str, float]], baseline: str | None = None,
+                     ) -> tuple[int, int, list[dict[str, Any]], dict[str, float] | None]:
     """fine_tune, validating the start and every `check_every` rounds (and the last); leaves the
-    chosen checkpoint in `policy`. Returns (env steps, the kept checkpoint's round, the checks)."""
+    chosen checkpoint in `policy`. `baseline` (one of BASELINES) is what relative requirements are
+    measured from, on the same validation episodes. Returns (env steps, the kept checkpoint's round,
+    the checks, the baseline's metrics or None)."""
+    if selection.relative and baseline not in BASELINES:
+        raise ConfigError(f"--require {next(str(r) for r in selection.requirements if r.relative)}: a bound relative "
+                          f"to the baseline needs --baseline ({' or '.join(BASELINES)})")
+    if baseline is not None and baseline not in BASELINES:
+        raise ConfigError(f"--baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
     checks: list[dict[str, Any]] = []
     states: list[dict[str, torch.Tensor]] = []
 
-    def check(done: int) -> None:
-        metrics = validate(policy)
+    def measured(metrics: dict[str, float]) -> dict[str, float]:
         missing = [name for name in selection.metrics() if name not in metrics]
         if missing:
             raise ConfigError(f"--keep-best/--require: the site's env reports no metric {missing[0]!r} "
                               f"(it reports: {', '.join(sorted(metrics))})")
-        checks.append({"round": done, **metrics})
+        return metrics
+
+    def check(done: int) -> None:
+        checks.append({"round": done, **measured(validate(policy))})
         states.append(copy.deepcopy(policy.state_dict()))
 
     check(0)
+    reference = None
+    if baseline == "zero":
+        reference = measured(validate(ZeroAction(env.single_action_space)))
+    elif baseline == "start":
+        reference = {k: v for k, v in checks[0].items() if k != "round"}
     steps = done = 0
     while done < rounds:
         todo = min(check_every, rounds - done)
         steps += fine_tune(policy, env, config, todo, generator)
         done += todo
         check(done)
-    kept = choose([{k: v for k, v in c.items() if k != "round"} for c in checks], selection)
+    kept = choose([{k: v for k, v in c.items() if k != "round"} for c in checks], selection, reference)
     policy.load_state_dict(states[kept])
-    return steps, checks[kept]["round"], checks
+    return steps, checks[kept]["round"], checks, reference
 
 
 def _site(config: Config, name: str) -> tuple[int, SiteSpec]:
@@ -176,12 +249,12 @@ def _evaluate(policy: ActorCritic, spec: SiteSpec, episodes: int, seed: int) -> 
 def personalise_site(config: Config, site: str, model: Path, out: Path, *, rounds: int,
                      learning_rate: float | None = None, eval_episodes: int = 4,
                      selection: Selection | None = None, check_every: int | None = None,
-                     validation_episodes: int = 4) -> dict[str, Any]:
+                     validation_episodes: int = 4, baseline: str | None = None) -> dict[str, Any]:
     """Fine-tune the global policy of `model` at `site` for `rounds` local rounds; write
     OUT/policy.pt (the site's own policy) and OUT/personalise.json (the evaluation before and after
     on the same seeded episodes of the site's env). With `selection`, keep the best checkpoint on
-    separate validation episodes (every `check_every` rounds, default a quarter of `rounds`).
-    Refuses to overwrite an earlier result."""
+    separate validation episodes (every `check_every` rounds, default a quarter of `rounds`), its
+    relative requirements measured from `baseline` on the same episodes. Refuses to overwrite an earlier result."""
     for flag, value in (("--rounds", rounds), ("--check-every", 1 if check_every is None else check_every),
                         ("--validation-episodes", validation_episodes), ("--eval-episodes", eval_episodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -207,13 +280,14 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
         before = _evaluate(policy, spec, eval_episodes, eval_seed)
         generator = torch.Generator().manual_seed(derive_seed(config.federation.seed, index, 0xF17E))
         checks: list[dict[str, Any]] = []
+        reference = None
         if selection is None:
             steps, kept = fine_tune(policy, env, config, rounds, generator), rounds
         else:
             validation_seed = derive_seed(config.federation.seed, index, 0x7A11D)
-            steps, kept, checks = fine_tune_select(
+            steps, kept, checks, reference = fine_tune_select(
                 policy, env, config, rounds, generator, selection=selection,
-                check_every=check_every or max(1, rounds // 4),
+                check_every=check_every or max(1, rounds // 4), baseline=baseline,
                 validate=lambda p: _evaluate(p, spec, validation_episodes, validation_seed))
     finally:
         env.close()
@@ -224,8 +298,9 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
               "before": before, "after": after, "kept_round": kept,
               "selection": None if selection is None else {
                   "metric": selection.metric, "maximise": selection.maximise,
-                  "requirements": [{"metric": m, "at_most": b} for m, b in selection.requirements],
-                  "validation_episodes": validation_episodes, "checks": checks},
+                  "requirements": [str(r) for r in selection.requirements],
+                  "validation_episodes": validation_episodes, "checks": checks,
+                  "baseline": None if reference is None else {"name": baseline, **reference}},
               "privacy": "local only: no budget spent, nothing sent; this policy has no DP guarantee for the "
                          "site's data and must stay at the site"}
     out.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import textwrap
 from pathlib import Path
@@ -155,9 +156,10 @@ def test_cli_refuses_another_federations_model_and_an_existing_result(run, tmp_p
 
 # --- keeping the best checkpoint on validation episodes (--keep-best / --require) ---------------
 
-from secure_fedrl.runtime.personalise import Selection, choose, fine_tune, fine_tune_select, parse_selection  # noqa: E402
+from secure_fedrl.runtime.personalise import (  # noqa: E402
+    Requirement, Selection, ZeroAction, choose, fine_tune, fine_tune_select, parse_selection)
 
-TARGETS = Selection("time_in_range", True, (("time_below_54", 0.01), ("time_below_70", 0.04)))
+TARGETS = Selection("time_in_range", True, (Requirement("time_below_54", 0.01), Requirement("time_below_70", 0.04)))
 
 
 def test_choose_keeps_the_best_checkpoint_meeting_every_bound():
@@ -184,16 +186,58 @@ def test_choose_without_a_feasible_checkpoint_goes_by_the_bounds_in_priority_ord
     ("return", ["time_below_54<0.01"], "--require 'time_below_54<0.01'"),
     ("return", ["time_below_54<=low"], "--require 'time_below_54<=low'"),
     ("return", ["time_below_54<=nan"], "--require 'time_below_54<=nan'"),
+    ("return", ["time_below_54<=baseline*2"], "--require 'time_below_54<=baseline*2'"),
+    ("return", ["time_below_54<=baseline+"], "--require 'time_below_54<=baseline+'"),
+    ("return", ["time_below_54<=baseline+inf"], "--require 'time_below_54<=baseline+inf'"),
+    ("return", ["time_below_54=>0.1"], "--require 'time_below_54=>0.1'"),
 ])
 def test_parse_selection_refuses_bad_input(best, require, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_selection(best, require)
 
 
 def test_parse_selection_reads_direction_and_bounds():
     assert parse_selection("min:mean_risk", ["time_below_54 <= 0.01", "time_below_70<=4e-2"]) == Selection(
-        "mean_risk", False, (("time_below_54", 0.01), ("time_below_70", 0.04)))
+        "mean_risk", False, (Requirement("time_below_54", 0.01), Requirement("time_below_70", 0.04)))
     assert parse_selection("max:return") == parse_selection("return") == Selection()
+    relative = parse_selection("time_in_range", ["time_below_54<=baseline+0.002", "time_in_range >= baseline",
+                                                  "time_below_70<=baseline - 1e-3", "return>=-5"])
+    assert relative.requirements == (Requirement("time_below_54", 0.002, True, True),
+                                     Requirement("time_in_range", 0.0, False, True),
+                                     Requirement("time_below_70", -0.001, True, True),
+                                     Requirement("return", -5.0, False, False))
+    assert relative.relative and not TARGETS.relative
+    assert [str(r) for r in relative.requirements] == [
+        "time_below_54<=baseline+0.002", "time_in_range>=baseline", "time_below_70<=baseline-0.001", "return>=-5"]
+
+
+def test_choose_measures_relative_bounds_from_the_baseline():
+    """A pump keeps a checkpoint only if it has no more lows than its current therapy on the same
+    days and at least its time in range; otherwise the one least short of that, in priority order."""
+    selection = parse_selection("time_in_range", ["time_below_54<=baseline", "time_in_range>=baseline"])
+    checks = [{"time_in_range": 0.70, "time_below_54": 0.00},
+              {"time_in_range": 0.85, "time_below_54": 0.02},   # best TIR, more lows than the therapy
+              {"time_in_range": 0.76, "time_below_54": 0.01},
+              {"time_in_range": 0.74, "time_below_54": 0.005}]
+    assert choose(checks, selection, {"time_in_range": 0.72, "time_below_54": 0.01}) == 2
+    assert choose(checks, selection, {"time_in_range": 0.75, "time_below_54": 0.005}) == 3  # least short of TIR
+    assert choose(checks, selection, {"time_in_range": 0.60, "time_below_54": 0.03}) == 1  # all meet: best TIR
+    assert choose(checks, selection, {"time_in_range": 0.90, "time_below_54": 0.0}) == 0   # only 0 has no lows
+    at_least = parse_selection("min:time_below_54", ["time_in_range>=0.75"])
+    assert choose(checks, at_least) == 2  # >= an absolute bound: 0.76 and 0.85 qualify, fewest lows wins
+    with pytest.raises(ValueError, match="relative to a baseline"):
+        choose(checks, selection)
+
+
+def test_zero_action_is_the_programmed_therapy():
+    """`--baseline zero` in the Hovorka env's therapy mode is the basal-bolus rule: action 0."""
+    import gymnasium as gym
+
+    box, discrete = ZeroAction(gym.spaces.Box(-1.0, 1.0, (2,))), ZeroAction(gym.spaces.Discrete(3))
+    obs = torch.ones(5, 4)
+    assert not box.discrete and box.deterministic_action(obs).shape == (5, 2)
+    assert discrete.discrete and discrete.deterministic_action(obs).shape == (5,)
+    assert not box.deterministic_action(obs).any() and not discrete.deterministic_action(obs).any()
 
 
 def _cartpole_policy(config):
@@ -215,9 +259,9 @@ def test_fine_tune_select_leaves_the_chosen_checkpoint_in_the_policy(run, prefer
         calls.append(get_flat(list(p.parameters())).copy())
         return {"return": -len(calls) if prefer == "first" else len(calls)}
 
-    steps, kept_round, checks = fine_tune_select(policy, env, config, 3, torch.Generator().manual_seed(4),
-                                                 selection=Selection(), check_every=2, validate=validate)
-    assert [c["round"] for c in checks] == [0, 2, 3] and steps >= 3 * 128
+    steps, kept_round, checks, reference = fine_tune_select(policy, env, config, 3, torch.Generator().manual_seed(4),
+                                                            selection=Selection(), check_every=2, validate=validate)
+    assert [c["round"] for c in checks] == [0, 2, 3] and steps >= 3 * 128 and reference is None
     assert kept_round == (0 if prefer == "first" else 3)
     now = get_flat(list(policy.parameters()))
     assert np.array_equal(now, calls[0] if prefer == "first" else calls[-1])
@@ -252,3 +296,59 @@ def test_cli_keep_best_errors_are_one_line(run, tmp_path, capsys):
     assert not (tmp_path / "b" / "policy.pt").exists()
     assert main([*base, "--out", str(tmp_path / "c"), "--keep-best", "return", "--check-every", "1"]) == 0
     assert "kept the round-" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("baseline", ["zero", "start"])
+def test_fine_tune_select_measures_the_baseline_on_the_validation_episodes(run, baseline):
+    """The baseline is validated like the checkpoints; with a bound no checkpoint but the start
+    meets (return above the baseline's own), the start is kept."""
+    config = load_config(run[0])
+    policy, env = _cartpole_policy(config)
+    seen = []
+
+    def validate(p):
+        seen.append(type(p).__name__)
+        return {"return": 10.0 if isinstance(p, ZeroAction) else float(len(seen))}
+
+    selection = parse_selection("return", ["return<=baseline"])
+    _, kept, checks, reference = fine_tune_select(policy, env, config, 2, torch.Generator().manual_seed(4),
+                                                  selection=selection, check_every=1, validate=validate,
+                                                  baseline=baseline)
+    env.close()
+    if baseline == "zero":
+        assert seen.count("ZeroAction") == 1 and reference == {"return": 10.0}
+        assert kept == 2  # every checkpoint under the therapy's 10: the best return, the last
+    else:
+        assert "ZeroAction" not in seen and reference == {"return": 1.0}
+        assert kept == 0  # only the start is <= itself
+
+
+def test_relative_bound_without_a_baseline_is_refused_before_training(run):
+    config = load_config(run[0])
+    policy, env = _cartpole_policy(config)
+    trained = []
+    with pytest.raises(ConfigError, match="needs --baseline"):
+        fine_tune_select(policy, env, config, 1, torch.Generator().manual_seed(4),
+                         selection=parse_selection("return", ["return>=baseline"]), check_every=1,
+                         validate=lambda p: trained.append(1) or {"return": 0.0})
+    with pytest.raises(ConfigError, match="--baseline 'rule'"):
+        fine_tune_select(policy, env, config, 1, torch.Generator().manual_seed(4), selection=Selection(),
+                         check_every=1, validate=lambda p: {"return": 0.0}, baseline="rule")
+    env.close()
+    assert not trained
+
+
+def test_cli_baseline(run, tmp_path, capsys):
+    path, run_dir = run
+    base = ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+            "--eval-episodes", "1", "--validation-episodes", "1"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--baseline", "zero"]) == 2
+    assert "need --keep-best" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "return", "--require", "return>=baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "needs --baseline" in err and len(err.strip().splitlines()) == 1
+    assert main([*base, "--out", str(tmp_path / "c"), "--keep-best", "return", "--require",
+                 "return>=baseline-1000", "--baseline", "zero", "--check-every", "1"]) == 0
+    report = json.loads((tmp_path / "c" / "personalise.json").read_text())
+    assert report["selection"]["baseline"]["name"] == "zero" and "return" in report["selection"]["baseline"]
+    assert report["selection"]["requirements"] == ["return>=baseline-1000"]
