@@ -46,8 +46,8 @@ from secure_fedrl.runtime.rundir import CHECKPOINT_DIR
 from secure_fedrl.runtime.site import derive_seed, initial_policy
 from secure_fedrl.runtime.sites import SiteSpec, expand_sites
 
-__all__ = ["BASELINES", "Requirement", "Selection", "ZeroAction", "choose", "fine_tune", "fine_tune_select", "load_global_params", "parse_selection",
-           "personalise_site"]
+__all__ = ["BASELINES", "GlobalModel", "Requirement", "Selection", "ZeroAction", "choose", "fine_tune",
+           "fine_tune_select", "load_global_params", "parse_selection", "personalise_site", "read_global_model"]
 
 
 def _checkpoint_globals() -> list[Any]:
@@ -57,8 +57,20 @@ def _checkpoint_globals() -> list[Any]:
     return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
+class GlobalModel(NamedTuple):
+    params: np.ndarray
+    round: int
+    federation: str | None  # None in checkpoints written before they recorded it
+
+
 def load_global_params(source: Path) -> tuple[np.ndarray, int]:
     """The federated parameters of one run checkpoint, or of a run directory's last one; with its round."""
+    model = read_global_model(source)
+    return model.params, model.round
+
+
+def read_global_model(source: Path) -> GlobalModel:
+    """One run checkpoint (or a run directory's last one), read without running code."""
     source = Path(source)
     if source.is_dir():
         found = sorted((source / CHECKPOINT_DIR).glob("round-*.pt"))
@@ -70,10 +82,12 @@ def load_global_params(source: Path) -> tuple[np.ndarray, int]:
     try:
         with torch.serialization.safe_globals(_checkpoint_globals()):
             blob = torch.load(source, map_location="cpu", weights_only=True)
-        params, round_id = blob["global_params"], int(blob["round"])
+        params, round_id, federation = blob["global_params"], int(blob["round"]), blob.get("federation")
+        if federation is not None and not isinstance(federation, str):
+            raise TypeError("federation")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
         raise ConfigError(f"--model {source}: not a secure-fedrl run checkpoint ({type(exc).__name__})") from None
-    return np.asarray(params, dtype=np.float32).reshape(-1), round_id
+    return GlobalModel(np.asarray(params, dtype=np.float32).reshape(-1), round_id, federation)
 
 
 def fine_tune(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int, generator: torch.Generator) -> int:
@@ -267,7 +281,10 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
     if (out / "policy.pt").exists():
         raise ConfigError(f"--out {out}: already holds a personalised policy (policy.pt); choose another directory")
     index, spec = _site(config, site)
-    params, from_round = load_global_params(model)
+    params, from_round, federation = read_global_model(model)
+    if federation is not None and federation != config.federation.name:
+        raise ConfigError(f"--model {model}: the global model of federation {federation!r}, not of this config's "
+                          f"{config.federation.name!r}")
     env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
     try:
         policy = initial_policy(config, env.single_observation_space, env.single_action_space)

@@ -209,7 +209,8 @@ class ServerRuntime:
             set_flat(list(self.policy.critic_parameters()), self.initial_critic)
         torch.save({"round": self.round, "global_params": torch.from_numpy(self.global_params.copy()),
                     "policy_state_dict": self.policy.state_dict(), "strategy_state": state["strategy"],
-                    "federate_critic": self.config.local.federate_critic},
+                    "federate_critic": self.config.local.federate_critic,
+                    "federation": self.config.federation.name},
                    self.run_dir.checkpoint_path(self.round))
         self.run_dir.save_state(state)
 

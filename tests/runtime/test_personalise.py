@@ -144,6 +144,13 @@ def test_cli_refuses_another_federations_model_and_an_existing_result(run, tmp_p
     assert main(["personalise", str(other), "--site", "short", "--model", str(run_dir), "--rounds", "1",
                  "--out", str(tmp_path / "o")]) == 2
     assert "federated parameters" in capsys.readouterr().err
+    renamed = tmp_path / "renamed.toml"  # the same shape, another federation: its name is in the checkpoint
+    renamed.write_text(CONFIG.replace('name = "personalise"', 'name = "elsewhere"'))
+    assert main(["personalise", str(renamed), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+                 "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "federation 'personalise', not of this config's 'elsewhere'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o2").exists()
     args = ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
             "--eval-episodes", "1", "--out", str(tmp_path / "ok")]
     assert main(args) == 0
