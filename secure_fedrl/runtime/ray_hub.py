@@ -165,7 +165,9 @@ class HubProxy:
     def abort_round(self, round_id: int, reason: str) -> None:
         self._call("abort_round", round_id, reason)
 
-    def finish(self, *, notice: bytes | None = None) -> None:
+    def finish(self, *, notice: bytes | None = None, final_model: Any = None) -> None:
+        """`Hub.finish`; the final model stays at the driver: no in-process site fetches it (the run
+        directory's last checkpoint is the final model in a simulation)."""
         self._call("finish", notice=notice)
         self._finished = True
 
