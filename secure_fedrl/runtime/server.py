@@ -223,6 +223,7 @@ class ServerRuntime:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, initial=self.round, desc="rounds", unit="round", dynamic_ncols=True)
+        completed = False  # only a run that ended cleanly publishes its final model
         try:
             while self.round < total:
                 try:
@@ -236,12 +237,15 @@ class ServerRuntime:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(self._postfix(row), refresh=False)
+            completed = True
         finally:
             if bar is not None:
                 bar.close()
             try:
-                # the final model, for sites to keep (a DP release like every round's, nothing more)
-                self.hub.finish(notice=self._notice_bytes(), final_model=(self.round, np.asarray(self.global_params)))
+                # The final model, for sites to keep (a DP release like every round's, nothing more).
+                # Not after a crash: the parameters may hold a round that never completed.
+                final = (self.round, np.asarray(self.global_params)) if completed else None
+                self.hub.finish(notice=self._notice_bytes(), final_model=final)
                 self.await_final_witnesses()
             finally:
                 self.privacy.close()

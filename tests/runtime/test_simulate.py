@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import gymnasium as gym
@@ -236,3 +237,29 @@ def test_initial_policy_is_the_servers_round_zero_policy(tmp_path):
     assert (start == get_flat(list(sim.policy.parameters()))).all()
     other = load_config(write(tmp_path, SMALL.replace("seed = 7", "seed = 8"), "other.toml"))
     assert not (start == get_flat(list(initial_policy(other, env.observation_space, env.action_space).parameters()))).all()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_only_a_run_that_ended_cleanly_publishes_its_final_model(tmp_path, monkeypatch, crash):
+    """A crash after a round's aggregate was applied leaves parameters of a round that never
+    completed: the hub gets no final model then, so no site keeps it."""
+    from secure_fedrl.runtime.simulate import Simulation
+
+    config = config_from_dict(tomllib.loads(SMALL.replace("rounds = 3", "rounds = 2")))
+    sim = Simulation(config, tmp_path / "run", progress=False, ledger_key=tmp_path / "keys")
+    run_round = sim.run_round
+
+    def failing(r):
+        row = run_round(r)
+        if crash and r == 2:
+            raise RuntimeError("disk gone after the aggregate")
+        return row
+
+    monkeypatch.setattr(sim, "run_round", failing)
+    if crash:
+        with pytest.raises(RuntimeError):
+            sim.run()
+        assert sim.hub._final is None
+    else:
+        sim.run()
+        assert sim.hub._final[0] == 2 and sim.hub._final[1].tobytes() == sim.global_params.astype("<f4").tobytes()
