@@ -144,7 +144,8 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
     identity = load_server_identity(pki)
     n = config.num_sites
     hub = Hub(federation=config.federation.name, max_sites=n, liveness_s=liveness_s,
-              heartbeat_interval_s=min(5.0, liveness_s / 3), buffered=config.strategy.name == "fedbuff")
+              heartbeat_interval_s=min(5.0, liveness_s / 3), buffered=config.strategy.name == "fedbuff",
+              members=[s.name for s in expand_sites(config.sites)])
     from secure_fedrl.runtime.rundir import FINGERPRINT_FILE
 
     resume = (Path(out) / FINGERPRINT_FILE).exists()  # the same command resumes a killed server
@@ -339,26 +340,33 @@ class SiteProcess:
     def keep_final_model(self) -> None:
         """Fetch the federation's final global model into STATE/final_policy.pt (the run
         checkpoint's format: `secure-fedrl personalise --model` reads it). A DP release, not
-        the site's data; if the server is gone already, the site says so and still exits 0."""
+        the site's data. An earlier run's file is removed first, so a server that withholds the
+        model leaves none; a missing, mis-sized or non-finite model, or a failed write, is logged
+        and the site still exits 0: only its fine-tune start is lost."""
+        path = self.state_dir / FINAL_MODEL_FILE
+        path.unlink(missing_ok=True)
         try:
-            round_id, params = self.transport.fetch_model()
+            round_id, params = self.transport.fetch_model(values=self.site.dim)
+            if not np.isfinite(params).all():
+                raise TransportError("INVALID_ARGUMENT", "the server's final model has non-finite values")
         except TransportError as err:
             log_event("final_model_unavailable", site=self.site.name, reason=str(err))
             return
         buffer = io.BytesIO()
         torch.save({"global_params": torch.from_numpy(np.asarray(params, dtype=np.float32).copy()),
                     "round": int(round_id), "federation": self.config.federation.name}, buffer)
-        atomic_write(self.state_dir / FINAL_MODEL_FILE, buffer.getvalue(), mode=0o600)
+        try:
+            atomic_write(path, buffer.getvalue(), mode=0o600)
+        except OSError as err:
+            log_event("final_model_unavailable", site=self.site.name, reason=f"cannot write {path}: {err}")
+            return
         log_event("final_model_kept", site=self.site.name, round=int(round_id), level="info")
 
     def train_ahead(self, info: Any):
         """FedBuff: fetch the model now, train on it at this site's pace, report ready."""
         from secure_fedrl.runtime.round import train_ahead
 
-        version, model = self.transport.fetch_model()
-        if model.shape != (self.site.dim,):
-            raise TransportError("INVALID_ARGUMENT", f"the server's model has {model.size} values; this site's "
-                                 f"config has {self.site.dim} federated parameters")
+        version, model = self.transport.fetch_model(values=self.site.dim)  # refused before buffering
         with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
             ahead = train_ahead(self.site, version, model)
         self.save()  # the local critic moved; the update itself is re-trained after a restart

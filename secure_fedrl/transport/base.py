@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -108,7 +108,11 @@ class SiteTransport(Protocol):
     def download(self, round_id: int, phase: str, timeout: float) -> bytes: ...
     def leave(self, round_id: int) -> None: ...
     def witness(self, seq: int, row_hash: str, signature: bytes) -> None: ...
-    def fetch_model(self) -> tuple[int, np.ndarray]: ...
+    def fetch_model(self, values: int | None = None) -> tuple[int, np.ndarray]:
+        """The published model and its version; with `values`, a model of any other size is refused
+        (over the wire: before it is buffered)."""
+        ...
+
     def ready(self, version: int) -> None: ...
 
 
@@ -172,13 +176,16 @@ class Hub:
 
     max_sites: live sessions at most; liveness_s: a site not heard from for this long is no
     longer live (its name may join again, e.g. after a restart); trace: if a list, every
-    accepted upload and every delivery is appended as (round, phase, direction, site, sha256).
+    accepted upload and every delivery is appended as (round, phase, direction, site, sha256);
+    members: if given, the config's site names: only they may fetch a model (a certified name
+    outside the config may join and is ignored by the rounds, but gets no model).
     """
 
     def __init__(self, *, federation: str = "", max_sites: int = 10_000, liveness_s: float = 30.0,
                  heartbeat_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 trace: list | None = None, buffered: bool = False) -> None:
+                 trace: list | None = None, buffered: bool = False, members: Iterable[str] | None = None) -> None:
         self.federation = federation
+        self.members = None if members is None else frozenset(members)
         self.max_sites = max_sites
         self.liveness_s = liveness_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -370,6 +377,8 @@ class Hub:
         keeps to personalise from (`secure-fedrl personalise`)."""
         with self._cv:
             self._session(name, session)
+            if self.members is not None and name not in self.members:
+                raise TransportError("PERMISSION_DENIED", f"site {name!r} is not a site of this federation's config")
             if self._finished and self._final is not None:
                 self._fetched_final.add(name)
                 self._cv.notify_all()
@@ -575,8 +584,10 @@ class InMemorySite:
     def witness(self, seq: int, row_hash: str, signature: bytes) -> None:
         self.hub.witness(self.name, self._session, seq, row_hash, signature)
 
-    def fetch_model(self) -> tuple[int, np.ndarray]:
+    def fetch_model(self, values: int | None = None) -> tuple[int, np.ndarray]:
         version, model = self.hub.fetch_model(self.name, self._session)
+        if values is not None and model.size != values:
+            raise TransportError("INVALID_ARGUMENT", f"the server's model has {model.size} values, expected {values}")
         return version, model.copy()
 
     def ready(self, version: int) -> None:

@@ -538,12 +538,14 @@ class GrpcSite:
         self._call("Witness", self.stub.Witness, pb.WitnessRequest(site=self.name, session=self._session, seq=seq,
                                                                    row_hash=row_hash, signature=signature))
 
-    def fetch_model(self) -> tuple[int, np.ndarray]:
+    def fetch_model(self, values: int | None = None) -> tuple[int, np.ndarray]:
         req = pb.ModelRequest(site=self.name, session=self._session)
-        header, data = _reassemble(self._stream("FetchModel", self.stub.FetchModel, req),
-                                   self.limits.max_payload_bytes, "model")
+        cap = self.limits.max_payload_bytes if values is None else min(self.limits.max_payload_bytes, 4 * values)
+        header, data = _reassemble(self._stream("FetchModel", self.stub.FetchModel, req), cap, "model")
         if header.site != self.name or len(data) % 4:
             raise TransportError("INVALID_ARGUMENT", "model download is for another site or not float32")
+        if values is not None and len(data) != 4 * values:
+            raise TransportError("INVALID_ARGUMENT", f"the server's model has {len(data) // 4} values, expected {values}")
         return int(header.round_id), np.frombuffer(data, dtype="<f4").astype(np.float32)
 
     def ready(self, version: int) -> None:

@@ -477,6 +477,10 @@ def test_fedbuff_model_fetch_and_ready_over_mtls(pki, serve, site, events):
     version, got = s1.fetch_model()
     assert version == 3
     np.testing.assert_array_equal(got, model)
+    assert s1.fetch_model(values=200_000)[1].size == 200_000
+    with pytest.raises(TransportError) as exc:
+        s1.fetch_model(values=199_999)  # a larger model than the site's is refused from its header
+    assert _status(exc) == "RESOURCE_EXHAUSTED"
     with pytest.raises(TransportError) as exc:
         s1.ready(4)  # a version the server never published
     assert _status(exc) == "INVALID_ARGUMENT"

@@ -300,6 +300,23 @@ def test_the_final_model_is_fetched_only_after_the_federation_finished():
     assert exc.value.status == "PERMISSION_DENIED"
 
 
+def test_only_the_configs_sites_fetch_a_model_and_only_of_the_expected_size():
+    """A certified name outside the config may join (the rounds ignore it) but gets no model; a
+    site that says how many values it expects refuses any other size."""
+    hub = Hub(members=["a"])
+    inside, outside = InMemorySite(hub, "a", 1), InMemorySite(hub, "x", 2)
+    inside.join(), outside.join()
+    hub.finish(final_model=(2, np.zeros(4)))
+    with pytest.raises(TransportError) as exc:
+        outside.fetch_model()
+    assert exc.value.status == "PERMISSION_DENIED" and "not a site of this federation" in str(exc.value)
+    assert hub.wait_fetched_final({"x"}, timeout=0.0) == {"x"}
+    assert inside.fetch_model(values=4)[1].size == 4
+    with pytest.raises(TransportError) as exc:
+        inside.fetch_model(values=5)
+    assert exc.value.status == "INVALID_ARGUMENT" and "4 values, expected 5" in str(exc.value)
+
+
 def test_fedbuff_final_model_is_the_last_published_one():
     """A FedBuff site may fetch to train ahead just before it hears "finished": the final model
     it gets carries a version the hub published, so its Ready is not refused."""
