@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import io
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from secure_fedrl.config import Config
-from secure_fedrl.errors import ConfigError
+from secure_fedrl.errors import ConfigError, SecureFedRLError
 from secure_fedrl.fsutil import atomic_write
 from secure_fedrl.rl.envs import SiteVectorEnv, make_site_env
 from secure_fedrl.rl.evaluate import evaluate_with_metrics
@@ -73,21 +74,25 @@ def read_global_model(source: Path) -> GlobalModel:
     """One run checkpoint (or a run directory's last one), read without running code."""
     source = Path(source)
     if source.is_dir():
-        found = sorted((source / CHECKPOINT_DIR).glob("round-*.pt"))
+        found = [f for f in (source / CHECKPOINT_DIR).glob("round-*.pt")
+                 if f.is_file() and f.stem[len("round-"):].isdigit()]
         if not found:
             raise ConfigError(f"--model {source}: a run directory without checkpoints ({CHECKPOINT_DIR}/round-*.pt)")
-        source = found[-1]
+        source = max(found, key=lambda f: int(f.stem[len("round-"):]))  # by round, not by name
     elif not source.is_file():
         raise ConfigError(f"--model {source}: no such checkpoint file or run directory")
     try:
         with torch.serialization.safe_globals(_checkpoint_globals()):
             blob = torch.load(source, map_location="cpu", weights_only=True)
-        params, round_id, federation = blob["global_params"], int(blob["round"]), blob.get("federation")
+        round_id, federation = int(blob["round"]), blob.get("federation")
+        params = np.asarray(blob["global_params"], dtype=np.float32).reshape(-1)
         if federation is not None and not isinstance(federation, str):
             raise TypeError("federation")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
         raise ConfigError(f"--model {source}: not a secure-fedrl run checkpoint ({type(exc).__name__})") from None
-    return GlobalModel(np.asarray(params, dtype=np.float32).reshape(-1), round_id, federation)
+    if not np.isfinite(params).all():
+        raise ConfigError(f"--model {source}: holds non-finite parameters (NaN or inf): not a model to start from")
+    return GlobalModel(params, round_id, federation)
 
 
 def fine_tune(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int, generator: torch.Generator) -> int:
@@ -118,9 +123,10 @@ class Requirement(NamedTuple):
         return baseline[self.metric] + self.bound
 
     def excess(self, value: float, baseline: dict[str, float] | None) -> float:
-        """How far `value` is on the wrong side of the bound (0 when met)."""
-        limit = self.limit(baseline)
-        return max(0.0, value - limit) if self.at_most else max(0.0, limit - value)
+        """How far `value` is on the wrong side of the bound (0 when met; infinite when the value
+        or the baseline's is NaN: a metric that was not measured never meets a bound)."""
+        over = value - self.limit(baseline) if self.at_most else self.limit(baseline) - value
+        return max(0.0, over) if math.isfinite(over) or over == -math.inf else math.inf
 
     def __str__(self) -> str:
         offset = f"{self.bound:+g}" if self.bound else ""
@@ -181,10 +187,14 @@ def parse_selection(keep_best: str, requirements: list[str] | tuple[str, ...] = 
 def choose(candidates: list[dict[str, float]], selection: Selection, baseline: dict[str, float] | None = None) -> int:
     """The index of the checkpoint to keep (the earliest among equals: fewer local rounds); `baseline`
     holds the metrics that relative requirements are measured from."""
+    if not candidates:
+        raise ValueError("choose: no checkpoints to choose from")
+
     def key(index: int) -> tuple:
         m = candidates[index]
         excess = tuple(r.excess(m[r.metric], baseline) for r in selection.requirements)
-        return (*excess, -m[selection.metric] if selection.maximise else m[selection.metric], index)
+        value = m[selection.metric]
+        return (*excess, math.isnan(value), 0.0 if math.isnan(value) else -value if selection.maximise else value, index)
 
     return min(range(len(candidates)), key=key)
 
@@ -274,10 +284,12 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{flag}: must be a positive integer, got {value!r}")
     if learning_rate is not None:
-        if not learning_rate > 0:
-            raise ConfigError(f"--learning-rate: must be > 0, got {learning_rate}")
+        if not (learning_rate > 0 and math.isfinite(learning_rate)):
+            raise ConfigError(f"--learning-rate: must be > 0 and finite, got {learning_rate}")
         config = dataclasses.replace(config, algorithm=dataclasses.replace(config.algorithm, learning_rate=learning_rate))
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
     if (out / "policy.pt").exists():
         raise ConfigError(f"--out {out}: already holds a personalised policy (policy.pt); choose another directory")
     index, spec = _site(config, site)
@@ -308,6 +320,9 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
                 validate=lambda p: _evaluate(p, spec, validation_episodes, validation_seed))
     finally:
         env.close()
+    if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
+        raise SecureFedRLError(f"site {spec.name}: the fine-tune diverged (non-finite parameters); nothing written: "
+                               "try a smaller --learning-rate")
     after = _evaluate(policy, spec, eval_episodes, eval_seed)
     report = {"site": spec.name, "federation": config.federation.name, "model": str(model), "from_round": from_round,
               "rounds": rounds, "env_steps": steps, "algorithm": config.local.algorithm,

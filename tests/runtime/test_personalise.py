@@ -119,6 +119,14 @@ class _Payload:
     (lambda d: torch.save({"global_params": torch.zeros(3), "round": 1, "x": _Payload()}, d / "evil.pt") or d / "evil.pt",
      "not a secure-fedrl run checkpoint"),
     (lambda d: torch.save({"round": 1}, d / "partial.pt") or d / "partial.pt", "not a secure-fedrl run checkpoint"),
+    (lambda d: torch.save({"round": 1, "global_params": {"a": 1}}, d / "dict.pt") or d / "dict.pt",
+     "not a secure-fedrl run checkpoint"),
+    (lambda d: torch.save({"round": 1, "global_params": torch.zeros(3), "federation": 7}, d / "f.pt") or d / "f.pt",
+     "not a secure-fedrl run checkpoint"),
+    (lambda d: torch.save({"round": 1, "global_params": torch.tensor([0.0, float("nan")])}, d / "nan.pt") or d / "nan.pt",
+     "non-finite parameters"),
+    (lambda d: torch.save({"round": 1, "global_params": torch.tensor([float("inf")])}, d / "inf.pt") or d / "inf.pt",
+     "non-finite parameters"),
 ])
 def test_bad_model_is_refused_in_one_line(tmp_path, make, message, capsys):
     with pytest.raises(ConfigError, match=message):
@@ -129,6 +137,8 @@ def test_bad_model_is_refused_in_one_line(tmp_path, make, message, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--site", "nobody"], "--site 'nobody': not a site of this config"),
     (["--site", "short", "--learning-rate", "0"], "--learning-rate: must be > 0"),
+    (["--site", "short", "--learning-rate", "inf"], "--learning-rate: must be > 0 and finite"),
+    (["--site", "short", "--learning-rate", "nan"], "--learning-rate: must be > 0 and finite"),
 ])
 def test_cli_user_errors_exit_2(run, tmp_path, extra, message, capsys):
     path, run_dir = run
@@ -234,6 +244,22 @@ def test_choose_measures_relative_bounds_from_the_baseline():
     assert choose(checks, at_least) == 2  # >= an absolute bound: 0.76 and 0.85 qualify, fewest lows wins
     with pytest.raises(ValueError, match="relative to a baseline"):
         choose(checks, selection)
+
+
+def test_a_nan_metric_never_meets_a_bound_and_never_wins():
+    """An env that failed to measure a metric (NaN) must not pass a safety bound, nor beat a
+    measured checkpoint, nor make every relative bound look met through a NaN baseline."""
+    nan = float("nan")
+    bounded = parse_selection("time_in_range", ["time_below_54<=0.01"])
+    assert choose([{"time_in_range": 0.9, "time_below_54": nan},
+                   {"time_in_range": 0.7, "time_below_54": 0.0}], bounded) == 1
+    assert choose([{"return": nan}, {"return": -5.0}], Selection()) == 1
+    assert choose([{"return": nan}, {"return": -5.0}], Selection("return", maximise=False)) == 1
+    relative = parse_selection("time_in_range", ["time_below_54<=baseline"])
+    checks = [{"time_in_range": 0.9, "time_below_54": 0.3}, {"time_in_range": 0.7, "time_below_54": 0.0}]
+    assert choose(checks, relative, {"time_in_range": 0.7, "time_below_54": nan}) == 0  # no bound met: by TIR
+    with pytest.raises(ValueError, match="no checkpoints"):
+        choose([], Selection())
 
 
 def test_zero_action_is_the_programmed_therapy():
@@ -359,3 +385,37 @@ def test_cli_baseline(run, tmp_path, capsys):
     report = json.loads((tmp_path / "c" / "personalise.json").read_text())
     assert report["selection"]["baseline"]["name"] == "zero" and "return" in report["selection"]["baseline"]
     assert report["selection"]["requirements"] == ["return>=baseline-1000"]
+
+
+def test_latest_checkpoint_of_a_run_directory_is_by_round_and_a_file(tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for r in (99_999, 100_000):
+        torch.save({"round": r, "global_params": torch.full((2,), float(r))}, ckpt / f"round-{r:05d}.pt")
+    (ckpt / "round-200000.pt").mkdir()  # not a file: never read
+    assert load_global_params(tmp_path / "run")[1] == 100_000
+
+
+def test_out_that_is_a_file_is_refused_before_training(run, tmp_path, capsys):
+    path, run_dir = run
+    (tmp_path / "o").write_text("not a directory")
+    assert main(["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_a_diverged_fine_tune_writes_nothing(run, tmp_path, monkeypatch, capsys):
+    import secure_fedrl.runtime.personalise as personalise
+
+    def diverge(policy, *args, **kwargs):
+        with torch.no_grad():
+            next(policy.parameters()).fill_(float("nan"))
+        return 0
+
+    monkeypatch.setattr(personalise, "fine_tune", diverge)
+    path, run_dir = run
+    assert main(["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+                 "--eval-episodes", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "policy.pt").exists()
