@@ -184,7 +184,7 @@ class _ScriptedServer:
     def heartbeat(self):
         return 0, False
 
-    def fetch_model(self):
+    def fetch_model(self, values=None):
         self.fetched += 1
         return self.fetched, np.zeros(DIM, np.float32)
 
