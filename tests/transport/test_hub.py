@@ -328,3 +328,21 @@ def test_fedbuff_final_model_is_the_last_published_one():
     version, model = site.fetch_model()
     assert version == 3 and model.tolist() == [1, 1, 1, 1]
     site.ready(version)
+
+
+def test_serve_waits_for_a_late_fetch_of_the_final_model():
+    """wait_fetched_final waits (it does not just look once), and a FedBuff hub records the fetch
+    of its last published model as the final one, so `serve` does not wait out its 10 s."""
+    import threading
+
+    hub = Hub(buffered=True)
+    site = InMemorySite(hub, "a", 1)
+    site.join()
+    hub.publish_model(2, np.zeros(3, dtype=np.float32))
+    hub.finish(final_model=(3, np.zeros(3)))
+    late = threading.Timer(0.2, site.fetch_model)
+    late.start()
+    try:
+        assert hub.wait_fetched_final({"a"}, timeout=30.0) == set()
+    finally:
+        late.join()
