@@ -57,7 +57,8 @@ from secure_fedrl.rl.envs import make_site_env  # noqa: E402
 from secure_fedrl.rl.evaluate import evaluate_with_metrics  # noqa: E402
 from secure_fedrl.rl.pilots.portfolio import PortfolioEnv  # noqa: E402
 from secure_fedrl.rl.policies import set_flat  # noqa: E402
-from secure_fedrl.runtime.personalise import ZeroAction, fine_tune, fine_tune_select, parse_selection  # noqa: E402
+from secure_fedrl.runtime.personalise import (  # noqa: E402
+    ZeroAction, check_baseline, fine_tune, fine_tune_select, parse_selection)
 from secure_fedrl.runtime.simulate import Simulation  # noqa: E402
 from secure_fedrl.runtime.site import derive_seed, initial_policy  # noqa: E402
 from secure_fedrl.runtime.sites import expand_sites  # noqa: E402
@@ -662,9 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.settings = [parse_setting(text) for text in args.settings]
         args.finetune_settings = [parse_setting(text) for text in args.finetune_settings]
-        if args.finetune_keep_best and parse_selection(args.finetune_keep_best, args.finetune_require).relative \
-                and args.finetune_baseline is None:
-            raise ConfigError("--finetune-require ...baseline needs --finetune-baseline zero or start")
+        if args.finetune_keep_best:
+            check_baseline(parse_selection(args.finetune_keep_best, args.finetune_require), args.finetune_baseline)
     except (ValueError, ConfigError) as exc:
         p.error(str(exc))
     if args.pilot == "speed":

@@ -264,13 +264,13 @@ def _join(args: argparse.Namespace) -> int:
 
 def _personalise(args: argparse.Namespace) -> int:
     from secure_fedrl.config import load_config
-    from secure_fedrl.runtime.personalise import parse_selection, personalise_site
+    from secure_fedrl.runtime.personalise import check_baseline, parse_selection, personalise_site
 
     if args.keep_best is None and (args.require or args.check_every is not None or args.baseline is not None):
         raise ConfigError("--require, --check-every and --baseline need --keep-best METRIC")
     selection = None if args.keep_best is None else parse_selection(args.keep_best, args.require)
-    if selection is not None and selection.relative and args.baseline is None:
-        raise ConfigError("--require ...baseline: a bound relative to the baseline needs --baseline zero or start")
+    if selection is not None:
+        check_baseline(selection, args.baseline)
     config = load_config(args.config)
     report = personalise_site(config, args.site, args.model, args.out, rounds=args.rounds,
                               learning_rate=args.learning_rate, eval_episodes=args.eval_episodes,

@@ -47,7 +47,7 @@ from secure_fedrl.runtime.rundir import CHECKPOINT_DIR
 from secure_fedrl.runtime.site import derive_seed, initial_policy
 from secure_fedrl.runtime.sites import SiteSpec, expand_sites
 
-__all__ = ["BASELINES", "GlobalModel", "Requirement", "Selection", "ZeroAction", "choose", "fine_tune",
+__all__ = ["BASELINES", "GlobalModel", "Requirement", "Selection", "ZeroAction", "check_baseline", "choose", "fine_tune",
            "fine_tune_select", "load_global_params", "parse_selection", "personalise_site", "read_global_model"]
 
 
@@ -199,6 +199,16 @@ def choose(candidates: list[dict[str, float]], selection: Selection, baseline: d
     return min(range(len(candidates)), key=key)
 
 
+def check_baseline(selection: Selection, baseline: str | None) -> None:
+    """A relative bound needs a baseline, and a baseline is one of BASELINES: refused before any
+    model is read or any round trained (the CLI, the bench and `fine_tune_select` all ask here)."""
+    if baseline is not None and baseline not in BASELINES:
+        raise ConfigError(f"--baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
+    if selection.relative and baseline is None:
+        raise ConfigError(f"--require {next(str(r) for r in selection.requirements if r.relative)}: a bound relative "
+                          f"to the baseline needs --baseline ({' or '.join(BASELINES)})")
+
+
 class ZeroAction:
     """The policy that always takes action 0: the `zero` baseline (in the healthcare env's therapy
     mode, the pump's programmed basal-bolus therapy itself)."""
@@ -219,11 +229,7 @@ def fine_tune_select(policy: ActorCritic, env: SiteVectorEnv, config: Config, ro
     chosen checkpoint in `policy`. `baseline` (one of BASELINES) is what relative requirements are
     measured from, on the same validation episodes. Returns (env steps, the kept checkpoint's round,
     the checks, the baseline's metrics or None)."""
-    if selection.relative and baseline not in BASELINES:
-        raise ConfigError(f"--require {next(str(r) for r in selection.requirements if r.relative)}: a bound relative "
-                          f"to the baseline needs --baseline ({' or '.join(BASELINES)})")
-    if baseline is not None and baseline not in BASELINES:
-        raise ConfigError(f"--baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
+    check_baseline(selection, baseline)
     checks: list[dict[str, Any]] = []
     states: list[dict[str, torch.Tensor]] = []
 

@@ -317,10 +317,15 @@ def test_personalise_keep_best_reports_its_checks_on_separate_episodes(run, tmp_
     assert saved["kept_round"] == report["kept_round"]
 
 
+def _one_round_cli(path, run_dir) -> list[str]:
+    """`personalise` at site "short" for one round and one episode per check: the CLI tests' base."""
+    return ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
+            "--eval-episodes", "1", "--validation-episodes", "1"]
+
+
 def test_cli_keep_best_errors_are_one_line(run, tmp_path, capsys):
     path, run_dir = run
-    base = ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
-            "--eval-episodes", "1", "--validation-episodes", "1"]
+    base = _one_round_cli(path, run_dir)
     assert main([*base, "--out", str(tmp_path / "a"), "--require", "return<=1"]) == 2
     assert "need --keep-best" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "time_in_range"]) == 2
@@ -373,8 +378,7 @@ def test_relative_bound_without_a_baseline_is_refused_before_training(run):
 
 def test_cli_baseline(run, tmp_path, capsys):
     path, run_dir = run
-    base = ["personalise", str(path), "--site", "short", "--model", str(run_dir), "--rounds", "1",
-            "--eval-episodes", "1", "--validation-episodes", "1"]
+    base = _one_round_cli(path, run_dir)
     assert main([*base, "--out", str(tmp_path / "a"), "--baseline", "zero"]) == 2
     assert "need --keep-best" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "return", "--require", "return>=baseline"]) == 2
