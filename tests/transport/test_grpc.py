@@ -478,6 +478,10 @@ def test_fedbuff_model_fetch_and_ready_over_mtls(pki, serve, site, events):
     assert version == 3
     np.testing.assert_array_equal(got, model)
     assert s1.fetch_model(values=200_000)[1].size == 200_000
+    assert got.dtype == np.float32
+    with pytest.raises(TransportError) as exc:
+        s1.fetch_model(values=200_001)  # a smaller model than the site's: read, then refused
+    assert _status(exc) == "INVALID_ARGUMENT" and "200000 values, expected 200001" in str(exc.value)
     with pytest.raises(TransportError) as exc:
         s1.fetch_model(values=199_999)  # a larger model than the site's is refused from its header
     assert _status(exc) == "RESOURCE_EXHAUSTED"
