@@ -35,6 +35,7 @@ docs/pilots.md quotes.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -132,8 +133,12 @@ def train_at_site(job: tuple) -> dict[str, float]:
     """One patient's own training from `policy`, nothing leaving the pump: `rounds` rounds of the
     config's local learner on its env (the site's seed), then its evaluation. With a selection, the
     pump keeps its best checkpoint on validation days (seeds apart from the evaluation's)."""
-    policy, spec, index, config, rounds, seed, episodes, keep = job
+    start, spec, index, config, rounds, seed, episodes, keep = job
     torch.set_num_threads(1)
+    # The pool pickles tensors into shared memory (torch's reductions), so `start` is one storage
+    # for every job and for the caller: train a private copy, or the patients would train one
+    # policy in turn and the caller's policy with them.
+    policy = copy.deepcopy(start)
     env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
     generator = torch.Generator().manual_seed(seed)
     kept = rounds

@@ -1,0 +1,51 @@
+"""bench/pilots.py's per-patient training (the personalised and patients-alone arms): each patient
+trains its own copy of the start, whatever the process pool does with the tensors."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+
+import torch
+
+from secure_fedrl.config import config_from_dict
+from secure_fedrl.rl.envs import make_site_env
+from secure_fedrl.runtime.site import initial_policy
+from secure_fedrl.runtime.sites import expand_sites
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_pilots", ROOT / "bench" / "pilots.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_pilots", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_patients_trained_in_the_pool_leave_the_start_and_each_other_alone():
+    """The pool shares a tensor passed to it with every job and with the caller (torch pickles
+    storages into shared memory): training it in place made the fine-tuned patients train one
+    policy in turn, and the caller's "global" policy changed under it."""
+    pilots = _bench()
+    raw = tomllib.loads((ROOT / "bench" / "configs" / "healthcare-es.toml").read_text())
+    raw["local"]["episodes"] = 2
+    raw["sites"][0].update(count=3, num_envs=1)
+    config = config_from_dict(raw)
+    specs = expand_sites(config.sites)
+    env = make_site_env(specs[0].env_id, overrides=specs[0].overrides, num_envs=1, seed=0, site=specs[0].name)
+    start = initial_policy(config, env.single_observation_space, env.single_action_space)
+    env.close()
+    with torch.no_grad():
+        for p in start.actor_parameters():
+            p.add_(0.05)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    together = pilots.train_at_sites([start] * 3, specs, config, rounds=1, episodes=1, tag=0)
+    assert all(torch.equal(before[k], v) for k, v in start.state_dict().items())
+    # The last patient, trained beside the others, gets what it gets when it is the only job.
+    alone = pilots.train_at_site((start, specs[2], 2, config, 1, pilots.derive_seed(config.federation.seed, 0, 2, 0xF17E),
+                                  1, None))
+    assert together[specs[2].name] == alone
