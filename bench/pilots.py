@@ -59,7 +59,7 @@ from secure_fedrl.rl.evaluate import evaluate_with_metrics  # noqa: E402
 from secure_fedrl.rl.pilots.portfolio import PortfolioEnv  # noqa: E402
 from secure_fedrl.rl.policies import set_flat  # noqa: E402
 from secure_fedrl.runtime.personalise import (  # noqa: E402
-    ZeroAction, check_baseline, fine_tune, fine_tune_select, parse_selection)
+    ZeroAction, check_baseline, fine_tune, fine_tune_select, parse_selection, parse_weights)
 from secure_fedrl.runtime.simulate import Simulation  # noqa: E402
 from secure_fedrl.runtime.site import derive_seed, initial_policy  # noqa: E402
 from secure_fedrl.runtime.sites import expand_sites  # noqa: E402
@@ -141,21 +141,23 @@ def train_at_site(job: tuple) -> dict[str, float]:
     policy = copy.deepcopy(start)
     env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
     generator = torch.Generator().manual_seed(seed)
-    kept = rounds
+    kept, weight = rounds, 1.0
     if keep is None:
         fine_tune(policy, env, config, rounds, generator)
     else:
-        selection, check_every, val_episodes, baseline = keep
+        selection, check_every, val_episodes, baseline, weights = keep
 
         def validate(p: Any) -> dict[str, float]:
             res = evaluate_with_metrics(p, spec.env_id, spec.overrides, episodes=val_episodes,
                                         seed=700_000 + 1000 * index, num_envs=min(val_episodes, 4))
             return {**res.metrics, "return": float(np.mean(res.returns))}
 
-        _, kept, _, _ = fine_tune_select(policy, env, config, rounds, generator, selection=selection,
-                                         check_every=check_every, validate=validate, baseline=baseline)
+        origin = initial_policy(config, env.single_observation_space, env.single_action_space).state_dict()
+        tuned = fine_tune_select(policy, env, config, rounds, generator, selection=selection, check_every=check_every,
+                                 validate=validate, baseline=baseline, origin=origin, weights=weights)
+        kept, weight = tuned.kept_round, tuned.kept_weight
     env.close()
-    return {**evaluate_site(policy, spec, index, episodes), "kept_round": kept}
+    return {**evaluate_site(policy, spec, index, episodes), "kept_round": kept, "kept_weight": weight}
 
 
 def train_at_sites(starts: list[Any], specs: list, config: Any, rounds: int, episodes: int, tag: int,
@@ -233,7 +235,7 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.finetune_keep_best:
         keep = (parse_selection(args.finetune_keep_best, args.finetune_require),
                 args.finetune_check_every or max(1, args.finetune // 4), args.finetune_validation_episodes,
-                args.finetune_baseline)
+                args.finetune_baseline, args.finetune_interpolate)
 
     def judge(policy: Any) -> dict[str, Any]:
         """Evaluate a DP draw's global policy; with `finetune`, also every patient's fine-tune of it."""
@@ -254,8 +256,9 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         start = initial_policy(tuned, env.single_observation_space, env.single_action_space)
         env.close()
         t0 = time.perf_counter()
+        # (Their start is the initial policy itself: interpolating towards it would add no candidate.)
         results["alone_same_data"] = train_at_sites([start] * n, specs[:n], tuned, total, args.episodes, tag=10_000,
-                                                 keep=keep)
+                                                 keep=None if keep is None else (*keep[:4], ()))
         print(f"  {n} patients trained alone for {total} rounds in {time.perf_counter() - t0:.0f}s", flush=True)
         results["federated_dp_finetuned_draws"] = tuned_draws
         results["finetune"] = {"rounds": args.finetune, "alone_rounds": total,
@@ -263,7 +266,8 @@ def healthcare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                "keep_best": args.finetune_keep_best, "require": args.finetune_require,
                                "check_every": None if keep is None else keep[1],
                                "validation_episodes": None if keep is None else keep[2],
-                               "baseline": None if keep is None else keep[3]}
+                               "baseline": None if keep is None else keep[3],
+                               "interpolate": list(args.finetune_interpolate)}
         results["finetune_summary"] = finetune_summary(results)
     if "federated_plain" in arms:
         policy, results["federated_plain_info"] = train(private_to_plain(raw), work / "hc-plain")
@@ -343,7 +347,10 @@ def finetune_summary(r: dict[str, Any]) -> dict[str, Any]:
              **{k: float(np.mean([draw[n][k] for n in names])) for k in ("time_below_70", "time_below_54", "mean_risk")},
              "alone_subset_tir": float(np.mean([draw[n]["time_in_range"] for n in alone_names])),
              "kept_start_fraction": float(np.mean([draw[n].get("kept_round", -1) == 0 for n in names])),
-             "mean_kept_round": float(np.mean([draw[n].get("kept_round", r["finetune"]["rounds"]) for n in names]))}
+             "mean_kept_round": float(np.mean([draw[n].get("kept_round", r["finetune"]["rounds"]) for n in names])),
+             "mean_kept_weight": float(np.mean([draw[n].get("kept_weight", 1.0) for n in names])),
+             "global_ge_baseline_fraction": float(np.mean(
+                 np.array([global_eval[n]["time_in_range"] for n in names]) >= base_tir - 1e-12))}
         d["goals"] = {"tir_ge_baseline_on_80pct": d["ge_baseline_fraction"] >= 0.8,
                       "tir_ge_alone_on_average": d["alone_subset_tir"] >= alone_tir,
                       "below54_no_worse_than_baseline": d["time_below_54"] <= base_b54 + 1e-12}
@@ -371,7 +378,9 @@ def markdown_finetune(r: dict[str, Any]) -> str:
                   f"included) by {f['keep_best']}" + (f" subject to {', '.join(f['require'])}" if f["require"] else "")
                   + " on its own validation days: " + "; ".join(
                       f"draw {k + 1}: start kept at {100 * d['kept_start_fraction']:.0f} % of pumps, mean kept round "
-                      f"{d['mean_kept_round']:.1f}" for k, d in enumerate(s["draws"])) + "."]
+                      f"{d['mean_kept_round']:.1f}" + (f", mean weight of the federated policy in the kept start "
+                                                         f"{d['mean_kept_weight']:.2f}" if f.get("interpolate") else "")
+                      for k, d in enumerate(s["draws"])) + "."]
     lines += ["", "Goals, fine-tuned (on every draw): " + ", ".join(f"{k} {'MET' if v else 'NOT met'}" for k, v in s["goals"].items())]
     return "\n".join(lines)
 
@@ -662,12 +671,18 @@ def main(argv: list[str] | None = None) -> int:
                         "pump's programmed therapy, on the same validation days)")
     p.add_argument("--finetune-check-every", type=int, default=0, metavar="K",
                    help="with --finetune-keep-best: validate every K rounds (default: a quarter of --finetune)")
+    p.add_argument("--finetune-interpolate", type=str, default="", metavar="W[,W...]",
+                   help="with --finetune-keep-best: also validate the starts interpolated towards the initial "
+                        "policy (`secure-fedrl personalise --interpolate`)")
     p.add_argument("--finetune-validation-episodes", type=int, default=4, metavar="N",
                    help="with --finetune-keep-best: validation days per check (seeds apart from the evaluation's)")
     args = p.parse_args(argv)
     try:
         args.settings = [parse_setting(text) for text in args.settings]
         args.finetune_settings = [parse_setting(text) for text in args.finetune_settings]
+        args.finetune_interpolate = parse_weights(args.finetune_interpolate) if args.finetune_interpolate else ()
+        if args.finetune_interpolate and not args.finetune_keep_best:
+            raise ConfigError("--finetune-interpolate needs --finetune-keep-best")
         if args.finetune_keep_best:
             check_baseline(parse_selection(args.finetune_keep_best, args.finetune_require), args.finetune_baseline)
     except (ValueError, ConfigError) as exc:

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --keep-best: validate every K rounds (default: a quarter of --rounds)")
     pers.add_argument("--validation-episodes", type=_positive_int, default=4, metavar="N",
                       help="with --keep-best: validation episodes per check (default 4)")
+    pers.add_argument("--interpolate", metavar="W[,W...]",
+                      help="with --keep-best: also validate the starts initial + W * (federated - initial), "
+                           "between the federation's round-0 policy and the federated one, and fine-tune from "
+                           "the best start, e.g. 0.25,0.5,0.75")
     pers.add_argument("--out", type=Path, required=True,
                       help="where policy.pt and personalise.json go (mode 0600: keep them at the site)")
 
@@ -264,21 +268,25 @@ def _join(args: argparse.Namespace) -> int:
 
 def _personalise(args: argparse.Namespace) -> int:
     from secure_fedrl.config import load_config
-    from secure_fedrl.runtime.personalise import check_baseline, parse_selection, personalise_site
+    from secure_fedrl.runtime.personalise import check_baseline, parse_selection, parse_weights, personalise_site
 
-    if args.keep_best is None and (args.require or args.check_every is not None or args.baseline is not None):
-        raise ConfigError("--require, --check-every and --baseline need --keep-best METRIC")
+    if args.keep_best is None and (args.require or args.check_every is not None or args.baseline is not None
+                                   or args.interpolate is not None):
+        raise ConfigError("--require, --check-every, --baseline and --interpolate need --keep-best METRIC")
     selection = None if args.keep_best is None else parse_selection(args.keep_best, args.require)
     if selection is not None:
         check_baseline(selection, args.baseline)
+    weights = () if args.interpolate is None else parse_weights(args.interpolate)
     config = load_config(args.config)
     report = personalise_site(config, args.site, args.model, args.out, rounds=args.rounds,
                               learning_rate=args.learning_rate, eval_episodes=args.eval_episodes,
                               selection=selection, check_every=args.check_every,
-                              validation_episodes=args.validation_episodes, baseline=args.baseline)
+                              validation_episodes=args.validation_episodes, baseline=args.baseline,
+                              weights=weights)
     before, after = report["before"], report["after"]
     shown = ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before)
-    kept = "" if selection is None else f", kept the round-{report['kept_round']} checkpoint on validation"
+    scaled = f" of the start with {report['kept_weight']:g} of the federated policy" if report["kept_weight"] != 1.0 else ""
+    kept = "" if selection is None else f", kept the round-{report['kept_round']} checkpoint{scaled} on validation"
     print(f"site {report['site']}: {report['rounds']} local rounds from round {report['from_round']} of the "
           f"federation ({report['env_steps']} env steps{kept}); {shown}; wrote {args.out / 'policy.pt'} "
           "(keep it at the site: no DP guarantee)")

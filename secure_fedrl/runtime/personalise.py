@@ -18,6 +18,12 @@ clinical (or business) criterion, all at the site. A bound can be relative to a 
 the same validation episodes: `zero`, the policy that always takes action 0 (in the healthcare env's
 therapy mode, the pump's programmed basal-bolus therapy: "no more lows than my current therapy"),
 or `start`, the federated start itself.
+
+Interpolated starts. A federated policy can be too far from what suits one site (a pump whose
+patient needs less of the federation's adjustment). With `weights`, the site also validates the
+starts `initial + w * (global - initial)` between the federation's round-0 policy and the global
+one ("model interpolation", Mansour et al. 2020, arXiv:2002.10619), and fine-tunes from the best:
+every candidate is still built from the federated policy, only scaled per site.
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ from secure_fedrl.runtime.rundir import CHECKPOINT_DIR
 from secure_fedrl.runtime.site import derive_seed, initial_policy
 from secure_fedrl.runtime.sites import SiteSpec, expand_sites
 
-__all__ = ["BASELINES", "GlobalModel", "Requirement", "Selection", "ZeroAction", "check_baseline", "choose", "fine_tune",
-           "fine_tune_select", "load_global_params", "parse_selection", "personalise_site", "read_global_model"]
+__all__ = ["BASELINES", "FineTuned", "GlobalModel", "Requirement", "Selection", "ZeroAction", "check_baseline", "choose",
+           "fine_tune", "fine_tune_select", "interpolate", "load_global_params", "parse_selection", "parse_weights",
+           "personalise_site", "read_global_model"]
 
 
 def _checkpoint_globals() -> list[Any]:
@@ -221,15 +228,48 @@ class ZeroAction:
         return torch.zeros((obs.shape[0], *self.shape))
 
 
+def parse_weights(text: str) -> tuple[float, ...]:
+    """`--interpolate W[,W...]`: the global model's weights in the extra starts, each in (0, 1)."""
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        weights = ()
+    if not weights or not all(0.0 < w < 1.0 for w in weights) or len(set(weights)) != len(weights):
+        raise ConfigError(f"--interpolate {text!r}: expected distinct weights strictly between 0 and 1, e.g. 0.25,0.5,0.75")
+    return weights
+
+
+def interpolate(origin: dict[str, torch.Tensor], target: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+    """The state `origin + weight * (target - origin)`, tensor by tensor (same keys and shapes)."""
+    if origin.keys() != target.keys() or any(origin[k].shape != target[k].shape for k in origin):
+        raise ValueError("interpolate: the two policies have different parameters")
+    return {k: torch.lerp(origin[k], target[k], weight) if target[k].is_floating_point() else target[k].clone()
+            for k in target}
+
+
+class FineTuned(NamedTuple):
+    """What `fine_tune_select` did: env steps, the kept checkpoint's round and its start's weight of
+    the global policy (1.0 unless interpolated), every check, and the baseline's metrics or None."""
+
+    steps: int
+    kept_round: int
+    kept_weight: float
+    checks: list[dict[str, Any]]
+    baseline: dict[str, float] | None
+
+
 def fine_tune_select(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int,
                      generator: torch.Generator, *, selection: Selection, check_every: int,
                      validate: Callable[[Any], dict[str, float]], baseline: str | None = None,
-                     ) -> tuple[int, int, list[dict[str, Any]], dict[str, float] | None]:
+                     origin: dict[str, torch.Tensor] | None = None, weights: tuple[float, ...] = ()) -> FineTuned:
     """fine_tune, validating the start and every `check_every` rounds (and the last); leaves the
     chosen checkpoint in `policy`. `baseline` (one of BASELINES) is what relative requirements are
-    measured from, on the same validation episodes. Returns (env steps, the kept checkpoint's round,
-    the checks, the baseline's metrics or None)."""
+    measured from, on the same validation episodes. With `weights`, the starts interpolated from
+    `origin` (the federation's round-0 policy) towards the policy are validated too, and the
+    fine-tune runs from the best start."""
     check_baseline(selection, baseline)
+    if weights and origin is None:
+        raise ValueError("fine_tune_select: interpolated starts need the origin policy")
     checks: list[dict[str, Any]] = []
     states: list[dict[str, torch.Tensor]] = []
 
@@ -240,25 +280,34 @@ def fine_tune_select(policy: ActorCritic, env: SiteVectorEnv, config: Config, ro
                               f"(it reports: {', '.join(sorted(metrics))})")
         return metrics
 
-    def check(done: int) -> None:
-        checks.append({"round": done, **measured(validate(policy))})
+    def check(done: int, weight: float) -> None:
+        checks.append({"round": done, "weight": weight, **measured(validate(policy))})
         states.append(copy.deepcopy(policy.state_dict()))
 
-    check(0)
+    def best() -> int:
+        return choose([{k: v for k, v in c.items() if k not in ("round", "weight")} for c in checks], selection, reference)
+
+    check(0, 1.0)
     reference = None
     if baseline == "zero":
         reference = measured(validate(ZeroAction(env.single_action_space)))
     elif baseline == "start":
-        reference = {k: v for k, v in checks[0].items() if k != "round"}
+        reference = {k: v for k, v in checks[0].items() if k not in ("round", "weight")}
+    target = states[0]
+    for weight in weights:
+        policy.load_state_dict(interpolate(origin, target, weight))
+        check(0, weight)
+    start = best()
+    policy.load_state_dict(states[start])
     steps = done = 0
     while done < rounds:
         todo = min(check_every, rounds - done)
         steps += fine_tune(policy, env, config, todo, generator)
         done += todo
-        check(done)
-    kept = choose([{k: v for k, v in c.items() if k != "round"} for c in checks], selection, reference)
+        check(done, checks[start]["weight"])
+    kept = best()
     policy.load_state_dict(states[kept])
-    return steps, checks[kept]["round"], checks, reference
+    return FineTuned(steps, checks[kept]["round"], checks[kept]["weight"], checks, reference)
 
 
 def _site(config: Config, name: str) -> tuple[int, SiteSpec]:
@@ -279,12 +328,17 @@ def _evaluate(policy: ActorCritic, spec: SiteSpec, episodes: int, seed: int) -> 
 def personalise_site(config: Config, site: str, model: Path, out: Path, *, rounds: int,
                      learning_rate: float | None = None, eval_episodes: int = 4,
                      selection: Selection | None = None, check_every: int | None = None,
-                     validation_episodes: int = 4, baseline: str | None = None) -> dict[str, Any]:
+                     validation_episodes: int = 4, baseline: str | None = None,
+                     weights: tuple[float, ...] = ()) -> dict[str, Any]:
     """Fine-tune the global policy of `model` at `site` for `rounds` local rounds; write
     OUT/policy.pt (the site's own policy) and OUT/personalise.json (the evaluation before and after
     on the same seeded episodes of the site's env). With `selection`, keep the best checkpoint on
     separate validation episodes (every `check_every` rounds, default a quarter of `rounds`), its
-    relative requirements measured from `baseline` on the same episodes. Refuses to overwrite an earlier result."""
+    relative requirements measured from `baseline` on the same episodes, and the starts interpolated
+    by `weights` towards the federation's round-0 policy among the candidates. Refuses to overwrite
+    an earlier result."""
+    if weights and selection is None:
+        raise ConfigError("--interpolate needs --keep-best METRIC (the site chooses among the starts on validation)")
     for flag, value in (("--rounds", rounds), ("--check-every", 1 if check_every is None else check_every),
                         ("--validation-episodes", validation_episodes), ("--eval-episodes", eval_episodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -306,6 +360,7 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
     env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=spec.num_envs, seed=spec.seed, site=spec.name)
     try:
         policy = initial_policy(config, env.single_observation_space, env.single_action_space)
+        origin = copy.deepcopy(policy.state_dict())
         federated = list(policy.shared_parameters(config.local.federate_critic))
         if sum(p.numel() for p in federated) != params.size:
             raise ConfigError(f"--model {model}: holds {params.size} federated parameters; this config's policy has "
@@ -314,15 +369,13 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
         eval_seed = derive_seed(config.federation.seed, index, 0xE7A1)
         before = _evaluate(policy, spec, eval_episodes, eval_seed)
         generator = torch.Generator().manual_seed(derive_seed(config.federation.seed, index, 0xF17E))
-        checks: list[dict[str, Any]] = []
-        reference = None
         if selection is None:
-            steps, kept = fine_tune(policy, env, config, rounds, generator), rounds
+            tuned = FineTuned(fine_tune(policy, env, config, rounds, generator), rounds, 1.0, [], None)
         else:
             validation_seed = derive_seed(config.federation.seed, index, 0x7A11D)
-            steps, kept, checks, reference = fine_tune_select(
+            tuned = fine_tune_select(
                 policy, env, config, rounds, generator, selection=selection,
-                check_every=check_every or max(1, rounds // 4), baseline=baseline,
+                check_every=check_every or max(1, rounds // 4), baseline=baseline, origin=origin, weights=weights,
                 validate=lambda p: _evaluate(p, spec, validation_episodes, validation_seed))
     finally:
         env.close()
@@ -331,20 +384,20 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
                                "try a smaller --learning-rate")
     after = _evaluate(policy, spec, eval_episodes, eval_seed)
     report = {"site": spec.name, "federation": config.federation.name, "model": str(model), "from_round": from_round,
-              "rounds": rounds, "env_steps": steps, "algorithm": config.local.algorithm,
+              "rounds": rounds, "env_steps": tuned.steps, "algorithm": config.local.algorithm,
               "learning_rate": getattr(config.algorithm, "learning_rate", None), "eval_episodes": eval_episodes,
-              "before": before, "after": after, "kept_round": kept,
+              "before": before, "after": after, "kept_round": tuned.kept_round, "kept_weight": tuned.kept_weight,
               "selection": None if selection is None else {
                   "metric": selection.metric, "maximise": selection.maximise,
-                  "requirements": [str(r) for r in selection.requirements],
-                  "validation_episodes": validation_episodes, "checks": checks,
-                  "baseline": None if reference is None else {"name": baseline, **reference}},
+                  "requirements": [str(r) for r in selection.requirements], "interpolate": list(weights),
+                  "validation_episodes": validation_episodes, "checks": tuned.checks,
+                  "baseline": None if tuned.baseline is None else {"name": baseline, **tuned.baseline}},
               "privacy": "local only: no budget spent, nothing sent; this policy has no DP guarantee for the "
                          "site's data and must stay at the site"}
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     buffer = io.BytesIO()
     torch.save({"policy_state_dict": policy.state_dict(), "site": spec.name, "from_round": from_round,
-                "rounds": rounds, "kept_round": kept}, buffer)
+                "rounds": rounds, "kept_round": tuned.kept_round, "kept_weight": tuned.kept_weight}, buffer)
     atomic_write(out / "policy.pt", buffer.getvalue(), mode=0o600)  # the site's data, without noise
     atomic_write(out / "personalise.json", (json.dumps(report, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
     return report

@@ -49,3 +49,22 @@ def test_patients_trained_in_the_pool_leave_the_start_and_each_other_alone():
     alone = pilots.train_at_site((start, specs[2], 2, config, 1, pilots.derive_seed(config.federation.seed, 0, 2, 0xF17E),
                                   1, None))
     assert together[specs[2].name] == alone
+
+
+def test_a_pump_keeps_a_start_between_the_initial_and_the_federated_policy():
+    """`--finetune-interpolate`: the interpolated starts are candidates of the pump's selection."""
+    from secure_fedrl.runtime.personalise import parse_selection
+
+    pilots = _bench()
+    raw = tomllib.loads((ROOT / "bench" / "configs" / "healthcare-es.toml").read_text())
+    raw["local"]["episodes"] = 2
+    raw["sites"][0].update(count=1, num_envs=1)
+    config = config_from_dict(raw)
+    spec = expand_sites(config.sites)[0]
+    env = make_site_env(spec.env_id, overrides=spec.overrides, num_envs=1, seed=0, site=spec.name)
+    start = initial_policy(config, env.single_observation_space, env.single_action_space)
+    env.close()
+    keep = (parse_selection("time_in_range", ["time_in_range>=baseline"]), 1, 1, "zero", (0.5,))
+    row = pilots.train_at_site((start, spec, 0, config, 1, 7, 1, keep))
+    assert row["kept_weight"] in (0.5, 1.0) and row["kept_round"] in (0, 1)
+    assert set(row) >= {"time_in_range", "time_below_54", "return"}

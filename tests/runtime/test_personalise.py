@@ -174,7 +174,7 @@ def test_cli_refuses_another_federations_model_and_an_existing_result(run, tmp_p
 # --- keeping the best checkpoint on validation episodes (--keep-best / --require) ---------------
 
 from secure_fedrl.runtime.personalise import (  # noqa: E402
-    Requirement, Selection, ZeroAction, choose, fine_tune, fine_tune_select, parse_selection)
+    Requirement, Selection, ZeroAction, choose, fine_tune, fine_tune_select, interpolate, parse_selection, parse_weights)
 
 TARGETS = Selection("time_in_range", True, (Requirement("time_below_54", 0.01), Requirement("time_below_70", 0.04)))
 
@@ -292,8 +292,9 @@ def test_fine_tune_select_leaves_the_chosen_checkpoint_in_the_policy(run, prefer
         calls.append(get_flat(list(p.parameters())).copy())
         return {"return": -len(calls) if prefer == "first" else len(calls)}
 
-    steps, kept_round, checks, reference = fine_tune_select(policy, env, config, 3, torch.Generator().manual_seed(4),
-                                                            selection=Selection(), check_every=2, validate=validate)
+    steps, kept_round, weight, checks, reference = fine_tune_select(
+        policy, env, config, 3, torch.Generator().manual_seed(4), selection=Selection(), check_every=2, validate=validate)
+    assert weight == 1.0 and all(c["weight"] == 1.0 for c in checks)
     assert [c["round"] for c in checks] == [0, 2, 3] and steps >= 3 * 128 and reference is None
     assert kept_round == (0 if prefer == "first" else 3)
     now = get_flat(list(policy.parameters()))
@@ -349,9 +350,9 @@ def test_fine_tune_select_measures_the_baseline_on_the_validation_episodes(run, 
         return {"return": 10.0 if isinstance(p, ZeroAction) else float(len(seen))}
 
     selection = parse_selection("return", ["return<=baseline"])
-    _, kept, checks, reference = fine_tune_select(policy, env, config, 2, torch.Generator().manual_seed(4),
-                                                  selection=selection, check_every=1, validate=validate,
-                                                  baseline=baseline)
+    _, kept, _, checks, reference = fine_tune_select(policy, env, config, 2, torch.Generator().manual_seed(4),
+                                                     selection=selection, check_every=1, validate=validate,
+                                                     baseline=baseline)
     env.close()
     if baseline == "zero":
         assert seen.count("ZeroAction") == 1 and reference == {"return": 10.0}
@@ -359,6 +360,64 @@ def test_fine_tune_select_measures_the_baseline_on_the_validation_episodes(run, 
     else:
         assert "ZeroAction" not in seen and reference == {"return": 1.0}
         assert kept == 0  # only the start is <= itself
+
+
+def test_interpolate_is_a_straight_line_between_the_two_policies():
+    origin = {"w": torch.zeros(2, 2), "b": torch.ones(2), "steps": torch.tensor(3)}
+    target = {"w": torch.full((2, 2), 4.0), "b": torch.full((2,), 3.0), "steps": torch.tensor(7)}
+    half = interpolate(origin, target, 0.25)
+    assert torch.equal(half["w"], torch.full((2, 2), 1.0)) and torch.equal(half["b"], torch.full((2,), 1.5))
+    assert half["steps"] == 7  # not a parameter: the target's
+    assert all(torch.equal(interpolate(origin, target, 1.0)[k], target[k]) for k in target)
+    with pytest.raises(ValueError, match="different parameters"):
+        interpolate(origin, {**target, "w": torch.zeros(3)}, 0.5)
+
+
+@pytest.mark.parametrize("text", ["0", "1", "0.5,0.5", "-0.1", "1.5", "a", "", "0.5,", "nan", "inf"])
+def test_interpolate_weights_outside_0_1_are_refused(text):
+    with pytest.raises(ConfigError, match="--interpolate"):
+        parse_weights(text)
+    assert parse_weights("0.25,0.5,0.75") == (0.25, 0.5, 0.75)
+
+
+@pytest.mark.parametrize("best_weight", [1.0, 0.5, 0.25])
+def test_fine_tune_select_fine_tunes_from_the_best_interpolated_start(run, best_weight):
+    """Each weight's start is validated at round 0; the fine-tune runs from the best of them (the
+    federated policy itself wins ties), and its checkpoints carry that start's weight."""
+    config = load_config(run[0])
+    policy, env = _cartpole_policy(config)
+    origin = {k: torch.zeros_like(v) for k, v in policy.state_dict().items()}
+    target = get_flat(list(policy.parameters())).copy()
+    seen = []
+
+    def validate(p):
+        flat = get_flat(list(p.parameters())).copy()
+        seen.append(flat)
+        if len(seen) <= 3:  # the three starts: federated, 0.5, 0.25
+            w = float(np.dot(flat, target) / np.dot(target, target))
+            return {"return": 1.0 if abs(w - best_weight) < 1e-6 else 0.0}
+        return {"return": 0.5}  # every fine-tuned checkpoint worse than the best start, better than the rest
+
+    tuned = fine_tune_select(policy, env, config, 2, torch.Generator().manual_seed(4), selection=Selection(),
+                             check_every=1, validate=validate, origin=origin, weights=(0.5, 0.25))
+    env.close()
+    assert [(c["round"], c["weight"]) for c in tuned.checks] == [(0, 1.0), (0, 0.5), (0, 0.25),
+                                                                  (1, best_weight), (2, best_weight)]
+    assert np.allclose(seen[1], 0.5 * target) and np.allclose(seen[2], 0.25 * target)
+    assert (tuned.kept_round, tuned.kept_weight) == (0, best_weight)
+    assert np.allclose(get_flat(list(policy.parameters())), best_weight * target)
+    # the fine-tune started from the chosen start: its first step moved away from it, not from another
+    distances = [np.linalg.norm(seen[3] - w * target) for w in (1.0, 0.5, 0.25)]
+    assert int(np.argmin(distances)) == (1.0, 0.5, 0.25).index(best_weight)
+
+
+def test_interpolated_starts_need_the_origin(run):
+    config = load_config(run[0])
+    policy, env = _cartpole_policy(config)
+    with pytest.raises(ValueError, match="origin"):
+        fine_tune_select(policy, env, config, 1, torch.Generator().manual_seed(4), selection=Selection(),
+                         check_every=1, validate=lambda p: {"return": 0.0}, weights=(0.5,))
+    env.close()
 
 
 def test_relative_bound_without_a_baseline_is_refused_before_training(run):
@@ -389,6 +448,26 @@ def test_cli_baseline(run, tmp_path, capsys):
     report = json.loads((tmp_path / "c" / "personalise.json").read_text())
     assert report["selection"]["baseline"]["name"] == "zero" and "return" in report["selection"]["baseline"]
     assert report["selection"]["requirements"] == ["return>=baseline-1000"]
+
+
+def test_cli_interpolate(run, tmp_path, capsys):
+    path, run_dir = run
+    base = _one_round_cli(path, run_dir)
+    assert main([*base, "--out", str(tmp_path / "a"), "--interpolate", "0.5"]) == 2
+    assert "need --keep-best" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "return", "--interpolate", "0.5,2"]) == 2
+    err = capsys.readouterr().err
+    assert "--interpolate '0.5,2'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+    assert main([*base, "--out", str(tmp_path / "c"), "--keep-best", "return", "--interpolate", "0.25,0.5",
+                 "--check-every", "1"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "c" / "personalise.json").read_text())
+    assert report["selection"]["interpolate"] == [0.25, 0.5]
+    assert [(c["round"], c["weight"]) for c in report["selection"]["checks"]][:3] == [(0, 1.0), (0, 0.25), (0, 0.5)]
+    assert (report["kept_round"], report["kept_weight"]) in {(c["round"], c["weight"]) for c in report["selection"]["checks"]}
+    assert (f"of the start with {report['kept_weight']:g}" in out) == (report["kept_weight"] != 1.0)
+    assert torch.load(tmp_path / "c" / "policy.pt", weights_only=True)["kept_weight"] == report["kept_weight"]
 
 
 def test_latest_checkpoint_of_a_run_directory_is_by_round_and_a_file(tmp_path):
