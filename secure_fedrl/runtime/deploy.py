@@ -32,7 +32,7 @@ import torch
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError
 from secure_fedrl.fl.strategies import FedAsync, make_strategy
-from secure_fedrl.fsutil import atomic_write
+from secure_fedrl.fsutil import atomic_write, check_private_dir
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.runtime.round import take_part
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
@@ -196,7 +196,7 @@ class SiteProcess:
         self.config = config
         self.state_dir = Path(state)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        check_private_dir(self.state_dir)
+        check_private_dir(self.state_dir, "--state")  # its budget account, replay history, residuals
         torch.set_num_threads(config.federation.torch_threads)
         # Everything from the config alone (env, the server's initial policy, the public mechanism):
         # the same construction as a Ray site host's (runtime/site_build.py).
@@ -427,14 +427,6 @@ class SiteProcess:
 
 STATE_MAGIC = b"secure-fedrl site state v1\n"
 FINAL_MODEL_FILE = "final_policy.pt"  # the federation's last global model, kept by each site
-
-
-def check_private_dir(d: Path) -> None:
-    """A site's state directory must be its own: no group/other access (its state holds the
-    site's budget account, replay history and update residuals)."""
-    st = d.stat()
-    if st.st_mode & 0o077 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
-        raise ConfigError(f"--state {d}: must be a directory only this user can access (chmod 700 {d})")
 
 
 def rows_since(rows: list[str], seq: int) -> list[str]:

@@ -44,7 +44,7 @@ import torch
 
 from secure_fedrl.config import Config
 from secure_fedrl.errors import ConfigError, SecureFedRLError
-from secure_fedrl.fsutil import atomic_write
+from secure_fedrl.fsutil import atomic_write, check_private_dir
 from secure_fedrl.rl.envs import SiteVectorEnv, make_site_env
 from secure_fedrl.rl.evaluate import evaluate_with_metrics
 from secure_fedrl.rl.local import train_local
@@ -350,6 +350,8 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        check_private_dir(out, "--out")  # whoever may write it may replace the policy the site will run
     if (out / "policy.pt").exists():
         raise ConfigError(f"--out {out}: already holds a personalised policy (policy.pt); choose another directory")
     index, spec = _site(config, site)
@@ -395,9 +397,14 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
               "privacy": "local only: no budget spent, nothing sent; this policy has no DP guarantee for the "
                          "site's data and must stay at the site"}
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_private_dir(out, "--out")  # (it may have been made meanwhile by someone else)
     buffer = io.BytesIO()
     torch.save({"policy_state_dict": policy.state_dict(), "site": spec.name, "from_round": from_round,
                 "rounds": rounds, "kept_round": tuned.kept_round, "kept_weight": tuned.kept_weight}, buffer)
-    atomic_write(out / "policy.pt", buffer.getvalue(), mode=0o600)  # the site's data, without noise
+    try:  # the site's data, without noise; exclusive: a run beside this one may have written it meanwhile
+        atomic_write(out / "policy.pt", buffer.getvalue(), mode=0o600, exclusive=True)
+    except FileExistsError:
+        raise ConfigError(f"--out {out}: another run wrote a personalised policy there meanwhile; nothing written, "
+                          "choose another directory") from None
     atomic_write(out / "personalise.json", (json.dumps(report, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
     return report

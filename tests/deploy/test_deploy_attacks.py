@@ -453,15 +453,15 @@ def test_state_of_another_site_or_config_is_refused(tmp_path):
 
 
 def test_state_directory_others_can_read_is_refused(tmp_path):
-    from secure_fedrl.runtime.deploy import check_private_dir
+    from secure_fedrl.fsutil import check_private_dir
 
     d = tmp_path / "state"
     d.mkdir(mode=0o755)
     d.chmod(0o755)
-    with pytest.raises(ConfigError, match="chmod 700"):
-        check_private_dir(d)
+    with pytest.raises(ConfigError, match="--state .*chmod 700"):
+        check_private_dir(d, "--state")
     d.chmod(0o700)
-    check_private_dir(d)
+    check_private_dir(d, "--state")
 
 
 # ============================================================================ 4. hostile sites

@@ -502,3 +502,36 @@ def test_a_diverged_fine_tune_writes_nothing(run, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "diverged" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "policy.pt").exists()
+
+
+def test_an_out_directory_others_may_write_is_refused_before_training(run, tmp_path, capsys):
+    """Whoever may write the directory may swap the policy the pump will run, whatever its mode."""
+    path, run_dir = run
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert main([*_one_round_cli(path, run_dir), "--out", str(shared)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "chmod 700" in err and len(err.strip().splitlines()) == 1
+    assert list(shared.iterdir()) == []
+
+
+def test_a_policy_written_meanwhile_by_another_run_is_never_replaced(run, tmp_path, monkeypatch):
+    """Two runs sharing one --out both pass the early check; the second to finish must not replace
+    the first's policy (an exclusive write, not a second look)."""
+    import secure_fedrl.runtime.personalise as personalise
+
+    path, run_dir = run
+    out = tmp_path / "out"
+    real = personalise.fine_tune
+
+    def racing(*args, **kwargs):
+        out.mkdir(mode=0o700, exist_ok=True)
+        (out / "policy.pt").write_bytes(b"the other run's policy")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(personalise, "fine_tune", racing)
+    with pytest.raises(ConfigError, match="another run wrote a personalised policy there meanwhile"):
+        personalise_site(load_config(path), "short", run_dir, out, rounds=1, eval_episodes=1)
+    assert (out / "policy.pt").read_bytes() == b"the other run's policy"
+    assert sorted(p.name for p in out.iterdir()) == ["policy.pt"]  # no temporary file, no report
