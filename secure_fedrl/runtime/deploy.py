@@ -367,6 +367,9 @@ class SiteProcess:
         from secure_fedrl.runtime.round import train_ahead
 
         version, model = self.transport.fetch_model(values=self.site.dim)  # refused before buffering
+        if not np.isfinite(model).all():
+            log_event("model_refused", site=self.site.name, version=version, reason="non-finite values")
+            return None  # nothing trained ahead: the round's own broadcast is checked in take_part
         with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
             ahead = train_ahead(self.site, version, model)
         self.save()  # the local critic moved; the update itself is re-trained after a restart

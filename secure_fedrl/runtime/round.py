@@ -124,6 +124,9 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         width = site.dim * (2 if site.scaffold is not None else 1)
         if ann.policy.shape != (width,):
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
+        if ahead is None and not np.isfinite(ann.policy).all():
+            # nothing to learn from: refused before training, so a trajectory-level site spends nothing
+            raise PrivacyError("round broadcast: the global policy has non-finite values")
         check_roster_against_config(ann, site.config)
         number = _number(ann, site)
         weight = _staleness_weight(site, order, ahead)

@@ -210,6 +210,28 @@ def test_spent_budget_refuses_before_training():
     assert not trained
 
 
+@pytest.mark.parametrize("unit", ["client", "trajectory"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_global_policy_is_refused_before_training(unit, bad):
+    """A server broadcasting NaN/inf parameters gets no training and no charge (a trajectory-level
+    site charges as soon as DP-SGD ran)."""
+    privacy = {"privacy": {"unit": "trajectory", "clip": 1.0, "target_epsilon": 50.0, "sample_rate": 0.5,
+                           "noisy_steps": 2}, "local": {"steps": 0, "episodes": 2}} if unit == "trajectory" else {}
+    fed = Federation(make_config(4, unit=unit, colluding=1, **privacy))
+    site = fed.sites[fed.names[0]]
+    spent = site.privacy_metrics()
+    trained = []
+    orig = site.train
+    site.train = lambda *a, **k: trained.append(1) or orig(*a, **k)
+    ann = fed.announcement(1, fed.names)
+    policy = ann.policy.copy()
+    policy[3] = bad
+    report = take_part(site, fed.transports[site.name], RoundAnnouncement(ann.config, ann.roster, policy, ann.extras),
+                       timeout=1)
+    assert report.status.startswith("refused") and "non-finite" in report.status
+    assert not trained and site.privacy_metrics() == spent
+
+
 def test_replayed_round_is_refused_by_the_persisted_history(monkeypatch):
     """A restarted server replaying the very same announcement (same digest): the site's history,
     persisted before the advert, refuses it; a fresh round seed is a new round, charged again."""

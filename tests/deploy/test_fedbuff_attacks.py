@@ -184,9 +184,11 @@ class _ScriptedServer:
     def heartbeat(self):
         return 0, False
 
+    model = np.zeros(DIM, np.float32)
+
     def fetch_model(self, values=None):
         self.fetched += 1
-        return self.fetched, np.zeros(DIM, np.float32)
+        return self.fetched, self.model.copy()
 
     def ready(self, version: int) -> None:
         self.readies.append(version)
@@ -231,6 +233,33 @@ def test_a_deployed_site_never_sends_one_trained_update_in_two_rounds(monkeypatc
     assert len({id(a) for a in sent}) == 3, "one trained update went into two rounds"
     assert sent == trained[:3]
     assert p.transport.readies == [1, 2, 3, 3, 4]  # round 3 went without us: the same update, ready again
+
+
+def test_a_non_finite_model_is_not_trained_ahead(monkeypatch, caplog):
+    """A server handing out NaN/inf parameters for FedBuff's train-ahead gets no training and no
+    Ready: the site logs it and takes part in rounds from their (checked) broadcast."""
+    from secure_fedrl.runtime import deploy
+    from secure_fedrl.runtime.deploy import SiteProcess
+
+    trained, sent = [], []
+    monkeypatch.setattr("secure_fedrl.runtime.round.train_ahead",
+                        lambda site, version, policy: trained.append(version))
+    monkeypatch.setattr(deploy, "take_part", lambda site, transport, ann, **kw: sent.append(kw.get("ahead"))
+                        or SiteRoundReport("done"))
+    p = SiteProcess.__new__(SiteProcess)
+    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set(), dim=DIM,
+                             privacy_metrics=dict)
+    p.transport = _ScriptedServer([(1, True), (2, True)])
+    p.transport.model = np.full(DIM, np.nan, np.float32)
+    p.took_part = set()
+    p.identity = SimpleNamespace(trust=None)
+    p.keep_final_model = lambda: None
+    p.save = p.append_metrics = p.read_notice = lambda *a, **k: None
+    assert p.run() == 0
+    assert trained == [] and p.transport.readies == [] and sent == [None, None]
+    assert p.transport.fetched >= 2
+    assert any(getattr(r, "event", None) == "model_refused" and r.fields["reason"] == "non-finite values"
+               for r in caplog.records)
 
 
 # ============================================================================ 3. hostile sites
