@@ -352,9 +352,11 @@ class SiteProcess:
         except TransportError as err:
             log_event("final_model_unavailable", site=self.site.name, reason=str(err))
             return
+        signed = self.site.signed_heads  # the run, as this site countersigned its ledger (none yet: no head)
+        head = {"ledger_head": {"seq": max(signed), "row_hash": signed[max(signed)]}} if signed else {}
         buffer = io.BytesIO()
         torch.save({"global_params": torch.from_numpy(np.asarray(params, dtype=np.float32).copy()),
-                    "round": int(round_id), "federation": self.config.federation.name}, buffer)
+                    "round": int(round_id), "federation": self.config.federation.name, **head}, buffer)
         try:
             atomic_write(path, buffer.getvalue(), mode=0o600)
         except OSError as err:

@@ -69,6 +69,7 @@ class GlobalModel(NamedTuple):
     params: np.ndarray
     round: int
     federation: str | None  # None in checkpoints written before they recorded it
+    ledger_head: dict[str, Any] | None = None  # {"seq", "row_hash"}: which run (None: not recorded)
 
 
 def load_global_params(source: Path) -> tuple[np.ndarray, int]:
@@ -91,15 +92,20 @@ def read_global_model(source: Path) -> GlobalModel:
     try:
         with torch.serialization.safe_globals(_checkpoint_globals()):
             blob = torch.load(source, map_location="cpu", weights_only=True)
-        round_id, federation = int(blob["round"]), blob.get("federation")
+        round_id, federation, head = int(blob["round"]), blob.get("federation"), blob.get("ledger_head")
         params = np.asarray(blob["global_params"], dtype=np.float32).reshape(-1)
         if federation is not None and not isinstance(federation, str):
             raise TypeError("federation")
+        if head is not None:
+            head = {"seq": head["seq"], "row_hash": head["row_hash"]}
+            if isinstance(head["seq"], bool) or not isinstance(head["seq"], int) or \
+                    not re.fullmatch(r"[0-9a-f]{64}", str(head["row_hash"])) or not isinstance(head["row_hash"], str):
+                raise TypeError("ledger_head")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
         raise ConfigError(f"--model {source}: not a secure-fedrl run checkpoint ({type(exc).__name__})") from None
     if not np.isfinite(params).all():
         raise ConfigError(f"--model {source}: holds non-finite parameters (NaN or inf): not a model to start from")
-    return GlobalModel(params, round_id, federation)
+    return GlobalModel(params, round_id, federation, head)
 
 
 def fine_tune(policy: ActorCritic, env: SiteVectorEnv, config: Config, rounds: int, generator: torch.Generator) -> int:
@@ -355,7 +361,7 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
     if (out / "policy.pt").exists():
         raise ConfigError(f"--out {out}: already holds a personalised policy (policy.pt); choose another directory")
     index, spec = _site(config, site)
-    params, from_round, federation = read_global_model(model)
+    params, from_round, federation, ledger_head = read_global_model(model)
     if federation is not None and federation != config.federation.name:
         raise ConfigError(f"--model {model}: the global model of federation {federation!r}, not of this config's "
                           f"{config.federation.name!r}")
@@ -386,6 +392,7 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
                                "try a smaller --learning-rate")
     after = _evaluate(policy, spec, eval_episodes, eval_seed)
     report = {"site": spec.name, "federation": config.federation.name, "model": str(model), "from_round": from_round,
+              "model_ledger_head": ledger_head,
               "rounds": rounds, "env_steps": tuned.steps, "algorithm": config.local.algorithm,
               "learning_rate": getattr(config.algorithm, "learning_rate", None), "eval_episodes": eval_episodes,
               "before": before, "after": after, "kept_round": tuned.kept_round, "kept_weight": tuned.kept_weight,

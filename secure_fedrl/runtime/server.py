@@ -207,10 +207,13 @@ class ServerRuntime:
         set_flat(self.federated_params, self.global_params)
         if not self.config.local.federate_critic:  # the server has no critic: never a site's local one
             set_flat(list(self.policy.critic_parameters()), self.initial_critic)
+        head = state["ledger_head"]
         torch.save({"round": self.round, "global_params": torch.from_numpy(self.global_params.copy()),
                     "policy_state_dict": self.policy.state_dict(), "strategy_state": state["strategy"],
                     "federate_critic": self.config.local.federate_critic,
-                    "federation": self.config.federation.name},
+                    "federation": self.config.federation.name,
+                    # which run: two runs of one federation have different ledger heads
+                    **({} if head is None else {"ledger_head": {"seq": int(head[0]), "row_hash": str(head[1])}})},
                    self.run_dir.checkpoint_path(self.round))
         self.run_dir.save_state(state)
 

@@ -16,7 +16,7 @@ from secure_fedrl.transport.base import Hub, InMemorySite
 def _site(tmp_path, hub: Hub, dim: int = 4) -> SiteProcess:
     """A SiteProcess around an in-memory transport: only what keep_final_model uses."""
     process = SiteProcess.__new__(SiteProcess)
-    process.site = SimpleNamespace(name="a", dim=dim)
+    process.site = SimpleNamespace(name="a", dim=dim, signed_heads={})
     process.config = SimpleNamespace(federation=SimpleNamespace(name="fed"))
     process.state_dir = tmp_path
     process.transport = InMemorySite(hub, "a", 1)
@@ -36,6 +36,28 @@ def test_keeps_the_final_model_in_the_checkpoint_format(tmp_path):
     kept = read_global_model(tmp_path / FINAL_MODEL_FILE)
     assert kept.round == 9 and kept.federation == "fed" and kept.params.tolist() == [0, 1, 2, 3]
     assert (tmp_path / FINAL_MODEL_FILE).stat().st_mode & 0o777 == 0o600
+    assert kept.ledger_head is None  # this site countersigned no head: it cannot vouch for a run
+
+
+def test_the_final_model_names_the_run_by_the_last_head_the_site_countersigned(tmp_path):
+    hub = Hub()
+    process = _site(tmp_path, hub)
+    process.site.signed_heads = {3: "a" * 64, 7: "b" * 64}
+    hub.finish(final_model=(9, np.arange(4)))
+    process.keep_final_model()
+    assert read_global_model(tmp_path / FINAL_MODEL_FILE).ledger_head == {"seq": 7, "row_hash": "b" * 64}
+
+
+@pytest.mark.parametrize("head", [{"seq": "7", "row_hash": "b" * 64}, {"seq": True, "row_hash": "b" * 64},
+                                  {"seq": 7, "row_hash": "B" * 64}, {"seq": 7, "row_hash": "b" * 63},
+                                  {"seq": 7}, "b" * 64])
+def test_a_malformed_run_id_is_refused_in_one_line(tmp_path, head):
+    from secure_fedrl.errors import ConfigError
+
+    torch.save({"global_params": torch.ones(4), "round": 1, "federation": "fed", "ledger_head": head},
+               tmp_path / FINAL_MODEL_FILE)
+    with pytest.raises(ConfigError, match="not a secure-fedrl run checkpoint"):
+        read_global_model(tmp_path / FINAL_MODEL_FILE)
 
 
 @pytest.mark.parametrize("case", ["withheld", "wrong_size", "nan", "inf"])

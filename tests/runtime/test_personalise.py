@@ -69,6 +69,7 @@ def test_fine_tunes_from_the_federated_policy_and_keeps_it_private(run, tmp_path
     config = load_config(path)
     report = personalise_site(config, "long", run_dir, tmp_path / "out", rounds=2, eval_episodes=2)
     assert report["from_round"] == 2 and report["rounds"] == 2 and report["env_steps"] >= 2 * 128
+    assert report["model_ledger_head"] is None  # a run without privacy keeps no ledger
     saved = torch.load(tmp_path / "out" / "policy.pt", weights_only=True)
     global_params, _ = load_global_params(run_dir)
     import gymnasium as gym
@@ -502,6 +503,26 @@ def test_a_diverged_fine_tune_writes_nothing(run, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "diverged" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "policy.pt").exists()
+
+
+def test_the_report_names_the_run_the_model_came_from_by_its_ledger_head(tmp_path):
+    """Two runs of one federation are told apart: the checkpoint records the ledger head."""
+    path = tmp_path / "private.toml"
+    path.write_text(CONFIG.replace("rounds = 2", "rounds = 1") + textwrap.dedent("""
+        [privacy]
+        unit = "client"
+        clip = 0.5
+        noise_multiplier = 1.0
+        target_epsilon = 50.0
+
+        [strategy]
+        name = "fedavg"
+        weighting = "uniform"
+    """))
+    run_simulation(load_config(path), tmp_path / "run", progress=False)
+    report = personalise_site(load_config(path), "short", tmp_path / "run", tmp_path / "out", rounds=1, eval_episodes=1)
+    head = json.loads((tmp_path / "run" / "state.json").read_text())["ledger_head"]
+    assert head is not None and report["model_ledger_head"] == head
 
 
 def test_an_out_directory_others_may_write_is_refused_before_training(run, tmp_path, capsys):
