@@ -385,7 +385,7 @@ def markdown_finetune(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_finetune(r: dict[str, Any]) -> None:
+def plot_finetune(r: dict[str, Any], name: str = "pilot_healthcare_tir_personalised.png") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -403,7 +403,7 @@ def plot_finetune(r: dict[str, Any]) -> None:
                   + (" (best checkpoint on validation days)" if r["finetune"].get("keep_best") else ""))
     ax.plot([idx[n] for n in alone], [100 * alone[n]["time_in_range"] for n in alone], "x", color="tab:red", ms=6,
             label=f"patient alone, {r['finetune']['alone_rounds']} rounds (same local data)")
-    save_tir_plot(fig, ax, "pilot_healthcare_tir_personalised.png")
+    save_tir_plot(fig, ax, name)
 
 
 def plot_healthcare(r: dict[str, Any]) -> None:
@@ -722,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.pilot == "healthcare":
         print(markdown_healthcare_arms(res))
     if "finetune_summary" in res:
-        plot_finetune(res)
+        plot_finetune(res, f"pilot_healthcare_tir_personalised{'-' + args.tag if args.tag else ''}.png")  # one per run
         print(json.dumps(res["finetune_summary"], indent=1))
         print(markdown_finetune(res))
     return 0
