@@ -285,10 +285,14 @@ class SiteProcess:
         buffered = self.site.fedbuff is not None
         ahead = None  # FedBuff: the update this site trained from a fetched model, waiting for a round
         spent = False  # FedBuff: our own budget refused a round; train no more, wait for the end
+        refusals, refused_until = 0, 0.0  # FedBuff: refused models so far, and when to fetch again
         while True:
             try:
-                if buffered and ahead is None and not spent:
+                if buffered and ahead is None and not spent and time.monotonic() >= refused_until:
                     ahead = self.train_ahead(info)
+                    if ahead is None:  # a refused model: fetch again only after a pause (doubling)
+                        refusals += 1
+                        refused_until = time.monotonic() + min(60.0, 2.0 ** refusals)
                 b = self.transport.await_round(after, timeout=60.0)
             except TransportError as err:
                 if err.status == "DEADLINE_EXCEEDED":
@@ -371,7 +375,7 @@ class SiteProcess:
         version, model = self.transport.fetch_model(values=self.site.dim)  # refused before buffering
         if not np.isfinite(model).all():
             log_event("model_refused", site=self.site.name, version=version, reason="non-finite values")
-            return None  # nothing trained ahead: the round's own broadcast is checked in take_part
+            return None  # nothing trained ahead, no Ready: take_part refuses a round without an update
         with Heartbeater(self.transport, max(1.0, info.heartbeat_interval_s)):
             ahead = train_ahead(self.site, version, model)
         self.save()  # the local critic moved; the update itself is re-trained after a restart

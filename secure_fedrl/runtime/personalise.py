@@ -33,7 +33,9 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,8 +100,9 @@ def read_global_model(source: Path) -> GlobalModel:
             raise TypeError("federation")
         if head is not None:
             head = {"seq": head["seq"], "row_hash": head["row_hash"]}
-            if isinstance(head["seq"], bool) or not isinstance(head["seq"], int) or \
-                    not re.fullmatch(r"[0-9a-f]{64}", str(head["row_hash"])) or not isinstance(head["row_hash"], str):
+            seq, row_hash = head["seq"], head["row_hash"]
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63 or \
+                    not isinstance(row_hash, str) or not re.fullmatch(r"[0-9a-f]{64}", row_hash):
                 raise TypeError("ledger_head")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
         raise ConfigError(f"--model {source}: not a secure-fedrl run checkpoint ({type(exc).__name__})") from None
@@ -234,14 +237,20 @@ class ZeroAction:
         return torch.zeros((obs.shape[0], *self.shape))
 
 
+MAX_STARTS = 16
+
+
 def parse_weights(text: str) -> tuple[float, ...]:
-    """`--interpolate W[,W...]`: the global model's weights in the extra starts, each in (0, 1)."""
-    try:
-        weights = tuple(float(w) for w in text.split(","))
+    """`--interpolate W[,W...]`: the global model's weights in the extra starts, at most
+    MAX_STARTS of them (each is one more validation), distinct, in [0.001, 1)."""
+    parts = text.split(",")
+    try:  # ASCII decimals only (float() would also take "nan", "inf" and other scripts' digits)
+        weights = tuple(float(w) for w in parts) if all(re.fullmatch(r" *[0-9.eE+-]+ *", w) for w in parts) else ()
     except ValueError:
         weights = ()
-    if not weights or not all(0.0 < w < 1.0 for w in weights) or len(set(weights)) != len(weights):
-        raise ConfigError(f"--interpolate {text!r}: expected distinct weights strictly between 0 and 1, e.g. 0.25,0.5,0.75")
+    if not 0 < len(weights) <= MAX_STARTS or not all(1e-3 <= w < 1.0 for w in weights) or len(set(weights)) != len(weights):
+        raise ConfigError(f"--interpolate {text!r}: expected up to {MAX_STARTS} distinct weights in [0.001, 1), "
+                          "e.g. 0.25,0.5,0.75")
     return weights
 
 
@@ -331,6 +340,26 @@ def _evaluate(policy: ActorCritic, spec: SiteSpec, episodes: int, seed: int) -> 
     return {"return": float(np.mean(res.returns)), **res.metrics}
 
 
+def _check_out(out: Path) -> None:
+    """`--out` holds the site's policy trained without noise, which the site will run: whoever may
+    replace the directory, or write it, may swap that policy. So: no symbolic link, a directory
+    only this user can access, and no ancestor that other users may write (unless sticky, as /tmp)."""
+    if out.is_symlink():
+        raise ConfigError(f"--out {out}: is a symbolic link; give the directory itself")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        check_private_dir(out, "--out")
+    for parent in out.absolute().parents:
+        try:
+            mode = parent.stat().st_mode
+        except FileNotFoundError:
+            continue  # made by mkdir below, 0700
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            raise ConfigError(f"--out {out}: its parent {parent} may be written by other users, who could replace "
+                              f"{out.name}; use a directory under one only you can write")
+
+
 def personalise_site(config: Config, site: str, model: Path, out: Path, *, rounds: int,
                      learning_rate: float | None = None, eval_episodes: int = 4,
                      selection: Selection | None = None, check_every: int | None = None,
@@ -354,11 +383,8 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
             raise ConfigError(f"--learning-rate: must be > 0 and finite, got {learning_rate}")
         config = dataclasses.replace(config, algorithm=dataclasses.replace(config.algorithm, learning_rate=learning_rate))
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
-    if out.is_dir():
-        check_private_dir(out, "--out")  # whoever may write it may replace the policy the site will run
-    if (out / "policy.pt").exists():
+    _check_out(out)
+    if os.path.lexists(out / "policy.pt"):
         raise ConfigError(f"--out {out}: already holds a personalised policy (policy.pt); choose another directory")
     index, spec = _site(config, site)
     params, from_round, federation, ledger_head = read_global_model(model)
@@ -403,8 +429,9 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
                   "baseline": None if tuned.baseline is None else {"name": baseline, **tuned.baseline}},
               "privacy": "local only: no budget spent, nothing sent; this policy has no DP guarantee for the "
                          "site's data and must stay at the site"}
+    _check_out(out)  # again: it may have changed during the fine-tune
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    check_private_dir(out, "--out")  # (it may have been made meanwhile by someone else)
+    _check_out(out)  # (it may have been made meanwhile by someone else)
     buffer = io.BytesIO()
     torch.save({"policy_state_dict": policy.state_dict(), "site": spec.name, "from_round": from_round,
                 "rounds": rounds, "kept_round": tuned.kept_round, "kept_weight": tuned.kept_weight}, buffer)
@@ -413,5 +440,8 @@ def personalise_site(config: Config, site: str, model: Path, out: Path, *, round
     except FileExistsError:
         raise ConfigError(f"--out {out}: another run wrote a personalised policy there meanwhile; nothing written, "
                           "choose another directory") from None
+    except OSError as exc:  # e.g. a filesystem without hard links
+        raise ConfigError(f"--out {out}: cannot write policy.pt exclusively there ({exc.strerror}); "
+                          "choose a directory on a local filesystem") from None
     atomic_write(out / "personalise.json", (json.dumps(report, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
     return report

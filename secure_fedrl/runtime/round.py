@@ -9,6 +9,7 @@ function call or a TLS channel.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         width = site.dim * (2 if site.scaffold is not None else 1)
         if ann.policy.shape != (width,):
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
-        if ahead is None and not np.isfinite(ann.policy).all():
+        if ahead is None and not np.isfinite(np.asarray(ann.policy, dtype=np.float32)).all():  # as trained on
             # nothing to learn from: refused before training, so a trajectory-level site spends nothing
             raise PrivacyError("round broadcast: the global policy has non-finite values")
         check_roster_against_config(ann, site.config)
@@ -153,6 +154,14 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         seconds = time.perf_counter() - t0
     if site.config.privacy.unit == "trajectory":
         site.charge(plan)  # DP-SGD ran at the site: spent, whatever becomes of the update
+    vector = upload.vector
+    if isinstance(vector, np.ndarray) and vector.shape == (width,) and not np.isfinite(vector).all():
+        # Whether training overflowed can depend on the site's data (a broadcast of huge finite
+        # values makes it so): leaving the round would tell the server that bit outside DP. Send a
+        # zero update instead, clipped, noised and charged as any other; keep none of its proposals.
+        log_event("site_update_non_finite", site=site.name, round=rid, reason="sent zero instead")
+        upload = dataclasses.replace(upload, vector=np.zeros(width, np.float32))
+        site.pending = None
     try:
         check_update(upload.vector, dim=width, site=site.name)
         encoded, dp_attestation = site.encode_attested(plan, staleness_scaled(site, upload.vector, weight))

@@ -211,7 +211,7 @@ def test_spent_budget_refuses_before_training():
 
 
 @pytest.mark.parametrize("unit", ["client", "trajectory"])
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])  # 1e39: finite as float64, inf as the float32 trained on
 def test_non_finite_global_policy_is_refused_before_training(unit, bad):
     """A server broadcasting NaN/inf parameters gets no training and no charge (a trajectory-level
     site charges as soon as DP-SGD ran)."""
@@ -224,12 +224,38 @@ def test_non_finite_global_policy_is_refused_before_training(unit, bad):
     orig = site.train
     site.train = lambda *a, **k: trained.append(1) or orig(*a, **k)
     ann = fed.announcement(1, fed.names)
-    policy = ann.policy.copy()
+    policy = ann.policy.astype(np.float64)
     policy[3] = bad
     report = take_part(site, fed.transports[site.name], RoundAnnouncement(ann.config, ann.roster, policy, ann.extras),
                        timeout=1)
     assert report.status.startswith("refused") and "non-finite" in report.status
     assert not trained and site.privacy_metrics() == spent
+
+
+@pytest.mark.parametrize("unit", ["client", "none"])
+def test_a_non_finite_local_update_is_sent_as_zero_not_withheld(unit):
+    """A broadcast of huge finite values can make local training overflow or not depending on the
+    site's own trajectories; a site that then left the round would tell the server that bit with no
+    noise and no charge. The site sends a zero update instead, charged like any other."""
+    fed = Federation(make_config(4, unit=unit, colluding=1))
+    victim = fed.names[0]
+    bad = np.full(DIM, np.nan, np.float32)
+    bad[1] = np.inf
+    fed.sites[victim].train = lambda g, r, *, round_seed, control=None: (
+        SiteUpload(site=victim, vector=bad.copy(), weight=1.0, nbytes=bad.nbytes),
+        SimpleNamespace(steps=1, episode_returns=[], diagnostics={}))
+    ann = fed.announcement(1, fed.names)
+    result, reports = fed.run(ann)
+    assert {n: r.status for n, r in reports.items()} == {n: "done" for n in fed.names}
+    assert result.outcome is not None and len(result.outcome.accepted) == 4
+    assert fed.sites[victim].pending is None  # no residual or control-variate proposal from NaN
+    if unit == "client":
+        assert fed.sites[victim].guard.participations == 1  # charged: its (zero) input left, noised
+    else:  # no noise: the sum shows the zero exactly
+        plan = fed.aggregator.plan(1, planned=4, round_seed=7)
+        mean = fed.aggregator.server_decode(plan, result.outcome.sum, survivors=4)
+        others = sum(fed.updates[n] for n in fed.names[1:])
+        np.testing.assert_allclose(4 * mean, others, atol=1e-3)
 
 
 def test_replayed_round_is_refused_by_the_persisted_history(monkeypatch):

@@ -237,7 +237,8 @@ def test_a_deployed_site_never_sends_one_trained_update_in_two_rounds(monkeypatc
 
 def test_a_non_finite_model_is_not_trained_ahead(monkeypatch, caplog):
     """A server handing out NaN/inf parameters for FedBuff's train-ahead gets no training and no
-    Ready: the site logs it and takes part in rounds from their (checked) broadcast."""
+    Ready: the site logs it, and fetches again only after a pause (else each instant reply of a
+    lying server would cost one whole model download)."""
     from secure_fedrl.runtime import deploy
     from secure_fedrl.runtime.deploy import SiteProcess
 
@@ -249,7 +250,7 @@ def test_a_non_finite_model_is_not_trained_ahead(monkeypatch, caplog):
     p = SiteProcess.__new__(SiteProcess)
     p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set(), dim=DIM,
                              privacy_metrics=dict)
-    p.transport = _ScriptedServer([(1, True), (2, True)])
+    p.transport = _ScriptedServer([(1, True), (2, True)] + [(r, False) for r in range(3, 2000)])
     p.transport.model = np.full(DIM, np.nan, np.float32)
     p.took_part = set()
     p.identity = SimpleNamespace(trust=None)
@@ -257,9 +258,37 @@ def test_a_non_finite_model_is_not_trained_ahead(monkeypatch, caplog):
     p.save = p.append_metrics = p.read_notice = lambda *a, **k: None
     assert p.run() == 0
     assert trained == [] and p.transport.readies == [] and sent == [None, None]
-    assert p.transport.fetched >= 2
+    assert p.transport.fetched == 1  # 2000 instant replies, one download: the next waits 2 s
     assert any(getattr(r, "event", None) == "model_refused" and r.fields["reason"] == "non-finite values"
                for r in caplog.records)
+
+
+def test_after_the_pause_a_finite_model_is_trained_ahead_again(monkeypatch):
+    from secure_fedrl.runtime import deploy
+    from secure_fedrl.runtime.deploy import SiteProcess
+
+    trained = []
+    monkeypatch.setattr("secure_fedrl.runtime.round.train_ahead",
+                        lambda site, version, policy: trained.append(version) or TrainedAhead(version, object(), None, 0.0))
+    monkeypatch.setattr(deploy, "take_part", lambda site, transport, ann, **kw: SiteRoundReport("done"))
+    clock = iter(range(0, 10_000, 10))  # every look at the clock: 10 s later
+    monkeypatch.setattr(deploy.time, "monotonic", lambda: float(next(clock)))
+
+    class Healing(_ScriptedServer):
+        def fetch_model(self, values=None):
+            self.model = np.full(DIM, np.nan if self.fetched == 0 else 0.0, np.float32)
+            return super().fetch_model(values)
+
+    p = SiteProcess.__new__(SiteProcess)
+    p.site = SimpleNamespace(name="s-0", last_round=0, fedbuff=object(), witnessed=set(), dim=DIM,
+                             privacy_metrics=dict)
+    p.transport = Healing([(1, False), (2, False), (3, False)])
+    p.took_part = set()
+    p.identity = SimpleNamespace(trust=None)
+    p.keep_final_model = lambda: None
+    p.save = p.append_metrics = p.read_notice = lambda *a, **k: None
+    assert p.run() == 0
+    assert p.transport.fetched == 2 and trained == [2]
 
 
 # ============================================================================ 3. hostile sites

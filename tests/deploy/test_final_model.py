@@ -48,9 +48,17 @@ def test_the_final_model_names_the_run_by_the_last_head_the_site_countersigned(t
     assert read_global_model(tmp_path / FINAL_MODEL_FILE).ledger_head == {"seq": 7, "row_hash": "b" * 64}
 
 
+def test_only_the_run_id_is_taken_from_the_file(tmp_path):
+    """Other keys beside it (the server writes the file) never reach personalise.json."""
+    torch.save({"global_params": torch.ones(4), "round": 1, "federation": "fed",
+                "ledger_head": {"seq": 7, "row_hash": "b" * 64, "note": "trust me"}}, tmp_path / FINAL_MODEL_FILE)
+    assert read_global_model(tmp_path / FINAL_MODEL_FILE).ledger_head == {"seq": 7, "row_hash": "b" * 64}
+
+
 @pytest.mark.parametrize("head", [{"seq": "7", "row_hash": "b" * 64}, {"seq": True, "row_hash": "b" * 64},
                                   {"seq": 7, "row_hash": "B" * 64}, {"seq": 7, "row_hash": "b" * 63},
-                                  {"seq": 7}, "b" * 64])
+                                  {"seq": 7}, "b" * 64, {"seq": -1, "row_hash": "b" * 64},
+                                  {"seq": 2**63, "row_hash": "b" * 64}])
 def test_a_malformed_run_id_is_refused_in_one_line(tmp_path, head):
     from secure_fedrl.errors import ConfigError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import textwrap
@@ -374,11 +375,13 @@ def test_interpolate_is_a_straight_line_between_the_two_policies():
         interpolate(origin, {**target, "w": torch.zeros(3)}, 0.5)
 
 
-@pytest.mark.parametrize("text", ["0", "1", "0.5,0.5", "-0.1", "1.5", "a", "", "0.5,", "nan", "inf"])
+@pytest.mark.parametrize("text", ["0", "1", "0.5,0.5", "-0.1", "1.5", "a", "", "0.5,", "nan", "inf", "5e-324",
+                                  "0.0009", "\u0660.5", "0x1p-1", ",".join(f"0.{i:02d}" for i in range(10, 27))])
 def test_interpolate_weights_outside_0_1_are_refused(text):
     with pytest.raises(ConfigError, match="--interpolate"):
         parse_weights(text)
-    assert parse_weights("0.25,0.5,0.75") == (0.25, 0.5, 0.75)
+    assert parse_weights("0.25,0.5,0.75") == (0.25, 0.5, 0.75) and parse_weights(" 0.3, 0.001") == (0.3, 0.001)
+    assert len(parse_weights(",".join(f"0.{i:02d}" for i in range(10, 26)))) == 16
 
 
 @pytest.mark.parametrize("best_weight", [1.0, 0.5, 0.25])
@@ -525,16 +528,67 @@ def test_the_report_names_the_run_the_model_came_from_by_its_ledger_head(tmp_pat
     assert head is not None and report["model_ledger_head"] == head
 
 
-def test_an_out_directory_others_may_write_is_refused_before_training(run, tmp_path, capsys):
-    """Whoever may write the directory may swap the policy the pump will run, whatever its mode."""
-    path, run_dir = run
+def _out_cases(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    assert main([*_one_round_cli(path, run_dir), "--out", str(shared)]) == 2
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)  # not sticky: anyone may rename open/out away and put their own
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    return {"chmod 700": shared, "may be written by other users": open_parent / "out",
+            "symbolic link": link, "symbolic link ": dangling}
+
+
+@pytest.mark.parametrize("case", ["chmod 700", "may be written by other users", "symbolic link", "symbolic link "])
+def test_an_out_directory_others_may_replace_is_refused_before_training(run, tmp_path, capsys, monkeypatch, case):
+    """Whoever may write the directory, or its parent, or re-point a link to it, may swap the
+    policy the pump will run, whatever the files' modes."""
+    import secure_fedrl.runtime.personalise as personalise
+
+    trained = []
+    monkeypatch.setattr(personalise, "fine_tune", lambda *a, **k: trained.append(1) or 0)
+    path, run_dir = run
+    out = _out_cases(tmp_path)[case]
+    assert main([*_one_round_cli(path, run_dir), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--out" in err and "chmod 700" in err and len(err.strip().splitlines()) == 1
-    assert list(shared.iterdir()) == []
+    assert "--out" in err and case.strip() in err and len(err.strip().splitlines()) == 1
+    assert not trained
+    assert not os.path.lexists(tmp_path / "private" / "policy.pt") and not (tmp_path / "shared" / "policy.pt").exists()
+
+
+def test_an_out_directory_opened_to_others_during_the_fine_tune_is_refused(run, tmp_path):
+    import secure_fedrl.runtime.personalise as personalise
+
+    path, run_dir = run
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    real = personalise.fine_tune
+
+    def opening(*args, **kwargs):
+        out.chmod(0o777)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(personalise, "fine_tune", opening)
+        with pytest.raises(ConfigError, match="chmod 700"):
+            personalise_site(load_config(path), "short", run_dir, out, rounds=1, eval_episodes=1)
+    assert list(out.iterdir()) == []
+
+
+def test_a_dangling_policy_link_counts_as_a_policy(run, tmp_path):
+    path, run_dir = run
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    (out / "policy.pt").symlink_to(tmp_path / "elsewhere.pt")
+    with pytest.raises(ConfigError, match="already holds a personalised policy"):
+        personalise_site(load_config(path), "short", run_dir, out, rounds=1, eval_episodes=1)
+    assert not (tmp_path / "elsewhere.pt").exists()
 
 
 def test_a_policy_written_meanwhile_by_another_run_is_never_replaced(run, tmp_path, monkeypatch):
