@@ -125,7 +125,9 @@ def take_part(site: SiteRuntime, transport: SiteTransport, ann: RoundAnnouncemen
         width = site.dim * (2 if site.scaffold is not None else 1)
         if ann.policy.shape != (width,):
             raise PrivacyError(f"round broadcast: policy of {ann.policy.size} values, expected {width}")
-        if ahead is None and not np.isfinite(np.asarray(ann.policy, dtype=np.float32)).all():  # as trained on
+        with np.errstate(over="ignore"):  # the float32 it is trained on: 1e39 is inf there
+            finite = bool(np.isfinite(np.asarray(ann.policy, dtype=np.float32)).all())
+        if ahead is None and not finite:
             # nothing to learn from: refused before training, so a trajectory-level site spends nothing
             raise PrivacyError("round broadcast: the global policy has non-finite values")
         check_roster_against_config(ann, site.config)
