@@ -152,7 +152,8 @@ def train_at_site(job: tuple) -> dict[str, float]:
                                         seed=700_000 + 1000 * index, num_envs=min(val_episodes, 4))
             return {**res.metrics, "return": float(np.mean(res.returns))}
 
-        origin = initial_policy(config, env.single_observation_space, env.single_action_space).state_dict()
+        origin = (initial_policy(config, env.single_observation_space, env.single_action_space).state_dict()
+                  if weights else None)
         tuned = fine_tune_select(policy, env, config, rounds, generator, selection=selection, check_every=check_every,
                                  validate=validate, baseline=baseline, origin=origin, weights=weights)
         kept, weight = tuned.kept_round, tuned.kept_weight

@@ -35,6 +35,7 @@ from secure_fedrl.fl.strategies import FedAsync, make_strategy
 from secure_fedrl.fsutil import atomic_write, check_private_dir
 from secure_fedrl.rl.envs import make_site_env
 from secure_fedrl.runtime.round import take_part
+from secure_fedrl.runtime.rundir import head_record
 from secure_fedrl.runtime.server import RunSummary, ServerRuntime
 from secure_fedrl.runtime.site import site_row
 from secure_fedrl.runtime.sites import expand_sites
@@ -357,10 +358,10 @@ class SiteProcess:
             log_event("final_model_unavailable", site=self.site.name, reason=str(err))
             return
         signed = self.site.signed_heads  # the run, as this site countersigned its ledger (none yet: no head)
-        head = {"ledger_head": {"seq": max(signed), "row_hash": signed[max(signed)]}} if signed else {}
+        head = head_record((max(signed), signed[max(signed)]) if signed else None)
         buffer = io.BytesIO()
         torch.save({"global_params": torch.from_numpy(np.asarray(params, dtype=np.float32).copy()),
-                    "round": int(round_id), "federation": self.config.federation.name, **head}, buffer)
+                    "round": int(round_id), "federation": self.config.federation.name, "ledger_head": head}, buffer)
         try:
             atomic_write(path, buffer.getvalue(), mode=0o600)
         except OSError as err:

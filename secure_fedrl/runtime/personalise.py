@@ -299,15 +299,19 @@ def fine_tune_select(policy: ActorCritic, env: SiteVectorEnv, config: Config, ro
         checks.append({"round": done, "weight": weight, **measured(validate(policy))})
         states.append(copy.deepcopy(policy.state_dict()))
 
-    def best() -> int:
-        return choose([{k: v for k, v in c.items() if k not in ("round", "weight")} for c in checks], selection, reference)
+    def metrics_of(c: dict[str, Any]) -> dict[str, float]:
+        return {k: v for k, v in c.items() if k not in ("round", "weight")}
 
     check(0, 1.0)
     reference = None
     if baseline == "zero":
         reference = measured(validate(ZeroAction(env.single_action_space)))
     elif baseline == "start":
-        reference = {k: v for k, v in checks[0].items() if k not in ("round", "weight")}
+        reference = metrics_of(checks[0])
+
+    def best() -> int:
+        return choose([metrics_of(c) for c in checks], selection, reference)
+
     target = states[0]
     for weight in weights:
         policy.load_state_dict(interpolate(origin, target, weight))

@@ -40,6 +40,11 @@ def site_dirname(site: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else f"%{ord(c):02x}" for c in site) or "%"
 
 
+def head_record(head: tuple[int, str] | None) -> dict[str, Any] | None:
+    """A ledger head (seq, row hash) as written in files and notices: which run, at which row."""
+    return None if head is None else {"seq": int(head[0]), "row_hash": str(head[1])}
+
+
 class RunDirectory:
     """Owns the layout of one run directory."""
 
@@ -73,9 +78,7 @@ class RunDirectory:
     # -- state -------------------------------------------------------------------------------
     def save_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.root / STATE_FILE, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-        head = state.get("ledger_head")
-        summary = {"round": state["round"],
-                   "ledger_head": None if head is None else {"seq": head[0], "row_hash": head[1]}}
+        summary = {"round": state["round"], "ledger_head": head_record(state.get("ledger_head"))}
         atomic_write(self.root / STATE_SUMMARY_FILE, (json.dumps(summary, sort_keys=True) + "\n").encode())
 
     def write_public_key(self, public_key_hex: str) -> None:

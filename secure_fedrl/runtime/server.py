@@ -33,7 +33,7 @@ from secure_fedrl.fl.strategies import FedAsync, FedBuff, Scaffold, make_strateg
 from secure_fedrl.rl.policies import get_flat, set_flat
 from secure_fedrl.runtime.aggregation import RoundAggregate, build_aggregator, simulated_dropouts
 from secure_fedrl.runtime.privacy_plan import PrivacyPlan
-from secure_fedrl.runtime.rundir import RunDirectory
+from secure_fedrl.runtime.rundir import RunDirectory, head_record
 from secure_fedrl.runtime.site import RoundOrder, derive_seed, initial_policy
 from secure_fedrl.runtime.sites import expand_sites
 from secure_fedrl.secagg.protocol import RoundConfig
@@ -207,13 +207,12 @@ class ServerRuntime:
         set_flat(self.federated_params, self.global_params)
         if not self.config.local.federate_critic:  # the server has no critic: never a site's local one
             set_flat(list(self.policy.critic_parameters()), self.initial_critic)
-        head = state["ledger_head"]
         torch.save({"round": self.round, "global_params": torch.from_numpy(self.global_params.copy()),
                     "policy_state_dict": self.policy.state_dict(), "strategy_state": state["strategy"],
                     "federate_critic": self.config.local.federate_critic,
                     "federation": self.config.federation.name,
                     # which run: two runs of one federation have different ledger heads
-                    **({} if head is None else {"ledger_head": {"seq": int(head[0]), "row_hash": str(head[1])}})},
+                    "ledger_head": head_record(state["ledger_head"])},
                    self.run_dir.checkpoint_path(self.round))
         self.run_dir.save_state(state)
 
@@ -323,7 +322,7 @@ class ServerRuntime:
         self.round = r
         head = self.privacy.ledger_head()
         self._notice = {"round": r, "included": sorted(agg.included),
-                        "ledger_head": None if head is None else {"seq": head[0], "row_hash": head[1]}}
+                        "ledger_head": head_record(head)}
         if self.witnesses and head is not None:
             self._notice["rows"] = self._rows_to_show(agg.included, head[0])
         # The server's file holds only what a coordinating server sees (README, "Run directory").

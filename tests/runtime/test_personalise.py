@@ -439,14 +439,20 @@ def test_relative_bound_without_a_baseline_is_refused_before_training(run):
     assert not trained
 
 
+def _refused(argv: list[str], capsys) -> str:
+    """The CLI's error for `argv`: exit 2 and one line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
 def test_cli_baseline(run, tmp_path, capsys):
     path, run_dir = run
     base = _one_round_cli(path, run_dir)
-    assert main([*base, "--out", str(tmp_path / "a"), "--baseline", "zero"]) == 2
-    assert "need --keep-best" in capsys.readouterr().err
-    assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "return", "--require", "return>=baseline"]) == 2
-    err = capsys.readouterr().err
-    assert "needs --baseline" in err and len(err.strip().splitlines()) == 1
+    assert "need --keep-best" in _refused([*base, "--out", str(tmp_path / "a"), "--baseline", "zero"], capsys)
+    assert "needs --baseline" in _refused([*base, "--out", str(tmp_path / "b"), "--keep-best", "return", "--require",
+                                           "return>=baseline"], capsys)
     assert main([*base, "--out", str(tmp_path / "c"), "--keep-best", "return", "--require",
                  "return>=baseline-1000", "--baseline", "zero", "--check-every", "1"]) == 0
     report = json.loads((tmp_path / "c" / "personalise.json").read_text())
@@ -457,11 +463,9 @@ def test_cli_baseline(run, tmp_path, capsys):
 def test_cli_interpolate(run, tmp_path, capsys):
     path, run_dir = run
     base = _one_round_cli(path, run_dir)
-    assert main([*base, "--out", str(tmp_path / "a"), "--interpolate", "0.5"]) == 2
-    assert "need --keep-best" in capsys.readouterr().err
-    assert main([*base, "--out", str(tmp_path / "b"), "--keep-best", "return", "--interpolate", "0.5,2"]) == 2
-    err = capsys.readouterr().err
-    assert "--interpolate '0.5,2'" in err and len(err.strip().splitlines()) == 1
+    assert "need --keep-best" in _refused([*base, "--out", str(tmp_path / "a"), "--interpolate", "0.5"], capsys)
+    assert "--interpolate '0.5,2'" in _refused([*base, "--out", str(tmp_path / "b"), "--keep-best", "return",
+                                                "--interpolate", "0.5,2"], capsys)
     assert not (tmp_path / "b").exists()
     assert main([*base, "--out", str(tmp_path / "c"), "--keep-best", "return", "--interpolate", "0.25,0.5",
                  "--check-every", "1"]) == 0
@@ -555,9 +559,8 @@ def test_an_out_directory_others_may_replace_is_refused_before_training(run, tmp
     monkeypatch.setattr(personalise, "fine_tune", lambda *a, **k: trained.append(1) or 0)
     path, run_dir = run
     out = _out_cases(tmp_path)[case]
-    assert main([*_one_round_cli(path, run_dir), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "--out" in err and case.strip() in err and len(err.strip().splitlines()) == 1
+    err = _refused([*_one_round_cli(path, run_dir), "--out", str(out)], capsys)
+    assert "--out" in err and case.strip() in err
     assert not trained
     assert not os.path.lexists(tmp_path / "private" / "policy.pt") and not (tmp_path / "shared" / "policy.pt").exists()
 
