@@ -68,3 +68,25 @@ def test_a_pump_keeps_a_start_between_the_initial_and_the_federated_policy():
     row = pilots.train_at_site((start, spec, 0, config, 1, 7, 1, keep))
     assert row["kept_weight"] in (0.5, 1.0) and row["kept_round"] in (0, 1)
     assert set(row) >= {"time_in_range", "time_below_54", "return"}
+
+
+def test_finance_goal_compares_the_federation_with_the_desks_alone_over_their_draws():
+    """One alone draw is as noisy as one federated draw: the goal is judged against the alone
+    arm's mean over its draws, and a desk counts as beyond noise only if its interval is."""
+    pilots = _bench()
+
+    def arm(sharpe: float, high: float | None = None) -> dict:
+        row = {"annual_return": 0.1, "sharpe": sharpe, "max_drawdown": 0.3, "turnover": 1.0}
+        if high is not None:
+            row["vs_buy_and_hold"] = {"difference": sharpe - 0.5, "low": high - 0.4, "high": high}
+        return {"desk-a": row}
+
+    r = {"buy_and_hold": arm(0.5), "equal_weight": arm(0.6), "federated_plain": arm(0.6),
+         "federated_dp_draws": [arm(0.62, 0.2), arm(0.45, -0.01)], "alone_draws": [arm(0.70), arm(0.50)]}
+    r["federated_dp"], r["alone"] = r["federated_dp_draws"][0], r["alone_draws"][0]
+    s = r["summary"] = pilots.finance_summary(r)
+    assert s["alone_draws"] == [0.70, 0.50] and s["over_draws"]["alone_sharpe"] == 0.6
+    # draw 1 (0.62) beats the alone mean 0.60, though not the first alone draw (0.70)
+    assert [d["goals"]["sharpe_dp_ge_alone_on_average"] for d in s["draws"]] == [True, False]
+    assert [d["below_buy_and_hold_beyond_noise"] for d in s["draws"]] == [[], ["desk-a"]]
+    assert "desk-a -0.050" in pilots.markdown_finance(r)

@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["DESKS", "PortfolioEnv", "load_prices", "performance"]
+__all__ = ["DESKS", "PortfolioEnv", "load_prices", "performance", "sharpe_difference"]
 
 TRADING_DAYS = 252
 HELD_OUT_START = "2018-01-01"
@@ -83,6 +83,33 @@ def performance(daily_values: np.ndarray, turnovers: np.ndarray, days: int) -> d
     mdd = float(np.max(1.0 - v / peak))
     turnover = float(np.sum(turnovers) / 2.0 / years)
     return {"annual_return": ann, "sharpe": sharpe, "max_drawdown": mdd, "turnover": turnover}
+
+
+def sharpe_difference(values_a: np.ndarray, values_b: np.ndarray, *, block: int = 20, resamples: int = 2000,
+                      level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Annualised Sharpe of book a minus book b over the same days, with a paired circular block
+    bootstrap interval (Politis and Romano 1992; Ledoit and Wolf 2008 for Sharpe differences).
+    Why: a 5-year window measures one book's Sharpe ratio with a standard error of about 0.5 (Lo
+    2002); two books that share the market differ far less, but a difference of a few hundredths
+    may still be noise, and the interval says how much is. Paired: both books' returns are resampled on the same days (they share the market);
+    blocks of `block` days keep volatility clustering."""
+    ra, rb = (np.diff(np.asarray(v, dtype=np.float64)) / np.asarray(v, dtype=np.float64)[:-1] for v in (values_a, values_b))
+    if ra.shape != rb.shape or ra.size < 2 * block:
+        raise ValueError(f"sharpe_difference: needs two value paths over the same days, at least {2 * block + 1} "
+                         f"(got {ra.size + 1} and {rb.size + 1})")
+
+    def sharpe(r: np.ndarray) -> np.ndarray:
+        sd = r.std(axis=-1)
+        return np.where(sd > 0, r.mean(axis=-1) / np.where(sd > 0, sd, 1.0), 0.0) * math.sqrt(TRADING_DAYS)
+
+    n = ra.size
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n, size=(resamples, -(-n // block)))
+    idx = ((starts[:, :, None] + np.arange(block)) % n).reshape(resamples, -1)[:, :n]
+    boot = sharpe(ra[idx]) - sharpe(rb[idx])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [tail, 1.0 - tail])
+    return {"difference": float(sharpe(ra) - sharpe(rb)), "low": float(low), "high": float(high)}
 
 
 class PortfolioEnv(gym.Env):
