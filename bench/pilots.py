@@ -714,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-validation-episodes", type=int, default=4, metavar="N",
                    help="with --finetune-keep-best: validation days per check (seeds apart from the evaluation's)")
     args = p.parse_args(argv)
+    if args.draws < 1 or args.alone_draws < 0:
+        p.error(f"--draws must be >= 1 and --alone-draws >= 0 (got {args.draws} and {args.alone_draws})")
     try:
         args.settings = [parse_setting(text) for text in args.settings]
         args.finetune_settings = [parse_setting(text) for text in args.finetune_settings]

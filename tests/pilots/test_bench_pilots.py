@@ -90,3 +90,14 @@ def test_finance_goal_compares_the_federation_with_the_desks_alone_over_their_dr
     assert [d["goals"]["sharpe_dp_ge_alone_on_average"] for d in s["draws"]] == [True, False]
     assert [d["below_buy_and_hold_beyond_noise"] for d in s["draws"]] == [[], ["desk-a"]]
     assert "desk-a -0.050" in pilots.markdown_finance(r)
+
+
+def test_no_draws_is_refused_before_anything_runs(capsys):
+    import pytest
+
+    pilots = _bench()
+    for argv in (["--draws", "0"], ["--alone-draws", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            pilots.main(["--pilot", "finance", *argv])
+        assert exc.value.code == 2
+        assert "--draws must be >= 1 and --alone-draws >= 0" in capsys.readouterr().err
