@@ -165,15 +165,18 @@ def serve(config: Config, out: Path, *, pki: Path, address: str = "0.0.0.0:50051
         atomic_write(Path(ready_file), json.dumps({"port": port, "pid": os.getpid()}).encode())
     try:
         summary = runtime.run()
-        # Stay up until every site has heard that the federation is over (bounded): a site that
-        # was reconnecting (say after a server restart) would otherwise retry until it gives up.
-        missing = hub.wait_told_finished(set(runtime.site_names), min(max(wait_s, 5.0), 60.0))
+        # Stay up (bounded) until every site has heard that the federation is over and fetched the
+        # final model it keeps, which it does as soon as it hears: the fetch is the only sign that
+        # "finished" reached a live process (one sent to a killed site's last call reached nobody),
+        # and a site that was reconnecting would otherwise retry until it gives up.
+        names = set(runtime.site_names)
+        unfetched = hub.wait_fetched_final(names, min(max(wait_s, 5.0), 60.0))
+        missing = unfetched - hub.told_finished(unfetched)
         if missing:
             log_event("sites_not_told_finished", sites=",".join(sorted(missing)[:20]), count=len(missing))
-        # ...and has fetched the final model it keeps (it asks as soon as it hears): bounded too.
-        unfetched = hub.wait_fetched_final(set(runtime.site_names) - missing, 10.0)
-        if unfetched:
-            log_event("final_model_not_fetched", sites=",".join(sorted(unfetched)[:20]), count=len(unfetched))
+        if unfetched - missing:
+            log_event("final_model_not_fetched", sites=",".join(sorted(unfetched - missing)[:20]),
+                      count=len(unfetched - missing))
     finally:
         server.stop(grace=2.0)
     return summary

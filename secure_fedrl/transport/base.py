@@ -226,6 +226,10 @@ class Hub:
                 raise TransportError("PERMISSION_DENIED", f"site {name!r} joined before with number {cur.number}")
             session = os.urandom(16)
             self._ready.pop(name, None)  # a new session has lost any update it trained before
+            # ...and has neither heard that the federation is over nor kept its final model: the
+            # "finished" a previous session was sent may have gone to a process that was dead.
+            self._told_finished.discard(name)
+            self._fetched_final.discard(name)
             self._sites[name] = _Site(name, number, fingerprint, session, self.clock(), certificate, protocol_key)
             log_event("site_joined", site=name, number=number, level="info")
             self._cv.notify_all()
@@ -380,8 +384,9 @@ class Hub:
             if self.members is not None and name not in self.members:
                 raise TransportError("PERMISSION_DENIED", f"site {name!r} is not a site of this federation's config")
             if self._finished and self._final is not None:
-                self._fetched_final.add(name)
-                self._cv.notify_all()
+                if name in self._told_finished:  # kept as the final model, not trained ahead from
+                    self._fetched_final.add(name)
+                    self._cv.notify_all()
                 return self._final
             self._check_published()
             return self._model
@@ -535,17 +540,15 @@ class Hub:
     def finished(self) -> bool:
         return self._finished
 
-    def wait_told_finished(self, names: set[str], timeout: float) -> set[str]:
-        """After finish(): wait until these sites have heard that the federation is over (a site
-        reconnecting after a server restart learns it on its next AwaitRound); returns who has not."""
-        end = self.clock() + timeout
+    def told_finished(self, names: set[str]) -> set[str]:
+        """Which of these sites' current sessions have been sent "finished"."""
         with self._cv:
-            while not set(names) <= self._told_finished and self.clock() < end:
-                self._cv.wait(min(max(end - self.clock(), 0.0), 1.0))
-            return set(names) - self._told_finished
+            return set(names) & self._told_finished
 
     def wait_fetched_final(self, names: set[str], timeout: float) -> set[str]:
-        """After finish(final_model=...): wait until these sites have fetched it; returns who has not."""
+        """After finish(final_model=...): wait until these sites have fetched it after hearing that
+        the federation is over, in their current session (what a site does last; a fetch to train
+        ahead does not count, and a site that joins again must fetch again); returns who has not."""
         end = self.clock() + timeout
         with self._cv:
             while not set(names) <= self._fetched_final and self.clock() < end:

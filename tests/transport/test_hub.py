@@ -291,6 +291,10 @@ def test_the_final_model_is_fetched_only_after_the_federation_finished():
     assert version == 7 and model.dtype == np.float32 and model.tolist() == [0, 1, 2, 3, 4]
     hub.finish(final_model=(7, np.arange(5)))  # integers: the wire's float32 all the same
     assert sites["a"].fetch_model()[1].dtype == np.float32
+    assert hub.wait_fetched_final({"a", "b"}, timeout=0.0) == {"a", "b"}  # not told yet: not kept
+    for s in sites.values():
+        assert s.await_round(0, timeout=0.0).finished
+    sites["a"].fetch_model()
     assert hub.wait_fetched_final({"a", "b"}, timeout=0.0) == {"b"}
     sites["b"].fetch_model()
     assert hub.wait_fetched_final({"a", "b"}, timeout=0.0) == set()
@@ -340,9 +344,37 @@ def test_serve_waits_for_a_late_fetch_of_the_final_model():
     site.join()
     hub.publish_model(2, np.zeros(3, dtype=np.float32))
     hub.finish(final_model=(3, np.zeros(3)))
+    assert site.await_round(0, timeout=0.0).finished
     late = threading.Timer(0.2, site.fetch_model)
     late.start()
     try:
         assert hub.wait_fetched_final({"a"}, timeout=30.0) == set()
     finally:
         late.join()
+
+
+def test_serve_waits_for_a_site_that_rejoins_after_the_end_to_fetch_again():
+    """Seen in a clean-clone CI run: a FedBuff site killed while long-polling AwaitRound was
+    "told" finished on that dead call, and its restarted process fetched the final model to train
+    ahead; `serve` counted both and exited while the new process still had to hear the end, which
+    then failed to reconnect. A new session has heard nothing and kept nothing, and only a fetch
+    after "finished" counts."""
+    now = [0.0]
+    hub = Hub(buffered=True, liveness_s=10.0, clock=lambda: now[0])
+    dead = InMemorySite(hub, "a", 1)
+    dead.join()
+    hub.publish_model(2, np.zeros(3, dtype=np.float32))
+    hub.finish(final_model=(3, np.zeros(3)))
+    assert dead.await_round(0, timeout=0.0).finished  # sent to a process that was already killed
+    now[0] = 11.0  # its session lapses; the restarted process joins
+    restarted = InMemorySite(hub, "a", 1)
+    restarted.join()
+    assert hub.told_finished({"a"}) == set()
+    restarted.fetch_model()  # to train ahead: it has not heard the end
+    assert hub.wait_fetched_final({"a"}, timeout=0.0) == {"a"}
+    assert restarted.await_round(0, timeout=0.0).finished
+    restarted.fetch_model()  # the final model it keeps
+    assert hub.wait_fetched_final({"a"}, timeout=0.0) == set()
+    now[0] = 22.0  # it joins once more (say its reply was lost): it must hear and fetch again
+    InMemorySite(hub, "a", 1).join()
+    assert hub.wait_fetched_final({"a"}, timeout=0.0) == {"a"}
