@@ -292,7 +292,9 @@ class SiteProcess:
         refusals, refused_until = 0, 0.0  # FedBuff: refused models so far, and when to fetch again
         while True:
             try:
-                if buffered and ahead is None and not spent and time.monotonic() >= refused_until:
+                # (a site that rejoins after the end hears it below at once, not after training)
+                if (buffered and ahead is None and not spent and time.monotonic() >= refused_until
+                        and not self.transport.heartbeat()[1]):
                     ahead = self.train_ahead(info)
                     if ahead is None:  # a refused model: fetch again only after a pause (doubling)
                         refusals += 1
